@@ -1,0 +1,80 @@
+"""Checkpoints in the diffusers folder layout, safetensors only (never pickle).
+
+A full checkpoint is the folder ``QwenImagePipeline.from_pretrained`` opens: ``model_index.json`` plus
+``transformer/ vae/ text_encoder/ tokenizer/ scheduler/``. A partial one (a consumer saves only the transformer it
+trains) has the same sub-folders for the parts it holds. Folders are written under a temporary name and renamed into
+place, so a reader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import diffusers
+
+from models.presets import ALL_PARTS, Components, build_components
+
+MODEL_INDEX = {
+    "_class_name": "QwenImagePipeline",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+    "tokenizer": ["transformers", "Qwen2Tokenizer"],
+    "transformer": ["diffusers", "QwenImageTransformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKLQwenImage"],
+}
+# Our own metadata rides in model_index.json under an underscore key, which diffusers ignores.
+METADATA_KEY = "_qwen_image_ray"
+
+
+def save_components(folder: str | pathlib.Path, components: Components, *, metadata: dict | None = None) -> pathlib.Path:
+    """Write every part ``components`` holds into ``folder`` (replacing it); returns the folder."""
+    folder = pathlib.Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        saved = []
+        for part in ALL_PARTS:
+            module = getattr(components, part)
+            if module is None:
+                continue
+            kwargs = {"safe_serialization": True} if part in ("transformer", "vae", "text_encoder") else {}
+            module.save_pretrained(staging / part, **kwargs)
+            saved.append(part)
+        index = {key: value for key, value in MODEL_INDEX.items() if key.startswith("_") or key in saved}
+        index["_diffusers_version"] = diffusers.__version__
+        index[METADATA_KEY] = {"preset": components.preset, "parts": saved, **(metadata or {})}
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _replace_dir(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _replace_dir(source: pathlib.Path, target: pathlib.Path) -> None:
+    if target.exists():
+        retired = target.with_name(f".{target.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(target, retired)
+        os.replace(source, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
+def read_metadata(folder: str | pathlib.Path) -> dict:
+    """Our metadata from ``model_index.json`` (empty when the folder was not written by us)."""
+    index_path = pathlib.Path(folder) / "model_index.json"
+    if not index_path.is_file():
+        return {}
+    return json.loads(index_path.read_text()).get(METADATA_KEY, {})
+
+
+def load_checkpoint(folder: str | pathlib.Path, *, parts=ALL_PARTS, **kwargs) -> Components:
+    """Open a checkpoint folder (ours or a released one) with the preset recorded in it."""
+    preset = read_metadata(folder).get("preset", "qwen-image")
+    return build_components(preset, weights_dir=folder, parts=parts, **kwargs)

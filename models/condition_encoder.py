@@ -1,0 +1,136 @@
+"""The condition encoder: prompt templates, Qwen2.5-VL last hidden states, and the drop of the system prompt.
+
+SPEC section 6. The prompt is wrapped in a chat template whose system part describes the task; the tokenizer gets
+``max_length = 1024 + drop``; the last hidden state is split by the attention mask, the first ``drop`` tokens (the
+system prompt and ``<|im_start|>user\\n``) are removed, and sequences are zero-padded to the longest with a mask of 1
+on valid tokens. With the real Qwen2 vocabulary the T2I prefix is 34 tokens and the edit prefix (before
+``<|vision_start|>``) 64, which is what the drop counts remove.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+    """A chat template with a ``{}`` for the user's text, and how many leading tokens the encoder drops."""
+
+    name: str
+    text: str
+    drop: int
+
+    @property
+    def prefix(self) -> str:
+        """Everything before the user's text (for edit, the vision tokens belong to the user's part)."""
+        return self.text.split("{}")[0].split("<|vision_start|>")[0]
+
+    def format(self, prompt: str) -> str:
+        return self.text.format(prompt)
+
+
+T2I_TEMPLATE = PromptTemplate(
+    name="t2i",
+    text=(
+        "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+        "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    drop=34,
+)
+EDIT_TEMPLATE = PromptTemplate(
+    name="edit",
+    text=(
+        "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
+        "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
+        "image that meets the user's requirements while maintaining consistency with the original input where "
+        "appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    drop=64,
+)
+TEMPLATES = {template.name: template for template in (T2I_TEMPLATE, EDIT_TEMPLATE)}
+# Prompt tokens kept after the drop (diffusers' tokenizer_max_length).
+MAX_PROMPT_TOKENS = 1024
+
+
+@dataclasses.dataclass
+class PromptEmbeds:
+    """``embeds: [B, L, D]`` zero-padded hidden states; ``mask: [B, L]`` int64, 1 on valid tokens."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.mask.sum(dim=1).tolist()
+
+    def unpadded(self) -> list[torch.Tensor]:
+        """One ``[L_i, D]`` tensor per prompt: what the latent store keeps."""
+        return [embeds[:length] for embeds, length in zip(self.embeds, self.lengths, strict=True)]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PromptEmbeds:
+        return PromptEmbeds(self.embeds.to(device=device, dtype=dtype), self.mask.to(device=device))
+
+    def repeat_interleave(self, repeats: int) -> PromptEmbeds:
+        """Each prompt ``repeats`` times in a row (several images per prompt)."""
+        return PromptEmbeds(self.embeds.repeat_interleave(repeats, 0), self.mask.repeat_interleave(repeats, 0))
+
+
+def pad_prompt_embeds(sequences: list[torch.Tensor]) -> PromptEmbeds:
+    """Zero-pad ``[L_i, D]`` tensors to the longest; the inverse of ``PromptEmbeds.unpadded``."""
+    if not sequences:
+        raise ValueError("no prompt embeddings to pad")
+    longest = max(sequence.shape[0] for sequence in sequences)
+    embeds = sequences[0].new_zeros(len(sequences), longest, sequences[0].shape[1])
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long, device=sequences[0].device)
+    for row, sequence in enumerate(sequences):
+        embeds[row, : sequence.shape[0]] = sequence
+        mask[row, : sequence.shape[0]] = 1
+    return PromptEmbeds(embeds, mask)
+
+
+class ConditionEncoder:
+    """Qwen2.5-VL (frozen) turned into text conditions for the MMDiT."""
+
+    def __init__(self, text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: str = "t2i"):
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown prompt template {template!r}; choose from {sorted(TEMPLATES)}")
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.template = TEMPLATES[template]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_encoder.config.text_config.hidden_size
+
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        texts = [self.template.format(prompt) for prompt in prompts]
+        return self.tokenizer(
+            texts,
+            max_length=MAX_PROMPT_TOKENS + self.template.drop,
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def encode(self, prompts: str | list[str]) -> PromptEmbeds:
+        """Hidden states after the drop, zero-padded to the longest prompt of the batch."""
+        if self.template.name != "t2i":
+            raise NotImplementedError("the edit template needs the source image; use the edit encoder")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts to encode")
+        device = self.text_encoder.device
+        tokens = self.tokenize(prompts).to(device)
+        outputs = self.text_encoder(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        )
+        hidden = outputs.hidden_states[-1]
+        valid = tokens.attention_mask.bool()
+        per_prompt = torch.split(hidden[valid], valid.sum(dim=1).tolist(), dim=0)
+        return pad_prompt_embeds([sequence[self.template.drop :] for sequence in per_prompt])

@@ -1,0 +1,52 @@
+"""Packing latents into 2x2 patch tokens for the MMDiT, and back (SPEC section 6).
+
+``latents: [B, 16, H/8, W/8]`` <-> ``tokens: [B, (H/16)(W/16), 64]``; channel-major inside a patch, exactly as
+``QwenImagePipeline._pack_latents``. ``img_shapes`` tells the rotary embedding the (frame, rows, cols) token grid.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LATENT_CHANNELS = 16
+VAE_SCALE_FACTOR = 8
+PATCH_SIZE = 2
+# Image sides must be multiples of this: 8x VAE compression times 2x2 patches.
+PIXEL_MULTIPLE = VAE_SCALE_FACTOR * PATCH_SIZE
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Raise a ValueError unless both sides are positive multiples of 16."""
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % PIXEL_MULTIPLE:
+            raise ValueError(f"{name}={value} must be a positive multiple of {PIXEL_MULTIPLE} (VAE 8x, 2x2 patches)")
+
+
+def latent_size(height: int, width: int) -> tuple[int, int]:
+    """Latent rows and columns of an image of ``height`` x ``width`` pixels."""
+    check_image_size(height, width)
+    return height // VAE_SCALE_FACTOR, width // VAE_SCALE_FACTOR
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """``[B, C, h, w]`` -> ``[B, (h/2)(w/2), 4C]``."""
+    batch, channels, rows, cols = latents.shape
+    if rows % PATCH_SIZE or cols % PATCH_SIZE:
+        raise ValueError(f"latent grid {rows}x{cols} must be even to pack 2x2 patches")
+    tokens = latents.view(batch, channels, rows // 2, 2, cols // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return tokens.reshape(batch, (rows // 2) * (cols // 2), channels * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``[B, (h/2)(w/2), 4C]`` -> ``[B, C, h, w]`` for a latent grid of ``rows`` x ``cols``."""
+    batch, num_tokens, packed_channels = tokens.shape
+    if num_tokens != (rows // 2) * (cols // 2):
+        raise ValueError(f"{num_tokens} tokens do not tile a {rows}x{cols} latent grid in 2x2 patches")
+    channels = packed_channels // 4
+    latents = tokens.view(batch, rows // 2, cols // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(batch, channels, rows, cols)
+
+
+def img_shapes(batch_size: int, rows: int, cols: int) -> list[list[tuple[int, int, int]]]:
+    """Rotary grid per sample: one generated image (frame 0) of ``rows/2`` x ``cols/2`` tokens."""
+    return [[(1, rows // 2, cols // 2)]] * batch_size

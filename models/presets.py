@@ -1,0 +1,251 @@
+"""Model presets: ``tiny`` (random weights, real architectures) and ``qwen-image`` (published weights, local folder).
+
+Every role builds its models here. ``build_components("tiny")`` gives random-weight versions of the three published
+classes (``QwenImageTransformer2DModel``, ``AutoencoderKLQwenImage``, ``Qwen2_5_VLForConditionalGeneration``) small
+enough for a CPU test, with the real Qwen2 vocabulary. ``build_components("qwen-image", weights_dir=...)`` loads the
+same classes from a diffusers-layout folder (``transformer/ vae/ text_encoder/ tokenizer/ scheduler/``); any preset
+given a ``weights_dir`` loads from it, which is how a trained checkpoint is opened. Nothing is ever downloaded.
+
+Roles ask only for the parts they use: consumers train the transformer from stored latents and never load the
+condition encoder or the VAE (``parts=("transformer", "scheduler")``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pathlib
+from collections.abc import Iterable
+
+import torch
+from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+
+from models.tokenizer import QWEN_VOCAB_SIZE, build_qwen2_tokenizer
+
+ALL_PARTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+PRESETS: tuple[str, ...] = ("tiny", "qwen-image")
+
+# scheduler/scheduler_config.json of the released Qwen-Image (SPEC section 7).
+QWEN_IMAGE_SCHEDULER_CONFIG: dict = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "invert_sigmas": False,
+    "max_image_seq_len": 8192,
+    "max_shift": 0.9,
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "shift_terminal": 0.02,
+    "stochastic_sampling": False,
+    "time_shift_type": "exponential",
+    "use_beta_sigmas": False,
+    "use_dynamic_shifting": True,
+    "use_exponential_sigmas": False,
+    "use_karras_sigmas": False,
+}
+
+# The published MMDiT (SPEC section 6); kept for reference and for building an empty model on a meta device.
+QWEN_IMAGE_TRANSFORMER_CONFIG: dict = {
+    "patch_size": 2,
+    "in_channels": 64,
+    "out_channels": 16,
+    "num_layers": 60,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 3584,
+    "guidance_embeds": False,
+    "axes_dims_rope": (16, 56, 56),
+}
+
+# tiny: 2 layers, 4 heads of 32, text dim 64 -> about 1.3M parameters; rope axes (8, 12, 12) sum to the head dim.
+TINY_TRANSFORMER_CONFIG: dict = {
+    "patch_size": 2,
+    "in_channels": 64,
+    "out_channels": 16,
+    "num_layers": 2,
+    "attention_head_dim": 32,
+    "num_attention_heads": 4,
+    "joint_attention_dim": 64,
+    "guidance_embeds": False,
+    "axes_dims_rope": (8, 12, 12),
+}
+
+# tiny VAE: the Wan-2.1 architecture (8x spatial compression, 16 channels) at base_dim 32, one res block per level.
+TINY_VAE_CONFIG: dict = {"base_dim": 32, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1}
+
+# tiny condition encoder: a 2-layer Qwen2.5-VL with hidden 64 and the real 151936-row vocabulary.
+TINY_TEXT_ENCODER_CONFIG: dict = {
+    "text_config": {
+        "vocab_size": QWEN_VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "pad_token_id": 151643,
+    },
+    "vision_config": {
+        "depth": 1,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "fullatt_block_indexes": [0],
+        "window_size": 112,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+}
+
+
+class MissingWeightsError(ValueError):
+    """A weights folder lacks parts a preset needs; the message names every missing part."""
+
+
+@dataclasses.dataclass
+class Components:
+    """The modules of one model. Parts a role did not ask for are None."""
+
+    preset: str
+    transformer: QwenImageTransformer2DModel | None = None
+    vae: AutoencoderKLQwenImage | None = None
+    text_encoder: Qwen2_5_VLForConditionalGeneration | None = None
+    tokenizer: Qwen2Tokenizer | None = None
+    scheduler: FlowMatchEulerDiscreteScheduler | None = None
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Components:
+        for name in ("transformer", "vae", "text_encoder"):
+            module = getattr(self, name)
+            if module is None:
+                continue
+            if device is not None:
+                module.to(device=device)
+            if dtype is not None and module.dtype != dtype:
+                module.to(dtype=dtype)
+        return self
+
+    def require(self, *names: str) -> None:
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"this operation needs model parts {missing}, which were not loaded (parts=...)")
+
+
+def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:
+    parts = tuple(parts)
+    unknown = sorted(set(parts) - set(ALL_PARTS))
+    if unknown:
+        raise ValueError(f"unknown model parts {unknown}; choose from {list(ALL_PARTS)}")
+    return parts
+
+
+def build_components(
+    preset: str = "tiny",
+    *,
+    weights_dir: str | pathlib.Path | None = None,
+    parts: Iterable[str] = ALL_PARTS,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> Components:
+    """Build (``tiny``) or load (any preset with ``weights_dir``) the requested parts of a model."""
+    parts = _check_parts(parts)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+    if weights_dir is not None:
+        components = load_components(weights_dir, parts=parts, dtype=dtype, preset=preset)
+    elif preset == "qwen-image":
+        raise MissingWeightsError(
+            "preset 'qwen-image' loads the published weights from a local folder: pass weights_dir=<folder> holding "
+            f"{', '.join(p + '/' for p in ALL_PARTS)} (the diffusers layout of Qwen/Qwen-Image); nothing is downloaded"
+        )
+    else:
+        components = _build_tiny(parts, seed)
+    return components.to(device=device, dtype=dtype)
+
+
+def _build_tiny(parts: tuple[str, ...], seed: int) -> Components:
+    components = Components(preset="tiny")
+    # Each part gets its own seed so that asking for fewer parts does not change the weights of the others.
+    if "transformer" in parts:
+        torch.manual_seed(seed)
+        components.transformer = QwenImageTransformer2DModel(**TINY_TRANSFORMER_CONFIG)
+    if "vae" in parts:
+        torch.manual_seed(seed + 1)
+        components.vae = AutoencoderKLQwenImage(**TINY_VAE_CONFIG)
+    if "text_encoder" in parts:
+        torch.manual_seed(seed + 2)
+        config = Qwen2_5_VLConfig(**copy.deepcopy(TINY_TEXT_ENCODER_CONFIG))
+        components.text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    if "tokenizer" in parts:
+        components.tokenizer = build_qwen2_tokenizer()
+    if "scheduler" in parts:
+        components.scheduler = FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG)
+    for module in (components.transformer, components.vae, components.text_encoder):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return components
+
+
+def _has_weights(folder: pathlib.Path) -> bool:
+    return any(folder.glob("*.safetensors"))
+
+
+def missing_parts(weights_dir: str | pathlib.Path, parts: Iterable[str] = ALL_PARTS) -> list[str]:
+    """What ``weights_dir`` lacks for ``parts``, one readable line each; empty when it is complete."""
+    root = pathlib.Path(weights_dir)
+    if not root.is_dir():
+        return [f"{root} (the folder itself does not exist)"]
+    missing = []
+    for part in _check_parts(parts):
+        folder = root / part
+        if not folder.is_dir():
+            missing.append(f"{part}/ (folder)")
+        elif part in ("transformer", "vae", "text_encoder"):
+            if not (folder / "config.json").is_file():
+                missing.append(f"{part}/config.json")
+            if not _has_weights(folder):
+                missing.append(f"{part}/*.safetensors (weights)")
+        elif part == "tokenizer":
+            if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
+                missing.append("tokenizer/tokenizer.json (or vocab.json + merges.txt)")
+        elif part == "scheduler" and not (folder / "scheduler_config.json").is_file():
+            missing.append("scheduler/scheduler_config.json")
+    return missing
+
+
+def load_components(
+    weights_dir: str | pathlib.Path,
+    *,
+    parts: Iterable[str] = ALL_PARTS,
+    dtype: torch.dtype = torch.float32,
+    preset: str = "qwen-image",
+) -> Components:
+    """Load the requested parts from a local diffusers-layout folder, offline. Raises ``MissingWeightsError``."""
+    parts = _check_parts(parts)
+    root = pathlib.Path(weights_dir)
+    missing = missing_parts(root, parts)
+    if missing:
+        raise MissingWeightsError(f"weights folder {root} is incomplete for parts {list(parts)}; missing: {', '.join(missing)}")
+    components = Components(preset=preset)
+    local = {"local_files_only": True}
+    if "transformer" in parts:
+        components.transformer = QwenImageTransformer2DModel.from_pretrained(root / "transformer", torch_dtype=dtype, **local)
+    if "vae" in parts:
+        components.vae = AutoencoderKLQwenImage.from_pretrained(root / "vae", torch_dtype=dtype, **local)
+    if "text_encoder" in parts:
+        components.text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            root / "text_encoder", dtype=dtype, **local
+        )
+    if "tokenizer" in parts:
+        components.tokenizer = Qwen2Tokenizer.from_pretrained(root / "tokenizer", **local)
+    if "scheduler" in parts:
+        components.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler", **local)
+    for module in (components.transformer, components.vae, components.text_encoder):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return components
