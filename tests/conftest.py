@@ -1,0 +1,42 @@
+"""Shared pytest set-up: offline, deterministic, CPU; tiny-preset fixtures built once per session."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing may reach a model hub: every weight is built (tiny) or read from a local folder.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.gpu`` tests when no CUDA device is present."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch missing is caught by the tests themselves
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_components():
+    """All five parts of the tiny preset (random weights, seed 0). Tests must not modify them."""
+    from models.presets import build_components
+
+    return build_components("tiny")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_components):
+    return tiny_components.tokenizer
