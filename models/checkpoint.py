@@ -30,7 +30,9 @@ MODEL_INDEX = {
 METADATA_KEY = "_qwen_image_ray"
 
 
-def save_components(folder: str | pathlib.Path, components: Components, *, metadata: dict | None = None) -> pathlib.Path:
+def save_components(
+    folder: str | pathlib.Path, components: Components, *, metadata: dict | None = None
+) -> pathlib.Path:
     """Write every part ``components`` holds into ``folder`` (replacing it); returns the folder."""
     folder = pathlib.Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -51,11 +51,15 @@ def parse_overrides(overrides: list[str]) -> dict:
 def _merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
-def load_config(cls: type[Config], path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    cls: type[Config], path: str | pathlib.Path | None = None, overrides: list[str] | None = None
+) -> Config:
     """Build ``cls`` from an optional YAML file plus overrides; raises ``ConfigError`` naming each bad key."""
     data: dict = {}
     if path is not None:

@@ -60,11 +60,18 @@ def flow_matching_loss(
         raise ValueError(f"{prompt.embeds.shape[0]} prompts for {batch} latents")
     if sigmas is None:
         sigmas = sample_training_sigmas(
-            batch, sigma_sampling, logit_mean=logit_mean, logit_std=logit_std, generator=generator, device=latents.device
+            batch,
+            sigma_sampling,
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+            generator=generator,
+            device=latents.device,
         )
     if noise is None:
         gen_device = generator.device if generator is not None else latents.device
-        noise = torch.randn(latents.shape, generator=generator, device=gen_device, dtype=latents.dtype).to(latents.device)
+        noise = torch.randn(latents.shape, generator=generator, device=gen_device, dtype=latents.dtype).to(
+            latents.device
+        )
     prediction = velocity_at(transformer, noisy_latents(latents, noise, sigmas), sigmas, prompt)
     target = noise - latents
     per_sample = ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3))

@@ -230,11 +230,15 @@ def load_components(
     root = pathlib.Path(weights_dir)
     missing = missing_parts(root, parts)
     if missing:
-        raise MissingWeightsError(f"weights folder {root} is incomplete for parts {list(parts)}; missing: {', '.join(missing)}")
+        raise MissingWeightsError(
+            f"weights folder {root} is incomplete for parts {list(parts)}; missing: {', '.join(missing)}"
+        )
     components = Components(preset=preset)
     local = {"local_files_only": True}
     if "transformer" in parts:
-        components.transformer = QwenImageTransformer2DModel.from_pretrained(root / "transformer", torch_dtype=dtype, **local)
+        components.transformer = QwenImageTransformer2DModel.from_pretrained(
+            root / "transformer", torch_dtype=dtype, **local
+        )
     if "vae" in parts:
         components.vae = AutoencoderKLQwenImage.from_pretrained(root / "vae", torch_dtype=dtype, **local)
     if "text_encoder" in parts:

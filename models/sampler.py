@@ -114,7 +114,9 @@ def sample(
         timestep = timesteps[step].expand(batch_size).to(dtype) / scheduler_config.get("num_train_timesteps", 1000)
         velocity = predict_velocity(transformer, tokens, timestep, prompt, shapes)
         if do_cfg:
-            velocity = true_cfg(velocity, predict_velocity(transformer, tokens, timestep, negative, shapes), true_cfg_scale)
+            velocity = true_cfg(
+                velocity, predict_velocity(transformer, tokens, timestep, negative, shapes), true_cfg_scale
+            )
         tokens = (tokens.float() + (sigmas[step + 1] - sigmas[step]) * velocity).to(velocity.dtype)
         if on_step is not None:
             on_step(step + 1, num_steps)
@@ -150,13 +152,17 @@ def sde_step(
     sigma_next = sigma_next.reshape(view) if sigma_next.ndim else sigma_next
     if bool((sigma_next >= sigma).any()):
         raise ValueError("sde_step goes from noise towards data: sigma_next must be below sigma")
-    capped = sigma if sigma_max is None else torch.where(sigma >= 1, torch.as_tensor(sigma_max, device=sigma.device), sigma)
+    capped = (
+        sigma if sigma_max is None else torch.where(sigma >= 1, torch.as_tensor(sigma_max, device=sigma.device), sigma)
+    )
     std_t = noise_level * torch.sqrt(sigma / (1 - capped))
     dt = sigma_next - sigma
     mean = sample * (1 + std_t**2 / (2 * sigma) * dt) + velocity * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
     std = std_t * torch.sqrt(-dt)
     if prev_sample is None:
-        noise = torch.randn(sample.shape, generator=generator, device=sample.device if generator is None else generator.device)
+        noise = torch.randn(
+            sample.shape, generator=generator, device=sample.device if generator is None else generator.device
+        )
         prev_sample = mean + std * noise.to(sample.device)
     prev_sample = prev_sample.float()
     log_prob = -((prev_sample - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)

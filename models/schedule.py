@@ -32,13 +32,16 @@ def shift_mu(image_seq_len: int, config: Mapping = QWEN_IMAGE_SCHEDULER_CONFIG) 
     return image_seq_len * slope + (base_shift - slope * base_len)
 
 
-def inference_sigmas(
-    num_steps: int, image_seq_len: int, config: Mapping = QWEN_IMAGE_SCHEDULER_CONFIG
-) -> torch.Tensor:
+def inference_sigmas(num_steps: int, image_seq_len: int, config: Mapping = QWEN_IMAGE_SCHEDULER_CONFIG) -> torch.Tensor:
     """``num_steps + 1`` float32 sigmas from about 1 down to 0 (the last entry is exactly 0)."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    if config.get("invert_sigmas") or config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
+    if (
+        config.get("invert_sigmas")
+        or config.get("use_karras_sigmas")
+        or config.get("use_exponential_sigmas")
+        or config.get("use_beta_sigmas")
+    ):
         raise ValueError("only the Qwen-Image schedule (dynamic exponential shift, terminal stretch) is supported")
     sigmas = np.linspace(1.0, 1 / num_steps, num_steps).astype(np.float32)
     if config.get("use_dynamic_shifting", True):

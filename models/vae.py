@@ -42,7 +42,9 @@ class LatentVAE:
         return latents * std + mean
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``[B, 3, H, W]`` in [-1, 1] -> normalised ``[B, 16, H/8, W/8]`` (posterior mode unless ``sample``)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")

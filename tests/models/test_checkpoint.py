@@ -22,16 +22,31 @@ def test_checkpoint_loads_in_diffusers(tiny_components, tmp_path):
     for part in ("transformer", "vae", "text_encoder"):
         assert any(f.startswith(f"{part}/") and f.endswith(".safetensors") for f in files), files
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) for f in files), files
-    assert read_metadata(folder) == {"preset": "tiny", "parts": ["transformer", "vae", "text_encoder", "tokenizer", "scheduler"], "step": 12}
+    assert read_metadata(folder) == {
+        "preset": "tiny",
+        "parts": ["transformer", "vae", "text_encoder", "tokenizer", "scheduler"],
+        "step": 12,
+    }
 
     pipe = QwenImagePipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(
-        "a yellow taxi", negative_prompt=" ", height=64, width=64, num_inference_steps=3, true_cfg_scale=4.0,
-        generator=torch.Generator().manual_seed(0), output_type="np",
+        "a yellow taxi",
+        negative_prompt=" ",
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        true_cfg_scale=4.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
     ).images
     ours = TextToImage(tiny_components)(
-        ["a yellow taxi"], height=64, width=64, num_steps=3, true_cfg_scale=4.0, generator=torch.Generator().manual_seed(0)
+        ["a yellow taxi"],
+        height=64,
+        width=64,
+        num_steps=3,
+        true_cfg_scale=4.0,
+        generator=torch.Generator().manual_seed(0),
     )
     assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
 

@@ -63,7 +63,9 @@ def test_memorizes_two_prompts():
         optimizer.step()
     transformer.eval()
 
-    generated = sample(transformer, conditions, height=64, width=64, num_steps=20, generator=torch.Generator().manual_seed(5))
+    generated = sample(
+        transformer, conditions, height=64, width=64, num_steps=20, generator=torch.Generator().manual_seed(5)
+    )
     distances = torch.cdist(generated.flatten(1), targets.flatten(1))  # [generated, target]
     own, other = distances.diagonal(), distances.flip(1).diagonal()
     # Each prompt lands far closer to its own latent than to the other's (the targets are ~33 apart).

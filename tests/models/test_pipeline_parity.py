@@ -27,7 +27,9 @@ def _pipeline(components) -> QwenImagePipeline:
 
 
 @pytest.mark.parametrize("true_cfg_scale", [1.0, 4.0], ids=["no_cfg", "true_cfg"])
-@pytest.mark.parametrize("prompts", [["a red cat"], ["a red cat", "two blue dogs playing in the snow"]], ids=["one", "two"])
+@pytest.mark.parametrize(
+    "prompts", [["a red cat"], ["a red cat", "two blue dogs playing in the snow"]], ids=["one", "two"]
+)
 def test_matches_diffusers_pipeline(tiny_components, true_cfg_scale, prompts):
     height, width, steps = 64, 96, 5
     negative = " " if true_cfg_scale > 1 else None
@@ -72,11 +74,21 @@ def test_matches_diffusers_pipeline(tiny_components, true_cfg_scale, prompts):
 
 def test_decoded_image_matches_diffusers(tiny_components):
     reference = _pipeline(tiny_components)(
-        "a lighthouse", negative_prompt=" ", height=64, width=64, num_inference_steps=3,
-        true_cfg_scale=4.0, generator=torch.Generator().manual_seed(3), output_type="np",
+        "a lighthouse",
+        negative_prompt=" ",
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        true_cfg_scale=4.0,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
     ).images
     ours = TextToImage(tiny_components)(
-        ["a lighthouse"], height=64, width=64, num_steps=3, true_cfg_scale=4.0,
+        ["a lighthouse"],
+        height=64,
+        width=64,
+        num_steps=3,
+        true_cfg_scale=4.0,
         generator=torch.Generator().manual_seed(3),
     )
     assert ours.dtype == np.uint8 and ours.shape == (1, 64, 64, 3)

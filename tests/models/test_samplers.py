@@ -19,7 +19,9 @@ def test_sde_step_log_prob_is_gaussian_density():
 
     std_t = a * math.sqrt(sigma / (1 - sigma))
     dt = sigma_next - sigma
-    expected_mean = sample * (1 + std_t**2 / (2 * sigma) * dt) + velocity * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    expected_mean = (
+        sample * (1 + std_t**2 / (2 * sigma) * dt) + velocity * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    )
     torch.testing.assert_close(mean, expected_mean)
     assert std.item() == pytest.approx(std_t * math.sqrt(-dt), rel=1e-6)
     normal = torch.distributions.Normal(expected_mean, std_t * math.sqrt(-dt))
