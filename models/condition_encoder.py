@@ -10,9 +10,16 @@ on valid tokens. With the real Qwen2 vocabulary the T2I prefix is 34 tokens and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,18 +126,57 @@ class ConditionEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: str | list[str]) -> PromptEmbeds:
-        """Hidden states after the drop, zero-padded to the longest prompt of the batch."""
+        """T2I conditions: hidden states after the drop of 34, zero-padded to the longest prompt of the batch."""
         if self.template.name != "t2i":
-            raise NotImplementedError("the edit template needs the source image; use the edit encoder")
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts to encode")
-        device = self.text_encoder.device
-        tokens = self.tokenize(prompts).to(device)
+            raise ValueError("this encoder was built for the edit template: call encode_edit(prompts, images)")
+        prompts = _as_list(prompts)
+        tokens = self.tokenize(prompts).to(self.text_encoder.device)
         outputs = self.text_encoder(
             input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
         )
-        hidden = outputs.hidden_states[-1]
-        valid = tokens.attention_mask.bool()
+        return self._drop_and_pad(outputs.hidden_states[-1], tokens.attention_mask)
+
+    @torch.no_grad()
+    def encode_edit(self, prompts: str | list[str], images: list) -> PromptEmbeds:
+        """Edit (TI2I) conditions: the source image goes through Qwen2.5-VL's vision tower in place of
+        ``<|image_pad|>``; the drop of 64 removes the system prompt and keeps the image and the instruction.
+
+        ``images``: one RGB image per prompt (PIL images or uint8 ``[H, W, 3]`` arrays), already at the size the
+        caller wants the encoder to see (the processor rounds it to multiples of 28).
+        """
+        if self.template.name != "edit":
+            raise ValueError("this encoder was built for the t2i template: build one with template='edit'")
+        prompts = _as_list(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        inputs = self.processor(
+            text=[self.template.format(prompt) for prompt in prompts], images=images, padding=True, return_tensors="pt"
+        ).to(self.text_encoder.device)
+        outputs = self.text_encoder(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"].to(self.text_encoder.dtype),
+            image_grid_thw=inputs["image_grid_thw"],
+            output_hidden_states=True,
+        )
+        return self._drop_and_pad(outputs.hidden_states[-1], inputs["attention_mask"])
+
+    @functools.cached_property
+    def processor(self) -> Qwen2VLProcessor:
+        """Qwen2.5-VL's processor around our tokenizer (built on first use: only the edit path needs it)."""
+        return Qwen2VLProcessor(
+            image_processor=Qwen2VLImageProcessor(), tokenizer=self.tokenizer, video_processor=Qwen2VLVideoProcessor()
+        )
+
+    def _drop_and_pad(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> PromptEmbeds:
+        """Split ``hidden: [B, T, D]`` by the mask, drop the template's leading tokens, zero-pad to the longest."""
+        valid = attention_mask.bool()
         per_prompt = torch.split(hidden[valid], valid.sum(dim=1).tolist(), dim=0)
         return pad_prompt_embeds([sequence[self.template.drop :] for sequence in per_prompt])
+
+
+def _as_list(prompts: str | list[str]) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to encode")
+    return prompts

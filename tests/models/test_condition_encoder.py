@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.condition_encoder import EDIT_TEMPLATE, T2I_TEMPLATE, ConditionEncoder, pad_prompt_embeds
@@ -55,3 +56,23 @@ def test_truncates_to_1024_prompt_tokens(tiny_components):
     encoder = ConditionEncoder(tiny_components.text_encoder, tiny_components.tokenizer)
     tokens = encoder.tokenize(["word " * 3000])
     assert tokens.input_ids.shape[1] == 1024 + 34
+
+
+def test_edit_drop_keeps_image_and_instruction(tiny_components):
+    import numpy as np
+
+    encoder = ConditionEncoder(tiny_components.text_encoder, tiny_components.tokenizer, template="edit")
+    images = [np.full((56, 84, 3), 200, dtype=np.uint8), np.zeros((112, 56, 3), dtype=np.uint8)]
+    prompts = ["make the sky red", "add a hat"]
+    inputs = encoder.processor(
+        text=[EDIT_TEMPLATE.format(p) for p in prompts], images=images, padding=True, return_tensors="pt"
+    )
+    # Position 64 (the first kept token) is <|vision_start|> in every row: the drop removes exactly the system part.
+    assert (inputs["input_ids"][:, 64] == 151652).all()
+    embeds = encoder.encode_edit(prompts, images)
+    assert embeds.lengths == (inputs["attention_mask"].sum(dim=1) - 64).tolist()
+    # The image is in the condition: another image changes the embedding of the same instruction.
+    other = encoder.encode_edit(prompts[:1], [np.full((56, 84, 3), 30, dtype=np.uint8)])
+    assert (other.embeds[0] - embeds.embeds[0, : other.lengths[0]]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="t2i template"):
+        ConditionEncoder(tiny_components.text_encoder, tiny_components.tokenizer).encode_edit(prompts, images)
