@@ -40,3 +40,20 @@ def tiny_components():
 @pytest.fixture(scope="session")
 def tokenizer(tiny_components):
     return tiny_components.tokenizer
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (starting Ray costs seconds; a trainer ~25 s).
+
+    Logical CPUs are oversubscribed (8 on 2 cores) so Ray Data tasks and train workers never starve each other.
+    """
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,260 @@
+"""Sources: image-text pairs as a Ray Dataset, from Parquet, WebDataset tar shards, or a folder.
+
+Every source yields the columns of ``pipelines.schema.SOURCE_COLUMNS``: ``sample_id`` (a stable hash of the image
+bytes and the caption bytes), ``source``, ``key``, ``url``, ``image_bytes``, ``caption``, ``caption_valid_utf8`` and
+``source_error``. Nothing is decoded here and nothing is dropped: a sample the source cannot deliver (a missing file,
+a row without an image) comes out with an empty ``image_bytes`` and a ``source_error`` reason, so the funnel counts it.
+
+- ``parquet``: the img2dataset / LAION layout (an image-bytes column such as ``jpg`` or ``image``, also the
+  Hugging Face ``{bytes, path}`` struct; a caption column such as ``caption`` or ``txt``; optional ``url``, ``key``).
+- ``webdataset``: img2dataset's tar shards (``NNNN.jpg`` + ``NNNN.txt`` and/or ``NNNN.json`` with a caption).
+- ``folder``: images with sidecar ``.txt`` captions, or a JSONL manifest of ``{"image": path, "caption": text}``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import pathlib
+from typing import Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray.data
+
+from models.config import StrictModel
+from pipelines import schema
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+IMAGE_COLUMN_CANDIDATES: tuple[str, ...] = ("jpg", "image", "jpeg", "png", "webp", "image_bytes", "img")
+CAPTION_COLUMN_CANDIDATES: tuple[str, ...] = ("caption", "txt", "text", "TEXT", "prompt")
+JSON_CAPTION_KEYS: tuple[str, ...] = ("caption", "txt", "text", "TEXT", "prompt")
+
+
+class SourceConfig(StrictModel):
+    """One input of the producer. Column names are detected when not given (Parquet)."""
+
+    name: str = "raw"
+    kind: Literal["parquet", "webdataset", "folder"]
+    paths: list[str]
+    image_column: str | None = None
+    caption_column: str | None = None
+    url_column: str | None = None
+    key_column: str | None = None
+    manifest: str | None = None  # folder: a JSONL manifest instead of sidecar .txt files
+
+
+def sample_id(image_bytes: bytes, caption_bytes: bytes) -> str:
+    """Stable 128-bit hex id of a pair: the same bytes give the same id on every machine and every run."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(len(image_bytes).to_bytes(8, "little"))
+    digest.update(image_bytes)
+    digest.update(caption_bytes)
+    return digest.hexdigest()
+
+
+def decode_caption(raw: bytes | str | None) -> tuple[bytes, str, bool]:
+    """Caption bytes, text and whether the bytes were valid UTF-8 (invalid bytes are replaced, not lost)."""
+    if raw is None:
+        return b"", "", True
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass"), raw, True
+    raw = bytes(raw)
+    try:
+        return raw, raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return raw, raw.decode("utf-8", "replace"), False
+
+
+def _image_bytes(value: object) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, dict):  # the Hugging Face datasets Image struct
+        value = value.get("bytes") or b""
+    return bytes(value)
+
+
+def make_batch(
+    source: str,
+    images: list[bytes],
+    captions: list[bytes | str | None],
+    keys: list[str],
+    urls: list[str],
+    errors: list[str],
+) -> dict[str, np.ndarray]:
+    """The source columns for one batch, with ids computed from the raw bytes."""
+    ids, texts, valid = [], [], []
+    for image, caption in zip(images, captions, strict=True):
+        caption_bytes, text, is_valid = decode_caption(caption)
+        ids.append(sample_id(image, caption_bytes))
+        texts.append(text)
+        valid.append(is_valid)
+    count = len(images)
+    return {
+        schema.SAMPLE_ID: np.array(ids, dtype=object),
+        schema.SOURCE: np.array([source] * count, dtype=object),
+        schema.KEY: np.array(keys, dtype=object),
+        schema.URL: np.array(urls, dtype=object),
+        schema.IMAGE_BYTES: _object_array(images),
+        schema.CAPTION: np.array(texts, dtype=object),
+        schema.CAPTION_VALID_UTF8: np.array(valid, dtype=bool),
+        schema.SOURCE_ERROR: np.array(errors, dtype=object),
+    }
+
+
+def _object_array(values: list) -> np.ndarray:
+    """A 1-D object array (``np.array`` would turn equal-length bytes into a fixed-width ``S`` array)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def expand_paths(patterns: list[str], extensions: tuple[str, ...]) -> list[str]:
+    """Files named by ``patterns`` (files, folders searched recursively, or globs), sorted; error if none."""
+    files: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            for ext in extensions:
+                files.extend(glob.glob(os.path.join(pattern, "**", f"*.{ext}"), recursive=True))
+                files.extend(glob.glob(os.path.join(pattern, "**", f"*.{ext.upper()}"), recursive=True))
+        elif any(char in pattern for char in "*?["):
+            files.extend(glob.glob(pattern, recursive=True))
+        elif os.path.isfile(pattern):
+            files.append(pattern)
+        else:
+            raise ValueError(f"source path {pattern!r} does not exist")
+    files = sorted(set(files))
+    if not files:
+        raise ValueError(f"no {'/'.join(extensions)} files under {patterns}")
+    return files
+
+
+def _pick(columns: list[str], configured: str | None, candidates: tuple[str, ...], what: str, path: str) -> str | None:
+    if configured is not None:
+        if configured not in columns:
+            raise ValueError(f"{what} column {configured!r} is not in {path} (columns: {columns})")
+        return configured
+    return next((name for name in candidates if name in columns), None)
+
+
+def read_parquet_source(config: SourceConfig) -> ray.data.Dataset:
+    files = expand_paths(config.paths, ("parquet",))
+    columns = pq.read_schema(files[0]).names
+    image_col = _pick(columns, config.image_column, IMAGE_COLUMN_CANDIDATES, "image", files[0])
+    caption_col = _pick(columns, config.caption_column, CAPTION_COLUMN_CANDIDATES, "caption", files[0])
+    if image_col is None or caption_col is None:
+        raise ValueError(
+            f"cannot tell the image and caption columns of {files[0]} (columns: {columns}); "
+            "set image_column and caption_column in the source config"
+        )
+    url_col = _pick(columns, config.url_column, ("url",), "url", files[0])
+    key_col = _pick(columns, config.key_column, ("key",), "key", files[0])
+    wanted = [c for c in (image_col, caption_col, url_col, key_col) if c is not None]
+
+    def normalise(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(batch[image_col])
+        images = [_image_bytes(value) for value in batch[image_col]]
+        return make_batch(
+            config.name,
+            images,
+            list(batch[caption_col]),
+            [str(k) if k is not None else "" for k in batch[key_col]] if key_col else [""] * count,
+            [str(u) if u is not None else "" for u in batch[url_col]] if url_col else [""] * count,
+            ["" if image else "no_image:empty_column" for image in images],
+        )
+
+    return ray.data.read_parquet(files).select_columns(wanted).map_batches(normalise, batch_format="numpy")
+
+
+def _caption_from_json(raw: bytes | None) -> str | None:
+    if not raw:
+        return None
+    try:
+        record = json.loads(bytes(raw))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(record, dict):
+        for key in JSON_CAPTION_KEYS:
+            if isinstance(record.get(key), str):
+                return record[key]
+    return None
+
+
+def _cell(batch: dict[str, np.ndarray], column: str, row: int) -> object | None:
+    """A cell, or None where the column is absent or the shard lacked that member (null / NaN after batching)."""
+    if column not in batch:
+        return None
+    value = batch[column][row]
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value
+
+
+def read_webdataset_source(config: SourceConfig) -> ray.data.Dataset:
+    files = expand_paths(config.paths, ("tar",))
+
+    def normalise(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(batch["__key__"])
+        images, captions, errors = [], [], []
+        for row in range(count):
+            image = next((value for ext in IMAGE_EXTENSIONS if (value := _cell(batch, ext, row)) is not None), None)
+            caption = _cell(batch, "txt", row)
+            if caption is None:
+                caption = _caption_from_json(_cell(batch, "json", row))
+            images.append(_image_bytes(image))
+            captions.append(caption)
+            errors.append("" if image is not None else "no_image:missing_in_shard")
+        urls = [str(u) for u in batch["__url__"]] if "__url__" in batch else [""] * count
+        return make_batch(config.name, images, captions, [str(k) for k in batch["__key__"]], urls, errors)
+
+    return ray.data.read_webdataset(files, decoder=None).map_batches(normalise, batch_format="numpy")
+
+
+def _read_file(path: str) -> tuple[bytes, str]:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), ""
+    except OSError as error:
+        return b"", f"unreadable_file:{type(error).__name__}"
+
+
+def read_folder_source(config: SourceConfig) -> ray.data.Dataset:
+    if config.manifest is not None:
+        manifest = pathlib.Path(config.manifest)
+        if not manifest.is_file():
+            raise ValueError(f"manifest {manifest} does not exist")
+        root = str(manifest.parent)
+
+        def from_manifest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            images, errors, keys = [], [], []
+            for relative in batch["image"]:
+                data, error = _read_file(os.path.join(root, str(relative)))
+                images.append(data)
+                errors.append(error)
+                keys.append(pathlib.Path(str(relative)).stem)
+            captions = [c if isinstance(c, str) else None for c in batch["caption"]]
+            return make_batch(config.name, images, captions, keys, [""] * len(images), errors)
+
+        return ray.data.read_json(str(manifest), lines=True).map_batches(from_manifest, batch_format="numpy")
+
+    files = expand_paths(config.paths, IMAGE_EXTENSIONS)
+
+    def with_sidecar(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        captions, keys = [], []
+        for path in batch["path"]:
+            sidecar = os.path.splitext(str(path))[0] + ".txt"
+            caption, _ = _read_file(sidecar) if os.path.exists(sidecar) else (None, "")
+            captions.append(caption)
+            keys.append(pathlib.Path(str(path)).stem)
+        images = [bytes(b) for b in batch["bytes"]]
+        return make_batch(config.name, images, captions, keys, [""] * len(images), [""] * len(images))
+
+    return ray.data.read_binary_files(files, include_paths=True).map_batches(with_sidecar, batch_format="numpy")
+
+
+def read_source(config: SourceConfig) -> ray.data.Dataset:
+    """The source as a Ray Dataset of ``SOURCE_COLUMNS``."""
+    readers = {"parquet": read_parquet_source, "webdataset": read_webdataset_source, "folder": read_folder_source}
+    return readers[config.kind](config)
