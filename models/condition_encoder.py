@@ -164,15 +164,23 @@ class ConditionEncoder:
     @functools.cached_property
     def processor(self) -> Qwen2VLProcessor:
         """Qwen2.5-VL's processor around our tokenizer (built on first use: only the edit path needs it)."""
-        return Qwen2VLProcessor(
-            image_processor=Qwen2VLImageProcessor(), tokenizer=self.tokenizer, video_processor=Qwen2VLVideoProcessor()
-        )
+        return build_vl_processor(self.tokenizer)
 
     def _drop_and_pad(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> PromptEmbeds:
         """Split ``hidden: [B, T, D]`` by the mask, drop the template's leading tokens, zero-pad to the longest."""
         valid = attention_mask.bool()
         per_prompt = torch.split(hidden[valid], valid.sum(dim=1).tolist(), dim=0)
         return pad_prompt_embeds([sequence[self.template.drop :] for sequence in per_prompt])
+
+
+def build_vl_processor(tokenizer: PreTrainedTokenizerBase, **image_kwargs) -> Qwen2VLProcessor:
+    """Qwen2.5-VL's processor (image patches of 14, 2x2 merge) around ``tokenizer``; ``image_kwargs`` such as
+    ``max_pixels`` bound the image size the vision tower sees."""
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**image_kwargs),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+    )
 
 
 def _as_list(prompts: str | list[str]) -> list[str]:
