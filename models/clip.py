@@ -1,0 +1,83 @@
+"""CLIP-family image-text embeddings with open_clip, offline.
+
+Used by the producers (image-text alignment, NSFW and aesthetic heads), the evaluation (CLIP score) and RL rewards.
+``tiny-clip`` is a randomly initialised small ViT / text transformer for tests (real architecture and the real CLIP
+BPE vocabulary that open_clip ships); any other open_clip model name needs ``weights_path``, a local weights file
+(open_clip's ``pretrained=<file>``). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from models.config import StrictModel
+
+TINY_CLIP = "tiny-clip"
+_CONFIG_DIR = pathlib.Path(__file__).parent / "clip_configs"
+
+
+@functools.cache
+def _register_configs() -> None:
+    open_clip.add_model_config(_CONFIG_DIR)
+
+
+class ClipConfig(StrictModel):
+    model_name: str = TINY_CLIP
+    weights_path: str | None = None
+    seed: int = 0  # initialises tiny-clip
+
+
+class ClipModel:
+    """An open_clip model with its preprocessing and tokenizer; embeddings are L2-normalised."""
+
+    def __init__(self, config: ClipConfig, device: str | torch.device = "cpu"):
+        _register_configs()
+        if config.model_name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {config.model_name!r}; see open_clip.list_models()")
+        if config.weights_path is None and config.model_name != TINY_CLIP:
+            raise ValueError(
+                f"CLIP model {config.model_name!r} needs weights_path: a local weights file "
+                "(open_clip pretrained checkpoint); nothing is downloaded"
+            )
+        if config.weights_path is not None and not pathlib.Path(config.weights_path).is_file():
+            raise ValueError(f"CLIP weights_path {config.weights_path} does not exist")
+        torch.manual_seed(config.seed)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            config.model_name, pretrained=config.weights_path, device=device
+        )
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(config.model_name)
+        self.device = torch.device(device)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.text_projection.shape[1] if hasattr(self.model, "text_projection") else self.model.embed_dim
+
+    @torch.no_grad()
+    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 ``[H, W, 3]`` RGB images -> ``[N, D]`` unit vectors (float32, CPU)."""
+        if not images:
+            return torch.zeros(0, self.embed_dim)
+        pixels = torch.stack([self.preprocess(Image.fromarray(image)) for image in images]).to(self.device)
+        return torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> ``[N, D]`` unit vectors (float32, CPU); texts past the context length are truncated."""
+        if not texts:
+            return torch.zeros(0, self.embed_dim)
+        tokens = self.tokenizer(texts).to(self.device)
+        return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+
+    def similarity(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray:
+        """Cosine similarity of each image with its own text, ``[N]`` in [-1, 1]."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images for {len(texts)} texts")
+        return (self.encode_images(images) * self.encode_texts(texts)).sum(dim=-1).numpy()
