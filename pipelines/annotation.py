@@ -26,6 +26,7 @@ from models.config import StrictModel
 from models.presets import build_components
 from pipelines import schema
 from pipelines.decode import DecodeConfig, decode_image
+from pipelines.pools import PoolConfig
 
 IMAGE_TYPES: tuple[str, ...] = (
     "photo",
@@ -169,11 +170,7 @@ class CaptionerConfig(StrictModel):
     weights_dir: str | None = None
     max_new_tokens: int = pydantic.Field(default=256, ge=8)
     max_pixels: int = pydantic.Field(default=448 * 448, ge=56 * 56)  # what the vision tower sees
-    batch_size: int = pydantic.Field(default=4, ge=1)
-    num_actors_min: int = pydantic.Field(default=1, ge=1)
-    num_actors_max: int = pydantic.Field(default=1, ge=1)
-    num_cpus: float = pydantic.Field(default=1.0, gt=0)
-    num_gpus: float = pydantic.Field(default=0.0, ge=0)
+    pool: PoolConfig = PoolConfig(batch_size=4)
     seed: int = 0
 
 
@@ -182,7 +179,7 @@ class Captioner:
 
     def __init__(self, config: CaptionerConfig):
         self.config = config
-        device = "cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        device = "cuda" if config.pool.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         if config.weights_dir is not None and (pathlib.Path(config.weights_dir) / "config.json").is_file():
             # A plain transformers checkpoint such as Qwen2.5-VL-7B-Instruct.

@@ -14,9 +14,20 @@ URL = "url"  # the source's URL column when it has one; may be empty
 # Raw inputs, dropped before the store.
 IMAGE_BYTES = "image_bytes"
 SOURCE_ERROR = "source_error"  # non-empty when the source could not deliver the sample (missing file, no image)
+SCORE_SOURCE_ERROR = "score_source_error"  # 1.0 when SOURCE_ERROR is set: the check that drops it reads this
 
 # Text.
 CAPTION = "caption"  # the caption as delivered (raw), decoded as UTF-8
 CAPTION_VALID_UTF8 = "caption_valid_utf8"  # False when the caption bytes were not valid UTF-8 (replaced chars)
 
-SOURCE_COLUMNS: tuple[str, ...] = (SAMPLE_ID, SOURCE, KEY, URL, IMAGE_BYTES, CAPTION, CAPTION_VALID_UTF8, SOURCE_ERROR)
+SOURCE_COLUMNS: tuple[str, ...] = (
+    SAMPLE_ID,
+    SOURCE,
+    KEY,
+    URL,
+    IMAGE_BYTES,
+    CAPTION,
+    CAPTION_VALID_UTF8,
+    SOURCE_ERROR,
+    SCORE_SOURCE_ERROR,
+)

@@ -68,6 +68,13 @@ def decode_caption(raw: bytes | str | None) -> tuple[bytes, str, bool]:
         return raw, raw.decode("utf-8", "replace"), False
 
 
+def _is_null_image(value: object) -> bool:
+    """A missing image (null cell, or a struct without bytes); empty bytes are a broken file, not a missing one."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _image_bytes(value: object) -> bytes:
     if value is None:
         return b""
@@ -101,6 +108,7 @@ def make_batch(
         schema.CAPTION: np.array(texts, dtype=object),
         schema.CAPTION_VALID_UTF8: np.array(valid, dtype=bool),
         schema.SOURCE_ERROR: np.array(errors, dtype=object),
+        schema.SCORE_SOURCE_ERROR: np.array([1.0 if error else 0.0 for error in errors]),
     }
 
 
@@ -155,14 +163,15 @@ def read_parquet_source(config: SourceConfig) -> ray.data.Dataset:
 
     def normalise(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch[image_col])
-        images = [_image_bytes(value) for value in batch[image_col]]
+        raw = list(batch[image_col])
+        images = [_image_bytes(value) for value in raw]
         return make_batch(
             config.name,
             images,
             list(batch[caption_col]),
             [str(k) if k is not None else "" for k in batch[key_col]] if key_col else [""] * count,
             [str(u) if u is not None else "" for u in batch[url_col]] if url_col else [""] * count,
-            ["" if image else "no_image:empty_column" for image in images],
+            ["no_image:null" if _is_null_image(value) else "" for value in raw],
         )
 
     return ray.data.read_parquet(files).select_columns(wanted).map_batches(normalise, batch_format="numpy")

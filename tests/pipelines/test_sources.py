@@ -56,7 +56,7 @@ def test_parquet_hf_image_struct_and_missing_image(ray_session, tmp_path):
     images = [{"bytes": PAIRS[0][0], "path": "a.jpg"}, {"bytes": None, "path": "b.jpg"}]
     pq.write_table(pa.table({"image": images, "text": ["one", "two"]}), tmp_path / "hf.parquet")
     rows = read_source(SourceConfig(kind="parquet", paths=[str(tmp_path / "hf.parquet")])).take_all()
-    assert sorted(r[schema.SOURCE_ERROR] for r in rows) == ["", "no_image:empty_column"]
+    assert sorted(r[schema.SOURCE_ERROR] for r in rows) == ["", "no_image:null"]
     with pytest.raises(ValueError, match="caption column 'nope'"):
         read_source(SourceConfig(kind="parquet", paths=[str(tmp_path)], caption_column="nope"))
 

@@ -1,0 +1,162 @@
+"""CLIP-embedding operators, one image embedding per sample shared by all of them.
+
+- S3 alignment: cosine similarity of the image and its raw caption (open_clip; the report used Chinese-CLIP and
+  SigLIP 2; any open_clip model with a local weights file works here);
+- S1 NSFW: a pluggable head over the image embedding giving a probability;
+- S5 aesthetic: a pluggable head over the image embedding giving a score (LAION's predictor scale, 1 to 10).
+
+Heads are small MLPs read from a local safetensors file (``layers.{i}.weight`` / ``layers.{i}.bias``, ReLU
+between layers; see ``EmbeddingHead``), so published predictors can be converted once and loaded offline. A head
+that is not configured is disabled with one logged warning: its column is NaN and its check is left out of the
+stage computation (``clip_checks``), so nothing is silently dropped by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import numpy as np
+import pydantic
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.clip import ClipConfig, ClipModel
+from models.config import StrictModel
+from pipelines.decode import DecodeConfig, decode_image
+from pipelines.operators.base import Check
+from pipelines.pools import PoolConfig
+
+logger = logging.getLogger(__name__)
+
+SCORE_CLIP_ALIGNMENT = "score_clip_alignment"
+SCORE_NSFW = "score_nsfw"
+SCORE_AESTHETIC = "score_aesthetic"
+CLIP_EMBEDDING = "clip_embedding"  # kept for retrieval (S6) and balance (S7); float16 [D]
+
+
+class EmbeddingHead(torch.nn.Module):
+    """Linear layers with ReLU between them, over an L2-normalised embedding; one output."""
+
+    def __init__(self, sizes: list[int]):
+        super().__init__()
+        if len(sizes) < 2 or sizes[-1] != 1:
+            raise ValueError(f"head sizes must run from the embedding size to 1, got {sizes}")
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        hidden = embeddings
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden)
+            if index < len(self.layers) - 1:
+                hidden = torch.relu(hidden)
+        return hidden.squeeze(-1)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path, embed_dim: int) -> EmbeddingHead:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ValueError(f"head weights {path} do not exist")
+        tensors = load_file(str(path))
+        num_layers = len([key for key in tensors if key.endswith(".weight")])
+        if num_layers == 0:
+            raise ValueError(f"{path} holds no layers.{{i}}.weight tensors")
+        sizes = [tensors["layers.0.weight"].shape[1]] + [
+            tensors[f"layers.{i}.weight"].shape[0] for i in range(num_layers)
+        ]
+        if sizes[0] != embed_dim:
+            raise ValueError(f"head {path} expects {sizes[0]}-d embeddings but the CLIP model gives {embed_dim}")
+        head = cls(sizes)
+        head.load_state_dict(tensors)
+        return head.eval().requires_grad_(False)
+
+    def save(self, path: str | pathlib.Path) -> None:
+        save_file({key: value.contiguous() for key, value in self.state_dict().items()}, str(path))
+
+
+class ClipScoresConfig(StrictModel):
+    clip: ClipConfig = ClipConfig()
+    nsfw_head: str | None = None  # safetensors file; output is a logit (sigmoid -> probability)
+    aesthetic_head: str | None = None  # safetensors file; output is the aesthetic score
+    image_short_side: int = pydantic.Field(default=256, ge=32)  # decode size; CLIP resizes to its own input
+    keep_embeddings: bool = True
+    pool: PoolConfig = PoolConfig(batch_size=32)
+
+
+class ClipScores:
+    """Ray Data actor: image bytes + raw caption -> alignment, NSFW, aesthetic (and the embedding)."""
+
+    def __init__(self, config: ClipScoresConfig):
+        self.config = config
+        device = "cuda" if config.pool.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.clip = ClipModel(config.clip, device=device)
+        self.nsfw = EmbeddingHead.load(config.nsfw_head, self.clip.embed_dim) if config.nsfw_head else None
+        self.aesthetic = (
+            EmbeddingHead.load(config.aesthetic_head, self.clip.embed_dim) if config.aesthetic_head else None
+        )
+        for name, head in (("NSFW", self.nsfw), ("aesthetic", self.aesthetic)):
+            if head is None:
+                logger.warning("%s head not configured: the %s operator is disabled (scores NaN, no check)", name, name)
+        self.decode_config = DecodeConfig(analysis_short_side=config.image_short_side)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(batch["image_bytes"])
+        alignment, nsfw, aesthetic = (np.full(count, np.nan) for _ in range(3))
+        embeddings = np.full((count, self.clip.embed_dim), np.nan, dtype=np.float16)
+        rows, images = [], []
+        for row, data in enumerate(batch["image_bytes"]):
+            decoded = decode_image(bytes(data), self.decode_config)
+            if decoded.ok:
+                rows.append(row)
+                images.append(decoded.image)
+        if rows:
+            image_embeds = self.clip.encode_images(images)
+            text_embeds = self.clip.encode_texts([str(batch["caption"][row]) for row in rows])
+            alignment[rows] = (image_embeds * text_embeds).sum(-1).numpy()
+            embeddings[rows] = image_embeds.numpy().astype(np.float16)
+            with torch.no_grad():
+                if self.nsfw is not None:
+                    nsfw[rows] = torch.sigmoid(self.nsfw(image_embeds)).numpy()
+                if self.aesthetic is not None:
+                    aesthetic[rows] = self.aesthetic(image_embeds).numpy()
+        out = {**batch, SCORE_CLIP_ALIGNMENT: alignment, SCORE_NSFW: nsfw, SCORE_AESTHETIC: aesthetic}
+        if self.config.keep_embeddings:
+            out[CLIP_EMBEDDING] = embeddings
+        return out
+
+
+def clip_checks(config: ClipScoresConfig) -> tuple[Check, ...]:
+    """Checks over the CLIP scores; heads that are not configured contribute none."""
+    checks = [
+        Check(
+            name="clip_alignment",
+            stage=3,
+            column=SCORE_CLIP_ALIGNMENT,
+            bounds=lambda t: (t.s3.min_clip_alignment, None),
+            low_reason="clip_alignment:low",
+            high_reason="clip_alignment:high",
+        )
+    ]
+    if config.nsfw_head:
+        checks.append(
+            Check(
+                name="nsfw",
+                stage=1,
+                column=SCORE_NSFW,
+                bounds=lambda t: (None, t.s1.max_nsfw),
+                low_reason="nsfw:low",
+                high_reason="nsfw",
+            )
+        )
+    if config.aesthetic_head:
+        checks.append(
+            Check(
+                name="aesthetic",
+                stage=5,
+                column=SCORE_AESTHETIC,
+                bounds=lambda t: (t.s5.min_aesthetic, None),
+                low_reason="aesthetic:low",
+                high_reason="aesthetic:high",
+            )
+        )
+    return tuple(checks)
