@@ -48,8 +48,13 @@ def ray_session():
 
     Logical CPUs are oversubscribed (8 on 2 cores) so Ray Data tasks and train workers never starve each other.
     """
+    import logging
+
     import ray
     from ray.data import DataContext
+
+    # Ray Data's DEBUG records (operator metrics dumps) would flood the logs pytest shows for a failing test.
+    logging.getLogger("ray").setLevel(logging.INFO)
 
     if not ray.is_initialized():
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -1,0 +1,28 @@
+"""Connecting a job to Ray: the cluster at ``RAY_ADDRESS`` when set, otherwise a local Ray on this machine.
+
+A local Ray oversubscribes logical CPUs (4 per core, at least 8): model actors spend much of their time waiting on
+each other, and a train worker holding every CPU would starve Ray Data, which hangs the job (MEASURED.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(num_cpus: int | None = None) -> dict:
+    """Connect (or start a local Ray) once per process; returns the cluster's resources."""
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+            logger.info("connected to the Ray cluster at %s", address)
+        else:
+            cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
+            ray.init(num_cpus=cpus, include_dashboard=False)
+            logger.info("started a local Ray with %d logical CPUs", cpus)
+    return ray.cluster_resources()

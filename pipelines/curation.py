@@ -1,0 +1,151 @@
+"""The curation job (producers I): sources -> every operator once -> annotation -> scored Parquet -> labels + funnel.
+
+Two passes, so that deduplication is global and thresholds stay re-applicable:
+
+1. Streaming (Ray Data): read the sources, decode and score every CPU operator in one actor pool, embed with CLIP
+   (alignment, NSFW, aesthetic), read text with OCR (language, density, small characters, watermark), detect faces
+   and categorise, annotate with the captioner, score the captions; write everything, image bytes included, to
+   ``<output>/scored/`` (Parquet). Nothing is dropped in this pass: every input row is written with its scores.
+2. Over stored scores only (no image is read): the global duplicate pass over perceptual hashes, then ``stage``
+   (the highest of S1..S7 passed) and the first ``drop_reason`` under the configured thresholds, written to
+   ``<output>/labels.parquet`` keyed by ``sample_id``; the funnel report next to it. Re-running this pass with new
+   thresholds (``relabel``) costs seconds per million samples: "score once, filter many".
+
+The second pass holds the small score columns of the whole corpus in one process (about 200 bytes a sample).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pydantic
+import ray.data
+import yaml
+
+from models.config import StrictModel
+from pipelines import schema
+from pipelines.annotation import ANN_RAW, Captioner, CaptionerConfig
+from pipelines.funnel import write_funnel_report
+from pipelines.operators.base import Check
+from pipelines.operators.caption import CaptionScores, caption_checks
+from pipelines.operators.clip_scores import CLIP_EMBEDDING, ClipScores, ClipScoresConfig, clip_checks
+from pipelines.operators.dedup import add_duplicate_column
+from pipelines.operators.registry import OperatorConfig, ScoreOperators, build_operators, operator_checks
+from pipelines.operators.thresholds import FilterThresholds
+from pipelines.pools import PoolConfig, map_stage
+from pipelines.sources import SourceConfig, read_source
+
+logger = logging.getLogger(__name__)
+
+SCORED_DIR = "scored"
+LABELS_FILE = "labels.parquet"
+# Columns the label pass never reads: the heavy ones.
+HEAVY_COLUMNS: tuple[str, ...] = (schema.IMAGE_BYTES, CLIP_EMBEDDING, ANN_RAW)
+
+SOURCE_CHECK = Check(
+    name="source",
+    stage=1,
+    column=schema.SCORE_SOURCE_ERROR,
+    bounds=lambda t: (None, 0.0),
+    low_reason="source_error",
+    high_reason="source_error",
+    detail_column=schema.SOURCE_ERROR,
+)
+
+
+class CurationConfig(StrictModel):
+    sources: list[SourceConfig] = pydantic.Field(min_length=1)
+    output_dir: str
+    overwrite: bool = False
+    limit: int | None = pydantic.Field(default=None, ge=1)
+    operators: OperatorConfig = OperatorConfig()
+    thresholds: FilterThresholds = FilterThresholds()
+    cpu_pool: PoolConfig = PoolConfig(max_size=2, batch_size=32)
+    caption_pool: PoolConfig = PoolConfig(batch_size=64)
+    clip: ClipScoresConfig = ClipScoresConfig()
+    annotation: CaptionerConfig = CaptionerConfig()
+    min_rows_per_file: int = pydantic.Field(default=2000, ge=1)
+
+
+@dataclasses.dataclass
+class CurationResult:
+    output_dir: pathlib.Path
+    num_samples: int
+    funnel: dict
+
+
+def all_checks(config: CurationConfig) -> list[Check]:
+    """Every check of every stage for this configuration, in stage order (the order of drop reasons)."""
+    checks = [SOURCE_CHECK, *operator_checks(build_operators(config.operators))]
+    checks += [*caption_checks(), *clip_checks(config.clip)]
+    return sorted(checks, key=lambda check: check.stage)
+
+
+def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
+    """Pass 1 as a lazy Ray Dataset: every input row with every score, nothing dropped."""
+    datasets = [read_source(source) for source in config.sources]
+    dataset = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    if config.limit is not None:
+        dataset = dataset.limit(config.limit)
+    dataset = map_stage(dataset, ScoreOperators, config.cpu_pool, config=config.operators)
+    dataset = map_stage(dataset, ClipScores, config.clip.pool, config=config.clip)
+    if config.annotation.enabled:
+        dataset = map_stage(dataset, Captioner, config.annotation.pool, config=config.annotation)
+    return map_stage(dataset, CaptionScores, config.caption_pool)
+
+
+def _prepare_output(config: CurationConfig) -> pathlib.Path:
+    output = pathlib.Path(config.output_dir)
+    scored = output / SCORED_DIR
+    if scored.exists() and any(scored.iterdir()):
+        if not config.overwrite:
+            raise ValueError(f"{scored} already holds scored shards; set overwrite=true or choose another output_dir")
+        shutil.rmtree(scored)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "curation_config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return output
+
+
+def read_score_columns(output_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Every light column of the scored shards (not image bytes, embeddings or raw answers), as numpy."""
+    dataset = pads.dataset(str(pathlib.Path(output_dir) / SCORED_DIR), format="parquet")
+    names = [name for name in dataset.schema.names if name not in HEAVY_COLUMNS]
+    table = dataset.to_table(columns=names)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
+
+
+def relabel(output_dir: str | pathlib.Path, config: CurationConfig) -> dict:
+    """Pass 2: duplicates, stage and drop reasons from stored scores; writes labels and the funnel report."""
+    output_dir = pathlib.Path(output_dir)
+    columns = add_duplicate_column(read_score_columns(output_dir), config.thresholds)
+    checks = all_checks(config)
+    funnel = write_funnel_report(output_dir, columns, config.thresholds, checks)
+    from pipelines.operators.stage import compute_stage, first_drop_reason
+
+    labels = pa.table(
+        {
+            schema.SAMPLE_ID: pa.array(columns[schema.SAMPLE_ID], pa.string()),
+            "score_duplicate": pa.array(columns["score_duplicate"], pa.float64()),
+            "stage": pa.array(compute_stage(columns, config.thresholds, checks), pa.int8()),
+            "drop_reason": pa.array(first_drop_reason(columns, config.thresholds, checks), pa.string()),
+        }
+    )
+    temporary = output_dir / f".{LABELS_FILE}.tmp"
+    pq.write_table(labels, temporary)
+    temporary.replace(output_dir / LABELS_FILE)
+    return funnel
+
+
+def run_curation(config: CurationConfig) -> CurationResult:
+    """Both passes; returns where the output is and the funnel summary."""
+    output = _prepare_output(config)
+    scoring_dataset(config).write_parquet(str(output / SCORED_DIR), min_rows_per_file=config.min_rows_per_file)
+    funnel = relabel(output, config)
+    return CurationResult(output_dir=output, num_samples=funnel["num_input"], funnel=funnel)

@@ -1,0 +1,140 @@
+"""The curation job end to end on Ray: every input accounted for, bad inputs included; labels and funnel report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.curation import CurationConfig, read_score_columns, relabel, run_curation
+from pipelines.sample_data import bad_inputs, sample_pairs
+from pipelines.sources import SourceConfig, sample_id
+
+FAST = {"annotation": {"max_new_tokens": 12, "max_pixels": 112 * 112}, "min_rows_per_file": 1}
+
+
+def _mutations(data: bytes, count: int, seed: int) -> list[bytes]:
+    """Seeded byte mutations of a valid JPEG: flips, cuts, insertions, header damage."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for index in range(count):
+        buffer = bytearray(data)
+        kind = index % 4
+        if kind == 0:
+            for position in rng.integers(0, len(buffer), 20):
+                buffer[position] = int(rng.integers(0, 256))
+        elif kind == 1:
+            buffer = buffer[: int(rng.integers(1, len(buffer)))]
+        elif kind == 2:
+            position = int(rng.integers(0, len(buffer)))
+            buffer[position:position] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+        else:
+            buffer[2 : 2 + 32] = rng.integers(0, 256, 32, dtype=np.uint8).tobytes()
+        out.append(bytes(buffer))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad_corpus(tmp_path_factory) -> tuple[str, list[str]]:
+    folder = tmp_path_factory.mktemp("bad")
+    names, images, captions = [], [], []
+    for name, data, caption in bad_inputs():
+        names.append(name)
+        images.append(data)
+        captions.append(caption)
+    good = sample_pairs(1)[0][1]
+    for index, data in enumerate(_mutations(good, 16, seed=3)):
+        names.append(f"mutation_{index}")
+        images.append(data)
+        captions.append(b"A mutated picture of a hill.")
+    # Captions as binary: invalid UTF-8 must reach the pipeline as it was.
+    table = pa.table({"key": names, "jpg": pa.array(images, pa.binary()), "txt": pa.array(captions, pa.binary())})
+    pq.write_table(table, folder / "bad.parquet")
+    ids = [sample_id(image, caption) for image, caption in zip(images, captions, strict=True)]
+    return str(folder / "bad.parquet"), ids
+
+
+def test_bad_inputs_are_accounted_for(ray_session, bad_corpus, tmp_path):
+    path, expected_ids = bad_corpus
+    config = CurationConfig.model_validate(
+        {"sources": [{"kind": "parquet", "paths": [path]}], "output_dir": str(tmp_path / "out"), **FAST}
+    )
+    result = run_curation(config)
+    labels = pq.read_table(tmp_path / "out" / "labels.parquet").to_pydict()
+    # Every input is there exactly once, and is either kept (all stages) or dropped with a reason.
+    assert sorted(labels["sample_id"]) == sorted(expected_ids)
+    for stage, reason in zip(labels["stage"], labels["drop_reason"], strict=True):
+        assert (stage == 7) != bool(reason), (stage, reason)
+    assert result.num_samples == len(expected_ids)
+    funnel = result.funnel
+    assert funnel["num_kept_all_stages"] + funnel["num_dropped"] == funnel["num_input"] == len(expected_ids)
+
+    by_key = dict(zip(read_score_columns(tmp_path / "out")["key"], labels["drop_reason"], strict=True))
+    by_key = {key: by_key[key] for key in by_key}
+    assert by_key["zero_bytes"] == "broken_file:empty"
+    assert by_key["truncated_jpeg"] == "broken_file:truncated"
+    assert by_key["random_bytes"] == "broken_file:unidentified"
+    assert by_key["bomb_header"] == "too_large:decompression_bomb"  # refused from the header, nothing decoded
+    assert by_key["one_pixel"].split(":")[0] in ("file_size", "resolution")
+    assert by_key["invalid_utf8"] == "caption_invalid:invalid_utf8"
+    assert by_key["empty_caption"] == "caption_invalid:empty"
+    assert by_key["huge_caption"] == "caption_tokens:too_long"
+
+
+def test_curation_writes_scores_labels_and_funnel(ray_session, tmp_path):
+    from pipelines.sample_data import write_sample_corpus
+
+    shards = write_sample_corpus(tmp_path / "corpus", 24)
+    output = tmp_path / "curated"
+    config = CurationConfig.model_validate(
+        {"sources": [{"name": "sample", "kind": "webdataset", "paths": shards}], "output_dir": str(output), **FAST}
+    )
+    result = run_curation(config)
+    assert result.num_samples == 24
+    columns = read_score_columns(output)
+    for name in (
+        "score_blur",
+        "score_phash",
+        "score_clip_alignment",
+        "score_caption_tokens",
+        "ann_image_type",
+        "annotation_error",
+        "caption_fused",
+    ):
+        assert name in columns, name
+    labels = pq.read_table(output / "labels.parquet").to_pydict()
+    assert sum(labels["score_duplicate"][i] == 1.0 for i in range(24)) >= 1  # the corpus holds exact duplicates
+    funnel = json.loads((output / "funnel.json").read_text())
+    assert funnel["survivors_per_stage"]["S1"] < 24 and funnel["drop_reasons"]
+    assert (output / "funnel.html").is_file() and (output / "funnel" / "stages.png").is_file()
+    assert any((output / "funnel").glob("hist_blur*.png"))
+
+    # Score once, filter many: stricter thresholds re-applied to the stored scores drop more, reading no image.
+    stricter = config.model_copy(
+        update={
+            "thresholds": config.thresholds.model_copy(
+                update={"s2": config.thresholds.s2.model_copy(update={"min_blur": 1e9})}
+            )
+        }
+    )
+    refunnel = relabel(output, stricter)
+    assert refunnel["survivors_per_stage"]["S2"] == 0
+    with pytest.raises(ValueError, match="overwrite"):
+        run_curation(config)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from models.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="thresholds.s2.min_blurr"):
+        load_config(
+            CurationConfig,
+            None,
+            [f"output_dir={tmp_path}", "sources=[{kind: folder, paths: [x]}]", "thresholds.s2.min_blurr=3"],
+        )
+    with pytest.raises(ConfigError, match="sources"):
+        load_config(CurationConfig, None, [f"output_dir={tmp_path}", "sources=[]"])
+    assert SourceConfig  # imported for the type
