@@ -108,3 +108,44 @@ def test_unconfigured_heads_are_disabled_not_dropping():
         path = "/tmp/_head16.safetensors"
         EmbeddingHead([16, 1]).save(path)
         ClipScores(ClipScoresConfig(nsfw_head=path))
+
+
+def _constant_head(path, value: float) -> str:
+    head = EmbeddingHead([32, 1])
+    with torch.no_grad():
+        head.layers[0].weight.zero_()
+        head.layers[0].bias.fill_(value)
+    head.save(path)
+    return str(path)
+
+
+def test_model_checks_pass_and_fail(tmp_path):
+    from pipelines.operators.caption import caption_checks
+    from pipelines.operators.thresholds import FilterThresholds
+
+    thresholds = FilterThresholds()
+    images = np.array([_image_bytes(60)], dtype=object)
+    outcomes = {}
+    for label, nsfw_logit, aesthetic in (("clean", -8.0, 7.0), ("flagged", 8.0, 2.0)):
+        config = ClipScoresConfig(
+            nsfw_head=_constant_head(tmp_path / f"nsfw_{label}.safetensors", nsfw_logit),
+            aesthetic_head=_constant_head(tmp_path / f"aes_{label}.safetensors", aesthetic),
+        )
+        out = ClipScores(config)({"image_bytes": images, "caption": np.array(["a picture"], dtype=object)})
+        checks = {check.name: check for check in clip_checks(config)}
+        outcomes[label] = {
+            name: check.reason(float(out[check.column][0]), thresholds)
+            for name, check in checks.items()
+            if name != "clip_alignment"
+        }
+    assert outcomes["clean"] == {"nsfw": None, "aesthetic": None}
+    assert outcomes["flagged"] == {"nsfw": "nsfw", "aesthetic": "aesthetic:low"}
+
+    alignment = clip_checks(ClipScoresConfig())[0]
+    assert alignment.reason(0.3, thresholds) is None and alignment.reason(-0.2, thresholds) == "clip_alignment:low"
+
+    checks = {check.name: check for check in caption_checks()}
+    assert checks["caption_tokens"].reason(40, thresholds) is None
+    assert checks["caption_tokens"].reason(5000, thresholds) == "caption_tokens:too_long"
+    assert checks["caption_invalid"].reason(0.0, thresholds) is None
+    assert checks["caption_invalid"].reason(1.0, thresholds) == "caption_invalid"
