@@ -1,11 +1,14 @@
-"""The built-in demo: generate images with the tiny preset through the whole model stack and write a PNG.
+"""The built-in demo: the platform end to end on a synthetic corpus and the tiny preset.
 
-    python jobs/demo.py                                   # tiny preset, outputs/demo.png
-    python jobs/demo.py --config my.yaml num_steps=30 'prompts=["a red fox"]'
+    python jobs/demo.py                       # outputs/demo/: curated corpus, funnel.html, samples.png
+    python jobs/demo.py num_samples=128 generation.num_steps=30
 
-Prompts go through the condition encoder (Qwen2.5-VL with the real Qwen2 vocabulary), the MMDiT samples with true
-CFG, the VAE decodes. With the tiny preset the weights are random, so the image is noise with structure: the demo
-proves the stack runs end to end; later issues grow it into preprocess -> train -> sample.
+1. Producers: a synthetic corpus of image-text pairs (with the defects the filters exist for) goes through the
+   curation job on a local Ray: every operator once, annotation, global dedup, stages, the funnel report.
+2. The model stack: prompts go through the condition encoder (Qwen2.5-VL with the real Qwen2 vocabulary), the
+   MMDiT samples with true CFG, the VAE decodes. With the tiny preset the weights are random, so the images are
+   structured noise; later stages of the platform (latent store, pretraining) grow this into preprocess -> train
+   -> sample.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG, TextToI
 from models.imageio import save_png, to_grid  # noqa: E402
 
 
-class DemoConfig(StrictModel):
+class GenerationConfig(StrictModel):
     preset: str = "tiny"
     weights_dir: str | None = None
     prompts: list[str] = ['A shop sign that reads "Qwen Image" on a red background', "一只在雪地里奔跑的橘猫"]
@@ -32,37 +35,46 @@ class DemoConfig(StrictModel):
     num_steps: int = 20
     true_cfg_scale: float = DEFAULT_TRUE_CFG
     seed: int = 0
-    output: str = "outputs/demo.png"
+
+
+class DemoConfig(StrictModel):
+    output_dir: str = "outputs/demo"
+    num_samples: int = 48  # synthetic corpus size; 0 skips the producer step
+    generation: GenerationConfig = GenerationConfig()
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with DemoConfig keys")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_steps=8")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. generation.num_steps=8")
     args = parser.parse_args(argv)
     config = load_config(DemoConfig, args.config, args.overrides)
-
+    output = pathlib.Path(config.output_dir)
     started = time.perf_counter()
-    generator = TextToImage.from_preset(config.preset, weights_dir=config.weights_dir)
-    print(f"[demo] loaded preset {config.preset!r} in {time.perf_counter() - started:.1f}s", flush=True)
 
-    def on_step(step: int, total: int) -> None:
-        print(f"[demo] sampling step {step}/{total}", flush=True)
+    if config.num_samples > 0:
+        from jobs.preprocess import main as preprocess
 
+        print(f"[demo] 1/2 curating a synthetic corpus of {config.num_samples} samples", flush=True)
+        preprocess(["--sample", str(config.num_samples), f"output_dir={output / 'curated'}", "overwrite=true"])
+
+    gen = config.generation
+    print(f"[demo] 2/2 generating {len(gen.prompts)} images with preset {gen.preset!r}", flush=True)
+    generator = TextToImage.from_preset(gen.preset, weights_dir=gen.weights_dir)
     images = generator(
-        config.prompts,
-        height=config.height,
-        width=config.width,
-        num_steps=config.num_steps,
-        true_cfg_scale=config.true_cfg_scale,
-        negative_prompt=config.negative_prompt,
-        seeds=[config.seed + index for index in range(len(config.prompts))],
-        on_step=on_step,
+        gen.prompts,
+        height=gen.height,
+        width=gen.width,
+        num_steps=gen.num_steps,
+        true_cfg_scale=gen.true_cfg_scale,
+        negative_prompt=gen.negative_prompt,
+        seeds=[gen.seed + index for index in range(len(gen.prompts))],
+        on_step=lambda step, total: print(f"[demo] sampling step {step}/{total}", flush=True),
     )
-    path = save_png(to_grid(images, columns=len(images), labels=config.prompts), config.output)
+    path = save_png(to_grid(images, columns=len(images), labels=gen.prompts), output / "samples.png")
     print(
-        f"[demo] wrote {path} ({len(images)} images, {config.height}x{config.width}) "
-        f"in {time.perf_counter() - started:.1f}s",
+        f"[demo] wrote {path}; funnel report: {output / 'curated' / 'funnel.html'} "
+        f"({time.perf_counter() - started:.0f}s)",
         flush=True,
     )
     return path

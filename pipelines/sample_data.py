@@ -71,13 +71,16 @@ def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     ].tobytes()
 
 
-def sample_pairs(num_samples: int, seed: int = 0, size: int = 320) -> list[tuple[str, bytes, str]]:
+def sample_pairs(
+    num_samples: int, seed: int = 0, size: int = 320, large_size: int = 704
+) -> list[tuple[str, bytes, str]]:
     """``(key, image bytes, caption)`` triples; about a quarter carry one known defect each."""
     rng = np.random.default_rng(seed)
     pairs: list[tuple[str, bytes, str]] = []
     for index in range(num_samples):
         key = f"{index:06d}"
-        height, width = (size, int(size * 4 / 3)) if index % 3 else (int(size * 4 / 3), size)
+        side = size if index % 2 else large_size  # half the corpus is large enough for the 640p stages
+        height, width = (side, side * 4 // 3) if index % 3 else (side * 4 // 3, side)
         kind = index % 12
         if kind in (3, 7):
             word = str(rng.choice(WORDS_ZH if kind == 7 else WORDS_EN))

@@ -1,4 +1,4 @@
-"""Smoke path of the demo job: it writes a PNG of the requested grid."""
+"""Smoke path of the demo job: generation only (the producer step is covered by tests/pipelines/test_curation.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ from PIL import Image
 def test_demo_writes_png(tmp_path):
     from jobs.demo import main
 
-    path = main([f"output={tmp_path / 'demo.png'}", "num_steps=2", "height=32", "width=48", 'prompts=["a", "b", "c"]'])
+    path = main(
+        [
+            f"output_dir={tmp_path}",
+            "num_samples=0",
+            "generation.num_steps=2",
+            "generation.height=32",
+            "generation.width=48",
+            'generation.prompts=["a", "b", "c"]',
+        ]
+    )
+    assert path == tmp_path / "samples.png"
     image = np.asarray(Image.open(path))
     assert image.ndim == 3 and image.shape[2] == 3
     # Three 32x48 images side by side with 2-px gaps and a caption strip above.
