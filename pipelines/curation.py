@@ -3,11 +3,12 @@
 Two passes, so that deduplication is global and thresholds stay re-applicable:
 
 1. Streaming (Ray Data): read the sources, decode and score every CPU operator in one actor pool, embed with CLIP
-   (alignment, NSFW, aesthetic), read text with OCR (language, density, small characters, watermark), detect faces
-   and categorise, annotate with the captioner, score the captions; write everything, image bytes included, to
+   (alignment, NSFW, aesthetic), annotate with the captioner, read text with OCR (language, density, small
+   characters, watermark verification), detect faces and categorise, compute the balance fields, score captions; write everything, image bytes included, to
    ``<output>/scored/`` (Parquet). Nothing is dropped in this pass: every input row is written with its scores.
 2. Over stored scores only (no image is read): the global duplicate pass over perceptual hashes, then ``stage``
-   (the highest of S1..S7 passed) and the first ``drop_reason`` under the configured thresholds, written to
+   (the highest of S1..S7 passed; S7 ranks quality within each category among the samples that pass S1..S6) and
+   the first ``drop_reason`` under the configured thresholds, written to
    ``<output>/labels.parquet`` keyed by ``sample_id``; the funnel report next to it. Re-running this pass with new
    thresholds (``relabel``) costs seconds per million samples: "score once, filter many".
 
@@ -33,11 +34,15 @@ from models.config import StrictModel
 from pipelines import schema
 from pipelines.annotation import ANN_RAW, Captioner, CaptionerConfig
 from pipelines.funnel import write_funnel_report
-from pipelines.operators.base import Check
+from pipelines.operators.balance import ELIGIBLE, add_quality_rank, balance_checks, balance_columns
+from pipelines.operators.base import NUM_STAGES, Check
 from pipelines.operators.caption import CaptionScores, caption_checks
 from pipelines.operators.clip_scores import CLIP_EMBEDDING, ClipScores, ClipScoresConfig, clip_checks
 from pipelines.operators.dedup import add_duplicate_column
+from pipelines.operators.faces import FaceScores, FaceScoresConfig, face_checks
 from pipelines.operators.registry import OperatorConfig, ScoreOperators, build_operators, operator_checks
+from pipelines.operators.stage import compute_stage, first_drop_reason
+from pipelines.operators.text_ocr import OcrScores, OcrScoresConfig, text_ocr_checks
 from pipelines.operators.thresholds import FilterThresholds
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.sources import SourceConfig, read_source
@@ -71,6 +76,8 @@ class CurationConfig(StrictModel):
     caption_pool: PoolConfig = PoolConfig(batch_size=64)
     clip: ClipScoresConfig = ClipScoresConfig()
     annotation: CaptionerConfig = CaptionerConfig()
+    ocr: OcrScoresConfig = OcrScoresConfig()
+    faces: FaceScoresConfig = FaceScoresConfig()
     min_rows_per_file: int = pydantic.Field(default=2000, ge=1)
 
 
@@ -84,7 +91,8 @@ class CurationResult:
 def all_checks(config: CurationConfig) -> list[Check]:
     """Every check of every stage for this configuration, in stage order (the order of drop reasons)."""
     checks = [SOURCE_CHECK, *operator_checks(build_operators(config.operators))]
-    checks += [*caption_checks(), *clip_checks(config.clip)]
+    checks += [*caption_checks(), *clip_checks(config.clip), *text_ocr_checks(watermark=config.annotation.enabled)]
+    checks += [*face_checks(), *balance_checks()]
     return sorted(checks, key=lambda check: check.stage)
 
 
@@ -98,6 +106,9 @@ def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
     dataset = map_stage(dataset, ClipScores, config.clip.pool, config=config.clip)
     if config.annotation.enabled:
         dataset = map_stage(dataset, Captioner, config.annotation.pool, config=config.annotation)
+    dataset = map_stage(dataset, OcrScores, config.ocr.pool, config=config.ocr)  # reads the watermark list
+    dataset = map_stage(dataset, FaceScores, config.faces.pool, config=config.faces)  # reads OCR and annotation
+    dataset = dataset.map_batches(balance_columns, batch_format="numpy")
     return map_stage(dataset, CaptionScores, config.caption_pool)
 
 
@@ -126,15 +137,18 @@ def relabel(output_dir: str | pathlib.Path, config: CurationConfig) -> dict:
     output_dir = pathlib.Path(output_dir)
     columns = add_duplicate_column(read_score_columns(output_dir), config.thresholds)
     checks = all_checks(config)
+    # S7 keeps the top quality of each category among the samples that reach it: rank after stages 1-6.
+    before_s7 = [check for check in checks if check.stage < NUM_STAGES]
+    columns[ELIGIBLE] = compute_stage(columns, config.thresholds, before_s7) >= NUM_STAGES - 1
+    columns = add_quality_rank(columns)
     funnel = write_funnel_report(output_dir, columns, config.thresholds, checks)
-    from pipelines.operators.stage import compute_stage, first_drop_reason
-
     labels = pa.table(
         {
             schema.SAMPLE_ID: pa.array(columns[schema.SAMPLE_ID], pa.string()),
             "score_duplicate": pa.array(columns["score_duplicate"], pa.float64()),
             "stage": pa.array(compute_stage(columns, config.thresholds, checks), pa.int8()),
             "drop_reason": pa.array(first_drop_reason(columns, config.thresholds, checks), pa.string()),
+            "quality_rank": pa.array(columns["quality_rank"], pa.float64()),
         }
     )
     temporary = output_dir / f".{LABELS_FILE}.tmp"

@@ -33,7 +33,8 @@ class Check:
     """A threshold on one score column: a sample passes when ``lower <= score <= upper``.
 
     ``bounds`` maps the thresholds object (``FilterThresholds``) to ``(lower, upper)``; ``None``
-    leaves that side open. A missing score (NaN) fails with ``"<name>:missing"``. When
+    leaves that side open. A missing score (NaN) fails with ``"<name>:missing"``, or passes when
+    ``missing_passes`` (a measure that does not apply to every sample). When
     ``detail_column`` is set, a failing sample's reason is read from that string column
     (the decoder's own reason for broken files).
     """
@@ -45,6 +46,8 @@ class Check:
     low_reason: str
     high_reason: str
     detail_column: str | None = None
+    # True for measures that do not apply to every sample (no text line, no annotation): a missing score passes.
+    missing_passes: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.stage <= NUM_STAGES:
@@ -54,7 +57,7 @@ class Check:
         """Drop reason for one stored score, or None when it passes."""
         lower, upper = self.bounds(thresholds)
         if math.isnan(score):
-            return f"{self.name}:missing"
+            return None if self.missing_passes else f"{self.name}:missing"
         if lower is not None and score < lower:
             return self.low_reason
         if upper is not None and score > upper:
@@ -65,12 +68,13 @@ class Check:
         """Boolean pass mask over a score column."""
         lower, upper = self.bounds(thresholds)
         scores = np.asarray(scores, dtype=np.float64)
-        mask = ~np.isnan(scores)
+        missing = np.isnan(scores)
+        mask = ~missing
         if lower is not None:
             mask &= scores >= lower
         if upper is not None:
             mask &= scores <= upper
-        return mask
+        return mask | missing if self.missing_passes else mask
 
 
 class AnalysisImage:

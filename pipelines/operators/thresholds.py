@@ -7,12 +7,16 @@ default): change that size and re-check those three. Reference points at 384 px,
 photographs and synthetic photo-like images: sharp photos score blur 100-1400, the same photos
 with a Gaussian blur of sigma 1 px 60-240 and of sigma 2 px 10-36; texture 0.02-0.22 for photos
 and 0.4-0.7 for noise; blockiness 1.01-1.24 at JPEG quality 90, 1.3-1.6 at 30, 1.8-2.6 at 10. Stages 3, 4, 6 and 7 add their models here
-as their operators land.
+as their operators land (S4, S6 and S7 are defined next to their operators and gathered here).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.operators.balance import S7Thresholds
+from pipelines.operators.faces import S6Thresholds
+from pipelines.operators.text_ocr import S4Thresholds
 
 
 class S1Thresholds(BaseModel):
@@ -96,4 +100,7 @@ class FilterThresholds(BaseModel):
     s1: S1Thresholds = Field(default_factory=S1Thresholds)
     s2: S2Thresholds = Field(default_factory=S2Thresholds)
     s3: S3Thresholds = Field(default_factory=S3Thresholds)
+    s4: S4Thresholds = Field(default_factory=S4Thresholds)
     s5: S5Thresholds = Field(default_factory=S5Thresholds)
+    s6: S6Thresholds = Field(default_factory=S6Thresholds)
+    s7: S7Thresholds = Field(default_factory=S7Thresholds)
