@@ -1,0 +1,102 @@
+"""Committing shards to the latent store: visible only when complete, listed in a manifest, safe to append.
+
+Layout::
+
+    <store>/bucket=<name>/part-<id>.parquet     one shard: rows of one aspect-ratio bucket
+    <store>/_manifest/<id>.json                 one entry per committed shard (path, bucket, rows)
+
+A shard is written under a hidden temporary name, flushed, renamed into place, and only then listed by writing its
+manifest entry (itself written to a temporary name and renamed). Readers list the manifest, never the folders, so a
+shard being written, or left behind by a crash before its entry exists, is invisible; renames are atomic on POSIX
+file systems. Many writers append at once without a lock: each entry is its own file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+import uuid
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data import Datasink
+
+from pipelines.store import columns as C
+
+MANIFEST_DIR = "_manifest"
+# Categorical columns that repeat a few values: dictionary encoding keeps them small and fast to filter.
+DICTIONARY_COLUMNS = [C.SOURCE, C.BUCKET, C.CAPTION_KIND, C.LANGUAGE, C.CATEGORY]
+
+
+def _fsync_write(path: pathlib.Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def commit_table(store_dir: str | pathlib.Path, table: pa.Table) -> list[dict]:
+    """Write ``table`` as one shard per bucket and list each in the manifest; returns the manifest entries."""
+    store = pathlib.Path(store_dir)
+    if C.BUCKET not in table.column_names or C.SAMPLE_ID not in table.column_names:
+        raise ValueError(f"a store table needs {C.SAMPLE_ID!r} and {C.BUCKET!r} columns; it has {table.column_names}")
+    (store / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+    entries = []
+    for bucket in sorted(set(table.column(C.BUCKET).to_pylist())):
+        part = table.filter(pc.equal(table.column(C.BUCKET), bucket))
+        shard_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        folder = store / f"bucket={bucket}"
+        folder.mkdir(parents=True, exist_ok=True)
+        relative = f"bucket={bucket}/part-{shard_id}.parquet"
+        temporary = folder / f".part-{shard_id}.parquet.tmp"
+        pq.write_table(
+            part,
+            temporary,
+            compression="none",
+            use_dictionary=[name for name in DICTIONARY_COLUMNS if name in part.column_names],
+            row_group_size=max(1, part.num_rows),
+        )
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        temporary.replace(store / relative)
+        entry = {
+            "shard": shard_id,
+            "path": relative,
+            "bucket": bucket,
+            "num_rows": part.num_rows,
+            "created": time.time(),
+        }
+        manifest_tmp = store / MANIFEST_DIR / f".{shard_id}.json.tmp"
+        _fsync_write(manifest_tmp, json.dumps(entry).encode())
+        manifest_tmp.replace(store / MANIFEST_DIR / f"{shard_id}.json")
+        entries.append(entry)
+    return entries
+
+
+class LatentStoreSink(Datasink):
+    """``dataset.write_datasink(LatentStoreSink(store))``: each write task commits its rows as shards."""
+
+    def __init__(self, store_dir: str | pathlib.Path, rows_per_shard: int = 1000):
+        self.store_dir = str(store_dir)
+        self.rows_per_shard = rows_per_shard
+
+    @property
+    def min_rows_per_write(self) -> int | None:
+        return self.rows_per_shard
+
+    def get_name(self) -> str:
+        return "LatentStore"
+
+    def write(self, blocks: Iterable[pa.Table], ctx) -> list[dict]:
+        tables = [block if isinstance(block, pa.Table) else pa.Table.from_pandas(block) for block in blocks]
+        tables = [table for table in tables if table.num_rows]
+        if not tables:
+            return []
+        return commit_table(self.store_dir, pa.concat_tables(tables, promote_options="default"))
+
+    def on_write_complete(self, write_result) -> None:
+        self.num_shards_written = sum(len(entries) for entries in write_result.write_returns)
