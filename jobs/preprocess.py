@@ -4,10 +4,12 @@
     python jobs/preprocess.py output_dir=outputs/curated 'sources=[{kind: webdataset, paths: ["data/*.tar"]}]'
     python jobs/preprocess.py --sample 64 output_dir=outputs/curated      # built-in synthetic corpus
     RAY_ADDRESS=auto python jobs/preprocess.py --config ... cpu_pool.max_size=64 clip.pool.num_gpus=0.25
+    python jobs/preprocess.py --sample 64 output_dir=outputs/curated encode.store_dir=outputs/store   # + latents
 
 Writes ``<output_dir>/scored/*.parquet`` (every input row with every score), ``labels.parquet`` (stage, drop
-reason) and ``funnel.html`` / ``funnel.json`` / ``funnel/*.png``. Re-applying new thresholds to the stored scores:
-``--relabel-only``.
+reason) and ``funnel.html`` / ``funnel.json`` / ``funnel/*.png``; with ``encode.store_dir`` the kept samples are
+encoded into the latent store. Re-running resumes: a complete scoring pass is kept and stored samples are skipped.
+Re-applying new thresholds to the stored scores: ``--relabel-only``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with CurationConfig keys")
     parser.add_argument("--sample", type=int, metavar="N", help="curate a built-in synthetic corpus of N samples")
+    parser.add_argument("--limit", type=int, metavar="N", help="smoke run: the first N input samples only")
     parser.add_argument("--relabel-only", action="store_true", help="re-apply thresholds to stored scores only")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for sections)")
     args = parser.parse_args(argv)
@@ -38,13 +41,18 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir = parse_overrides(overrides).get("output_dir", "outputs/curated")
         shards = write_sample_corpus(pathlib.Path(output_dir) / "sample_corpus", args.sample)
         overrides.append(f"sources={json.dumps([{'name': 'sample', 'kind': 'webdataset', 'paths': shards}])}")
+    if args.limit:
+        overrides.append(f"limit={args.limit}")
     config = load_config(CurationConfig, args.config, overrides)
 
     if args.relabel_only:
         funnel = relabel(config.output_dir, config)
     else:
         init_ray()
-        funnel = run_curation(config).funnel
+        result = run_curation(config)
+        funnel = result.funnel
+        if config.encode.store_dir:
+            print(f"[preprocess] encoded {result.num_encoded} samples into {config.encode.store_dir}", flush=True)
     print(
         f"[preprocess] {funnel['num_input']} samples, {funnel['num_kept_all_stages']} pass all stages; "
         f"survivors per stage {funnel['survivors_per_stage']}; report: {config.output_dir}/funnel.html",

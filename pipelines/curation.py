@@ -12,6 +12,9 @@ Two passes, so that deduplication is global and thresholds stay re-applicable:
    ``<output>/labels.parquet`` keyed by ``sample_id``; the funnel report next to it. Re-running this pass with new
    thresholds (``relabel``) costs seconds per million samples: "score once, filter many".
 
+3. With ``encode.store_dir`` set: the kept samples (``stage >= encode.min_stage``) not yet in the latent store are
+   encoded (VAE latents per resolution, condition-encoder hidden states) and committed (``pipelines.produce``).
+
 The second pass holds the small score columns of the whole corpus in one process (about 200 bytes a sample).
 """
 
@@ -33,6 +36,7 @@ import yaml
 from models.config import StrictModel
 from pipelines import schema
 from pipelines.annotation import ANN_RAW, Captioner, CaptionerConfig
+from pipelines.encode import EncodeConfig
 from pipelines.funnel import write_funnel_report
 from pipelines.operators.balance import ELIGIBLE, add_quality_rank, balance_checks, balance_columns
 from pipelines.operators.base import NUM_STAGES, Check
@@ -68,7 +72,7 @@ SOURCE_CHECK = Check(
 class CurationConfig(StrictModel):
     sources: list[SourceConfig] = pydantic.Field(min_length=1)
     output_dir: str
-    overwrite: bool = False
+    overwrite: bool = False  # score again even when a complete scoring pass exists (a re-run resumes otherwise)
     limit: int | None = pydantic.Field(default=None, ge=1)
     operators: OperatorConfig = OperatorConfig()
     thresholds: FilterThresholds = FilterThresholds()
@@ -78,6 +82,7 @@ class CurationConfig(StrictModel):
     annotation: CaptionerConfig = CaptionerConfig()
     ocr: OcrScoresConfig = OcrScoresConfig()
     faces: FaceScoresConfig = FaceScoresConfig()
+    encode: EncodeConfig = EncodeConfig()  # encode.store_dir set: pass 3 encodes kept samples into the latent store
     min_rows_per_file: int = pydantic.Field(default=2000, ge=1)
 
 
@@ -86,6 +91,7 @@ class CurationResult:
     output_dir: pathlib.Path
     num_samples: int
     funnel: dict
+    num_encoded: int = 0
 
 
 def all_checks(config: CurationConfig) -> list[Check]:
@@ -112,16 +118,21 @@ def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
     return map_stage(dataset, CaptionScores, config.caption_pool)
 
 
-def _prepare_output(config: CurationConfig) -> pathlib.Path:
+SCORED_DONE = "_SUCCESS"
+
+
+def _prepare_output(config: CurationConfig) -> tuple[pathlib.Path, bool]:
+    """The output folder, and whether its scoring pass is already complete (then a re-run resumes after it)."""
     output = pathlib.Path(config.output_dir)
     scored = output / SCORED_DIR
-    if scored.exists() and any(scored.iterdir()):
-        if not config.overwrite:
-            raise ValueError(f"{scored} already holds scored shards; set overwrite=true or choose another output_dir")
-        shutil.rmtree(scored)
+    complete = (scored / SCORED_DONE).is_file()
+    if config.overwrite or (scored.exists() and not complete):
+        # An interrupted scoring pass left an unknown subset of shards: score again from the start.
+        shutil.rmtree(scored, ignore_errors=True)
+        complete = False
     output.mkdir(parents=True, exist_ok=True)
     (output / "curation_config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    return output
+    return output, complete
 
 
 def read_score_columns(output_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -158,8 +169,17 @@ def relabel(output_dir: str | pathlib.Path, config: CurationConfig) -> dict:
 
 
 def run_curation(config: CurationConfig) -> CurationResult:
-    """Both passes; returns where the output is and the funnel summary."""
-    output = _prepare_output(config)
-    scoring_dataset(config).write_parquet(str(output / SCORED_DIR), min_rows_per_file=config.min_rows_per_file)
+    """Scoring, labels and funnel, then (with ``encode.store_dir``) encoding into the latent store."""
+    output, scored_already = _prepare_output(config)
+    if scored_already:
+        logger.info("%s holds a complete scoring pass: resuming after it", output / SCORED_DIR)
+    else:
+        scoring_dataset(config).write_parquet(str(output / SCORED_DIR), min_rows_per_file=config.min_rows_per_file)
+        (output / SCORED_DIR / SCORED_DONE).write_text("")
     funnel = relabel(output, config)
-    return CurationResult(output_dir=output, num_samples=funnel["num_input"], funnel=funnel)
+    result = CurationResult(output_dir=output, num_samples=funnel["num_input"], funnel=funnel)
+    if config.encode.store_dir is not None:
+        from pipelines.produce import encode_pass
+
+        result.num_encoded = encode_pass(output / SCORED_DIR, output / LABELS_FILE, config.encode)
+    return result

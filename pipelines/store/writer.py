@@ -8,16 +8,17 @@ Layout::
 A shard is written under a hidden temporary name, flushed, renamed into place, and only then listed by writing its
 manifest entry (itself written to a temporary name and renamed). Readers list the manifest, never the folders, so a
 shard being written, or left behind by a crash before its entry exists, is invisible; renames are atomic on POSIX
-file systems. Many writers append at once without a lock: each entry is its own file.
+file systems. Many writers append at once without a lock: each entry is its own file. Shard ids hash the shard's bucket and
+sample ids, so a write that is retried after a failure finds its entry and commits nothing twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import time
-import uuid
 from collections.abc import Iterable
 
 import pyarrow as pa
@@ -39,6 +40,15 @@ def _fsync_write(path: pathlib.Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def content_id(bucket: str, sample_ids: list[str]) -> str:
+    """A shard id that depends only on its rows: a retry of the same write maps to the same id."""
+    digest = hashlib.blake2b(digest_size=10)
+    digest.update(bucket.encode())
+    for sample in sorted(sample_ids):
+        digest.update(b"\0" + sample.encode())
+    return digest.hexdigest()
+
+
 def commit_table(store_dir: str | pathlib.Path, table: pa.Table) -> list[dict]:
     """Write ``table`` as one shard per bucket and list each in the manifest; returns the manifest entries."""
     store = pathlib.Path(store_dir)
@@ -48,7 +58,9 @@ def commit_table(store_dir: str | pathlib.Path, table: pa.Table) -> list[dict]:
     entries = []
     for bucket in sorted(set(table.column(C.BUCKET).to_pylist())):
         part = table.filter(pc.equal(table.column(C.BUCKET), bucket))
-        shard_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        shard_id = content_id(bucket, part.column(C.SAMPLE_ID).to_pylist())
+        if (store / MANIFEST_DIR / f"{shard_id}.json").exists():
+            continue  # the same rows were committed already (a retried write task): never store them twice
         folder = store / f"bucket={bucket}"
         folder.mkdir(parents=True, exist_ok=True)
         relative = f"bucket={bucket}/part-{shard_id}.parquet"

@@ -122,8 +122,8 @@ def test_curation_writes_scores_labels_and_funnel(ray_session, tmp_path):
     )
     refunnel = relabel(output, stricter)
     assert refunnel["survivors_per_stage"]["S2"] == 0
-    with pytest.raises(ValueError, match="overwrite"):
-        run_curation(config)
+    # A second run with the same output resumes after the complete scoring pass.
+    assert run_curation(config).funnel == result.funnel
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -1,0 +1,91 @@
+"""The encoding pass of the producer job: kept samples -> encoders -> committed latent-store shards.
+
+Reads the scored shards of a curation run, keeps the samples whose ``stage`` reaches ``EncodeConfig.min_stage``
+and that the store does not hold yet (a re-run resumes), encodes them (``pipelines.encode``) and commits them
+(``pipelines.store.writer.LatentStoreSink``). Shard ids are derived from their rows, so a write task that Ray
+retries after a failure commits the same shard id again and is skipped: no sample is stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
+
+from pipelines import schema
+from pipelines.encode import ENCODE_ERROR, EncodeConfig, TextEncodeStage, VaeEncodeStage
+from pipelines.pools import PoolConfig, map_stage
+from pipelines.store import columns as C
+from pipelines.store.reader import committed_sample_ids
+from pipelines.store.writer import LatentStoreSink
+
+logger = logging.getLogger(__name__)
+
+# Curation columns the store keeps besides the encoded tensors (DESIGN: text, annotation fields, scores, stage).
+ANNOTATION_COLUMNS = ("ann_image_type", "ann_image_style")
+
+
+class KeepSamples:
+    """Drops rows that do not reach the stage or are already stored; adds ``stage``. Holds the lookup once."""
+
+    def __init__(self, keep: dict[str, int]):
+        self.keep = keep
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = np.array([str(sample) in self.keep for sample in batch[schema.SAMPLE_ID]], dtype=bool)
+        out = {key: np.asarray(value)[rows] for key, value in batch.items()}
+        out[C.STAGE] = np.array([self.keep[str(sample)] for sample in out[schema.SAMPLE_ID]], dtype=np.int8)
+        return out
+
+
+def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.Table:
+    """One encoded batch as a table of the store schema; rows whose encoding failed are left out (logged)."""
+    ok = np.array([not error for error in batch[ENCODE_ERROR]], dtype=bool)
+    for sample, error in zip(batch[schema.SAMPLE_ID][~ok], batch[ENCODE_ERROR][~ok], strict=True):
+        logger.warning("not stored: %s (%s)", sample, error)
+    count = int(ok.sum())
+    columns: dict[str, pa.Array] = {}
+    fields = {field.name: field for field in C.base_fields() + C.resolution_fields(tuple(resolutions))}
+    for name, field in fields.items():
+        if name in batch:
+            values = np.asarray(batch[name])[ok]
+            if name.startswith(("height_", "width_")):
+                columns[name] = pa.array(values, field.type, mask=values < 0)
+            else:
+                columns[name] = pa.array(list(values), field.type)
+        elif name in (C.RENDERED_TEXT, C.LANGUAGE, C.CATEGORY, C.SOURCE):
+            columns[name] = pa.array([""] * count, pa.string())
+    for name in ANNOTATION_COLUMNS:
+        if name in batch:
+            columns[name] = pa.array([str(v) for v in np.asarray(batch[name])[ok]], pa.string())
+    for name in sorted(batch):
+        if C.is_score_column(name) and name != "score_phash":
+            columns[name] = pa.array(np.asarray(batch[name], dtype=np.float64)[ok], pa.float64())
+    return pa.table(columns)
+
+
+def encode_pass(scored_dir: str | pathlib.Path, labels_path: str | pathlib.Path, config: EncodeConfig) -> int:
+    """Encode the kept samples that are not stored yet and commit them; returns how many were submitted."""
+    if config.store_dir is None:
+        raise ValueError("encode_pass needs EncodeConfig.store_dir")
+    labels = pq.read_table(labels_path, columns=[schema.SAMPLE_ID, "stage"])
+    done = committed_sample_ids(config.store_dir)
+    keep = {
+        sample: int(stage)
+        for sample, stage in zip(labels.column(0).to_pylist(), labels.column(1).to_pylist(), strict=True)
+        if stage >= config.min_stage and sample not in done
+    }
+    logger.info("encoding %d samples (%d already in the store)", len(keep), len(done))
+    if not keep:
+        return 0
+    dataset = ray.data.read_parquet(str(scored_dir))
+    dataset = map_stage(dataset, KeepSamples, PoolConfig(batch_size=256), keep=keep)
+    dataset = map_stage(dataset, VaeEncodeStage, config.vae_pool, config=config)
+    dataset = map_stage(dataset, TextEncodeStage, config.text_pool, config=config)
+    dataset = dataset.map_batches(to_store_table, fn_kwargs={"resolutions": config.resolutions}, batch_format="numpy")
+    dataset.write_datasink(LatentStoreSink(config.store_dir, rows_per_shard=config.rows_per_shard))
+    return len(keep)
