@@ -5,6 +5,8 @@
     python jobs/preprocess.py --sample 64 output_dir=outputs/curated      # built-in synthetic corpus
     RAY_ADDRESS=auto python jobs/preprocess.py --config ... cpu_pool.max_size=64 clip.pool.num_gpus=0.25
     python jobs/preprocess.py --sample 64 output_dir=outputs/curated encode.store_dir=outputs/store   # + latents
+    python jobs/preprocess.py --sample 64 synthetic_ratio=0.25 ...     # + synthetic text rendering, 1 per 4 real
+    python jobs/preprocess.py --synth-preview 12 output_dir=outputs/curated        # contact sheets per mode
 
 Writes ``<output_dir>/scored/*.parquet`` (every input row with every score), ``labels.parquet`` (stage, drop
 reason) and ``funnel.html`` / ``funnel.json`` / ``funnel/*.png``; with ``encode.store_dir`` the kept samples are
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sample", type=int, metavar="N", help="curate a built-in synthetic corpus of N samples")
     parser.add_argument("--limit", type=int, metavar="N", help="smoke run: the first N input samples only")
     parser.add_argument("--relabel-only", action="store_true", help="re-apply thresholds to stored scores only")
+    parser.add_argument("--synth-preview", type=int, metavar="N", help="write a contact sheet of N synthetic "
+                        "text-rendering samples per mode to <output_dir>/synth_preview/ and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for sections)")
     args = parser.parse_args(argv)
 
@@ -45,6 +49,12 @@ def main(argv: list[str] | None = None) -> dict:
         overrides.append(f"limit={args.limit}")
     config = load_config(CurationConfig, args.config, overrides)
 
+    if args.synth_preview:
+        from pipelines.synth.preview import write_preview
+
+        paths = write_preview(config.synth, args.synth_preview, pathlib.Path(config.output_dir) / "synth_preview")
+        print("[preprocess] synthetic previews: " + ", ".join(str(p) for p in paths), flush=True)
+        return {"previews": [str(p) for p in paths]}
     if args.relabel_only:
         funnel = relabel(config.output_dir, config)
     else:

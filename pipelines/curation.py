@@ -50,10 +50,12 @@ from pipelines.operators.text_ocr import OcrScores, OcrScoresConfig, text_ocr_ch
 from pipelines.operators.thresholds import FilterThresholds
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.sources import SourceConfig, read_source
+from pipelines.synth.config import SynthConfig
 
 logger = logging.getLogger(__name__)
 
 SCORED_DIR = "scored"
+RENDERED_TEXT = "rendered_text"  # the text a synthetic sample drew (pipelines.store.columns.RENDERED_TEXT)
 LABELS_FILE = "labels.parquet"
 # Columns the label pass never reads: the heavy ones.
 HEAVY_COLUMNS: tuple[str, ...] = (schema.IMAGE_BYTES, CLIP_EMBEDDING, ANN_RAW)
@@ -83,6 +85,10 @@ class CurationConfig(StrictModel):
     ocr: OcrScoresConfig = OcrScoresConfig()
     faces: FaceScoresConfig = FaceScoresConfig()
     encode: EncodeConfig = EncodeConfig()  # encode.store_dir set: pass 3 encodes kept samples into the latent store
+    synth: SynthConfig = SynthConfig()
+    # Synthetic text-rendering samples added per real input sample (0: none). With a limit, the synthetic count is
+    # ratio x limit; otherwise ratio x the number of real rows (counted first).
+    synthetic_ratio: float = pydantic.Field(default=0.0, ge=0)
     min_rows_per_file: int = pydantic.Field(default=2000, ge=1)
 
 
@@ -102,12 +108,34 @@ def all_checks(config: CurationConfig) -> list[Check]:
     return sorted(checks, key=lambda check: check.stage)
 
 
+def _with_synthetic(real: ray.data.Dataset, config: CurationConfig) -> ray.data.Dataset:
+    """Real rows plus ``synthetic_ratio`` synthetic text-rendering rows per real row, in one dataset.
+
+    Compositional samples take their backgrounds from the real images. Both sides carry the same columns:
+    ``rendered_text`` is empty on real rows, the synthesiser's own bookkeeping column is dropped.
+    """
+    from pipelines.synth.source import synthetic_dataset
+
+    num_real = config.limit if config.limit is not None else real.count()
+    num_synthetic = max(1, round(config.synthetic_ratio * num_real))
+    synthetic = synthetic_dataset(config.synth, num_synthetic, backgrounds=real)
+    columns = [*schema.SOURCE_COLUMNS, RENDERED_TEXT]
+    real = real.map_batches(_add_empty_rendered_text, batch_format="numpy")
+    return real.select_columns(columns).union(synthetic.select_columns(columns))
+
+
+def _add_empty_rendered_text(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {**batch, RENDERED_TEXT: np.full(len(batch[schema.SAMPLE_ID]), "", dtype=object)}
+
+
 def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
     """Pass 1 as a lazy Ray Dataset: every input row with every score, nothing dropped."""
     datasets = [read_source(source) for source in config.sources]
     dataset = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     if config.limit is not None:
         dataset = dataset.limit(config.limit)
+    if config.synthetic_ratio > 0:
+        dataset = _with_synthetic(dataset, config)
     dataset = map_stage(dataset, ScoreOperators, config.cpu_pool, config=config.operators)
     dataset = map_stage(dataset, ClipScores, config.clip.pool, config=config.clip)
     if config.annotation.enabled:
