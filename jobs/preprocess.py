@@ -35,8 +35,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sample", type=int, metavar="N", help="curate a built-in synthetic corpus of N samples")
     parser.add_argument("--limit", type=int, metavar="N", help="smoke run: the first N input samples only")
     parser.add_argument("--relabel-only", action="store_true", help="re-apply thresholds to stored scores only")
-    parser.add_argument("--synth-preview", type=int, metavar="N", help="write a contact sheet of N synthetic "
-                        "text-rendering samples per mode to <output_dir>/synth_preview/ and exit")
+    parser.add_argument(
+        "--synth-preview",
+        type=int,
+        metavar="N",
+        help="write a contact sheet of N synthetic "
+        "text-rendering samples per mode to <output_dir>/synth_preview/ and exit",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for sections)")
     args = parser.parse_args(argv)
 

@@ -56,6 +56,30 @@ class TextToImage:
     ) -> TextToImage:
         return cls(build_components(preset, weights_dir=weights_dir, device=device, dtype=dtype, seed=seed))
 
+    @classmethod
+    def from_checkpoint(
+        cls,
+        folder: str | pathlib.Path,
+        *,
+        weights_dir: str | pathlib.Path | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> TextToImage:
+        """A checkpoint folder we wrote: the parts it holds come from it (a trainer saves only the transformer),
+        the others from its preset (``weights_dir`` for ``qwen-image``), as the producers encoded with them."""
+        from models.checkpoint import read_metadata
+
+        metadata = read_metadata(folder)
+        preset = metadata.get("preset", "qwen-image")
+        saved = tuple(metadata.get("parts", ALL_PARTS))
+        components = build_components(preset, weights_dir=folder, parts=saved, device=device, dtype=dtype)
+        rest = tuple(part for part in ALL_PARTS if part not in saved)
+        if rest:
+            base = build_components(preset, weights_dir=weights_dir, parts=rest, device=device, dtype=dtype)
+            for part in rest:
+                setattr(components, part, getattr(base, part))
+        return cls(components)
+
     @property
     def device(self) -> torch.device:
         return self.components.transformer.device

@@ -166,3 +166,37 @@ def bad_inputs() -> list[tuple[str, bytes, bytes]]:
         ("empty_caption", jpeg(photo_like(rng, 300, 400)), b""),
         ("huge_caption", jpeg(photo_like(rng, 300, 400)), ("word " * 20000).encode()),
     ]
+
+
+def encoded_sample_table(
+    num_samples: int,
+    seed: int = 0,
+    *,
+    resolutions: tuple[int, ...] = (256,),
+    source: str = "sample",
+    max_upscale: float = 2.0,
+):
+    """``num_samples`` sample pairs encoded with the tiny VAE and condition encoder, as a latent-store table.
+
+    Stages cycle through 1..7 and categories alternate, so filters have something to select; no Ray, no
+    curation: for tests and benchmarks of the consumers.
+    """
+    from pipelines.encode import EncodeConfig, TextEncodeStage, VaeEncodeStage
+    from pipelines.produce import to_store_table
+    from pipelines.sources import make_batch
+
+    pairs = sample_pairs(num_samples, seed=seed, size=320, large_size=400)
+    batch = make_batch(
+        source,
+        [p[1] for p in pairs],
+        [p[2] for p in pairs],
+        [p[0] for p in pairs],
+        [""] * len(pairs),
+        [""] * len(pairs),
+    )
+    batch["stage"] = np.array([1 + i % 7 for i in range(len(pairs))], dtype=np.int8)
+    batch["category"] = np.array(
+        ["text_rendering" if i % 3 == 0 else "general" for i in range(len(pairs))], dtype=object
+    )
+    config = EncodeConfig(resolutions=list(resolutions), max_upscale=max_upscale)
+    return to_store_table(TextEncodeStage(config)(VaeEncodeStage(config)(batch)), list(resolutions))

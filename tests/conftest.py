@@ -62,3 +62,14 @@ def ray_session():
     context.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_store_dir(tmp_path_factory) -> str:
+    """A small latent store from the sample corpus, encoded with the tiny VAE and condition encoder (no Ray)."""
+    from pipelines.sample_data import encoded_sample_table
+    from pipelines.store.writer import commit_table
+
+    folder = tmp_path_factory.mktemp("tiny_store")
+    commit_table(folder, encoded_sample_table(24, seed=21))
+    return str(folder)

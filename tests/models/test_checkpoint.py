@@ -90,3 +90,11 @@ def test_missing_weights_folder_error(tiny_components, tmp_path):
         build_components("qwen-image")
     with pytest.raises(ValueError, match="unknown preset"):
         build_components("qwen-image-xl")
+
+
+def test_generation_from_a_partial_checkpoint(tiny_components, tmp_path):
+    # A trainer saves only the transformer; generation takes the other parts from the preset.
+    folder = save_components(tmp_path / "step", Components(preset="tiny", transformer=tiny_components.transformer))
+    ours = TextToImage.from_checkpoint(folder)
+    kwargs = dict(height=32, width=32, num_steps=2, seeds=[3], true_cfg_scale=1.0)
+    np.testing.assert_array_equal(ours(["a boat"], **kwargs), TextToImage(tiny_components)(["a boat"], **kwargs))

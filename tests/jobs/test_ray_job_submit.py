@@ -1,0 +1,99 @@
+"""`ray job submit` of jobs/pretrain.py against a real `ray start --head` cluster, stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    """A head node in its own session and temp dir, on free ports; token authentication stays on."""
+    gcs, dashboard = _free_port(), _free_port()
+    temp_dir = pathlib.Path("/tmp") / f"rayjob{os.getpid()}"  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=8",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={_free_port()}",
+            f"--min-worker-port={_free_port() + 100}",
+            f"--max-worker-port={_free_port() + 400}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", dashboard), timeout=1):
+                break
+        except OSError:
+            if head.poll() is not None:
+                pytest.fail(f"ray start failed: {head.stdout.read()[-2000:]}")
+            time.sleep(0.5)
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit(head_node, tiny_store_dir, tmp_path):
+    address, env = head_node
+    output = tmp_path / "pretrain"
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={address}",
+        f"--working-dir={ROOT}",
+        "--",
+        "python",
+        "jobs/pretrain.py",
+        "--config",
+        "configs/pretrain_tiny.yaml",
+        "--max-steps",
+        "3",
+        f"store_dir={tiny_store_dir}",
+        f"output_dir={output}",
+        "samples.num_steps=1",
+    ]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "[pretrain] done" in finished.stdout
+    checkpoint = output / "tiny"
+    assert list(checkpoint.glob("ray/*/checkpoint_*/model/transformer/*.safetensors"))
+    assert (checkpoint / "summary.json").is_file()

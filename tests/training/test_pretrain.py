@@ -1,0 +1,137 @@
+"""Pretraining on Ray Train from the latent store: loss, phases, restarts, new shards, single-shape batches."""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines.store.reader import read_table
+from pipelines.store.writer import commit_table
+from training.config import PhaseConfig, PretrainConfig, limit_steps
+from training.data import phase_dataset, worker_batches
+from training.metrics import read_metrics
+from training.pretrain import run_pretraining
+
+from .conftest import encode_rows
+
+
+def _config(store: str, output: pathlib.Path, phases: list[dict], **overrides) -> PretrainConfig:
+    base = {
+        "store_dir": store,
+        "output_dir": str(output),
+        "run_name": "t",
+        "batch_size": 4,
+        "cpus_per_worker": 1,
+        "optim": {"lr": 5e-4, "warmup_steps": 5},
+        "log_every": 1,
+        "checkpoint_every": 10,
+        "shuffle_buffer": 16,
+        "samples": {"num_steps": 2, "prompts": ["a red apple"]},
+        "phases": phases,
+    }
+    return PretrainConfig.model_validate({**base, **overrides})
+
+
+def _weights(summary: dict) -> dict[str, torch.Tensor]:
+    folder = pathlib.Path(summary["checkpoint"]) / "transformer"
+    weights = {}
+    for path in folder.glob("*.safetensors"):
+        weights.update(load_file(str(path)))
+    return weights
+
+
+def test_phase_rows_and_single_shape_batches(ray_session, tiny_store):
+    phase = PhaseConfig(name="p", num_steps=1, resolution=256, min_stage=3, mixture={"category": {"general": 0.5}})
+    dataset = phase_dataset(tiny_store, phase, seed=0)
+    ids = set()
+    for batch in worker_batches(dataset, 3, 256, shuffle_buffer=8, seed=0):
+        assert batch["latents"].ndim == 4 and batch["latents"].shape[1] == 16
+        assert batch["text_embeds"].shape[:2] == batch["text_mask"].shape
+        ids.update(batch["sample_id"])
+    table = read_table(tiny_store, 256, min_stage=3, extra_columns=["category", "stage"])
+    eligible = set(table.column("sample_id").to_pylist())
+    texts = {
+        s
+        for s, c in zip(table.column("sample_id").to_pylist(), table.column("category").to_pylist(), strict=True)
+        if c == "text_rendering"
+    }
+    assert ids <= eligible and len(ids) > 0
+    assert texts - ids == set() or len(texts - ids) <= 2  # text rows are kept (weight 1), up to partial batches
+    assert len(ids - texts) < len(eligible - texts)  # about half the general rows were thinned out
+
+
+def test_loss_decreases_and_outputs(ray_session, tiny_store, tmp_path):
+    config = _config(tiny_store, tmp_path, [{"name": "p1", "num_steps": 60, "resolution": 256}])
+    summary = run_pretraining(config)
+    rows = read_metrics(summary["metrics"])
+    losses = [float(row["loss"]) for row in rows]
+    tenth = len(losses) // 10
+    assert sum(losses[-tenth:]) / tenth < sum(losses[:tenth]) / tenth
+    assert pathlib.Path(summary["loss_curve"]).is_file()
+    assert list(pathlib.Path(summary["samples"]).glob("*.png"))
+    assert (pathlib.Path(summary["checkpoint"]) / "transformer" / "config.json").is_file()
+    assert all(0 <= float(row["data_wait_fraction"]) <= 1 for row in rows)
+
+
+def test_progressive_phases(ray_session, tiny_store, tmp_path):
+    phases = [
+        {"name": "low", "num_steps": 6, "resolution": 256, "min_stage": 1},
+        {"name": "high", "num_steps": 6, "resolution": 384, "min_stage": 2},
+    ]
+    summary = run_pretraining(_config(tiny_store, tmp_path, phases, checkpoint_every=3))
+    rows = read_metrics(summary["metrics"])
+    by_step = {int(row["step"]): row for row in rows}
+    assert [by_step[s]["phase"] for s in (1, 6, 7, 12)] == ["low", "low", "high", "high"]
+    assert [int(by_step[s]["resolution"]) for s in (1, 7)] == [256, 384]
+    # Latent tokens per sample follow the resolution: about (384/256)^2 more in the second phase.
+    per_sample = {s: float(by_step[s]["latent_tokens_per_s"]) / float(by_step[s]["samples_per_s"]) for s in (3, 9)}
+    assert per_sample[9] / per_sample[3] == pytest.approx((384 / 256) ** 2, rel=0.25)
+
+
+def test_pretrain_resumes_identically(ray_session, tiny_store, tmp_path):
+    phases = [{"name": "p1", "num_steps": 16, "resolution": 256}]
+    reference = run_pretraining(_config(tiny_store, tmp_path / "a", phases, checkpoint_every=5))
+    failed = run_pretraining(_config(tiny_store, tmp_path / "b", phases, checkpoint_every=5, fail_at_step=12))
+    assert (tmp_path / "b" / "t" / ".failed-at-12").exists()  # the failure did happen
+    expected, actual = _weights(reference), _weights(failed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_phase_switch_reads_new_shards(ray_session, tiny_store, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    late = encode_rows(8, seed=99, source="late")
+    phases = [
+        {"name": "early", "num_steps": 8, "resolution": 256},
+        # Only rows committed while phase 1 runs can feed phase 2.
+        {"name": "late-only", "num_steps": 2, "resolution": 256, "predicates": [["source", "==", "late"]]},
+    ]
+    config = _config(str(store), tmp_path / "out", phases, batch_size=2)
+
+    def commit_when_training_started() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (tmp_path / "out" / "t" / "metrics.csv").exists():
+            time.sleep(0.1)
+        commit_table(store, late)
+
+    committer = threading.Thread(target=commit_when_training_started)
+    committer.start()
+    summary = run_pretraining(config)
+    committer.join()
+    rows = read_metrics(summary["metrics"])
+    assert [row["phase"] for row in rows][-1] == "late-only"
+
+
+def test_limit_steps():
+    config = _config("s", pathlib.Path("o"), [{"name": "a", "num_steps": 5}, {"name": "b", "num_steps": 5}])
+    assert [p.num_steps for p in limit_steps(config, 7).phases] == [5, 2]
+    assert [p.num_steps for p in limit_steps(config, 3).phases] == [3]

@@ -1,0 +1,155 @@
+"""Pretraining configuration: the model, the optimiser, the progressive phases, checkpoints and metrics.
+
+A recipe is a YAML file of these keys (``configs/pretrain_*.yaml``); every key can be overridden on the command
+line (``optim.lr=1e-4``). Unknown keys and bad values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+
+from models.config import StrictModel
+from models.schedule import LossWeighting, SigmaSampling
+
+
+class PhaseConfig(StrictModel):
+    """One phase of the curriculum (SPEC section 5): which rows of the store, at which resolution, for how long."""
+
+    name: str
+    num_steps: int = pydantic.Field(ge=1)
+    resolution: int = 256
+    min_stage: int = pydantic.Field(default=1, ge=0, le=7)
+    # (column, operator, value) over stored columns, e.g. ["score_aesthetic", ">=", 5.0] or ["category", "in", [..]]
+    predicates: list[tuple[str, str, float | int | str | list]] = []
+    # Mixture weights per value of a stored categorical column, e.g. {"category": {"text_rendering": 2.0}};
+    # rows are kept with probability weight / max weight (values not listed weigh 1.0).
+    mixture: dict[str, dict[str, float]] = {}
+    # Share of synthetic text-rendering rows (source "synthetic/..."); None leaves the store's share.
+    synthetic_share: float | None = pydantic.Field(default=None, ge=0, le=1)
+    lr_scale: float = pydantic.Field(default=1.0, gt=0)
+
+
+class OptimConfig(StrictModel):
+    lr: float = pydantic.Field(default=1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = pydantic.Field(default=0.01, ge=0)
+    eps: float = 1e-8
+    warmup_steps: int = pydantic.Field(default=100, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = pydantic.Field(default=0.1, ge=0, le=1)  # cosine floor, as a fraction of lr
+    grad_clip: float | None = pydantic.Field(default=1.0, gt=0)
+    grad_accum: int = pydantic.Field(default=1, ge=1)
+
+
+class LossConfig(StrictModel):
+    sigma_sampling: SigmaSampling = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    weighting: LossWeighting = "none"
+
+
+class SampleConfig(StrictModel):
+    """Sample grids from fixed prompts: rank 0 decodes them with the VAE (the condition encoder runs once, on
+    the driver, before training starts: consumers never load it)."""
+
+    every_steps: int = pydantic.Field(default=0, ge=0)  # 0: only at the end of each phase
+    prompts: list[str] = ["a red apple on a wooden table", 'a shop sign that reads "OPEN"', "一只橘猫在雪地里"]
+    num_steps: int = pydantic.Field(default=20, ge=1)
+    true_cfg_scale: float = 4.0
+    seed: int = 0
+
+
+class PretrainConfig(StrictModel):
+    store_dir: str
+    output_dir: str = "outputs/pretrain"
+    run_name: str = "pretrain"
+    preset: str = "tiny"
+    weights_dir: str | None = None  # initial weights (a diffusers-layout folder); random tiny weights when None
+    phases: list[PhaseConfig] = pydantic.Field(min_length=1)
+    batch_size: int = pydantic.Field(default=8, ge=1)  # per worker, per micro-batch
+    num_workers: int = pydantic.Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    ema_decay: float | None = pydantic.Field(default=None, gt=0, lt=1)
+    checkpoint_every: int = pydantic.Field(default=100, ge=1)
+    keep_checkpoints: int = pydantic.Field(default=2, ge=1)
+    max_failures: int = pydantic.Field(default=2, ge=0)
+    log_every: int = pydantic.Field(default=10, ge=1)
+    samples: SampleConfig = SampleConfig()
+    seed: int = 0
+    shuffle_buffer: int = pydantic.Field(default=256, ge=0)  # rows; 0 keeps the store's order
+    fail_at_step: int | None = None  # failure injection for tests: raise once when this step is reached
+
+    @property
+    def total_steps(self) -> int:
+        return sum(phase.num_steps for phase in self.phases)
+
+    def phase_bounds(self) -> list[tuple[int, int]]:
+        """(first step, end step) of each phase in global steps."""
+        bounds, start = [], 0
+        for phase in self.phases:
+            bounds.append((start, start + phase.num_steps))
+            start += phase.num_steps
+        return bounds
+
+
+def default_phases(scale: float = 1.0) -> list[PhaseConfig]:
+    """The recipe of SPEC section 5 in four phases: 256 on mass data without text; 256 with text and synthetic
+    data; 640 on curated, balanced data; 1328 jointly with 640 on the top of each category. ``scale`` multiplies
+    the step counts (1.0: a small run of 4,000 steps; real runs scale it by thousands)."""
+
+    def steps(count: int) -> int:
+        return max(1, round(count * scale))
+
+    return [
+        PhaseConfig(
+            name="s256-mass",
+            num_steps=steps(1000),
+            resolution=256,
+            min_stage=2,
+            mixture={"category": {"text_rendering": 0.1}},
+        ),
+        PhaseConfig(
+            name="s256-text",
+            num_steps=steps(1000),
+            resolution=256,
+            min_stage=4,
+            synthetic_share=0.05,
+            mixture={"category": {"text_rendering": 1.0}},
+        ),
+        PhaseConfig(
+            name="s640-curated",
+            num_steps=steps(1000),
+            resolution=640,
+            min_stage=5,
+            mixture={"category": {"general": 1.0, "portrait": 2.0, "text_rendering": 2.0}},
+        ),
+        PhaseConfig(
+            name="s1328-balanced",
+            num_steps=steps(1000),
+            resolution=1328,
+            min_stage=7,
+            lr_scale=0.5,
+            mixture={"category": {"general": 1.0, "portrait": 2.0, "text_rendering": 2.0}},
+        ),
+    ]
+
+
+def limit_steps(config: PretrainConfig, max_steps: int) -> PretrainConfig:
+    """A smoke-run copy: phases trimmed in order so the whole run takes at most ``max_steps`` steps."""
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    phases, left = [], max_steps
+    for phase in config.phases:
+        if left == 0:
+            break
+        phases.append(phase.model_copy(update={"num_steps": min(phase.num_steps, left)}))
+        left -= phases[-1].num_steps
+    update = {"phases": phases, "checkpoint_every": min(config.checkpoint_every, max_steps)}
+    return config.model_copy(update=update)

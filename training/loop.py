@@ -1,0 +1,338 @@
+"""The per-worker pretraining loop of one phase, run by Ray Train (``TorchTrainer``).
+
+Reads top to bottom: build (model, optimiser, schedule), restore (from this phase's last checkpoint, or the previous
+phase's final one), train (micro-batches from the store shard, flow-matching loss, accumulation, clipping),
+report (metrics every ``log_every`` steps, a checkpoint every ``checkpoint_every`` steps and at the phase end).
+``TrainState`` is what survives a restart: step, data position, RNG states, EMA weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+
+from models.checkpoint import save_components
+from models.condition_encoder import PromptEmbeds
+from models.flow_matching import flow_matching_loss
+from models.presets import Components, build_components
+from training.config import PretrainConfig
+from training.data import worker_batches
+from training.parallel import apply_parallelism, unwrap
+from training.state_io import load_state, save_state
+
+TRAIN_STATE = "train_state"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Progress that must survive a restart (with the model and optimiser saved beside it)."""
+
+    step: int = 0  # optimiser steps done, counted over all phases
+    epoch: int = 0  # passes over this phase's data
+    batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
+
+    def state_dict(self) -> dict:
+        return {
+            **dataclasses.asdict(self),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.batch_in_epoch = (
+            int(state["step"]),
+            int(state["epoch"]),
+            int(state["batch_in_epoch"]),
+        )
+        torch.set_rng_state(state["torch_rng"])
+
+
+def learning_rate(step: int, config: PretrainConfig, lr_scale: float) -> float:
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio`` over the whole run."""
+    optim = config.optim
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return optim.lr * lr_scale * (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return optim.lr * lr_scale
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, config.total_steps - optim.warmup_steps))
+    floor = optim.min_lr_ratio
+    return optim.lr * lr_scale * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _autocast(config: PretrainConfig, device: torch.device):
+    use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def _save_checkpoint(folder: pathlib.Path, model, optimizer, ema, state: TrainState, config: PretrainConfig) -> None:
+    transformer = unwrap(model)
+    save_components(
+        folder / "model",
+        Components(preset=config.preset, transformer=transformer),
+        metadata={"step": state.step, "run": config.run_name},
+    )
+    extra = {"optimizer": optimizer.state_dict(), "train_state": state.state_dict()}
+    if ema is not None:
+        extra["ema"] = ema
+    save_state(extra, folder, TRAIN_STATE)
+
+
+def _restore(folder: pathlib.Path, model, optimizer, state: TrainState | None) -> dict | None:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for path in sorted((folder / "model" / "transformer").glob("*.safetensors")):
+        weights.update(load_file(str(path)))
+    unwrap(model).load_state_dict(weights)
+    saved = load_state(folder, TRAIN_STATE)
+    optimizer.load_state_dict(saved["optimizer"])
+    if state is not None:
+        state.load_state_dict(saved["train_state"])
+    return saved.get("ema")
+
+
+def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, phase_name: str) -> None:
+    """Rank 0: images for the fixed prompts (their condition embeddings were computed on the driver)."""
+    from models.condition_encoder import pad_prompt_embeds
+    from models.imageio import save_png, to_grid
+    from models.sampler import sample
+    from models.vae import LatentVAE, tensor_to_images
+
+    prompts = loop_config.get("sample_prompts")
+    if not prompts:
+        return
+    transformer = unwrap(model)
+    device = next(transformer.parameters()).device
+    vae = LatentVAE(build_components(config.preset, weights_dir=config.weights_dir, parts=("vae",), device=device).vae)
+    embeds = [torch.from_numpy(np.asarray(e, dtype=np.float32)) for e in prompts["embeds"]]
+    prompt = pad_prompt_embeds(embeds).to(device)
+    negative = PromptEmbeds(
+        torch.from_numpy(np.asarray(prompts["negative"], dtype=np.float32))[None].to(device),
+        torch.ones(1, len(prompts["negative"]), dtype=torch.long, device=device),
+    )
+    resolution = loop_config["phase"]["resolution"]
+    size = min(resolution, 256) if device.type == "cpu" else resolution  # keep CPU grids quick
+    was_training = transformer.training
+    transformer.eval()
+    generator = [torch.Generator().manual_seed(config.samples.seed + i) for i in range(len(embeds))]
+    latents = sample(
+        transformer,
+        prompt,
+        height=size,
+        width=size,
+        num_steps=config.samples.num_steps,
+        negative=negative,
+        true_cfg_scale=config.samples.true_cfg_scale,
+        generator=generator,
+    )
+    transformer.train(was_training)
+    images = tensor_to_images(vae.decode(latents))
+    folder = pathlib.Path(config.output_dir) / config.run_name / "samples"
+    save_png(to_grid(images, columns=len(images), labels=prompts["texts"]), folder / f"step{step:07d}-{phase_name}.png")
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    config = PretrainConfig.model_validate(loop_config["config"])
+    phase = config.phases[loop_config["phase_index"]]
+    start, end = config.phase_bounds()[loop_config["phase_index"]]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+
+    # Build.
+    transformer = build_components(
+        config.preset, weights_dir=config.weights_dir, parts=("transformer",), seed=config.seed
+    ).transformer
+    transformer.train().requires_grad_(True)
+    model = apply_parallelism(transformer, config, device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.optim.lr,
+        betas=config.optim.betas,
+        weight_decay=config.optim.weight_decay,
+        eps=config.optim.eps,
+    )
+    state, ema = TrainState(step=start), None
+
+    # Restore: this phase's latest checkpoint (a restart), else the previous phase's final one.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            ema = _restore(pathlib.Path(folder), model, optimizer, state)
+    elif loop_config.get("init_checkpoint"):
+        ema = _restore(pathlib.Path(loop_config["init_checkpoint"]), model, optimizer, None)
+    if config.ema_decay is not None and ema is None:
+        ema = {name: p.detach().float().cpu().clone() for name, p in unwrap(model).named_parameters()}
+
+    # Train.
+    shard = ray.train.get_dataset_shard("train")
+    writer = _metrics_writer(config) if rank == 0 else None
+    meter = _Meter()
+    while state.step < end:
+        batches = worker_batches(
+            shard,
+            config.batch_size,
+            phase.resolution,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed + state.epoch,
+            skip=state.batch_in_epoch,
+        )
+        stepped = False
+        for group in _accumulate(batches, config.optim.grad_accum, state, meter):
+            loss, grad_norm = _train_step(model, optimizer, group, state, config, phase.lr_scale, device, rank)
+            stepped = True
+            if ema is not None:
+                _update_ema(ema, model, config.ema_decay)
+            meter.add_step(loss, group)
+            _maybe_fail(config, state.step)
+            last = state.step == end
+            if state.step % config.log_every == 0 or state.step % config.checkpoint_every == 0 or last:
+                metrics = meter.flush(state.step, phase.name, optimizer.param_groups[0]["lr"], grad_norm, world)
+                metrics["resolution"] = phase.resolution
+                if writer is not None:
+                    writer.write(metrics)
+                if state.step % config.checkpoint_every == 0 or last:
+                    _report_checkpoint(model, optimizer, ema, state, config, metrics, rank)
+                else:
+                    ray.train.report(metrics)
+            if rank == 0 and config.samples.every_steps and state.step % config.samples.every_steps == 0 and not last:
+                _sample_grid(model, loop_config, config, state.step, phase.name)
+            if last:
+                break
+        if state.step >= end:
+            break
+        if not stepped:
+            raise ValueError(
+                f"phase {phase.name!r} has no complete batch of {config.batch_size} rows at {phase.resolution}px on "
+                f"this worker; lower batch_size or add data that reaches stage {phase.min_stage}"
+            )
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    if rank == 0:
+        _sample_grid(model, loop_config, config, state.step, phase.name)
+        writer.close()
+
+
+class _Meter:
+    """Sums over the steps since the last log line: loss, samples, latent tokens, time spent waiting for data."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.steps, self.samples, self.tokens, self.wait = 0.0, 0, 0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def add_step(self, loss: float, group: list[dict]) -> None:
+        self.loss += loss
+        self.steps += 1
+        for batch in group:
+            latents = batch["latents"]
+            self.samples += latents.shape[0]
+            self.tokens += latents.shape[0] * (latents.shape[2] // 2) * (latents.shape[3] // 2)
+
+    def flush(self, step: int, phase: str, lr: float, grad_norm: float, world: int) -> dict:
+        elapsed = max(1e-9, time.perf_counter() - self.start)
+        metrics = {
+            "step": step,
+            "phase": phase,
+            "loss": self.loss / max(1, self.steps),
+            "lr": lr,
+            "samples_per_s": self.samples * world / elapsed,
+            "latent_tokens_per_s": self.tokens * world / elapsed,
+            "data_wait_fraction": self.wait / elapsed,
+            "grad_norm": grad_norm,
+        }
+        self.reset()
+        return metrics
+
+
+def _accumulate(batches, grad_accum: int, state: TrainState, meter: _Meter):
+    """Groups of ``grad_accum`` micro-batches; counts each consumed micro-batch in the data position."""
+    group = []
+    while True:
+        waited = time.perf_counter()
+        batch = next(batches, None)
+        meter.wait += time.perf_counter() - waited
+        if batch is None:
+            return  # an epoch ending inside a group drops the partial group
+        state.batch_in_epoch += 1
+        group.append(batch)
+        if len(group) == grad_accum:
+            yield group
+            group = []
+
+
+def _train_step(model, optimizer, group, state: TrainState, config: PretrainConfig, lr_scale: float, device, rank: int):
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = learning_rate(state.step, config, lr_scale)
+    optimizer.zero_grad(set_to_none=True)
+    losses = []
+    for micro, batch in enumerate(group):
+        latents = batch["latents"].to(device, torch.float32)
+        prompt = PromptEmbeds(batch["text_embeds"].to(device, torch.float32), batch["text_mask"].to(device))
+        # Noise and sigmas depend on (seed, step, micro-batch, rank) only: a resumed run draws the same ones.
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + state.step * 97 + micro * 7 + rank)
+        last_micro = micro == len(group) - 1
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync, _autocast(config, device):
+            out = flow_matching_loss(
+                model,
+                latents,
+                prompt,
+                sigma_sampling=config.loss.sigma_sampling,
+                logit_mean=config.loss.logit_mean,
+                logit_std=config.loss.logit_std,
+                weighting=config.loss.weighting,
+                generator=generator,
+            )
+            (out.loss / len(group)).backward()
+        losses.append(float(out.loss.detach()))
+    grad_norm = 0.0
+    if config.optim.grad_clip is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip))
+    optimizer.step()
+    state.step += 1
+    return sum(losses) / len(losses), grad_norm
+
+
+def _update_ema(ema: dict, model, decay: float) -> None:
+    with torch.no_grad():
+        for name, param in unwrap(model).named_parameters():
+            ema[name].mul_(decay).add_(param.detach().float().cpu(), alpha=1 - decay)
+
+
+def _maybe_fail(config: PretrainConfig, step: int) -> None:
+    """Failure injection for the restart test: raises once, the first time ``fail_at_step`` is reached."""
+    if config.fail_at_step is None or step != config.fail_at_step:
+        return
+    marker = pathlib.Path(config.output_dir) / config.run_name / f".failed-at-{step}"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("injected failure\n")
+        raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+
+
+def _metrics_writer(config: PretrainConfig):
+    from training.metrics import MetricsWriter
+
+    return MetricsWriter(pathlib.Path(config.output_dir) / config.run_name)
+
+
+def _report_checkpoint(model, optimizer, ema, state, config, metrics, rank) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            _save_checkpoint(pathlib.Path(folder), model, optimizer, ema, state, config)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)

@@ -1,0 +1,92 @@
+"""Training metrics a person reads: a CSV, TensorBoard event files, the loss curve and sample grids as PNGs."""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FIELDS = (
+    "step",
+    "phase",
+    "resolution",
+    "loss",
+    "lr",
+    "samples_per_s",
+    "latent_tokens_per_s",
+    "data_wait_fraction",
+    "grad_norm",
+)
+
+
+class MetricsWriter:
+    """Appends rows to ``metrics.csv`` and TensorBoard scalars under ``folder`` (rank 0 only)."""
+
+    def __init__(self, folder: str | pathlib.Path):
+        self.folder = pathlib.Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.folder / "metrics.csv"
+        new = not self.csv_path.exists()
+        self._file = open(self.csv_path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self._csv = csv.DictWriter(self._file, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            self._csv.writeheader()
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.folder / "tensorboard"))
+        except ImportError:  # pragma: no cover - tensorboardX comes with ray[train]
+            self._tensorboard = None
+
+    def write(self, row: dict) -> None:
+        self._csv.writerow(row)
+        self._file.flush()
+        if self._tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("step", "phase", "resolution") and isinstance(value, int | float):
+                    self._tensorboard.add_scalar(f"train/{key}", value, row["step"])
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def read_metrics(csv_path: str | pathlib.Path) -> list[dict]:
+    with open(csv_path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def plot_loss_curve(csv_path: str | pathlib.Path, png_path: str | pathlib.Path) -> pathlib.Path:
+    """Loss per logged step (and a running mean), phases shaded; written as a PNG."""
+    rows = read_metrics(csv_path)
+    if not rows:
+        raise ValueError(f"{csv_path} holds no metrics yet")
+    steps = np.array([int(row["step"]) for row in rows])
+    loss = np.array([float(row["loss"]) for row in rows])
+    order = np.argsort(steps, kind="stable")
+    steps, loss, phases = steps[order], loss[order], [rows[i]["phase"] for i in order]
+    figure, axis = plt.subplots(figsize=(7, 3.5), dpi=100)
+    axis.plot(steps, loss, color="#9BB7D4", linewidth=1, label="loss")
+    window = max(1, len(loss) // 20)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    axis.plot(steps[window - 1 :], smooth, color="#1F4E79", linewidth=2, label=f"mean of {window}")
+    for index, phase in enumerate(dict.fromkeys(phases)):
+        members = [s for s, p in zip(steps, phases, strict=True) if p == phase]
+        axis.axvspan(min(members), max(members), alpha=0.08 if index % 2 else 0.0, color="grey")
+        axis.text(min(members), axis.get_ylim()[1], phase, fontsize=7, va="top")
+    axis.set_xlabel("step")
+    axis.set_ylabel("flow-matching loss")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    png_path = pathlib.Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(png_path)
+    plt.close(figure)
+    return png_path

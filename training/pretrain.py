@@ -1,0 +1,112 @@
+"""Progressive pretraining on Ray Train: one ``TorchTrainer`` run per phase of the curriculum.
+
+Each phase lists the latent store when it starts (so shards that producers committed meanwhile are trained on),
+switches resolution and filters, and starts from the previous phase's final checkpoint. Within a phase Ray Train
+restarts failed workers from the last checkpoint (``FailureConfig``); a job that is run again with the same
+``output_dir`` and ``run_name`` skips finished phases and resumes the current one (``ray.train.get_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+
+import numpy as np
+import ray
+import ray.train
+from ray.data import ExecutionOptions
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from training.config import PretrainConfig
+from training.data import phase_dataset
+from training.loop import train_loop_per_worker
+from training.metrics import plot_loss_curve
+
+logger = logging.getLogger(__name__)
+
+
+@ray.remote
+def encode_sample_prompts(preset: str, weights_dir: str | None, prompts: list[str]) -> dict:
+    """Condition embeddings of the sample-grid prompts, computed once, away from the train workers."""
+    from models.condition_encoder import ConditionEncoder
+    from models.presets import build_components
+
+    components = build_components(preset, weights_dir=weights_dir, parts=("text_encoder", "tokenizer"))
+    encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
+    embeds = [e.float().numpy() for e in encoder.encode(prompts).unpadded()]
+    negative = encoder.encode([" "]).unpadded()[0].float().numpy()
+    return {"texts": prompts, "embeds": embeds, "negative": negative}
+
+
+def _run_folder(config: PretrainConfig) -> pathlib.Path:
+    return (pathlib.Path(config.output_dir) / config.run_name).resolve()
+
+
+def run_pretraining(config: PretrainConfig) -> dict:
+    """All phases; returns the final checkpoint path and where the metrics, grids and loss curve are."""
+    folder = _run_folder(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(config.model_dump_json(indent=2))
+    gpus = 1 if config.use_gpu else 0
+    prompts = ray.get(
+        encode_sample_prompts.options(num_gpus=gpus).remote(config.preset, config.weights_dir, config.samples.prompts)
+    )
+    init_checkpoint = None
+    for index, phase in enumerate(config.phases):
+        marker = folder / f"phase-{index:02d}.done.json"
+        if marker.exists():
+            init_checkpoint = json.loads(marker.read_text())["checkpoint"]
+            logger.info("phase %d (%s) finished earlier: %s", index, phase.name, init_checkpoint)
+            continue
+        print(
+            f"[pretrain] phase {index + 1}/{len(config.phases)} {phase.name!r}: {phase.num_steps} steps at "
+            f"{phase.resolution}px, stage >= {phase.min_stage}",
+            flush=True,
+        )
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "config": config.model_dump(mode="json"),
+                "phase_index": index,
+                "phase": phase.model_dump(mode="json"),
+                "init_checkpoint": init_checkpoint,
+                "sample_prompts": {
+                    **prompts,
+                    "embeds": [e.tolist() for e in prompts["embeds"]],
+                    "negative": np.asarray(prompts["negative"]).tolist(),
+                },
+            },
+            scaling_config=ScalingConfig(
+                num_workers=config.num_workers,
+                use_gpu=config.use_gpu,
+                resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
+            ),
+            run_config=RunConfig(
+                name=f"{config.run_name}-{index:02d}-{phase.name}",
+                storage_path=str(folder / "ray"),
+                checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=config.max_failures),
+            ),
+            # A dataset factory: the store is listed when the run (or a restarted worker group) starts.
+            datasets={"train": lambda phase=phase: phase_dataset(config.store_dir, phase, config.seed)},
+            # Ordered blocks: the same data order after a restart, so skipping the consumed batches is exact.
+            dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        init_checkpoint = result.checkpoint.path
+        marker.write_text(json.dumps({"checkpoint": init_checkpoint, "metrics": result.metrics}))
+    final = pathlib.Path(init_checkpoint) / "model"
+    curve = plot_loss_curve(folder / "metrics.csv", folder / "loss_curve.png")
+    summary = {
+        "checkpoint": str(final),
+        "metrics": str(folder / "metrics.csv"),
+        "loss_curve": str(curve),
+        "samples": str(folder / "samples"),
+        "tensorboard": str(folder / "tensorboard"),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
