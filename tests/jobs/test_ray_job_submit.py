@@ -27,8 +27,10 @@ def _free_port() -> int:
 def head_node(tmp_path):
     """A head node in its own session and temp dir, on free ports; token authentication stays on."""
     gcs, dashboard = _free_port(), _free_port()
+    workers = min(_free_port(), 64000)  # a worker port range of its own, apart from any other Ray on this machine
     temp_dir = pathlib.Path("/tmp") / f"rayjob{os.getpid()}"  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # The job runs `python` from the PATH of the cluster: the venv it was installed into, as in an image.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [
@@ -43,8 +45,8 @@ def head_node(tmp_path):
             f"--temp-dir={temp_dir}",
             "--include-dashboard=true",
             f"--ray-client-server-port={_free_port()}",
-            f"--min-worker-port={_free_port() + 100}",
-            f"--max-worker-port={_free_port() + 400}",
+            f"--min-worker-port={workers}",
+            f"--max-worker-port={workers + 300}",
         ],
         env=env,
         stdout=subprocess.PIPE,
