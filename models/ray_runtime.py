@@ -1,7 +1,9 @@
 """Connecting a job to Ray: the cluster at ``RAY_ADDRESS`` when set, otherwise a local Ray on this machine.
 
-A local Ray oversubscribes logical CPUs (4 per core, at least 8): model actors spend much of their time waiting on
-each other, and a train worker holding every CPU would starve Ray Data, which hangs the job (MEASURED.md).
+A local Ray oversubscribes logical CPUs (8 per core, at least 16): a producer job keeps one actor alive per stage
+(decode, CLIP, captioner, OCR, faces, synthesis, encoders: about ten pools), each holding a logical CPU, and a pool
+whose first actor cannot be placed stalls the whole stream; a train worker holding every CPU would likewise starve
+Ray Data (MEASURED.md). The actors mostly wait on each other, so the oversubscription costs little.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def init_ray(num_cpus: int | None = None) -> dict:
             ray.init(address=address)
             logger.info("connected to the Ray cluster at %s", address)
         else:
-            cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
+            cpus = num_cpus or max(16, 8 * (os.cpu_count() or 1))
             ray.init(num_cpus=cpus, include_dashboard=False)
             logger.info("started a local Ray with %d logical CPUs", cpus)
     return ray.cluster_resources()

@@ -46,7 +46,7 @@ def tokenizer(tiny_components):
 def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds; a trainer ~25 s).
 
-    Logical CPUs are oversubscribed (8 on 2 cores) so Ray Data tasks and train workers never starve each other.
+    Logical CPUs are oversubscribed (16 on 2 cores, as models.ray_runtime does) so Ray Data tasks and train workers never starve each other.
     """
     import logging
 
@@ -57,7 +57,7 @@ def ray_session():
     logging.getLogger("ray").setLevel(logging.INFO)
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False, configure_logging=False)
     context = DataContext.get_current()
     context.enable_progress_bars = False
     yield ray

@@ -25,7 +25,7 @@ from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
 from models.presets import Components, build_components
 from training.config import PretrainConfig
-from training.data import worker_batches
+from training.data import StoreStream
 from training.parallel import apply_parallelism, unwrap
 from training.state_io import load_state, save_state
 
@@ -40,20 +40,30 @@ class TrainState:
     epoch: int = 0  # passes over this phase's data
     batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
 
-    def state_dict(self) -> dict:
+    def state_dict(self, positions: list[list[int]] | None = None) -> dict:
         return {
             **dataclasses.asdict(self),
+            # Every rank's (epoch, batch_in_epoch): ranks read different shards, so their epochs end apart.
+            "positions": positions or [[self.epoch, self.batch_in_epoch]],
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.epoch, self.batch_in_epoch = (
-            int(state["step"]),
-            int(state["epoch"]),
-            int(state["batch_in_epoch"]),
-        )
+    def load_state_dict(self, state: dict, rank: int = 0) -> None:
+        self.step = int(state["step"])
+        positions = state.get("positions") or [[state["epoch"], state["batch_in_epoch"]]]
+        self.epoch, self.batch_in_epoch = (int(v) for v in positions[rank if rank < len(positions) else 0])
         torch.set_rng_state(state["torch_rng"])
+
+
+def gather_positions(state: TrainState, world: int, device: torch.device) -> list[list[int]]:
+    """Every rank's data position, on every rank (a collective: all ranks call it)."""
+    if world == 1 or not torch.distributed.is_initialized():
+        return [[state.epoch, state.batch_in_epoch]]
+    mine = torch.tensor([state.epoch, state.batch_in_epoch], dtype=torch.long, device=device)
+    everyone = [torch.zeros_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(everyone, mine)
+    return [tensor.tolist() for tensor in everyone]
 
 
 def learning_rate(step: int, config: PretrainConfig, lr_scale: float) -> float:
@@ -73,20 +83,22 @@ def _autocast(config: PretrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
 
-def _save_checkpoint(folder: pathlib.Path, model, optimizer, ema, state: TrainState, config: PretrainConfig) -> None:
+def _save_checkpoint(
+    folder: pathlib.Path, model, optimizer, ema, state: TrainState, config: PretrainConfig, positions: list[list[int]]
+) -> None:
     transformer = unwrap(model)
     save_components(
         folder / "model",
         Components(preset=config.preset, transformer=transformer),
         metadata={"step": state.step, "run": config.run_name},
     )
-    extra = {"optimizer": optimizer.state_dict(), "train_state": state.state_dict()}
+    extra = {"optimizer": optimizer.state_dict(), "train_state": state.state_dict(positions)}
     if ema is not None:
         extra["ema"] = ema
     save_state(extra, folder, TRAIN_STATE)
 
 
-def _restore(folder: pathlib.Path, model, optimizer, state: TrainState | None) -> dict | None:
+def _restore(folder: pathlib.Path, model, optimizer, state: TrainState | None, rank: int = 0) -> dict | None:
     from safetensors.torch import load_file
 
     weights = {}
@@ -96,7 +108,7 @@ def _restore(folder: pathlib.Path, model, optimizer, state: TrainState | None) -
     saved = load_state(folder, TRAIN_STATE)
     optimizer.load_state_dict(saved["optimizer"])
     if state is not None:
-        state.load_state_dict(saved["train_state"])
+        state.load_state_dict(saved["train_state"], rank)
     return saved.get("ema")
 
 
@@ -169,25 +181,26 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            ema = _restore(pathlib.Path(folder), model, optimizer, state)
+            ema = _restore(pathlib.Path(folder), model, optimizer, state, rank)
     elif loop_config.get("init_checkpoint"):
         ema = _restore(pathlib.Path(loop_config["init_checkpoint"]), model, optimizer, None)
     if config.ema_decay is not None and ema is None:
         ema = {name: p.detach().float().cpu().clone() for name, p in unwrap(model).named_parameters()}
 
     # Train.
-    shard = ray.train.get_dataset_shard("train")
+    stream = StoreStream(
+        config.store_dir,
+        phase,
+        seed=config.seed,
+        rank=rank,
+        world=world,
+        batch_size=config.batch_size,
+        shuffle_buffer=config.shuffle_buffer,
+    )
     writer = _metrics_writer(config) if rank == 0 else None
     meter = _Meter()
     while state.step < end:
-        batches = worker_batches(
-            shard,
-            config.batch_size,
-            phase.resolution,
-            shuffle_buffer=config.shuffle_buffer,
-            seed=config.seed + state.epoch,
-            skip=state.batch_in_epoch,
-        )
+        batches = stream.batches(state.epoch, skip=state.batch_in_epoch)
         stepped = False
         for group in _accumulate(batches, config.optim.grad_accum, state, meter):
             loss, grad_norm = _train_step(model, optimizer, group, state, config, phase.lr_scale, device, rank)
@@ -203,7 +216,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if writer is not None:
                     writer.write(metrics)
                 if state.step % config.checkpoint_every == 0 or last:
-                    _report_checkpoint(model, optimizer, ema, state, config, metrics, rank)
+                    positions = gather_positions(state, world, device)
+                    _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, positions)
                 else:
                     ray.train.report(metrics)
             if rank == 0 and config.samples.every_steps and state.step % config.samples.every_steps == 0 and not last:
@@ -329,10 +343,10 @@ def _metrics_writer(config: PretrainConfig):
     return MetricsWriter(pathlib.Path(config.output_dir) / config.run_name)
 
 
-def _report_checkpoint(model, optimizer, ema, state, config, metrics, rank) -> None:
+def _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, positions) -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            _save_checkpoint(pathlib.Path(folder), model, optimizer, ema, state, config)
+            _save_checkpoint(pathlib.Path(folder), model, optimizer, ema, state, config, positions)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)

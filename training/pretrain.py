@@ -15,12 +15,10 @@ import pathlib
 import numpy as np
 import ray
 import ray.train
-from ray.data import ExecutionOptions
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from training.config import PretrainConfig
-from training.data import phase_dataset
 from training.loop import train_loop_per_worker
 from training.metrics import plot_loss_curve
 
@@ -46,6 +44,13 @@ def _run_folder(config: PretrainConfig) -> pathlib.Path:
 
 def run_pretraining(config: PretrainConfig) -> dict:
     """All phases; returns the final checkpoint path and where the metrics, grids and loss curve are."""
+    # Workers run in their own directories: every path they get must be absolute.
+    config = config.model_copy(
+        update={
+            "output_dir": str(pathlib.Path(config.output_dir).resolve()),
+            "store_dir": str(pathlib.Path(config.store_dir).resolve()),
+        }
+    )
     folder = _run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
@@ -89,10 +94,8 @@ def run_pretraining(config: PretrainConfig) -> dict:
                 checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=config.max_failures),
             ),
-            # A dataset factory: the store is listed when the run (or a restarted worker group) starts.
-            datasets={"train": lambda phase=phase: phase_dataset(config.store_dir, phase, config.seed)},
-            # Ordered blocks: the same data order after a restart, so skipping the consumed batches is exact.
-            dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+            # Workers read the store themselves (training.data.StoreStream): listed at every epoch, so shards
+            # committed while a phase runs join at its next epoch, and always at the next phase.
         )
         result = trainer.fit()
         if result.error is not None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
@@ -56,8 +57,8 @@ def _conditions(resolution: int, min_stage: int | None, predicates: Iterable[Pre
             raise ValueError(f"predicate on {column!r}: operator {operator!r} is not one of {[*_OPERATORS, 'in']}")
     if min_stage is not None:
         conditions.append((C.STAGE, ">=", min_stage))
-    # Rows whose source was too small for this resolution have no latents there.
-    conditions.append((C.latents_column(resolution), "not_null", None))
+    # Rows without latents at this resolution (source too small) are dropped by the batcher, not in the scan: a
+    # not-null condition makes Arrow copy every column of every row even where no value is null.
     return conditions
 
 
@@ -116,7 +117,12 @@ def read_table(
         return pa.table({})
     dataset = pads.dataset(paths, format="parquet")
     conditions = _conditions(resolution, min_stage, predicates)
-    return dataset.to_table(columns=projection(resolution, extra_columns), filter=arrow_filter(conditions))
+    latents = C.latents_column(resolution)
+    conditions = conditions or [(latents, "not_null", None)]
+    table = dataset.to_table(columns=projection(resolution, extra_columns), filter=arrow_filter(conditions))
+    if table.column(latents).null_count:
+        table = table.filter(pc.is_valid(table.column(latents)))
+    return table
 
 
 def read_store(
@@ -134,11 +140,10 @@ def read_store(
     if not paths:
         raise ValueError(f"the latent store {store_dir} has no committed shards yet")
     conditions = _conditions(resolution, min_stage, predicates)
-    return (
-        ray.data.read_parquet(paths, partitioning=None)
-        .select_columns(projection(resolution, extra_columns) + [C.STAGE] * (C.STAGE not in extra_columns))
-        .filter(expr=ray_filter(conditions))
+    dataset = ray.data.read_parquet(paths, partitioning=None).select_columns(
+        projection(resolution, extra_columns) + [C.STAGE] * (C.STAGE not in extra_columns)
     )
+    return dataset.filter(expr=ray_filter(conditions)) if conditions else dataset
 
 
 def committed_sample_ids(store_dir: str | pathlib.Path) -> set[str]:
@@ -149,31 +154,58 @@ def committed_sample_ids(store_dir: str | pathlib.Path) -> set[str]:
     return set(pads.dataset(paths, format="parquet").to_table(columns=[C.SAMPLE_ID]).column(0).to_pylist())
 
 
-def decode_batch(batch: dict[str, np.ndarray], resolution: int) -> dict[str, torch.Tensor]:
+def _binary_values(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Buffer]:
+    """(offsets, data buffer) of a binary column without copying its values."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4)
+    return offsets, column.buffers()[2]
+
+
+def _stacked(column: pa.Array | pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    """Equal-size float16 tensors of consecutive rows: one view of the Arrow buffer when contiguous."""
+    offsets, data = _binary_values(column)
+    size = int(np.prod(shape)) * 2
+    if len(offsets) > 1 and np.all(np.diff(offsets) == size):
+        return np.frombuffer(data, dtype="<f2", count=(len(offsets) - 1) * size // 2, offset=int(offsets[0])).reshape(
+            len(offsets) - 1, *shape
+        )
+    raise ValueError(f"latents are not all {shape}: decode a single-shape batch (iter_bucketed_batches)")
+
+
+def decode_batch(batch: pa.Table | dict[str, np.ndarray], resolution: int) -> dict[str, torch.Tensor]:
     """Rows of one bucket -> ``latents [B, 16, h, w]`` float16, ``text_embeds [B, L, D]`` float16 zero-padded and
-    ``text_mask [B, L]`` int64 (the layout of ``models.condition_encoder.PromptEmbeds``)."""
-    heights = np.asarray(batch[C.height_column(resolution)])
-    widths = np.asarray(batch[C.width_column(resolution)])
+    ``text_mask [B, L]`` int64 (the layout of ``models.condition_encoder.PromptEmbeds``). Each tensor is copied
+    once, straight from the Arrow buffers."""
+    if isinstance(batch, dict):
+        batch = pa.table(
+            {key: list(value) if np.asarray(value).dtype == object else value for key, value in batch.items()}
+        )
+    heights = batch.column(C.height_column(resolution)).to_numpy()
+    widths = batch.column(C.width_column(resolution)).to_numpy()
     if len(set(heights.tolist())) != 1 or len(set(widths.tolist())) != 1:
         raise ValueError("decode_batch takes rows of one shape; use iter_bucketed_batches")
     shape = (C.LATENT_CHANNELS, int(heights[0]) // 8, int(widths[0]) // 8)
-    latents = np.stack([C.bytes_tensor(data, shape) for data in batch[C.latents_column(resolution)]])
-    lengths = np.asarray(batch[C.TEXT_LEN], dtype=np.int64)
-    dim = int(np.asarray(batch[C.TEXT_DIM])[0])
+    latents = torch.from_numpy(_stacked(batch.column(C.latents_column(resolution)), shape).copy())
+    lengths = batch.column(C.TEXT_LEN).to_numpy().astype(np.int64)
+    dim = int(batch.column(C.TEXT_DIM)[0].as_py())
+    offsets, data = _binary_values(batch.column(C.TEXT_EMBEDS))
+    values = np.frombuffer(data, dtype="<f2", count=int(offsets[-1] - offsets[0]) // 2, offset=int(offsets[0]))
     embeds = np.zeros((len(lengths), int(lengths.max()), dim), dtype=np.float16)
-    for row, (data, length) in enumerate(zip(batch[C.TEXT_EMBEDS], lengths, strict=True)):
-        embeds[row, :length] = C.bytes_tensor(data, (int(length), dim))
+    starts = (offsets[:-1] - offsets[0]) // 2
+    for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        embeds[row, :length] = values[start : start + length * dim].reshape(length, dim)
     mask = (np.arange(embeds.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
     return {
-        "latents": torch.from_numpy(latents),
+        "latents": latents,
         "text_embeds": torch.from_numpy(embeds),
         "text_mask": torch.from_numpy(mask),
-        "sample_id": list(batch[C.SAMPLE_ID]),
+        "sample_id": batch.column(C.SAMPLE_ID).to_pylist(),
     }
 
 
 def iter_bucketed_batches(
-    batches: Iterable[dict[str, np.ndarray] | pa.RecordBatch],
+    batches: Iterable[pa.RecordBatch | pa.Table | dict[str, np.ndarray]],
     batch_size: int,
     resolution: int,
     *,
@@ -181,30 +213,35 @@ def iter_bucketed_batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Regroup a stream of row batches (any buckets) into decoded batches of ``batch_size`` rows of one shape.
 
-    Rows wait in one buffer per bucket until it holds a full batch; at the end, partial batches are emitted unless
-    ``drop_last``. Order within a bucket is kept, so a seeded stream gives the same batches every time.
+    Rows wait in one buffer per bucket (Arrow slices, no copies) until it holds a full batch; rows without latents
+    at ``resolution`` are skipped; at the end, partial batches are emitted unless ``drop_last``. Order within a
+    bucket is kept, so a seeded stream gives the same batches every time. Feed it ``batch_format="pyarrow"``.
     """
-    buffers: dict[str, list[dict[str, np.ndarray]]] = {}
+    buffers: dict[str, list[pa.Table]] = {}
     counts: dict[str, int] = {}
+    latents = C.latents_column(resolution)
 
-    def take(bucket: str, count: int) -> dict[str, np.ndarray]:
-        merged = {key: np.concatenate([part[key] for part in buffers[bucket]]) for key in buffers[bucket][0]}
-        head = {key: value[:count] for key, value in merged.items()}
-        rest = {key: value[count:] for key, value in merged.items()}
-        buffers[bucket] = [rest] if len(rest[C.SAMPLE_ID]) else []
+    def take(bucket: str, count: int) -> pa.Table:
+        merged = pa.concat_tables(buffers[bucket]) if len(buffers[bucket]) > 1 else buffers[bucket][0]
+        head, rest = merged.slice(0, count), merged.slice(count)
+        buffers[bucket] = [rest] if rest.num_rows else []
         counts[bucket] -= count
         return head
 
     for batch in batches:
-        if isinstance(batch, pa.RecordBatch | pa.Table):
-            batch = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names}
-        buckets = np.asarray(batch[C.BUCKET])
+        if isinstance(batch, dict):
+            batch = pa.table({k: list(v) if np.asarray(v).dtype == object else v for k, v in batch.items()})
+        elif isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        if batch.column(latents).null_count:
+            batch = batch.filter(pc.is_valid(batch.column(latents)))
+        buckets = batch.column(C.BUCKET).to_numpy(zero_copy_only=False)
         for bucket in np.unique(buckets):
-            rows = buckets == bucket
-            buffers.setdefault(bucket, []).append({key: np.asarray(value)[rows] for key, value in batch.items()})
-            counts[bucket] = counts.get(bucket, 0) + int(rows.sum())
-            while counts[bucket] >= batch_size:
-                yield decode_batch(take(bucket, batch_size), resolution)
+            part = batch.filter(pa.array(buckets == bucket)) if len(np.unique(buckets)) > 1 else batch
+            buffers.setdefault(str(bucket), []).append(part)
+            counts[str(bucket)] = counts.get(str(bucket), 0) + part.num_rows
+            while counts[str(bucket)] >= batch_size:
+                yield decode_batch(take(str(bucket), batch_size), resolution)
     if not drop_last:
         for bucket in sorted(buffers):
             if counts.get(bucket, 0):

@@ -71,7 +71,7 @@ class SynthConfig(StrictModel):
     caption_language: Literal["match", "en", "zh"] = "match"  # "match": the language of the rendered text
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = pydantic.Field(default=95, ge=50, le=100)
-    pool: PoolConfig = PoolConfig(min_size=1, max_size=4, batch_size=8)
+    pool: PoolConfig = PoolConfig(min_size=1, max_size=2, batch_size=8)
 
     @pydantic.field_validator("modes", "unit_mix", "language_mix", "tier_mix")
     @classmethod

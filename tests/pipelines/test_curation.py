@@ -90,11 +90,22 @@ def test_curation_writes_scores_labels_and_funnel(ray_session, tmp_path):
     shards = write_sample_corpus(tmp_path / "corpus", 24)
     output = tmp_path / "curated"
     config = CurationConfig.model_validate(
-        {"sources": [{"name": "sample", "kind": "webdataset", "paths": shards}], "output_dir": str(output), **FAST}
+        {
+            "sources": [{"name": "sample", "kind": "webdataset", "paths": shards}],
+            "output_dir": str(output),
+            # Synthetic text rendering mixes in by ratio: 6 synthetic samples for 24 real ones.
+            "synthetic_ratio": 0.25,
+            "synth": {"resolutions": [[512, 512]]},
+            **FAST,
+        }
     )
     result = run_curation(config)
-    assert result.num_samples == 24
-    columns = read_score_columns(output)
+    assert result.num_samples == 30
+    scored = read_score_columns(output)
+    synthetic = [i for i, source in enumerate(scored["source"]) if str(source).startswith("synthetic/")]
+    assert len(synthetic) == 6 and all(scored["rendered_text"][i] for i in synthetic)
+    assert not any(scored["rendered_text"][i] for i in range(30) if i not in synthetic)
+    columns = scored
     for name in (
         "score_blur",
         "score_phash",
@@ -106,7 +117,7 @@ def test_curation_writes_scores_labels_and_funnel(ray_session, tmp_path):
     ):
         assert name in columns, name
     labels = pq.read_table(output / "labels.parquet").to_pydict()
-    assert sum(labels["score_duplicate"][i] == 1.0 for i in range(24)) >= 1  # the corpus holds exact duplicates
+    assert sum(labels["score_duplicate"][i] == 1.0 for i in range(30)) >= 1  # the corpus holds exact duplicates
     funnel = json.loads((output / "funnel.json").read_text())
     assert funnel["survivors_per_stage"]["S1"] < 24 and funnel["drop_reasons"]
     assert (output / "funnel.html").is_file() and (output / "funnel" / "stages.png").is_file()
