@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from models.generation import INFERENCE_SIZES
+
 # SPEC section 1: the nine aspect ratios (width:height).
 BUCKET_RATIOS: dict[str, tuple[int, int]] = {
     "1x1": (1, 1),
@@ -23,16 +25,8 @@ BUCKET_RATIOS: dict[str, tuple[int, int]] = {
     "3x1": (3, 1),
 }
 RESOLUTIONS: tuple[int, ...] = (256, 640, 1328)
-# SPEC section 5: the published inference sizes at 1328, (width, height).
-PUBLISHED_1328: dict[str, tuple[int, int]] = {
-    "1x1": (1328, 1328),
-    "16x9": (1664, 928),
-    "9x16": (928, 1664),
-    "4x3": (1472, 1104),
-    "3x4": (1104, 1472),
-    "3x2": (1584, 1056),
-    "2x3": (1056, 1584),
-}
+# SPEC section 5: the published inference sizes at 1328, (width, height), named like the buckets ("16x9").
+PUBLISHED_1328: dict[str, tuple[int, int]] = {ratio.replace(":", "x"): size for ratio, size in INFERENCE_SIZES.items()}
 SIDE_MULTIPLE = 16
 
 
