@@ -64,6 +64,18 @@ def head_node(tmp_path):
             if head.poll() is not None:
                 pytest.fail(f"ray start failed: {head.stdout.read()[-2000:]}")
             time.sleep(0.5)
+    # The dashboard port opens before its job agent is ready ("No available agent to submit job"): wait for it.
+    while time.time() < deadline:
+        listed = subprocess.run(
+            [str(BIN / "ray"), "job", "list", f"--address={address}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if listed.returncode == 0:
+            break
+        time.sleep(1)
     yield address, env
     os.killpg(head.pid, signal.SIGTERM)
     try:
@@ -93,7 +105,11 @@ def test_ray_job_submit(head_node, tiny_store_dir, tmp_path):
         f"output_dir={output}",
         "samples.num_steps=1",
     ]
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    for _ in range(10):  # a fresh head can still answer "No available agent to submit job" for a few seconds
+        finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in finished.stdout + finished.stderr:
+            break
+        time.sleep(3)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert "[pretrain] done" in finished.stdout
     checkpoint = output / "tiny"
