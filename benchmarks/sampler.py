@@ -21,7 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from diffusers import QwenImagePipeline  # noqa: E402
 
 from models.generation import TextToImage  # noqa: E402
 from models.presets import build_components  # noqa: E402
@@ -37,14 +36,7 @@ def main() -> dict:
     torch.set_num_threads(1)  # one core each, so the two sides do not fight over threads
     components = build_components("tiny")
     ours = TextToImage(components)
-    theirs = QwenImagePipeline(
-        scheduler=components.scheduler,
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        transformer=components.transformer,
-    )
-    theirs.set_progress_bar_config(disable=True)
+    theirs = components.diffusers_pipeline()
     prompt, common = (
         "a lighthouse on a cliff at sunset",
         {"height": args.size, "width": args.size, "true_cfg_scale": 4.0},

@@ -129,6 +129,21 @@ class Components:
                 module.to(dtype=dtype)
         return self
 
+    def diffusers_pipeline(self):
+        """``diffusers.QwenImagePipeline`` over these very modules (parity tests, benchmarks), progress bar off."""
+        from diffusers import QwenImagePipeline
+
+        self.require(*ALL_PARTS)
+        pipe = QwenImagePipeline(
+            scheduler=self.scheduler,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            transformer=self.transformer,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def require(self, *names: str) -> None:
         missing = [name for name in names if getattr(self, name) is None]
         if missing:

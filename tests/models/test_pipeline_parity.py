@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from models.condition_encoder import ConditionEncoder
 from models.generation import TextToImage
@@ -14,16 +14,8 @@ from models.sampler import sample
 from models.schedule import inference_sigmas
 
 
-def _pipeline(components) -> QwenImagePipeline:
-    pipe = QwenImagePipeline(
-        scheduler=components.scheduler,
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        transformer=components.transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def _pipeline(components):
+    return components.diffusers_pipeline()
 
 
 @pytest.mark.parametrize("true_cfg_scale", [1.0, 4.0], ids=["no_cfg", "true_cfg"])
