@@ -17,8 +17,7 @@ buffer, like ``cat``. Each timed read starts from a dropped page cache when runn
 says whether it did; the cold reads' ``read_bytes`` from /proc/self/io confirm it), and is repeated warm. Layouts
 alternate (forwards, then backwards) and medians of ``--repeats`` are reported; ``*_paired`` are medians of the
 ratios of adjacent cold runs, steadier than ratios of medians on this VM, where memory the guest frees is handed
-back to the host and touching it again is slow and erratic. ``store_streaming_sps`` is a prototype of a faster
-store reader (see ``streaming_batches``); ``store_ray_sps`` reads through Ray Data (``read_store(...).iter_batches``,
+back to the host and touching it again is slow and erratic. ``store_ray_sps`` reads through Ray Data (``read_store(...).iter_batches``,
 one cold run, Ray start-up not timed).
 
 The full run takes about 3.5 minutes on 2 cores; ``--quick`` (300 samples, one repeat) about 30 s. The last line
@@ -32,12 +31,10 @@ import argparse
 import json
 import os
 import pathlib
-import queue
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -45,7 +42,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -53,10 +49,10 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from pipelines.store import columns as C  # noqa: E402
 from pipelines.store.reader import (  # noqa: E402
     iter_bucketed_batches,
-    projection,
+    prefetched,
     read_store,
-    read_table,
     shard_paths,
+    stream_rows,
 )
 from pipelines.store.writer import commit_table  # noqa: E402
 
@@ -163,83 +159,10 @@ def pad_batch(sample_ids: list[str], latents: list[torch.Tensor], texts: list[to
 
 
 def store_batches(store: pathlib.Path) -> Iterator[Batch]:
-    table = read_table(store, READ_RESOLUTION)
-    yield from iter_bucketed_batches(table.to_batches(), BATCH_SIZE, READ_RESOLUTION)
-
-
-def streaming_batches(store: pathlib.Path) -> Iterator[Batch]:
-    """Prototype of a faster store reader: stream record batches, decode straight from the Arrow buffers.
-
-    Against ``read_table`` + ``iter_bucketed_batches`` it (1) streams each shard in ``BATCH_SIZE``-row record
-    batches (pages read through a 1 MB buffer) on a background thread, so reading overlaps decoding and memory stays
-    bounded instead of materialising the whole projection first; (2) applies the ``latents_<res> IS NOT NULL`` filter
-    only to a batch that has nulls (``read_table``'s dataset filter copies every column even when every row passes);
-    (3) slices the binary columns' buffers in place (``_decode_record_batch``) instead of making a Python ``bytes``
-    per row (``to_numpy(zero_copy_only=False)``) and concatenating buffered rows. A shard holds one bucket, so a
-    record batch is of one shape; batches do not straddle shards (a shard's last batch may be short).
-    """
-    columns = projection(READ_RESOLUTION)
-    latents = C.latents_column(READ_RESOLUTION)
-
-    def record_batches() -> Iterator[pa.RecordBatch]:
-        for path in shard_paths(store):
-            parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-            for rows in parquet.iter_batches(batch_size=BATCH_SIZE, columns=columns):
-                if rows.column(latents).null_count:
-                    rows = rows.filter(pc.is_valid(rows.column(latents)))
-                if rows.num_rows:
-                    yield rows
-
-    for rows in _prefetch(record_batches(), depth=2):
-        yield _decode_record_batch(rows)
-
-
-def _prefetch(items: Iterator, depth: int) -> Iterator:
-    """Runs ``items`` on a thread (pyarrow reads without the GIL), ``depth`` items ahead of the consumer."""
-    ready: queue.Queue = queue.Queue(depth)
-    end = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                ready.put(item)
-        except BaseException as error:  # re-raised in the consumer
-            ready.put(error)
-        ready.put(end)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := ready.get()) is not end:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
-def _decode_record_batch(rows: pa.RecordBatch) -> Batch:
-    """Rows of one shape -> the ``decode_batch`` layout, reading the binary columns' buffers in place."""
-    height = rows.column(C.height_column(READ_RESOLUTION))[0].as_py()
-    width = rows.column(C.width_column(READ_RESOLUTION))[0].as_py()
-    data, offsets = _binary_parts(rows.column(C.latents_column(READ_RESOLUTION)))
-    block = data[offsets[0] : offsets[-1]].view(np.float16)
-    latents = block.reshape(rows.num_rows, C.LATENT_CHANNELS, height // 8, width // 8).copy()
-    data, offsets = _binary_parts(rows.column(C.TEXT_EMBEDS))
-    lengths = rows.column(C.TEXT_LEN).to_numpy().astype(np.int64)
-    embeds = np.zeros((rows.num_rows, int(lengths.max()), TEXT_DIM), dtype=np.float16)
-    for row, length in enumerate(lengths):
-        embeds[row, :length] = data[offsets[row] : offsets[row + 1]].view(np.float16).reshape(length, TEXT_DIM)
-    mask = (np.arange(embeds.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-    return {
-        "latents": torch.from_numpy(latents),
-        "text_embeds": torch.from_numpy(embeds),
-        "text_mask": torch.from_numpy(mask),
-        "sample_id": rows.column(C.SAMPLE_ID).to_pylist(),
-    }
-
-
-def _binary_parts(array: pa.BinaryArray) -> tuple[np.ndarray, np.ndarray]:
-    """(data bytes, offsets) of a binary array without copying; offsets account for the array's slice offset."""
-    _, offsets_buffer, data_buffer = array.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[array.offset : array.offset + len(array) + 1]
-    return np.frombuffer(data_buffer, dtype=np.uint8), offsets
+    """What a training worker runs (``training.data.StoreStream``): row groups streamed with read-ahead, regrouped
+    and decoded into batches on a background thread."""
+    rows = prefetched(stream_rows(store, READ_RESOLUTION), depth=2)
+    yield from prefetched(iter_bucketed_batches(rows, BATCH_SIZE, READ_RESOLUTION), depth=2)
 
 
 def safetensors_batches(folder: pathlib.Path, ids: list[str]) -> Iterator[Batch]:
@@ -387,14 +310,13 @@ def main() -> dict:
         column_bytes = sum(length for _, _, length in ranges)
         readers: dict[str, Callable[[], Iterator[Batch] | int]] = {
             "store": lambda: store_batches(store),
-            "store_streaming": lambda: streaming_batches(store),
             "safetensors_files": lambda: safetensors_batches(root / "safetensors", ids),
             "torch_files": lambda: torch_batches(root / "torch", ids),
         }
         check_same_batches(readers)
         readers["raw_read"] = lambda: raw_read(ranges)
         # The store runs next to each reference in either direction: paired ratios see the same machine state.
-        names = ["raw_read", "store", "safetensors_files", "store_streaming", "torch_files"]
+        names = ["raw_read", "store", "safetensors_files", "torch_files"]
 
         runs: dict[str, dict[str, list[dict]]] = {name: {"cold": [], "warm": []} for name in readers}
         for repeat in range(repeats):
@@ -424,7 +346,6 @@ def main() -> dict:
             "safetensors_files_sps": round(median("safetensors_files", "cold")),
             "torch_files_sps": round(median("torch_files", "cold")),
             "raw_read_sps": round(median("raw_read", "cold")),
-            "store_streaming_sps": round(median("store_streaming", "cold")),
             "store_bytes_per_sample": round(store_bytes / num_samples),
             "raw_tensor_bytes_per_sample": round(raw_tensor_bytes / num_samples),
             "projection_read_ratio": round(median("store", "warm", "rchar") / column_bytes, 3),
@@ -446,7 +367,6 @@ def main() -> dict:
             result["store_ray_complete"] = ray["complete"]
         result["store_to_raw_paired"] = paired("store", "raw_read")
         result["store_to_safetensors_paired"] = paired("store", "safetensors_files")
-        result["store_streaming_to_raw_paired"] = paired("store_streaming", "raw_read")
         result["targets_met"] = {
             "store_vs_raw": result["store_sps"] >= 0.7 * result["raw_read_sps"],
             "store_vs_safetensors": result["store_sps"] >= result["safetensors_files_sps"],

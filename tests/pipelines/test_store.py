@@ -20,6 +20,7 @@ from pipelines.store.reader import (
     read_store,
     read_table,
     shard_paths,
+    stream_rows,
 )
 from pipelines.store.writer import commit_table
 
@@ -144,6 +145,12 @@ def test_store_reader_filters_and_projects(tmp_path):
     }
     assert set(filtered.column(C.SAMPLE_ID).to_pylist()) == expected and expected
     assert C.latents_column(256) not in filtered.column_names
+    # The streaming reader (training workers) selects exactly the same rows; the scan drops rows without latents
+    # at 640 later, in the batcher.
+    streamed = pa.concat_tables(stream_rows(tmp_path, 640, min_stage=4, predicates=[("score_blur", ">", 100.0)]))
+    streamed = streamed.filter(pa.compute.is_valid(streamed.column(C.latents_column(640))))
+    assert set(streamed.column(C.SAMPLE_ID).to_pylist()) == expected
+    assert C.latents_column(256) not in streamed.column_names
 
     # Projection: reading the 256 column reads about that column's bytes, not the 640 one's (6x larger).
     paths = shard_paths(tmp_path)
@@ -162,6 +169,27 @@ def test_store_reader_filters_and_projects(tmp_path):
     total = sum(os.path.getsize(path) for path in paths)
     assert read_bytes < 0.5 * total
     assert read_bytes < 1.3 * column_bytes + 256 * 1024  # the columns it needs, plus footers and small columns
+
+
+def test_stream_rows_skips_row_groups_by_statistics(tmp_path, monkeypatch):
+    """Row groups whose stage statistics cannot pass the filter are never read."""
+    table, _ = make_table(256, seed=4, buckets=("1x1",))
+    order = pa.compute.sort_indices(table, sort_keys=[(C.STAGE, "ascending")])
+    commit_table(tmp_path, table.take(order))  # sorted: each 64-row group covers a narrow range of stages
+    (path,) = shard_paths(tmp_path)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 4
+    read_groups = []
+    original = pq.ParquetFile.read_row_group
+
+    def counting(self, index, *args, **kwargs):
+        read_groups.append(index)
+        return original(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    rows = pa.concat_tables(stream_rows(tmp_path, 256, min_stage=7))
+    expected = sum(stage >= 7 for stage in table.column(C.STAGE).to_pylist())
+    assert rows.num_rows == expected > 0
+    assert read_groups == [3]
 
 
 def test_append_while_reading(tmp_path):
