@@ -68,24 +68,35 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
     return pa.table(columns)
 
 
-def encode_pass(scored_dir: str | pathlib.Path, labels_path: str | pathlib.Path, config: EncodeConfig) -> int:
-    """Encode the kept samples that are not stored yet and commit them; returns how many were submitted."""
-    if config.store_dir is None:
-        raise ValueError("encode_pass needs EncodeConfig.store_dir")
+def kept_samples(labels_path: str | pathlib.Path, min_stage: int, skip: set[str] = frozenset()) -> dict[str, int]:
+    """``sample_id -> stage`` of the labelled samples that reach ``min_stage``, less ``skip``."""
     labels = pq.read_table(labels_path, columns=[schema.SAMPLE_ID, "stage"])
-    done = committed_sample_ids(config.store_dir)
-    keep = {
+    return {
         sample: int(stage)
         for sample, stage in zip(labels.column(0).to_pylist(), labels.column(1).to_pylist(), strict=True)
-        if stage >= config.min_stage and sample not in done
+        if stage >= min_stage and sample not in skip
     }
-    logger.info("encoding %d samples (%d already in the store)", len(keep), len(done))
-    if not keep:
-        return 0
+
+
+def encoded_dataset(scored_dir: str | pathlib.Path, keep: dict[str, int], config: EncodeConfig) -> ray.data.Dataset:
+    """The kept samples encoded, as a lazy Ray Dataset of store-schema rows: what ``encode_pass`` commits to the
+    store, and what a streaming pretraining job (``feed: stream``) hands its workers directly."""
     dataset = ray.data.read_parquet(str(scored_dir))
     dataset = map_stage(dataset, KeepSamples, PoolConfig(batch_size=256), keep=keep)
     dataset = map_stage(dataset, VaeEncodeStage, config.vae_pool, config=config)
     dataset = map_stage(dataset, TextEncodeStage, config.text_pool, config=config)
-    dataset = dataset.map_batches(to_store_table, fn_kwargs={"resolutions": config.resolutions}, batch_format="numpy")
+    return dataset.map_batches(to_store_table, fn_kwargs={"resolutions": config.resolutions}, batch_format="numpy")
+
+
+def encode_pass(scored_dir: str | pathlib.Path, labels_path: str | pathlib.Path, config: EncodeConfig) -> int:
+    """Encode the kept samples that are not stored yet and commit them; returns how many were submitted."""
+    if config.store_dir is None:
+        raise ValueError("encode_pass needs EncodeConfig.store_dir")
+    done = committed_sample_ids(config.store_dir)
+    keep = kept_samples(labels_path, config.min_stage, done)
+    logger.info("encoding %d samples (%d already in the store)", len(keep), len(done))
+    if not keep:
+        return 0
+    dataset = encoded_dataset(scored_dir, keep, config)
     dataset.write_datasink(LatentStoreSink(config.store_dir, rows_per_shard=config.rows_per_shard))
     return len(keep)

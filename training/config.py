@@ -12,6 +12,7 @@ import pydantic
 
 from models.config import StrictModel
 from models.schedule import LossWeighting, SigmaSampling
+from pipelines.curation import CurationConfig
 
 
 class PhaseConfig(StrictModel):
@@ -62,7 +63,14 @@ class SampleConfig(StrictModel):
 
 
 class PretrainConfig(StrictModel):
-    store_dir: str
+    # Where batches come from. "store" (the normal mode): the latent store at ``store_dir``, which producers may be
+    # appending to as a separate job. "stream": the producer pipeline ``curation`` runs inside this job; its global
+    # passes (scoring, deduplication, stages) first, then each phase's kept samples are encoded on the fly by Ray
+    # Data actor pools and handed to the workers without being stored (re-encoded every epoch: for short runs, or
+    # where storage is the constraint).
+    feed: Literal["store", "stream"] = "store"
+    store_dir: str | None = None
+    curation: CurationConfig | None = None
     output_dir: str = "outputs/pretrain"
     run_name: str = "pretrain"
     preset: str = "tiny"
@@ -85,6 +93,18 @@ class PretrainConfig(StrictModel):
     seed: int = 0
     shuffle_buffer: int = pydantic.Field(default=256, ge=0)  # rows; 0 keeps the store's order
     fail_at_step: int | None = None  # failure injection for tests: raise once when this step is reached
+
+    @pydantic.model_validator(mode="after")
+    def _feed_has_its_source(self) -> PretrainConfig:
+        if self.feed == "store" and not self.store_dir:
+            raise ValueError("feed 'store' needs store_dir (the latent store to read)")
+        if self.feed == "stream":
+            if self.curation is None:
+                raise ValueError("feed 'stream' needs curation (the producer pipeline to run in this job)")
+            missing = sorted({phase.resolution for phase in self.phases} - set(self.curation.encode.resolutions))
+            if missing:
+                raise ValueError(f"feed 'stream': phases train at {missing} px, not in curation.encode.resolutions")
+        return self
 
     @property
     def total_steps(self) -> int:

@@ -9,7 +9,6 @@ run sees the same rows. ``worker_batches`` turns a worker's shard into single-sh
 from __future__ import annotations
 
 import hashlib
-import pathlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -57,24 +56,23 @@ class MixtureFilter:
 
 
 def synthetic_odds(store_dir: str, phase: PhaseConfig) -> float | None:
-    """How strongly synthetic rows must be kept relative to real ones for the phase's synthetic share.
-
-    Returns ``target_ratio / current_ratio`` of synthetic to real rows among the rows the phase selects (> 1: keep
-    all synthetic rows and thin the real ones), or None when the phase sets no share or one side is absent.
-    """
+    """How strongly synthetic rows must be kept relative to real ones for the phase's synthetic share, among the
+    stored rows the phase selects (``odds_for_share``)."""
     if phase.synthetic_share is None:
         return None
     table = read_table(
         store_dir, phase.resolution, min_stage=phase.min_stage, predicates=phase.predicates, extra_columns=[C.SOURCE]
     )
-    if table.num_rows == 0:
+    synthetic = int(pc.sum(pc.starts_with(table.column(C.SOURCE), SYNTHETIC_PREFIX)).as_py() or 0) if len(table) else 0
+    return odds_for_share(phase.synthetic_share, synthetic, table.num_rows - synthetic)
+
+
+def odds_for_share(share: float | None, synthetic: int, real: int) -> float | None:
+    """``target_ratio / current_ratio`` of synthetic to real rows (> 1: keep all synthetic rows and thin the real
+    ones), or None when no share is set or one side is absent."""
+    if share is None or synthetic == 0 or real == 0 or share in (0.0, 1.0):
         return None
-    synthetic = int(pc.sum(pc.starts_with(table.column(C.SOURCE), SYNTHETIC_PREFIX)).as_py() or 0)
-    real = table.num_rows - synthetic
-    if synthetic == 0 or real == 0 or phase.synthetic_share in (0.0, 1.0):
-        return None
-    target = phase.synthetic_share / (1 - phase.synthetic_share)
-    return target / (synthetic / real)
+    return (share / (1 - share)) / (synthetic / real)
 
 
 def mixture_columns(phase: PhaseConfig) -> list[str]:
@@ -98,6 +96,40 @@ def phase_dataset(store_dir: str, phase: PhaseConfig, seed: int):
             MixtureFilter(phase, seed, synthetic_odds(store_dir, phase)), batch_format="numpy"
         )
     return dataset
+
+
+def streamed_phase_dataset(encoded, phase: PhaseConfig, seed: int, synthetic_odds: float | None = None):
+    """Feed "stream": the phase's rows of a dataset of freshly encoded store-schema rows (``pipelines.produce.
+    encoded_dataset``), selected as ``phase_dataset`` selects stored rows: stage and predicates, mixture, projection."""
+    from pipelines.store.reader import _conditions, projection, ray_filter
+
+    conditions = _conditions(phase.resolution, phase.min_stage, phase.predicates)
+    if conditions:
+        encoded = encoded.filter(expr=ray_filter(conditions))
+    encoded = encoded.select_columns(projection(phase.resolution, mixture_columns(phase)))
+    if phase.mixture or synthetic_odds is not None:
+        encoded = encoded.map_batches(MixtureFilter(phase, seed, synthetic_odds), batch_format="numpy")
+    return encoded
+
+
+class DatasetStream:
+    """Feed "stream": a worker's split of the Ray Dataset the job hands the trainer (``get_dataset_shard``), with
+    the interface of ``StoreStream``. Each epoch runs the streaming pipeline again; resuming skips the number of
+    batches consumed, which is exact only where the pipeline's order is (``preserve_order``)."""
+
+    def __init__(self, shard, phase: PhaseConfig, *, seed: int, batch_size: int, shuffle_buffer: int):
+        self.shard, self.phase, self.seed = shard, phase, seed
+        self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
+
+    def batches(self, epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        return worker_batches(
+            self.shard,
+            self.batch_size,
+            self.phase.resolution,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed + epoch,
+            skip=skip,
+        )
 
 
 def worker_batches(
@@ -147,9 +179,8 @@ class StoreStream:
 
     def _row_batches(self, epoch: int):
         import pyarrow as pa
-        import pyarrow.dataset as pads
 
-        from pipelines.store.reader import _conditions, arrow_filter, list_shards, projection
+        from pipelines.store.reader import list_shards, stream_rows
 
         shards = list_shards(self.store_dir)
         if not shards:
@@ -157,30 +188,31 @@ class StoreStream:
         rng = np.random.default_rng([self.seed, epoch, self.rank])
         split_rows = len(shards) < self.world
         mine = shards if split_rows else shards[self.rank :: self.world]
-        conditions = _conditions(self.phase.resolution, self.phase.min_stage, self.phase.predicates)
-        columns = projection(self.phase.resolution, mixture_columns(self.phase))
-        for index in rng.permutation(len(mine)):
-            path = str(pathlib.Path(self.store_dir) / mine[index]["path"])
-            dataset = pads.dataset(path, format="parquet")
-            kwargs = {"filter": arrow_filter(conditions)} if conditions else {}
-            offset = 0
-            for batch in dataset.to_batches(columns=columns, batch_size=64, **kwargs):
-                table = pa.Table.from_batches([batch])
-                if split_rows:
-                    rows = (np.arange(offset, offset + table.num_rows) % self.world) == self.rank
-                    offset += table.num_rows
-                    table = table.filter(pa.array(rows))
-                if self.phase.mixture or self.synthetic_odds is not None:
-                    ids = table.column(C.SAMPLE_ID).to_numpy(zero_copy_only=False)
-                    columns_np = {
-                        name: table.column(name).to_numpy(zero_copy_only=False) for name in mixture_columns(self.phase)
-                    }
-                    keep = _unit_hash(ids, self.seed) < keep_probabilities(
-                        {C.SAMPLE_ID: ids, **columns_np}, self.phase, self.synthetic_odds
-                    )
-                    table = table.filter(pa.array(keep))
-                if table.num_rows:
-                    yield table
+        offset = 0
+        rows = stream_rows(
+            self.store_dir,
+            self.phase.resolution,
+            min_stage=self.phase.min_stage,
+            predicates=self.phase.predicates,
+            extra_columns=mixture_columns(self.phase),
+            shards=[mine[index] for index in rng.permutation(len(mine))],
+        )
+        for table in rows:
+            if split_rows:
+                keep = (np.arange(offset, offset + table.num_rows) % self.world) == self.rank
+                offset += table.num_rows
+                table = table.filter(pa.array(keep))
+            if self.phase.mixture or self.synthetic_odds is not None:
+                ids = table.column(C.SAMPLE_ID).to_numpy(zero_copy_only=False)
+                values = {
+                    name: table.column(name).to_numpy(zero_copy_only=False) for name in mixture_columns(self.phase)
+                }
+                keep = _unit_hash(ids, self.seed) < keep_probabilities(
+                    {C.SAMPLE_ID: ids, **values}, self.phase, self.synthetic_odds
+                )
+                table = table.filter(pa.array(keep))
+            if table.num_rows:
+                yield table
 
     def _shuffled(self, epoch: int):
         import pyarrow as pa
@@ -205,34 +237,11 @@ class StoreStream:
             yield merged.take(pa.array(rng.permutation(merged.num_rows)))
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Single-shape batches of one epoch, produced ahead by a background thread; ``skip`` dropped first."""
-        import queue
-        import threading
+        """Single-shape batches of one epoch, ``skip`` dropped first. Two background threads: one reads row groups
+        (the disk reading ahead), one shuffles and decodes them into batches, ``prefetch`` batches ahead."""
+        from pipelines.store.reader import prefetched
 
-        done = object()
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        failure: list[BaseException] = []
-
-        def produce() -> None:
-            try:
-                stream = iter_bucketed_batches(
-                    self._shuffled(epoch), self.batch_size, self.phase.resolution, drop_last=True
-                )
-                for index, batch in enumerate(stream):
-                    if index >= skip:
-                        ready.put(batch)
-            except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
-                failure.append(error)
-            finally:
-                ready.put(done)
-
-        thread = threading.Thread(target=produce, daemon=True, name=f"store-stream-{self.rank}")
-        thread.start()
-        while True:
-            item = ready.get()
-            if item is done:
-                break
-            yield item
-        thread.join()
-        if failure:
-            raise failure[0]
+        rows = prefetched(self._shuffled(epoch), depth=2, name=f"store-rows-{self.rank}")
+        stream = iter_bucketed_batches(rows, self.batch_size, self.phase.resolution, drop_last=True)
+        wanted = (batch for index, batch in enumerate(stream) if index >= skip)
+        yield from prefetched(wanted, depth=self.prefetch, name=f"store-batches-{self.rank}")

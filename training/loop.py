@@ -25,7 +25,7 @@ from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
 from models.presets import Components, build_components
 from training.config import PretrainConfig
-from training.data import StoreStream
+from training.data import DatasetStream, StoreStream
 from training.parallel import apply_parallelism, unwrap
 from training.state_io import load_state, save_state
 
@@ -188,15 +188,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
         ema = {name: p.detach().float().cpu().clone() for name, p in unwrap(model).named_parameters()}
 
     # Train.
-    stream = StoreStream(
-        config.store_dir,
-        phase,
-        seed=config.seed,
-        rank=rank,
-        world=world,
-        batch_size=config.batch_size,
-        shuffle_buffer=config.shuffle_buffer,
-    )
+    if config.feed == "stream":
+        stream = DatasetStream(
+            ray.train.get_dataset_shard("train"),
+            phase,
+            seed=config.seed + rank,
+            batch_size=config.batch_size,
+            shuffle_buffer=config.shuffle_buffer,
+        )
+    else:
+        stream = StoreStream(
+            config.store_dir,
+            phase,
+            seed=config.seed,
+            rank=rank,
+            world=world,
+            batch_size=config.batch_size,
+            shuffle_buffer=config.shuffle_buffer,
+        )
     writer = _metrics_writer(config) if rank == 0 else None
     meter = _Meter()
     while state.step < end:

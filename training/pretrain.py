@@ -42,15 +42,52 @@ def _run_folder(config: PretrainConfig) -> pathlib.Path:
     return (pathlib.Path(config.output_dir) / config.run_name).resolve()
 
 
+def _curate_in_job(config: PretrainConfig) -> pathlib.Path:
+    """Feed "stream": the producer pipeline's global passes (scoring, deduplication, stages, funnel) in this job,
+    resumable like the producer job; encoding is left to each phase's streamed dataset."""
+    from pipelines.curation import run_curation
+
+    curation = config.curation.model_copy(
+        update={
+            "output_dir": str(pathlib.Path(config.curation.output_dir).resolve()),
+            "encode": config.curation.encode.model_copy(update={"store_dir": None}),
+        }
+    )
+    print(f"[pretrain] feed 'stream': curating into {curation.output_dir}", flush=True)
+    result = run_curation(curation)
+    print(f"[pretrain] curated {result.num_samples} samples; encoding each phase's share on the fly", flush=True)
+    return result.output_dir
+
+
+def _streamed_phase(config: PretrainConfig, phase, curated: pathlib.Path):
+    """The phase's rows, encoded on the fly from the curated samples that reach its stage (a lazy Ray Dataset)."""
+    import pyarrow.dataset as pads
+
+    from pipelines import schema
+    from pipelines.curation import LABELS_FILE, SCORED_DIR
+    from pipelines.produce import encoded_dataset, kept_samples
+    from training.data import SYNTHETIC_PREFIX, odds_for_share, streamed_phase_dataset
+
+    keep = kept_samples(curated / LABELS_FILE, phase.min_stage)
+    if not keep:
+        raise ValueError(f"phase {phase.name!r}: no curated sample reaches stage {phase.min_stage}")
+    odds = None
+    if phase.synthetic_share is not None:
+        sources = pads.dataset(str(curated / SCORED_DIR), format="parquet").to_table(columns=[schema.SAMPLE_ID, schema.SOURCE])
+        kept = [src for sid, src in zip(*(sources.column(i).to_pylist() for i in (0, 1)), strict=True) if sid in keep]
+        synthetic = sum(str(source).startswith(SYNTHETIC_PREFIX) for source in kept)
+        odds = odds_for_share(phase.synthetic_share, synthetic, len(kept) - synthetic)
+    encoded = encoded_dataset(curated / SCORED_DIR, keep, config.curation.encode)
+    return streamed_phase_dataset(encoded, phase, config.seed, odds)
+
+
 def run_pretraining(config: PretrainConfig) -> dict:
     """All phases; returns the final checkpoint path and where the metrics, grids and loss curve are."""
     # Workers run in their own directories: every path they get must be absolute.
-    config = config.model_copy(
-        update={
-            "output_dir": str(pathlib.Path(config.output_dir).resolve()),
-            "store_dir": str(pathlib.Path(config.store_dir).resolve()),
-        }
-    )
+    update = {"output_dir": str(pathlib.Path(config.output_dir).resolve())}
+    if config.store_dir:
+        update["store_dir"] = str(pathlib.Path(config.store_dir).resolve())
+    config = config.model_copy(update=update)
     folder = _run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
@@ -58,6 +95,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
     prompts = ray.get(
         encode_sample_prompts.options(num_gpus=gpus).remote(config.preset, config.weights_dir, config.samples.prompts)
     )
+    curated = _curate_in_job(config) if config.feed == "stream" else None
     init_checkpoint = None
     for index, phase in enumerate(config.phases):
         marker = folder / f"phase-{index:02d}.done.json"
@@ -88,14 +126,15 @@ def run_pretraining(config: PretrainConfig) -> dict:
                 use_gpu=config.use_gpu,
                 resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
             ),
+            datasets={"train": _streamed_phase(config, phase, curated)} if curated else None,
             run_config=RunConfig(
                 name=f"{config.run_name}-{index:02d}-{phase.name}",
                 storage_path=str(folder / "ray"),
                 checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=config.max_failures),
             ),
-            # Workers read the store themselves (training.data.StoreStream): listed at every epoch, so shards
-            # committed while a phase runs join at its next epoch, and always at the next phase.
+            # Feed "store": workers read the store themselves (training.data.StoreStream), listed at every epoch,
+            # so shards committed while a phase runs join at its next epoch, and always at the next phase.
         )
         result = trainer.fit()
         if result.error is not None:

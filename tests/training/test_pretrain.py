@@ -135,3 +135,47 @@ def test_limit_steps():
     config = _config("s", pathlib.Path("o"), [{"name": "a", "num_steps": 5}, {"name": "b", "num_steps": 5}])
     assert [p.num_steps for p in limit_steps(config, 7).phases] == [5, 2]
     assert [p.num_steps for p in limit_steps(config, 3).phases] == [3]
+
+
+def test_streaming_feed_trains_without_a_store(ray_session, tmp_path):
+    """Feed "stream": curation runs in the job, each phase's kept samples are encoded on the fly and trained on;
+    no latent store is written."""
+    from pipelines.sample_data import write_sample_corpus
+
+    shards = write_sample_corpus(tmp_path / "corpus", num_samples=16, seed=5)
+    curation = {
+        "sources": [{"kind": "webdataset", "paths": shards}],
+        "output_dir": str(tmp_path / "curated"),
+        "annotation": {"max_new_tokens": 12, "max_pixels": 112 * 112},
+        "min_rows_per_file": 1,
+        "encode": {"resolutions": [256], "min_stage": 1},
+    }
+    config = PretrainConfig.model_validate(
+        {
+            "feed": "stream",
+            "curation": curation,
+            "output_dir": str(tmp_path / "out"),
+            "run_name": "s",
+            "batch_size": 2,
+            "cpus_per_worker": 1,
+            "log_every": 1,
+            "checkpoint_every": 3,
+            "shuffle_buffer": 0,
+            "samples": {"num_steps": 2, "prompts": ["a red apple"]},
+            "phases": [{"name": "p1", "num_steps": 3, "resolution": 256, "min_stage": 1}],
+        }
+    )
+    summary = run_pretraining(config)
+    rows = read_metrics(summary["metrics"])
+    assert [int(row["step"]) for row in rows][-1] == 3
+    assert all(int(row["resolution"]) == 256 for row in rows)
+    assert (pathlib.Path(summary["checkpoint"]) / "transformer" / "config.json").is_file()
+    assert (tmp_path / "curated" / "labels.parquet").is_file()
+    assert not list(tmp_path.rglob("_manifest"))  # nothing went through a store
+
+
+def test_feed_config_names_what_is_missing():
+    with pytest.raises(ValueError, match="store_dir"):
+        PretrainConfig.model_validate({"phases": [{"name": "p", "num_steps": 1}]})
+    with pytest.raises(ValueError, match="curation"):
+        PretrainConfig.model_validate({"feed": "stream", "phases": [{"name": "p", "num_steps": 1}]})
