@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # CJK fonts for text rendering and labels: Debian's fonts-noto-cjk, installed with apt when running as root.
+# Headless Chromium for the serving web page test: Debian's chromium + chromium-driver, the same way.
 system-deps:
 	@if command -v fc-list >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'Noto Sans CJK'; then \
 		echo "system-deps: CJK fonts present"; \
@@ -38,6 +39,16 @@ system-deps:
 	else \
 		echo "system-deps: WARNING: fonts-noto-cjk is missing and cannot be installed (needs root and apt-get)."; \
 		echo "system-deps: install it yourself (sudo apt-get install fonts-noto-cjk) for Chinese text rendering."; \
+	fi
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "system-deps: chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "system-deps: installing chromium and chromium-driver with apt-get"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "system-deps: WARNING: apt-get could not install chromium; the web page test will try again, then skip"; \
+	else \
+		echo "system-deps: WARNING: chromium/chromedriver are missing and cannot be installed (needs root and apt-get)."; \
+		echo "system-deps: install them yourself (sudo apt-get install chromium chromium-driver) for the web page test."; \
 	fi
 
 lint: setup

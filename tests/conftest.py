@@ -57,7 +57,8 @@ def ray_session():
     logging.getLogger("ray").setLevel(logging.INFO)
 
     if not ray.is_initialized():
-        ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # address="local": never attach to another Ray that happens to run on this machine.
+        ray.init(address="local", num_cpus=16, include_dashboard=False, log_to_driver=False, configure_logging=False)
     context = DataContext.get_current()
     context.enable_progress_bars = False
     yield ray

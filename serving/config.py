@@ -1,0 +1,152 @@
+"""Settings of the serving application, and reading them from a Serve config file.
+
+A Serve config file (``configs/serve_*.yaml``, Serve's own schema, the file ``serve run`` takes) holds HTTP options
+and one application whose ``args`` are a ``ServeSettings`` (what the model is, request limits, batching, the queue)
+and whose ``deployments`` set each deployment's Serve options (``num_replicas`` or ``autoscaling_config``,
+``max_ongoing_requests``, ``ray_actor_options.num_gpus``). ``serve run`` applies those options itself;
+``jobs/serve.py`` reads the same file through ``load_serve_file``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Literal
+
+import pydantic
+import yaml
+
+from models.condition_encoder import MAX_PROMPT_TOKENS
+from models.config import ConfigError, StrictModel
+from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG
+from serving.sizes import parse_size
+
+
+class ModelSettings(StrictModel):
+    """What the generator loads: a training checkpoint folder when given, else the preset."""
+
+    preset: str = "tiny"
+    checkpoint: str | None = None
+    weights_dir: str | None = None
+    # The id clients pass as ``model`` and ``GET /v1/models`` lists.
+    name: str = "qwen-image"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Seed of the tiny preset's random weights (ignored by presets that read weights).
+    seed: int = 0
+
+
+class Limits(StrictModel):
+    """Caps on what one request may ask for; a request past one gets 400 (413 for the body) naming the field."""
+
+    max_pixels: pydantic.PositiveInt = 1024 * 1024
+    max_steps: pydantic.PositiveInt = 50
+    max_n: pydantic.PositiveInt = 4
+    max_prompt_tokens: int = pydantic.Field(default=MAX_PROMPT_TOKENS, ge=1, le=MAX_PROMPT_TOKENS)
+    max_true_cfg_scale: pydantic.PositiveFloat = 20.0
+    max_body_bytes: pydantic.PositiveInt = 64 * 1024
+
+
+class Defaults(StrictModel):
+    """Values for the fields a request leaves out."""
+
+    size: str = "1024x1024"
+    num_inference_steps: pydantic.PositiveInt = 50
+    true_cfg_scale: pydantic.NonNegativeFloat = DEFAULT_TRUE_CFG
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+
+
+class Batching(StrictModel):
+    """``@serve.batch`` on the generator: requests with the same size, steps, CFG and negative prompt share a call.
+
+    A batch is counted in images (``n`` of each request), since images, not requests, are what cost memory and time.
+    ``max_batch_images: 1`` turns batching off (then ``limits.max_n`` must be 1 too).
+    """
+
+    max_batch_images: pydantic.PositiveInt = 8
+    wait_timeout_s: pydantic.NonNegativeFloat = 0.05
+
+
+class Queue(StrictModel):
+    """Back-pressure and fault tolerance in the ingress."""
+
+    # Requests one ingress replica holds at once (waiting or generating); the next gets 503 with Retry-After.
+    max_in_flight: pydantic.PositiveInt = 64
+    retry_after_s: pydantic.PositiveInt = 2
+    # A generator replica that dies mid-request (node lost, OOM, killed) is retried on another: generation is
+    # deterministic for a seed, so a retry returns what the first attempt would have.
+    num_retries: pydantic.NonNegativeInt = 3
+    retry_backoff_s: pydantic.NonNegativeFloat = 0.25
+
+
+class ServeSettings(StrictModel):
+    """The application's ``args`` in a Serve config file."""
+
+    model: ModelSettings = ModelSettings()
+    limits: Limits = Limits()
+    defaults: Defaults = Defaults()
+    batching: Batching = Batching()
+    queue: Queue = Queue()
+    # Name of the environment variable (in the ingress replicas) holding the API key; unset or empty: no key needed.
+    api_key_env: str | None = "QWEN_IMAGE_API_KEY"
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> ServeSettings:
+        try:
+            parse_size(self.defaults.size, self.limits.max_pixels)
+        except ValueError as error:
+            raise ValueError(f"defaults.size: {error}") from None
+        if self.defaults.num_inference_steps > self.limits.max_steps:
+            raise ValueError(f"defaults.num_inference_steps is above limits.max_steps ({self.limits.max_steps})")
+        if self.defaults.true_cfg_scale > self.limits.max_true_cfg_scale:
+            raise ValueError("defaults.true_cfg_scale is above limits.max_true_cfg_scale")
+        if self.limits.max_n > self.batching.max_batch_images:
+            raise ValueError(
+                f"limits.max_n ({self.limits.max_n}) exceeds batching.max_batch_images "
+                f"({self.batching.max_batch_images}): a request's images always go into one batch"
+            )
+        return self
+
+
+def parse_settings(args: dict) -> ServeSettings:
+    """``ServeSettings`` from a config's ``args``; ``ConfigError`` names every bad key."""
+    try:
+        return ServeSettings.model_validate(args)
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"invalid serving settings: {problems}") from None
+
+
+@dataclasses.dataclass
+class ServeFile:
+    """One application of a Serve config file, ready for ``serve.start`` and ``serving.app.application``."""
+
+    http_options: dict
+    name: str
+    route_prefix: str
+    settings: ServeSettings
+    # Serve options per deployment name (``ImageGenerator``, ``Ingress``), as ``Deployment.options`` takes them.
+    deployment_options: dict[str, dict]
+
+
+def load_serve_file(path: str | pathlib.Path) -> ServeFile:
+    """Read a Serve config file holding one application built by ``serving.app:build_app``."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"serve config {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    applications = data.get("applications") or []
+    if len(applications) != 1:
+        raise ConfigError(f"{path}: 'applications' must list exactly one application, found {len(applications)}")
+    application = applications[0]
+    options = {}
+    for deployment in application.get("deployments") or []:
+        deployment = dict(deployment)
+        options[deployment.pop("name")] = deployment
+    return ServeFile(
+        http_options=dict(data.get("http_options") or {}),
+        name=application.get("name", "default"),
+        route_prefix=application.get("route_prefix", "/"),
+        settings=parse_settings(application.get("args") or {}),
+        deployment_options=options,
+    )

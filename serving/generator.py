@@ -1,0 +1,101 @@
+"""The generator deployment: one loaded ``TextToImage`` (the sampler behind the trainer's sample grids) per replica.
+
+Requests reach it one by one; ``@serve.batch`` collects those that arrive within ``batching.wait_timeout_s`` (up to
+``batching.max_batch_images`` images) and the batch handler makes one sampler call per group of equal size, steps,
+CFG scale and negative prompt. On CPU a call's fixed costs (the negative prompt's encoding, Python per step, the
+VAE's set-up) are shared by its images, and on GPU a larger batch fills the device; per-image seeds keep each
+image the same whatever it is batched with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections import defaultdict
+
+import numpy as np
+import torch
+from PIL import Image
+from ray import serve
+
+from models.generation import TextToImage
+from serving.config import ModelSettings, ServeSettings
+from serving.schema import GenerationJob
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(settings: ModelSettings) -> TextToImage:
+    """The checkpoint when one is given, else the preset, on the configured device."""
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = _DTYPES[settings.dtype]
+    if settings.checkpoint:
+        return TextToImage.from_checkpoint(
+            settings.checkpoint, weights_dir=settings.weights_dir, device=device, dtype=dtype
+        )
+    return TextToImage.from_preset(
+        settings.preset, weights_dir=settings.weights_dir, device=device, dtype=dtype, seed=settings.seed
+    )
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 ``[H, W, 3]`` -> PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def count_images(jobs: list[GenerationJob]) -> int:
+    """A batch's size in images: what costs memory and time."""
+    return sum(len(job.seeds) for job in jobs)
+
+
+def generate_jobs(model: TextToImage, jobs: list[GenerationJob]) -> list[list[bytes]]:
+    """PNG bytes per job, one sampler call per group of jobs that share a ``batch_key``."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, job in enumerate(jobs):
+        groups[job.batch_key()].append(index)
+    results: list[list[bytes]] = [[] for _ in jobs]
+    for indices in groups.values():
+        first = jobs[indices[0]]
+        prompts = [jobs[i].prompt for i in indices for _ in jobs[i].seeds]
+        seeds = [seed for i in indices for seed in jobs[i].seeds]
+        images = model(
+            prompts,
+            height=first.height,
+            width=first.width,
+            num_steps=first.num_steps,
+            true_cfg_scale=first.true_cfg_scale,
+            negative_prompt=first.negative_prompt,
+            seeds=seeds,
+        )
+        position = 0
+        for i in indices:
+            count = len(jobs[i].seeds)
+            results[i] = [encode_png(image) for image in images[position : position + count]]
+            position += count
+    return results
+
+
+@serve.deployment(name="ImageGenerator", max_ongoing_requests=16, ray_actor_options={"num_cpus": 1})
+class ImageGenerator:
+    """Holds the pipeline; ``generate(job)`` returns one PNG per seed of the job."""
+
+    def __init__(self, settings: ServeSettings):
+        self.model = load_model(settings.model)
+        self.generate.set_max_batch_size(settings.batching.max_batch_images)
+        self.generate.set_batch_wait_timeout_s(settings.batching.wait_timeout_s)
+        logger.info(
+            "generator ready on %s (batches up to %d images)", self.model.device, settings.batching.max_batch_images
+        )
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=count_images)
+    async def generate(self, jobs: list[GenerationJob]) -> list[list[bytes]]:
+        # A sampler call takes seconds: run in a worker thread, it leaves the replica's event loop free to collect
+        # the next batch and answer health checks meanwhile.
+        return await asyncio.to_thread(generate_jobs, self.model, jobs)

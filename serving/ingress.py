@@ -1,0 +1,178 @@
+"""The HTTP ingress: a FastAPI app that checks every request before any model work, then asks the generator.
+
+Routes: ``POST /v1/images/generations`` (OpenAI images API plus extensions, ``serving.schema``), ``GET /v1/models``,
+``GET /healthz`` (liveness, never needs the key) and ``GET /`` (the web page; it holds no data and sends the key the
+user types with each generation, so it is not behind the key either).
+
+Order of checks on a generation: API key (401) -> body size (413, from Content-Length and from the bytes read) ->
+JSON and field types (400) -> model (404) -> limits (400) -> queue (503 + Retry-After). A request that is wrong is
+told so even while the server is busy; only a valid one can get 503.
+"""
+
+# No ``from __future__ import annotations`` here: with it, FastAPI (through Serve's class-based ingress) did not
+# resolve the string annotation ``Request`` and took ``request`` for a required query parameter.
+import asyncio
+import base64
+import hmac
+import logging
+import os
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.tokenizer import build_qwen2_tokenizer
+from serving.config import ServeSettings
+from serving.page import render_page
+from serving.schema import ApiError, GenerationJob, check_request, parse_body
+from serving.sizes import parse_size
+
+logger = logging.getLogger(__name__)
+
+# A generator replica that is gone (killed, its node lost) or not yet replaced: worth another try elsewhere.
+REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+app = FastAPI(title="Qwen-Image", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    return error_response(error)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Unknown routes (404) and methods (405) in the OpenAI error shape too."""
+    code = "not_found" if error.status_code == 404 else None
+    return error_response(ApiError(error.status_code, str(error.detail), code=code, headers=error.headers))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    """A bug or a failed generation: 500 in the OpenAI shape, the details in the replica's log only."""
+    logger.exception("request failed")
+    return error_response(ApiError(500, "internal error; see the server's log", code="internal_error"))
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``max_bytes`` (declared or streamed)."""
+    too_large = ApiError(413, f"request body is larger than {max_bytes} bytes", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "Content-Length header is not a number", code="invalid_header")
+        if int(declared) > max_bytes:
+            raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    return bytes(body)
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(app)
+class Ingress:
+    """Validates, authorises and queues requests; the generator deployment does the model work."""
+
+    def __init__(self, settings: ServeSettings, generator: DeploymentHandle):
+        self.settings = settings
+        self.generator = generator
+        # The real Qwen2 vocabulary: prompt token caps count what the condition encoder will see.
+        self.tokenizer = build_qwen2_tokenizer()
+        self.api_key = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
+        if not self.api_key:
+            logger.warning("no API key set (%s): every route is open", settings.api_key_env)
+        self.num_in_flight = 0
+        self.created = int(time.time())
+
+    def authorize(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
+            raise ApiError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def busy(self, message: str) -> ApiError:
+        return ApiError(
+            503, message, code="server_busy", headers={"Retry-After": str(self.settings.queue.retry_after_s)}
+        )
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page(self, request: Request) -> str:
+        defaults = self.settings.defaults
+        width, height = parse_size(defaults.size, self.settings.limits.max_pixels)
+        return render_page(
+            title=self.settings.model.name,
+            root_path=request.scope.get("root_path", ""),
+            width=width,
+            height=height,
+            steps=defaults.num_inference_steps,
+            max_steps=self.settings.limits.max_steps,
+        )
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self.authorize(request)
+        entry = {"id": self.settings.model.name, "object": "model", "created": self.created, "owned_by": "local"}
+        return {"object": "list", "data": [entry]}
+
+    @app.post("/v1/images/generations")
+    async def generations(self, request: Request) -> dict:
+        self.authorize(request)
+        body = parse_body(await read_body(request, self.settings.limits.max_body_bytes))
+        served = self.settings.model.name
+        if body.model is not None and body.model != served:
+            message = f"model {body.model!r} does not exist; this server serves {served!r}"
+            raise ApiError(404, message, param="model", code="model_not_found")
+        job = check_request(body, self.settings.limits, self.settings.defaults, self.count_tokens)
+        if self.num_in_flight >= self.settings.queue.max_in_flight:
+            raise self.busy(f"server busy: {self.num_in_flight} requests in flight; retry later")
+        self.num_in_flight += 1
+        try:
+            images = await self.generate(job)
+        finally:
+            self.num_in_flight -= 1
+        data = [
+            {"b64_json": base64.b64encode(png).decode("ascii"), "seed": seed}
+            for png, seed in zip(images, job.seeds, strict=True)
+        ]
+        return {"created": int(time.time()), "data": data}
+
+    async def generate(self, job: GenerationJob) -> list[bytes]:
+        """PNGs from the generator, retried on another replica when the one asked dies or is gone."""
+        queue = self.settings.queue
+        attempt = 0
+        while True:
+            try:
+                return await self.generator.generate.remote(job)
+            except BackPressureError as error:
+                raise self.busy(f"server busy: {error}") from None
+            except REPLICA_GONE as error:
+                attempt += 1
+                if attempt > queue.num_retries:
+                    raise self.busy(f"no generator replica answered after {attempt} tries") from error
+                logger.warning("generator replica lost (%s); retry %d", type(error).__name__, attempt)
+                await asyncio.sleep(queue.retry_backoff_s * 2 ** (attempt - 1))
