@@ -21,8 +21,8 @@ class PoolConfig(StrictModel):
     num_cpus: float = pydantic.Field(default=1.0, gt=0)
     num_gpus: float = pydantic.Field(default=0.0, ge=0)
     batch_size: int = pydantic.Field(default=16, ge=1)
-    resources: dict[str, float] = {}  # custom node resources, e.g. {"producer_cpu": 0.01}
-    label_selector: dict[str, str] = {}  # node labels, e.g. {"ray.io/node-group": "producer-gpu"}
+    resources: dict[str, float] = {}  # custom node resources, e.g. {"producer": 0.01} (platform/README.md)
+    label_selector: dict[str, str] = {}  # node labels, e.g. {"pool": "producer-cpu"} (ray start --labels)
 
     @pydantic.model_validator(mode="after")
     def _bounds(self) -> PoolConfig:

@@ -80,6 +80,9 @@ class PretrainConfig(StrictModel):
     num_workers: int = pydantic.Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
+    # Custom node resources each train worker also requests, e.g. {"consumer": 0.01}: places the workers (and the
+    # sample-prompt task) on the GPU nodes that platform/ gives that resource. Empty: anywhere (local runs).
+    worker_resources: dict[str, float] = {}
     parallelism: Literal["ddp", "fsdp"] = "ddp"
     mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     optim: OptimConfig = OptimConfig()

@@ -73,7 +73,9 @@ def _streamed_phase(config: PretrainConfig, phase, curated: pathlib.Path):
         raise ValueError(f"phase {phase.name!r}: no curated sample reaches stage {phase.min_stage}")
     odds = None
     if phase.synthetic_share is not None:
-        sources = pads.dataset(str(curated / SCORED_DIR), format="parquet").to_table(columns=[schema.SAMPLE_ID, schema.SOURCE])
+        sources = pads.dataset(str(curated / SCORED_DIR), format="parquet").to_table(
+            columns=[schema.SAMPLE_ID, schema.SOURCE]
+        )
         kept = [src for sid, src in zip(*(sources.column(i).to_pylist() for i in (0, 1)), strict=True) if sid in keep]
         synthetic = sum(str(source).startswith(SYNTHETIC_PREFIX) for source in kept)
         odds = odds_for_share(phase.synthetic_share, synthetic, len(kept) - synthetic)
@@ -93,7 +95,9 @@ def run_pretraining(config: PretrainConfig) -> dict:
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
     gpus = 1 if config.use_gpu else 0
     prompts = ray.get(
-        encode_sample_prompts.options(num_gpus=gpus).remote(config.preset, config.weights_dir, config.samples.prompts)
+        encode_sample_prompts.options(num_gpus=gpus, resources=config.worker_resources).remote(
+            config.preset, config.weights_dir, config.samples.prompts
+        )
     )
     curated = _curate_in_job(config) if config.feed == "stream" else None
     init_checkpoint = None
@@ -124,7 +128,11 @@ def run_pretraining(config: PretrainConfig) -> dict:
             scaling_config=ScalingConfig(
                 num_workers=config.num_workers,
                 use_gpu=config.use_gpu,
-                resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
+                resources_per_worker={
+                    "CPU": config.cpus_per_worker,
+                    **({"GPU": 1} if config.use_gpu else {}),
+                    **config.worker_resources,
+                },
             ),
             datasets={"train": _streamed_phase(config, phase, curated)} if curated else None,
             run_config=RunConfig(

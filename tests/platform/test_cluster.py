@@ -1,0 +1,90 @@
+"""Producers and consumers on a multi-node cluster: placement by node resources, and surviving lost nodes.
+
+Each test runs a scenario of ``tests/platform/scenarios.py`` in a process of its own (a ``ray.cluster_utils.Cluster``
+cannot share a process with the session's local Ray) and asserts on the facts it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import pytest
+
+SCENARIOS = pathlib.Path(__file__).with_name("scenarios.py")
+ROOT = SCENARIOS.parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def run_scenario(name: str, work: pathlib.Path) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    process = subprocess.Popen(
+        [sys.executable, str(SCENARIOS), name, str(work)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # on a timeout, its whole cluster (raylets, workers) is ended with it
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=540)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"scenario {name} timed out: {stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def train_workers(facts: dict) -> list[dict]:
+    return [row for row in facts["actors"] if row["class"] == "RayTrainWorker"]
+
+
+def test_producer_and_consumer_on_separate_nodes(tmp_path):
+    facts = run_scenario("separate_nodes", tmp_path)
+    assert facts["producer_error"] is None and facts["consumer_error"] is None, facts
+    assert facts["overlap"], "preprocessing and pretraining never ran at the same time"
+    producers, consumers = set(facts["nodes"]["producer"]), set(facts["nodes"]["consumer"])
+    pools = [(row["class"], row["node"]) for row in facts["actors"] if row["class"].startswith("MapWorker(")]
+    stages = {stage for stage, _ in pools}
+    assert {"MapWorker(MapBatches(ScoreOperators))", "MapWorker(MapBatches(VaeEncodeStage))"} <= stages
+    assert "MapWorker(MapBatches(KeepSamples))" in stages
+    assert {node for _, node in pools} <= producers, pools
+    workers = train_workers(facts)
+    assert workers and {row["node"] for row in workers} <= consumers
+    assert facts["prompt_tasks"] and set(facts["prompt_tasks"]) <= consumers  # the job's sample-prompt task too
+    assert sorted(facts["stored"]) == sorted(set(facts["stored"])) and set(facts["stored"]) == set(facts["expected"])
+
+
+def test_survives_producer_node_loss(tmp_path):
+    facts = run_scenario("producer_node_loss", tmp_path)
+    assert facts["removed"] is not None, "the run ended before an encoder's node could be removed"
+    assert facts["finished"] and facts["error"] is None, facts["error"]
+    survivor = set(facts["nodes"]["producer"]) - {facts["removed"]}
+    encoders = [row for row in facts["actors"] if row["class"] == "MapWorker(MapBatches(VaeEncodeStage))"]
+    # The encoder was on the removed node; Ray restarted it (same actor) on the surviving one.
+    assert encoders and {row["node"] for row in encoders} == survivor
+    stored = facts["stored"]
+    assert len(stored) == len(set(stored)), "a sample was stored twice"
+    assert set(stored) == set(facts["expected"]) and stored, "a sample was lost"
+
+
+def test_survives_consumer_node_loss(tmp_path):
+    facts = run_scenario("consumer_node_loss", tmp_path)
+    assert facts["removed"] is not None and facts["checkpoints_at_loss"], "no node was removed after a checkpoint"
+    assert facts["finished"] and facts["error"] is None, facts["error"]
+    steps, every = facts["steps"], facts["checkpoint_every"]
+    restarts = [index for index in range(1, len(steps)) if steps[index] <= steps[index - 1]]
+    assert len(restarts) == 1, steps
+    resumed_after = steps[restarts[0]] - 1
+    assert resumed_after >= every and resumed_after % every == 0, steps  # from a checkpoint, not from scratch
+    assert steps[restarts[0] :] == list(range(resumed_after + 1, facts["num_steps"] + 1))
+    consumers = set(facts["nodes"]["consumer"])
+    assert {row["node"] for row in train_workers(facts)} == consumers  # the lost node, then the spare
+    assert pathlib.Path(facts["summary"]["checkpoint"], "transformer", "config.json").is_file()
