@@ -25,6 +25,7 @@ def init_ray(num_cpus: int | None = None) -> dict:
             logger.info("connected to the Ray cluster at %s", address)
         else:
             cpus = num_cpus or max(16, 8 * (os.cpu_count() or 1))
-            ray.init(num_cpus=cpus, include_dashboard=False)
+            # address="local": start our own, never attach to a Ray another process left running on this machine.
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False)
             logger.info("started a local Ray with %d logical CPUs", cpus)
     return ray.cluster_resources()

@@ -1,0 +1,140 @@
+"""jobs/rl.py end to end on Ray, from a short pretraining run: SFT (Ray Train), DPO (pairs built by Ray Data from a
+reward and from a human label file, then Ray Train) and GRPO (rollout actors beside Ray Train, LoRA, KL)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobs.rl import main
+from models.checkpoint import load_checkpoint, read_metadata
+from pipelines.store.reader import read_table
+from training.config import PretrainConfig
+from training.pretrain import run_pretraining
+from training.rl.pairs import PREFERENCE_SOURCE, read_pairs
+
+pytestmark = pytest.mark.slow
+CONFIGS = pathlib.Path(__file__).resolve().parents[3] / "configs"
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(ray_session, tiny_store, tmp_path_factory) -> str:
+    """A finished 4-step pretraining run (its folder holds summary.json naming the final checkpoint)."""
+    output = tmp_path_factory.mktemp("pretrain")
+    config = PretrainConfig.model_validate(
+        {
+            "store_dir": tiny_store,
+            "output_dir": str(output),
+            "run_name": "pre",
+            "batch_size": 4,
+            "optim": {"lr": 5e-4, "warmup_steps": 0},
+            "phases": [{"name": "p", "num_steps": 4, "resolution": 256}],
+            "samples": {"num_steps": 2, "prompts": ["a red apple"]},
+            "checkpoint_every": 4,
+            "log_every": 2,
+        }
+    )
+    run_pretraining(config)
+    return str(output / "pre")
+
+
+def _rows(path: str | pathlib.Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _check_outputs(summary: dict, *curves: str) -> None:
+    checkpoint = pathlib.Path(summary["checkpoint"])
+    assert read_metadata(checkpoint)["parts"] == ["transformer"]
+    assert load_checkpoint(checkpoint, parts=("transformer",)).transformer is not None
+    for key in curves:
+        image = np.asarray(Image.open(summary[key]))
+        assert image.ndim == 3 and image.std() > 1, key
+
+
+def test_sft_from_pretraining_on_picked_samples(pretrain_run, tiny_store, tmp_path):
+    picked = read_table(tiny_store, 256).column("sample_id").to_pylist()[:8]
+    summary = main(
+        [
+            "--algo=sft",
+            f"--config={CONFIGS / 'rl_sft_tiny.yaml'}",
+            "--max-steps=3",
+            f"store_dir={tiny_store}",
+            f"checkpoint={pretrain_run}",
+            f"output_dir={tmp_path}",
+            "predicates=[]",
+            "min_stage=0",
+            f"sample_ids={json.dumps(picked)}",
+            "pretrain.samples.num_steps=2",
+        ]
+    )
+    assert summary["num_curated_rows"] == 8
+    _check_outputs(summary, "loss_curve")
+    assert [row["phase"] for row in _rows(summary["metrics"])][-1] == "sft"
+
+
+def test_dpo_from_reward_and_label_pairs(pretrain_run, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = []
+    for index in range(2):
+        for side in ("winner", "loser"):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{index}{side}.png")
+        labels.append({"prompt": f"a photo {index}", "winner": f"{index}winner.png", "loser": f"{index}loser.png"})
+    (tmp_path / "labels.jsonl").write_text("\n".join(json.dumps(row) for row in labels))
+    prompts = ["a red apple", "a blue sky", "a green field", "a yellow taxi", "a pink cake", "a black cat"]
+    summary = main(
+        [
+            "--algo=dpo",
+            f"--config={CONFIGS / 'rl_dpo_tiny.yaml'}",
+            "--max-steps=3",
+            f"checkpoint={pretrain_run}",
+            f"output_dir={tmp_path}",
+            f"pairs_dir={tmp_path / 'pairs'}",
+            "resolution=64",
+            f"from_reward.prompts={json.dumps(prompts)}",
+            "from_reward.images_per_prompt=3",
+            "from_reward.num_steps=3",
+            f"from_labels.path={tmp_path / 'labels.jsonl'}",
+            "batch_size=2",
+            "eval_fraction=0.3",
+        ]
+    )
+    sources = read_pairs(tmp_path / "pairs", 64).column(PREFERENCE_SOURCE).to_pylist()
+    assert sources.count("human:labels.jsonl") == 2 and sources.count("reward:mean_color") == summary["num_pairs"] - 2
+    _check_outputs(summary, "loss_curve", "reward_curve")
+    assert [int(row["step"]) for row in _rows(summary["metrics"])] == [3]  # log_every 5: the last step is logged
+    assert summary["final"]["step"] == 3 and "margin" in summary["final"] and "accuracy" in summary["final"]
+
+
+def test_grpo_with_rollout_actors_lora_and_kl(pretrain_run, tmp_path):
+    summary = main(
+        [
+            "--algo=grpo",
+            f"--config={CONFIGS / 'rl_grpo_tiny.yaml'}",
+            "--max-steps=2",
+            f"checkpoint={pretrain_run}",
+            f"output_dir={tmp_path}",
+            "group_size=4",
+            "height=32",
+            "width=32",
+            "num_steps=4",
+            "train_steps=2",
+            "eval_images_per_prompt=1",
+        ]
+    )
+    _check_outputs(summary, "reward_curve", "eval_curve")
+    rows = _rows(summary["metrics"])
+    assert [int(row["step"]) for row in rows] == [1, 2]
+    assert all(float(row["kl"]) >= 0 and float(row["actor_rollout_s"]) > 0 for row in rows)
+    assert [int(row["step"]) for row in _rows(pathlib.Path(summary["metrics"]).parent / "eval.csv")] == [0, 2]
+    # LoRA: the merged checkpoint differs from the start, by the trained adapters only.
+    start_folder = json.loads((pathlib.Path(pretrain_run) / "summary.json").read_text())["checkpoint"]
+    start = load_checkpoint(start_folder, parts=("transformer",))
+    trained = load_checkpoint(summary["checkpoint"], parts=("transformer",)).transformer.state_dict()
+    changed = [name for name, value in start.transformer.state_dict().items() if not value.equal(trained[name])]
+    assert changed and all(name.split(".")[-2] in ("to_q", "to_k", "to_v", "0") for name in changed)

@@ -1,0 +1,13 @@
+"""Fine-tuning after pretraining (SPEC sections 5 and 8): SFT, DPO and GRPO on the same trainer, checkpoints and store.
+
+- ``sft``: a recipe of the pretraining loop (one phase, a curated subset, a lower learning rate, from a checkpoint);
+- ``dpo``: Diffusion-DPO for flow matching (same sigma and noise for winner and loser) and its Ray Train loop;
+  ``pairs``: preference pairs in the latent-store format, built from a reward or from human labels;
+- ``grpo``: Flow-GRPO (SDE rollouts with per-step log-probabilities, group advantages, clipped ratio, optional KL)
+  and its Ray Train loop; ``rollout``: the SDE rollout and the Ray actors that run it beside the train workers;
+- ``rewards``: pluggable rewards behind one interface (OCR, CLIP score, mean colour, weighted sums);
+- ``policy``: the trained transformer, LoRA adapters (peft), the frozen reference, checkpoints;
+- ``config``: one validated config per algorithm; ``runner`` / ``curves``: the shared trainer set-up and metrics.
+
+Entry point: ``python jobs/rl.py --algo {sft,dpo,grpo} --config configs/rl_<algo>_tiny.yaml``.
+"""

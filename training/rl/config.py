@@ -1,0 +1,220 @@
+"""Configs of the fine-tuning jobs: one validated object per algorithm (``jobs/rl.py --algo {sft,dpo,grpo}``).
+
+Unknown keys and bad values are errors that name the key (``models.config.load_config``). Every job starts from a
+checkpoint we wrote (a diffusers-layout folder holding at least ``transformer/``); the parts it lacks (VAE,
+condition encoder) come from ``base_weights_dir`` for ``qwen-image`` or are built for ``tiny``, as the producers
+encoded the store with them. Defaults that the report does not publish say where they come from.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import pydantic
+
+from models.config import StrictModel
+from models.schedule import SigmaSampling
+from pipelines.pools import PoolConfig
+
+Predicate = tuple[str, str, float | int | str | list]
+
+
+class RewardSpec(StrictModel):
+    """One term of the reward: a registered name (``ocr``, ``clip``, ``mean_color``, ``latent_target``) or
+    ``package.module:ClassName`` for a user's own ``training.rl.rewards.Reward``; ``options`` go to its constructor."""
+
+    kind: str
+    weight: float = 1.0
+    options: dict[str, Any] = {}
+
+
+class LoraSettings(StrictModel):
+    """LoRA adapters (peft) on the transformer; the reference model is the same model with adapters disabled."""
+
+    rank: int = pydantic.Field(default=16, ge=1)
+    alpha: float = pydantic.Field(default=16.0, gt=0)
+    dropout: float = pydantic.Field(default=0.0, ge=0, lt=1)
+    # The attention projections, as diffusers' train_dreambooth_lora_qwen_image.py targets by default.
+    target_modules: list[str] = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+class RlOptim(StrictModel):
+    lr: float = pydantic.Field(default=1e-5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = pydantic.Field(default=0.0, ge=0)
+    eps: float = 1e-8
+    warmup_steps: int = pydantic.Field(default=0, ge=0)
+    grad_clip: float | None = pydantic.Field(default=1.0, gt=0)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder (``model_index.json`` + ``transformer/``), or a finished run's folder whose
+    ``summary.json`` names its final checkpoint (pretraining, SFT, DPO, GRPO all write one); returned absolute."""
+    folder = pathlib.Path(path).resolve()
+    if (folder / "model_index.json").is_file():
+        return str(folder)
+    summary = folder / "summary.json"
+    if summary.is_file():
+        return resolve_checkpoint(json.loads(summary.read_text())["checkpoint"])
+    raise ValueError(f"{path} is neither a checkpoint folder (model_index.json) nor a finished run (summary.json)")
+
+
+class RlBase(StrictModel):
+    """What DPO and GRPO share: the start checkpoint, the trainer's resources, checkpoints and logging."""
+
+    checkpoint: str  # a checkpoint folder, or a finished run's folder (its final checkpoint)
+    base_weights_dir: str | None = None  # the parts the checkpoint lacks (vae/, text_encoder/...) for qwen-image
+    output_dir: str = "outputs/rl"
+    run_name: str
+    lora: LoraSettings | None = None
+    optim: RlOptim = RlOptim()
+    num_workers: int = pydantic.Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
+    checkpoint_every: int = pydantic.Field(default=50, ge=1)
+    keep_checkpoints: int = pydantic.Field(default=2, ge=1)
+    max_failures: int = pydantic.Field(default=2, ge=0)
+    log_every: int = pydantic.Field(default=1, ge=1)
+    seed: int = 0
+
+    @property
+    def run_folder(self) -> pathlib.Path:
+        return (pathlib.Path(self.output_dir) / self.run_name).resolve()
+
+    @pydantic.field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, path: str) -> str:
+        return resolve_checkpoint(path)
+
+
+class RewardPairsConfig(StrictModel):
+    """Preference pairs from a reward: ``images_per_prompt`` ODE samples per prompt, best and worst kept."""
+
+    prompts: list[str] = []
+    prompts_file: str | None = None  # UTF-8, one prompt per line, added to ``prompts``
+    images_per_prompt: int = pydantic.Field(default=4, ge=2)
+    rewards: list[RewardSpec] = pydantic.Field(min_length=1)
+    bucket: str = "1x1"  # aspect-ratio bucket; the image size is the bucket's size at DpoConfig.resolution
+    num_steps: int = pydantic.Field(default=20, ge=1)
+    true_cfg_scale: float = 4.0
+    min_margin: float = pydantic.Field(default=0.0, ge=0)  # a prompt whose best and worst differ less gives no pair
+    seed: int = 0
+    pool: PoolConfig = PoolConfig(batch_size=4)  # generator actors (each loads the whole model)
+
+
+class LabelPairsConfig(StrictModel):
+    """Preference pairs from human labels: a JSONL or CSV file of ``prompt``, ``winner``, ``loser`` (image paths,
+    relative to the file's folder), encoded with the VAE and the condition encoder."""
+
+    path: str
+    pool: PoolConfig = PoolConfig(batch_size=8)  # encoder actors (VAE and condition encoder)
+
+
+class DpoConfig(RlBase):
+    """Diffusion-DPO for flow matching (SPEC section 8)."""
+
+    pairs_dir: str  # a latent store of preference pairs (training.rl.pairs)
+    from_reward: RewardPairsConfig | None = None  # build pairs before training (appended to pairs_dir)
+    from_labels: LabelPairsConfig | None = None
+    resolution: int = pydantic.Field(default=256, ge=16)
+    # beta depends on the loss scaling: per-sample means here, for which Flow-GRPO's DPO uses 100 (SPEC section 8).
+    beta: float = pydantic.Field(default=100.0, ge=0)
+    num_steps: int = pydantic.Field(ge=1)
+    batch_size: int = pydantic.Field(default=4, ge=1)  # pairs per worker and step
+    sigma_sampling: SigmaSampling = "uniform"  # Diffusion-DPO draws t uniformly
+    eval_fraction: float = pydantic.Field(default=0.1, ge=0, lt=1)  # held-out pairs (by pair id) for accuracy
+    eval_every: int = pydantic.Field(default=0, ge=0)  # 0: at the end only
+    eval_draws: int = pydantic.Field(default=4, ge=1)  # sigma/noise draws per held-out pair
+
+
+class GrpoConfig(RlBase):
+    """Flow-GRPO (SPEC section 8): SDE rollouts on Ray actors, group-normalised advantages, clipped ratio."""
+
+    prompts: list[str] = []
+    prompts_file: str | None = None
+    rewards: list[RewardSpec] = pydantic.Field(min_length=1)
+    num_iterations: int = pydantic.Field(ge=1)
+    prompts_per_iteration: int = pydantic.Field(default=2, ge=1)  # per train worker
+    group_size: int = pydantic.Field(default=16, ge=2)  # images per prompt; 16-24 in the references
+    height: int = 256
+    width: int = 256
+    num_steps: int = pydantic.Field(default=10, ge=2)  # SDE sampling steps per rollout
+    train_steps: int = pydantic.Field(default=5, ge=1)  # K of the first num_steps - 1 steps trained per sample
+    noise_level: float = pydantic.Field(default=0.7, gt=0)
+    true_cfg_scale: float = 1.0
+    clip_range: float = pydantic.Field(default=1e-4, gt=0)
+    adv_clip: float = pydantic.Field(default=5.0, gt=0)
+    adv_eps: float = pydantic.Field(default=1e-4, gt=0)
+    kl_beta: float = pydantic.Field(default=0.0, ge=0)  # Flow-GRPO uses 0.04 for some rewards
+    num_minibatches: int = pydantic.Field(default=1, ge=1)  # optimiser steps per iteration
+    num_rollout_actors: int = pydantic.Field(default=1, ge=1)
+    rollout_cpus: float = pydantic.Field(default=1.0, gt=0)
+    rollout_gpus: float = pydantic.Field(default=0.0, ge=0)
+    eval_every: int = pydantic.Field(default=0, ge=0)  # ODE evaluation on fixed seeds; 0: at start and end only
+    eval_images_per_prompt: int = pydantic.Field(default=2, ge=1)
+
+    @pydantic.model_validator(mode="after")
+    def _steps(self) -> GrpoConfig:
+        if self.train_steps > self.num_steps - 1:
+            raise ValueError(
+                f"train_steps={self.train_steps} must be at most num_steps - 1 = {self.num_steps - 1}: "
+                "the last sampling step is not trained"
+            )
+        return self
+
+
+class SftConfig(StrictModel):
+    """SFT: one phase of the pretraining loop on a curated subset, a lower learning rate, from a checkpoint."""
+
+    store_dir: str
+    checkpoint: str  # a checkpoint folder, or a finished run's folder (its final checkpoint)
+    base_weights_dir: str | None = None
+    output_dir: str = "outputs/sft"
+    run_name: str = "sft"
+    # The curated subset: hand-picked ids (inline or a file, one per line) and/or predicates over stored scores
+    # and annotation, e.g. ["score_aesthetic", ">=", 5.0] or ["category", "in", ["portrait"]].
+    sample_ids: list[str] = []
+    sample_ids_file: str | None = None
+    predicates: list[Predicate] = []
+    min_stage: int = pydantic.Field(default=0, ge=0, le=7)
+    resolution: int = 256
+    num_steps: int = pydantic.Field(ge=1)
+    lr: float = pydantic.Field(default=1e-5, gt=0)  # pretraining's demo recipe uses 5e-4
+    warmup_steps: int = pydantic.Field(default=0, ge=0)
+    batch_size: int = pydantic.Field(default=4, ge=1)
+    num_workers: int = pydantic.Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
+    # Any other training.config.PretrainConfig key (ema_decay, loss, samples, checkpoint_every, ...).
+    pretrain: dict[str, Any] = {}
+
+    @pydantic.field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, path: str) -> str:
+        return resolve_checkpoint(path)
+
+    @pydantic.model_validator(mode="after")
+    def _curated(self) -> SftConfig:
+        if not (self.sample_ids or self.sample_ids_file or self.predicates or self.min_stage):
+            raise ValueError(
+                "SFT trains on a curated subset: give sample_ids, sample_ids_file, predicates or min_stage"
+            )
+        return self
+
+
+def read_lines(path: str | pathlib.Path, what: str) -> list[str]:
+    """Non-empty stripped lines of a UTF-8 file; a missing file is an error naming ``what``."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} file {path} does not exist")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prompt_list(prompts: list[str], prompts_file: str | None) -> list[str]:
+    """``prompts`` plus the lines of ``prompts_file``; an empty result is an error."""
+    combined = list(prompts) + (read_lines(prompts_file, "prompts") if prompts_file else [])
+    if not combined:
+        raise ValueError("no prompts: set prompts or prompts_file")
+    return combined
