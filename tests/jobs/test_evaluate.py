@@ -1,0 +1,46 @@
+"""The evaluation job end to end on Ray Data: a checkpoint and the reference renderer in one comparison table."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+from models.checkpoint import save_components
+from models.presets import build_components
+
+
+def test_evaluate_job_compares_models(ray_session, tmp_path) -> None:
+    from jobs.evaluate import main
+
+    # A checkpoint holding only a VAE (what jobs/finetune_vae.py writes); the other parts come from its preset.
+    checkpoint = save_components(tmp_path / "ckpt", build_components("tiny", parts=("vae",)))
+    summary = main(
+        [
+            "--config",
+            "configs/evaluate_tiny.yaml",
+            "--limit",
+            "2",
+            f"output_dir={tmp_path / 'eval'}",
+            f"models=[{{name: reference-render, reference: true}}, {{name: ckpt, checkpoint: {checkpoint}}}]",
+            "vae.resolution=64",
+            "generation.resolution=64",
+            "generation.num_steps=2",
+        ]
+    )
+    results = json.loads(pathlib.Path(summary["results"]).read_text())
+    assert list(results) == ["reference-render", "ckpt"]
+    reference, model = results["reference-render"], results["ckpt"]
+    # The reference draws each character plainly: OCR reads the common tier back.
+    assert reference["chars"]["gb2312_level1"]["accuracy"] == 1.0
+    assert reference["chars"]["gb2312_level1"]["num_prompts"] == 2 and "vae" not in reference
+    # Random tiny weights render no legible character.
+    assert model["chars"]["gb2312_level1"]["accuracy"] == 0.0
+    for name in ("text_en", "text_zh", "ordinary"):
+        entry = model["vae"][name]
+        assert entry["num_images"] == 2 and 0 < entry["psnr"] < 60 and -1 < entry["ssim"] < 1
+    assert not math.isnan(model["clip_score"]) and model["num_images"] == 3 * 2 + 2 * 2 + 2
+    table = pathlib.Path(summary["table"]).read_text()
+    assert "| reference-render |" in table and "| ckpt |" in table and "n/a" in table
+    for grid in (model["vae"]["grid"], model["grid"], reference["grid"], summary["char_chart"]):
+        assert pathlib.Path(grid).is_file()

@@ -1,0 +1,196 @@
+"""Aggregating the Parquet rows into results: per-model JSON, one markdown comparison table, grids, a bar chart.
+
+Means are over rows (each image or prompt counts once); a figure a model has no rows for is written as ``n/a``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from models.imageio import save_png, to_grid  # noqa: E402
+from training.evaluation.config import EvaluateConfig, ModelSpec  # noqa: E402
+from training.evaluation.stages import ORDINARY, TEXT_SETS  # noqa: E402
+from training.evaluation.text_accuracy import CHARS, TEXT_EN, TEXT_ZH  # noqa: E402
+
+SCALARS_VAE = ["set", "index", "psnr", "ssim", "ocr_edit"]
+SCALARS_GEN = ["task", "group", "prompt", "expected", "read", "score", "clip_score"]
+# SPEC section 9 numbers, printed under the table for comparison.
+PUBLISHED = (
+    "Published (SPEC section 9): Qwen-Image-VAE 33.42 / 0.9159 (ImageNet), 36.63 / 0.9839 (text-rich); "
+    "ChineseWord Qwen-Image 97.29 / 40.53 / 6.48; LongText-Bench EN 0.943 / ZH 0.946."
+)
+
+
+def _mean(values) -> float | None:
+    finite = [float(value) for value in values if value is not None and not math.isnan(float(value))]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _thumbs(images: list[np.ndarray], size: int = 128) -> np.ndarray:
+    return np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images])
+
+
+def vae_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: int) -> dict:
+    table = pq.read_table(folder, columns=SCALARS_VAE).to_pydict()
+    results = {}
+    for set_name in (*TEXT_SETS, ORDINARY):
+        rows = [i for i, value in enumerate(table["set"]) if value == set_name]
+        results[set_name] = {
+            "num_images": len(rows),
+            "psnr": _mean(table["psnr"][i] for i in rows),
+            "ssim": _mean(table["ssim"][i] for i in rows),
+        }
+    results["ocr_edit_text"] = _mean(table["ocr_edit"])
+    # The grid: originals above their reconstructions, the first ``columns`` of each set (only those are read back).
+    shown = pq.read_table(
+        folder, columns=["set", "index", "image_png", "reconstruction_png"], filters=[("index", "<", columns)]
+    ).to_pydict()
+    order = sorted(range(len(shown["set"])), key=shown["index"].__getitem__)
+    picks = [i for name in (*TEXT_SETS, ORDINARY) for i in order if shown["set"][i] == name]
+    if picks:
+        cells, labels = [], []
+        for start in range(0, len(picks), columns):
+            chunk = picks[start : start + columns]
+            cells += [_decode_png(shown["image_png"][i]) for i in chunk]
+            cells += [_decode_png(shown["reconstruction_png"][i]) for i in chunk]
+            labels += [f"{shown['set'][i]} original" for i in chunk] + ["reconstruction"] * len(chunk)
+        path = save_png(to_grid(_thumbs(cells), columns=columns, labels=labels), grids / f"{name}_vae.png")
+        results["grid"] = str(path)
+    return results
+
+
+def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: int) -> dict:
+    table = pq.read_table(folder, columns=SCALARS_GEN).to_pydict()
+    rows = range(len(table["task"]))
+    chars = {}
+    for tier in dict.fromkeys(table["group"][i] for i in rows if table["task"][i] == CHARS):
+        scores = [table["score"][i] for i in rows if table["task"][i] == CHARS and table["group"][i] == tier]
+        chars[tier] = {"accuracy": _mean(scores), "num_prompts": len(scores)}
+    text = {}
+    for task, language in ((TEXT_EN, "en"), (TEXT_ZH, "zh")):
+        scores = [table["score"][i] for i in rows if table["task"][i] == task]
+        text[language] = {"accuracy": _mean(scores), "num_prompts": len(scores)}
+    results = {"chars": chars, "text": text, "clip_score": _mean(table["clip_score"]), "num_images": len(rows)}
+    images = pq.read_table(
+        folder, columns=["task", "index", "expected", "read", "image_png"], filters=[("index", "<", columns)]
+    ).to_pydict()
+    grid_rows = []
+    for task in (CHARS, TEXT_EN, TEXT_ZH):
+        grid_rows += sorted(
+            (i for i in range(len(images["task"])) if images["task"][i] == task), key=images["index"].__getitem__
+        )
+    if grid_rows:
+        cells = _thumbs([_decode_png(images["image_png"][i]) for i in grid_rows])
+        labels = [f"{images['expected'][i]} -> {images['read'][i] or '∅'}" for i in grid_rows]
+        results["grid"] = str(save_png(to_grid(cells, columns=columns, labels=labels), grids / f"{name}_text.png"))
+    return results
+
+
+def model_results(
+    spec: ModelSpec, vae_folder: pathlib.Path | None, gen_folder: pathlib.Path, output: pathlib.Path, columns: int
+) -> dict:
+    grids = output / "grids"
+    results = {"model": spec.model_dump(mode="json")}
+    if vae_folder is not None:
+        results["vae"] = vae_results(vae_folder, grids, spec.name, columns)
+    results.update(generation_results(gen_folder, grids, spec.name, columns))
+    path = output / "results" / f"{spec.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def _pair(entry: dict | None) -> str:
+    if not entry or entry.get("psnr") is None:
+        return "n/a"
+    return f"{entry['psnr']:.2f} / {entry['ssim']:.4f}"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def comparison_table(results: dict[str, dict], tiers: list[str]) -> str:
+    """One row per model: VAE PSNR / SSIM (text EN, text ZH, ordinary), OCR edit of reconstructions, character
+    accuracy per tier, EN / ZH text accuracy, CLIP score."""
+    header = [
+        "model",
+        "VAE text EN PSNR / SSIM",
+        "VAE text ZH PSNR / SSIM",
+        "VAE ordinary PSNR / SSIM",
+        "OCR edit recon vs orig (lower is better)",
+        *[f"chars {tier}" for tier in tiers],
+        "text EN",
+        "text ZH",
+        "CLIP score",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in results.items():
+        vae = result.get("vae", {})
+        cells = [
+            name,
+            _pair(vae.get("text_en")),
+            _pair(vae.get("text_zh")),
+            _pair(vae.get(ORDINARY)),
+            _number(vae.get("ocr_edit_text")),
+            *[_number(result["chars"].get(tier, {}).get("accuracy")) for tier in tiers],
+            _number(result["text"]["en"]["accuracy"]),
+            _number(result["text"]["zh"]["accuracy"]),
+            _number(result["clip_score"], 2),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def tier_chart(results: dict[str, dict], tiers: list[str], path: pathlib.Path) -> pathlib.Path:
+    """Character accuracy per tier, one bar per model."""
+    figure, axis = plt.subplots(figsize=(7, 3.5), dpi=100)
+    width = 0.8 / max(1, len(results))
+    for number, (name, result) in enumerate(results.items()):
+        values = [result["chars"].get(tier, {}).get("accuracy") or 0.0 for tier in tiers]
+        axis.bar(np.arange(len(tiers)) + number * width, values, width, label=name)
+    axis.set_xticks(np.arange(len(tiers)) + width * (len(results) - 1) / 2, tiers)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("character accuracy (OCR)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def write_report(results: dict[str, dict], config: EvaluateConfig, output: pathlib.Path) -> dict:
+    tiers = list(config.chars.tiers)
+    table = comparison_table(results, tiers)
+    settings = (
+        f"VAE at {config.vae.resolution}x{config.vae.resolution}: {config.vae.num_text_images} text images per "
+        f"language, {config.vae.num_ordinary_images} ordinary; generation at {config.generation.resolution}px, "
+        f"{config.generation.num_steps} steps, true CFG {config.generation.true_cfg_scale}; "
+        f"{config.chars.num_per_tier} characters per tier, {config.text.num_per_language} text prompts per language; "
+        f"CLIP {config.clip.model_name}."
+    )
+    (output / "comparison.md").write_text(table + "\n" + settings + "\n\n" + PUBLISHED + "\n")
+    (output / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    chart = tier_chart(results, tiers, output / "grids" / "char_accuracy.png")
+    print(table, flush=True)
+    return {
+        "results": str(output / "results.json"),
+        "table": str(output / "comparison.md"),
+        "grids": str(output / "grids"),
+        "char_chart": str(chart),
+    }

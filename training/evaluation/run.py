@@ -1,0 +1,105 @@
+"""The evaluation of each model: two Ray Data pipelines whose rows land as Parquet, then the report.
+
+- VAE reconstruction: ``(set, index)`` rows -> render (tasks) -> encode / decode, PSNR / SSIM (VAE actors) -> OCR of
+  original and reconstruction (OCR actors) -> PNG -> ``<output>/rows/<model>/vae/``;
+- generation: prompt rows (characters per tier, English and Chinese texts, CLIP prompts) -> images (generator
+  actors) -> OCR and task score (OCR actors) -> CLIP score (CLIP actors) -> PNG -> ``<output>/rows/<model>/gen/``.
+
+The driver only lists the rows it hands to ``from_items`` and reads back the scalar columns it aggregates.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import time
+
+import ray.data
+
+from pipelines.pools import map_stage
+from training.evaluation import report
+from training.evaluation.config import EvaluateConfig, ModelSpec
+from training.evaluation.stages import (
+    ORDINARY,
+    TEXT_SETS,
+    ClipScores,
+    Generate,
+    OcrScores,
+    VaeReconstruction,
+    render_vae_inputs,
+    to_png,
+)
+from training.evaluation.text_accuracy import CLIP, char_rows, text_rows
+
+
+def vae_rows(config: EvaluateConfig) -> list[dict]:
+    rows = [{"set": name, "index": i} for name in TEXT_SETS for i in range(config.vae.num_text_images)]
+    return rows + [{"set": ORDINARY, "index": i} for i in range(config.vae.num_ordinary_images)]
+
+
+def prompt_rows(config: EvaluateConfig) -> list[dict]:
+    """Every generation prompt with its task, group, expected text, index within its task and seed (one per row)."""
+    rows = char_rows(config.chars.tiers, config.chars.num_per_tier, config.chars.template, config.seed)
+    rows += text_rows("en", config.text.num_per_language, config.text.template_en, config.seed)
+    rows += text_rows("zh", config.text.num_per_language, config.text.template_zh, config.seed)
+    rows += [{"task": CLIP, "group": "general", "prompt": prompt, "expected": ""} for prompt in config.clip_prompts]
+    counts: dict[str, int] = {}
+    numbered = []
+    for number, row in enumerate(rows):
+        index = counts[row["task"]] = counts.get(row["task"], -1) + 1  # position within its task, for the grids
+        numbered.append({**row, "index": index, "seed": config.seed * 100_003 + number})
+    return numbered
+
+
+def _write(dataset: ray.data.Dataset, folder: pathlib.Path) -> pathlib.Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    dataset.map_batches(to_png, batch_format="numpy").write_parquet(str(folder))
+    return folder
+
+
+def run_vae(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path) -> pathlib.Path:
+    rows = vae_rows(config)
+    dataset = ray.data.from_items(rows).map_batches(
+        render_vae_inputs,
+        batch_format="numpy",
+        batch_size=config.vae.pool.batch_size,
+        fn_kwargs={"resolution": config.vae.resolution, "seed": config.seed, "folder": config.vae.ordinary_folder},
+    )
+    dataset = map_stage(dataset, VaeReconstruction, config.vae.pool, spec_json=spec.model_dump_json())
+    dataset = map_stage(dataset, OcrScores, config.ocr_pool)
+    return _write(dataset, folder)
+
+
+def run_generation(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path) -> pathlib.Path:
+    dataset = ray.data.from_items(prompt_rows(config))
+    dataset = map_stage(
+        dataset,
+        Generate,
+        config.generation.pool,
+        spec_json=spec.model_dump_json(),
+        generation_json=config.generation.model_dump_json(),
+    )
+    dataset = map_stage(dataset, OcrScores, config.ocr_pool)
+    dataset = map_stage(dataset, ClipScores, config.clip_pool, clip_json=config.clip.model_dump_json())
+    return _write(dataset, folder)
+
+
+def run_evaluation(config: EvaluateConfig) -> dict:
+    """Every model in turn; returns where the JSON, the comparison table and the grids are."""
+    output = pathlib.Path(config.output_dir).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(config.model_dump_json(indent=2))
+    results = {}
+    for number, spec in enumerate(config.models, 1):
+        started = time.perf_counter()
+        print(f"[evaluate] model {number}/{len(config.models)} {spec.name!r}", flush=True)
+        folder = output / "rows" / spec.name
+        vae_folder = None
+        if config.vae.enabled and not spec.reference:
+            print(f"[evaluate]   VAE reconstruction of {len(vae_rows(config))} images", flush=True)
+            vae_folder = run_vae(config, spec, folder / "vae")
+        print(f"[evaluate]   generation, OCR and CLIP for {len(prompt_rows(config))} prompts", flush=True)
+        gen_folder = run_generation(config, spec, folder / "gen")
+        results[spec.name] = report.model_results(spec, vae_folder, gen_folder, output, config.grid_size)
+        print(f"[evaluate]   done in {time.perf_counter() - started:.0f} s", flush=True)
+    return report.write_report(results, config, output)

@@ -1,0 +1,166 @@
+"""Ray Data stages of the evaluation: ``__init__`` loads the model once per actor, ``__call__`` maps a numpy batch.
+
+Images travel as uint8 ``[B, H, W, 3]`` columns until ``to_png`` turns them into PNG bytes for the Parquet rows.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from training.evaluation.config import GenerationConfig, ModelSpec
+from training.evaluation.images import ordinary_images, render_text, text_rich_images
+from training.evaluation.text_accuracy import CLIP, score
+
+TEXT_SETS: dict[str, str] = {"text_en": "en", "text_zh": "zh"}
+ORDINARY = "ordinary"
+
+
+def render_vae_inputs(batch: dict[str, np.ndarray], resolution: int, seed: int, folder: str | None) -> dict:
+    """Rows ``(set, index)`` -> the image (and the text drawn in it) that the VAE will reconstruct."""
+    images, texts = [], []
+    for name, index in zip(batch["set"], batch["index"], strict=True):
+        if name == ORDINARY:
+            images.append(ordinary_images(1, resolution, seed=seed, folder=folder, start=int(index))[0])
+            texts.append("")
+        else:
+            rendered, drawn = text_rich_images(1, resolution, TEXT_SETS[name], seed=seed, start=int(index) * 64)
+            images.append(rendered[0])
+            texts.append(drawn[0])
+    return {**batch, "image": np.stack(images), "text": np.array(texts, dtype=object)}
+
+
+def load_vae(spec: ModelSpec):
+    """The model's VAE: the checkpoint's own when it holds one (a decoder fine-tuning run), else its preset's."""
+    from models.checkpoint import read_metadata
+    from models.presets import build_components
+
+    if spec.checkpoint and "vae" in read_metadata(spec.checkpoint).get("parts", ()):
+        preset = read_metadata(spec.checkpoint).get("preset", spec.preset)
+        return build_components(preset, weights_dir=spec.checkpoint, parts=("vae",)).vae
+    return build_components(spec.preset, weights_dir=spec.weights_dir, parts=("vae",)).vae
+
+
+class VaeReconstruction:
+    """Encode -> decode with the model's VAE; PSNR and SSIM per row (``models.image_metrics`` conventions)."""
+
+    def __init__(self, spec_json: str):
+        from models.vae import LatentVAE
+
+        self.vae = LatentVAE(load_vae(ModelSpec.model_validate_json(spec_json)))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from models.image_metrics import psnr, ssim, uint8_to_unit
+        from models.vae import images_to_tensor, tensor_to_images
+
+        reconstruction = tensor_to_images(self.vae.decode(self.vae.encode(images_to_tensor(batch["image"]))))
+        first, second = uint8_to_unit(batch["image"]), uint8_to_unit(reconstruction)
+        return {
+            **batch,
+            "reconstruction": reconstruction,
+            "psnr": psnr(first, second).numpy(),
+            "ssim": ssim(first, second).numpy(),
+        }
+
+
+class Generate:
+    """Prompts -> images with the model (``TextToImage``), or, for the reference, the expected text drawn plainly."""
+
+    def __init__(self, spec_json: str, generation_json: str):
+        self.spec = ModelSpec.model_validate_json(spec_json)
+        self.config = GenerationConfig.model_validate_json(generation_json)
+        self.generator = None
+        if not self.spec.reference:
+            from models.generation import TextToImage
+
+            if self.spec.checkpoint:
+                self.generator = TextToImage.from_checkpoint(self.spec.checkpoint, weights_dir=self.spec.weights_dir)
+            else:
+                self.generator = TextToImage.from_preset(self.spec.preset, weights_dir=self.spec.weights_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        size = self.config.resolution
+        if self.generator is None:
+            texts = [expected or prompt for expected, prompt in zip(batch["expected"], batch["prompt"], strict=True)]
+            images = np.stack([render_text(str(text), size) for text in texts])
+        else:
+            images = self.generator(
+                [str(prompt) for prompt in batch["prompt"]],
+                height=size,
+                width=size,
+                num_steps=self.config.num_steps,
+                true_cfg_scale=self.config.true_cfg_scale,
+                seeds=[int(seed) for seed in batch["seed"]],
+            )
+        return {**batch, "image": images}
+
+
+class OcrScores:
+    """OCR of each image (reading order). Generated rows get their task's score; VAE rows (with a reconstruction)
+    get the normalised edit distance between what OCR reads in the reconstruction and in the original."""
+
+    def __init__(self):
+        from models.ocr import OcrEngine
+
+        self.engine = OcrEngine()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipelines.synth.verify import normalise, read_text
+
+        if "reconstruction" in batch:
+            read_original, read_reconstruction, edits = [], [], []
+            for name, original, reconstruction in zip(
+                batch["set"], batch["image"], batch["reconstruction"], strict=True
+            ):
+                first = second = ""
+                if name != ORDINARY:
+                    first, second = read_text(self.engine, original), read_text(self.engine, reconstruction)
+                read_original.append(first)
+                read_reconstruction.append(second)
+                edits.append(np.nan if name == ORDINARY else _normalised_edit(normalise(first), normalise(second)))
+            return {
+                **batch,
+                "read_original": np.array(read_original, dtype=object),
+                "read_reconstruction": np.array(read_reconstruction, dtype=object),
+                "ocr_edit": np.array(edits, dtype=np.float64),
+            }
+        reads, scores = [], []
+        for task, expected, image in zip(batch["task"], batch["expected"], batch["image"], strict=True):
+            read = "" if task == CLIP else read_text(self.engine, image)
+            reads.append(read)
+            scores.append(score(str(task), str(expected), read))
+        return {**batch, "read": np.array(reads, dtype=object), "score": np.array(scores, dtype=np.float64)}
+
+
+def _normalised_edit(original: str, reconstruction: str) -> float:
+    """Edit distance over the length of the original's reading (0: same text read; 1 or more: nothing alike)."""
+    from models.ocr import edit_distance
+
+    return edit_distance(original, reconstruction) / max(1, len(original))
+
+
+class ClipScores:
+    """CLIP score of each image with its prompt: ``100 * max(cos, 0)`` (the torchmetrics convention)."""
+
+    def __init__(self, clip_json: str):
+        from models.clip import ClipConfig, ClipModel
+
+        self.model = ClipModel(ClipConfig.model_validate_json(clip_json))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cosine = self.model.similarity(list(batch["image"]), [str(prompt) for prompt in batch["prompt"]])
+        return {**batch, "clip_score": 100 * np.maximum(cosine, 0).astype(np.float64)}
+
+
+def to_png(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Image columns -> PNG bytes columns (``<name>_png``), for Parquet rows a person can open."""
+    out = {}
+    for key, value in batch.items():
+        if key in ("image", "reconstruction"):
+            out[f"{key}_png"] = np.array(
+                [cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes() for image in value],
+                dtype=object,
+            )
+        else:
+            out[key] = value
+    return out
