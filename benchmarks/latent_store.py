@@ -272,7 +272,7 @@ def ray_sps(store: pathlib.Path, num_samples: int) -> dict[str, float]:
     """Ray Data read (page cache dropped), capped at ``RAY_TIME_LIMIT_S``; Ray start-up is not timed."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         drop_page_cache()

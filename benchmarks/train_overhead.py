@@ -157,7 +157,7 @@ def main() -> dict:
         store = pathlib.Path(folder) / "store"
         make_store(store, args.samples)
         in_memory = list(iter_bucketed_batches(read_table(store, 256).to_batches(), BATCH, 256, drop_last=True))
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
         plain, remote = [], []
         for round_index in range(args.rounds):
             plain.append(run_steps((in_memory[i % len(in_memory)] for i in range(10**9)), args.steps))
