@@ -15,7 +15,7 @@ demo: setup
 
 # pytest exits 5 when it collected no tests: that is a failure here, said plainly.
 test: setup
-	@rc=0; $(PY) -m pytest -q || rc=$$?; \
+	@rc=0; $(PY) -m pytest -q --durations=25 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing"; fi; exit $$rc
 
 setup: $(STAMP) system-deps
