@@ -82,9 +82,10 @@ def encoded_dataset(scored_dir: str | pathlib.Path, keep: dict[str, int], config
     """The kept samples encoded, as a lazy Ray Dataset of store-schema rows: what ``encode_pass`` commits to the
     store, and what a streaming pretraining job (``feed: stream``) hands its workers directly."""
     dataset = ray.data.read_parquet(str(scored_dir))
-    # The filter runs where the VAE encoder runs (same placement), one light actor holding the lookup.
-    placement = {"resources": config.vae_pool.resources, "label_selector": config.vae_pool.label_selector}
-    dataset = map_stage(dataset, KeepSamples, PoolConfig(batch_size=256, **placement), keep=keep)
+    # The filter runs where the VAE encoder runs and in its batch size: one light actor holding the lookup. A
+    # larger batch would merge the stream's blocks, and the store would only grow at the end of a small run.
+    pool = {key: getattr(config.vae_pool, key) for key in ("batch_size", "resources", "label_selector")}
+    dataset = map_stage(dataset, KeepSamples, PoolConfig(**pool), keep=keep)
     dataset = map_stage(dataset, VaeEncodeStage, config.vae_pool, config=config)
     dataset = map_stage(dataset, TextEncodeStage, config.text_pool, config=config)
     return dataset.map_batches(to_store_table, fn_kwargs={"resolutions": config.resolutions}, batch_format="numpy")

@@ -12,7 +12,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.curation import LABELS_FILE, SCORED_DIR, CurationConfig, run_curation
+from pipelines.curation import LABELS_FILE, SCORED_DIR, SCORED_DONE, CurationConfig, run_curation
 from pipelines.encode import EncodeConfig
 from pipelines.produce import encode_pass
 from pipelines.sample_data import write_sample_corpus
@@ -97,13 +97,16 @@ def test_preprocess_resumes(curated, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_address()}
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    # Interrupt once encoding is under way: the scoring pass is complete, the store holds some or none of the rows.
+    # Kill the job (as a crash or a lost driver would) once encoding is under way: the scoring pass is complete and
+    # an encoder holds a batch. On a corpus this small Ray Data carries the kept rows in one block, so the store
+    # would fill in one burst at the end: the kill lands before it, and the second run must redo the encoding only.
     while time.time() < deadline and process.poll() is None and not _busy_vae_worker_pids():
         time.sleep(0.05)
     interrupted = process.poll() is None
-    process.send_signal(signal.SIGINT)  # Ctrl-C mid-encoding
+    process.kill()
     process.wait(timeout=60)
     partial = committed_sample_ids(tmp_path / "store")
+    assert (tmp_path / "out" / SCORED_DIR / SCORED_DONE).is_file(), "killed before the scoring pass completed"
     assert interrupted and partial < expected, "the first run was not interrupted before the store was complete"
     finished = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
