@@ -45,6 +45,12 @@ def head_node(tmp_path):
             f"--temp-dir={temp_dir}",
             "--include-dashboard=true",
             f"--ray-client-server-port={_free_port()}",
+            # The agents' fixed default ports (52365, ...) are taken when another Ray runs here, such as the test
+            # session's: the head would start, but its job agent could not serve ("No available agent").
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
             f"--min-worker-port={workers}",
             f"--max-worker-port={workers + 300}",
         ],
