@@ -33,11 +33,21 @@ def noisy_latents(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tens
 
 
 def velocity_at(
-    transformer: QwenImageTransformer2DModel, noisy: torch.Tensor, sigmas: torch.Tensor, prompt: PromptEmbeds
+    transformer: QwenImageTransformer2DModel,
+    noisy: torch.Tensor,
+    sigmas: torch.Tensor,
+    prompt: PromptEmbeds,
+    source_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The model's velocity ``[B, 16, h, w]`` for unpacked noisy latents ``[B, 16, h, w]`` at ``sigmas: [B]``."""
+    """The model's velocity ``[B, 16, h, w]`` for unpacked noisy latents ``[B, 16, h, w]`` at ``sigmas: [B]``;
+    editing: conditioned on the clean ``source_latents: [B, 16, h', w']`` (frame 1 of the sequence)."""
     batch, _, rows, cols = noisy.shape
-    tokens = predict_velocity(transformer, pack_latents(noisy), sigmas, prompt, img_shapes(batch, rows, cols))
+    source_tokens, source_grid = None, None
+    if source_latents is not None:
+        source_tokens = pack_latents(source_latents.to(noisy.dtype))
+        source_grid = tuple(source_latents.shape[2:])
+    shapes = img_shapes(batch, rows, cols, source_grid)
+    tokens = predict_velocity(transformer, pack_latents(noisy), sigmas, prompt, shapes, source_tokens)
     return unpack_latents(tokens, rows, cols)
 
 
@@ -53,8 +63,10 @@ def flow_matching_loss(
     logit_std: float = 1.0,
     weighting: LossWeighting = "none",
     generator: torch.Generator | None = None,
+    source_latents: torch.Tensor | None = None,
 ) -> FlowMatchingOutput:
-    """Flow-matching loss for normalised latents ``[B, 16, h, w]`` conditioned on ``prompt`` (one row per sample)."""
+    """Flow-matching loss for normalised latents ``[B, 16, h, w]`` conditioned on ``prompt`` (one row per sample)
+    and, for edit samples, on the clean ``source_latents`` (the loss is on the generated tokens only)."""
     batch = latents.shape[0]
     if prompt.embeds.shape[0] != batch:
         raise ValueError(f"{prompt.embeds.shape[0]} prompts for {batch} latents")
@@ -72,7 +84,7 @@ def flow_matching_loss(
         noise = torch.randn(latents.shape, generator=generator, device=gen_device, dtype=latents.dtype).to(
             latents.device
         )
-    prediction = velocity_at(transformer, noisy_latents(latents, noise, sigmas), sigmas, prompt)
+    prediction = velocity_at(transformer, noisy_latents(latents, noise, sigmas), sigmas, prompt, source_latents)
     target = noise - latents
     per_sample = ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     loss = (loss_weights(sigmas, weighting).to(per_sample) * per_sample).mean()

@@ -1,17 +1,27 @@
-"""Text to image with our stack: condition encoder -> Euler ODE sampler with true CFG -> VAE decode.
+"""Text to image and image editing with our stack: condition encoder -> Euler ODE sampler with true CFG -> VAE.
 
 The one generator behind the demo, the trainer's sample grids, the server and the evaluation jobs.
 
     generator = TextToImage.from_preset("tiny")
     images = generator(["a red fox"], height=256, width=256, num_steps=20, seeds=[0])  # uint8 [1, 256, 256, 3]
+    edited = generator.edit(["make the sky purple"], [photo], height=256, width=256, seeds=[0])
+
+Editing (TI2I, SPEC section 6): the source image is resized (Lanczos, keeping its aspect ratio) to ``source_area``
+pixels in sides of multiples of 32, VAE-encoded and appended to the generated tokens at frame 1; the condition
+encoder sees it through Qwen2.5-VL's vision tower with the edit template (drop 64), at ``vision_area`` pixels
+(default: the same resized image). ``QwenImageEditPipeline`` fixes both at 1024 x 1024 pixels of area; a model
+trained on the platform's latent store sees the store's settings (``EncodeConfig.edit_vision_area``; the source at
+the target's bucket size), which is what ``source_area=None`` (the target's area) reproduces.
 """
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import numpy as np
 import torch
+from PIL import Image
 
 from models.condition_encoder import ConditionEncoder, PromptEmbeds
 from models.presets import ALL_PARTS, Components, build_components
@@ -34,6 +44,38 @@ INFERENCE_SIZES: dict[str, tuple[int, int]] = {
 }
 
 
+# QwenImageEditPipeline: the source image (and, unless told otherwise, the size of the output) at this area.
+DIFFUSERS_EDIT_AREA = 1024 * 1024
+
+
+def edit_source_size(area: int, width: int, height: int) -> tuple[int, int]:
+    """(width, height) of ``area`` pixels with the aspect ratio of ``width x height``, sides rounded to multiples of
+    32 (diffusers' ``calculate_dimensions``)."""
+    if area <= 0 or width <= 0 or height <= 0:
+        raise ValueError(f"edit_source_size needs positive sizes, got area={area}, {width}x{height}")
+    ratio = width / height
+    new_width = math.sqrt(area * ratio)
+    new_height = new_width / ratio
+    return max(32, round(new_width / 32) * 32), max(32, round(new_height / 32) * 32)
+
+
+def as_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    """An RGB PIL image from a PIL image (any mode) or a uint8 ``[H, W, 3]`` array."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(
+            f"source images must be RGB uint8 [H, W, 3] arrays or PIL images, got {array.dtype} {array.shape}"
+        )
+    return Image.fromarray(array)
+
+
+def resize_lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Resize as diffusers' image processor does (PIL Lanczos; a same-size call returns a copy)."""
+    return image.resize((width, height), resample=Image.LANCZOS)
+
+
 class TextToImage:
     """A loaded model that turns prompts into images."""
 
@@ -41,6 +83,7 @@ class TextToImage:
         components.require(*ALL_PARTS)
         self.components = components
         self.encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
+        self.edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
         self.vae = LatentVAE(components.vae)
         self.scheduler_config = dict(components.scheduler.config)
 
@@ -125,6 +168,90 @@ class TextToImage:
             scheduler_config=self.scheduler_config,
             on_step=on_step,
         )
+
+    def prepare_sources(
+        self,
+        images: list,
+        *,
+        height: int,
+        width: int,
+        source_area: int | None = None,
+        vision_area: int | None = None,
+    ) -> tuple[torch.Tensor, list[Image.Image]]:
+        """Source images -> (normalised source latents ``[B, 16, h', w']``, the images the vision tower sees).
+
+        All sources of one call must come out at one size (one batch); give sources of one aspect ratio."""
+        area = source_area if source_area is not None else height * width
+        pils = [as_pil(image) for image in images]
+        resized, vision = [], []
+        for image in pils:
+            source_w, source_h = edit_source_size(area, *image.size)
+            resized.append(resize_lanczos(image, source_w, source_h))
+            if vision_area is None:
+                vision.append(resized[-1])
+            else:
+                vision.append(resize_lanczos(image, *edit_source_size(vision_area, *image.size)))
+        sizes = {image.size for image in resized}
+        if len(sizes) != 1:
+            raise ValueError(f"source images of one batch must share an aspect ratio; they resize to {sorted(sizes)}")
+        pixels = torch.stack(
+            [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1) for image in resized]
+        )
+        latents = self.vae.encode(pixels * 2.0 - 1.0)
+        return latents.to(self.device, self.components.transformer.dtype), vision
+
+    @torch.no_grad()
+    def edit_latents(
+        self,
+        prompts: list[str],
+        images: list,
+        *,
+        height: int,
+        width: int,
+        num_steps: int = DEFAULT_STEPS,
+        true_cfg_scale: float = DEFAULT_TRUE_CFG,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seeds: list[int] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        source_area: int | None = None,
+        vision_area: int | None = None,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Edited latents ``[len(prompts), 16, H/8, W/8]``: one source image and one instruction per output. The
+        negative prompt is encoded with the same source image, as diffusers does."""
+        if not prompts:
+            raise ValueError("no instructions")
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} source images for {len(prompts)} instructions")
+        if seeds is not None:
+            if len(seeds) != len(prompts):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} instructions")
+            generator = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        source_latents, vision = self.prepare_sources(
+            images, height=height, width=width, source_area=source_area, vision_area=vision_area
+        )
+        dtype = self.components.transformer.dtype
+        prompt = self.edit_encoder.encode_edit(prompts, vision).to(self.device, dtype)
+        negative = None
+        if negative_prompt is not None and true_cfg_scale > 1:
+            negative = self.edit_encoder.encode_edit([negative_prompt] * len(prompts), vision).to(self.device, dtype)
+        return sample(
+            self.components.transformer,
+            prompt,
+            height=height,
+            width=width,
+            num_steps=num_steps,
+            negative=negative,
+            true_cfg_scale=true_cfg_scale,
+            generator=generator,
+            scheduler_config=self.scheduler_config,
+            on_step=on_step,
+            source_latents=source_latents,
+        )
+
+    def edit(self, prompts: list[str], images: list, **kwargs) -> np.ndarray:
+        """Edited images, uint8 RGB ``[B, H, W, 3]`` (see ``edit_latents``)."""
+        return self.decode(self.edit_latents(prompts, images, **kwargs))
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Normalised latents -> uint8 RGB ``[B, H, W, 3]``."""

@@ -2,6 +2,10 @@
 
 ``latents: [B, 16, H/8, W/8]`` <-> ``tokens: [B, (H/16)(W/16), 64]``; channel-major inside a patch, exactly as
 ``QwenImagePipeline._pack_latents``. ``img_shapes`` tells the rotary embedding the (frame, rows, cols) token grid.
+
+Editing (TI2I): the source image's packed latents follow the generated image's tokens in one sequence; the rotary
+embedding gives each image of ``img_shapes`` its index as frame offset, so the source sits at frame 1 (SPEC
+section 6), and the model's output is sliced back to the generated tokens.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def unpack_latents(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return latents.reshape(batch, channels, rows, cols)
 
 
-def img_shapes(batch_size: int, rows: int, cols: int) -> list[list[tuple[int, int, int]]]:
-    """Rotary grid per sample: one generated image (frame 0) of ``rows/2`` x ``cols/2`` tokens."""
-    return [[(1, rows // 2, cols // 2)]] * batch_size
+def img_shapes(
+    batch_size: int, rows: int, cols: int, source: tuple[int, int] | None = None
+) -> list[list[tuple[int, int, int]]]:
+    """Rotary grid per sample: one generated image (frame 0) of ``rows/2`` x ``cols/2`` tokens, then, for an edit,
+    the source image of latent size ``source = (rows, cols)`` (frame 1)."""
+    shapes = [(1, rows // 2, cols // 2)]
+    if source is not None:
+        shapes.append((1, source[0] // 2, source[1] // 2))
+    return [shapes] * batch_size

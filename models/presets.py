@@ -144,6 +144,24 @@ class Components:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def diffusers_edit_pipeline(self):
+        """``diffusers.QwenImageEditPipeline`` over these very modules (parity tests), progress bar off."""
+        from diffusers import QwenImageEditPipeline
+
+        from models.condition_encoder import build_vl_processor
+
+        self.require(*ALL_PARTS)
+        pipe = QwenImageEditPipeline(
+            scheduler=self.scheduler,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            processor=build_vl_processor(self.tokenizer),
+            transformer=self.transformer,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def require(self, *names: str) -> None:
         missing = [name for name in names if getattr(self, name) is None]
         if missing:

@@ -30,18 +30,25 @@ def predict_velocity(
     sigma: torch.Tensor,
     prompt: PromptEmbeds,
     shapes: list[list[tuple[int, int, int]]],
+    source_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Velocity ``[B, N, 64]`` for packed latents ``tokens: [B, N, 64]`` at noise level ``sigma: [B]``."""
+    """Velocity ``[B, N, 64]`` for packed latents ``tokens: [B, N, 64]`` at noise level ``sigma: [B]``.
+
+    Editing: ``source_tokens: [B, M, 64]`` (the clean source image's packed latents) are appended to the sequence
+    (``shapes`` then lists both grids, see ``packing.img_shapes``) and the prediction is sliced back to ``N``.
+    """
     # An all-valid mask is passed as None, as the diffusers pipeline does, so both take the same attention path.
     mask = None if bool(prompt.mask.all()) else prompt.mask
-    return transformer(
-        hidden_states=tokens,
+    hidden = tokens if source_tokens is None else torch.cat([tokens, source_tokens.to(tokens.dtype)], dim=1)
+    velocity = transformer(
+        hidden_states=hidden,
         timestep=sigma.to(tokens.dtype),
         encoder_hidden_states=prompt.embeds,
         encoder_hidden_states_mask=mask,
         img_shapes=shapes,
         return_dict=False,
     )[0]
+    return velocity if source_tokens is None else velocity[:, : tokens.shape[1]]
 
 
 def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -88,12 +95,14 @@ def sample(
     latents: torch.Tensor | None = None,
     scheduler_config: Mapping = QWEN_IMAGE_SCHEDULER_CONFIG,
     on_step: StepCallback | None = None,
+    source_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euler ODE from noise to normalised latents ``[B, 16, H/8, W/8]``.
 
     ``prompt`` holds one row per image. True CFG runs when ``true_cfg_scale > 1`` and ``negative`` is given (one row
     per image too, or one row for all). ``latents`` replaces the initial noise. ``on_step(step, num_steps)`` is
-    called after each step, for progress reporting.
+    called after each step, for progress reporting. Editing: ``source_latents: [B, 16, h, w]`` (normalised, any
+    size) condition every step; the schedule's shift counts the generated tokens only, as diffusers does.
     """
     rows, cols = latent_size(height, width)
     batch_size = prompt.embeds.shape[0]
@@ -106,16 +115,24 @@ def sample(
     elif latents.shape != (batch_size, LATENT_CHANNELS, rows, cols):
         raise ValueError(f"latents must be {(batch_size, LATENT_CHANNELS, rows, cols)}, got {tuple(latents.shape)}")
     tokens = pack_latents(latents.to(device, dtype))
-    shapes = img_shapes(batch_size, rows, cols)
+    source_tokens, source_grid = None, None
+    if source_latents is not None:
+        if source_latents.ndim != 4 or source_latents.shape[:2] != (batch_size, LATENT_CHANNELS):
+            raise ValueError(f"source_latents must be [{batch_size}, 16, h, w], got {tuple(source_latents.shape)}")
+        source_tokens = pack_latents(source_latents.to(device, dtype))
+        source_grid = tuple(source_latents.shape[2:])
+    shapes = img_shapes(batch_size, rows, cols, source_grid)
     sigmas = inference_sigmas(num_steps, tokens.shape[1], scheduler_config).to(device)
     # The scheduler hands the model (sigma * 1000) / 1000; doing the same keeps the two samplers bit-identical.
     timesteps = sigmas[:-1] * scheduler_config.get("num_train_timesteps", 1000)
     for step in range(num_steps):
         timestep = timesteps[step].expand(batch_size).to(dtype) / scheduler_config.get("num_train_timesteps", 1000)
-        velocity = predict_velocity(transformer, tokens, timestep, prompt, shapes)
+        velocity = predict_velocity(transformer, tokens, timestep, prompt, shapes, source_tokens)
         if do_cfg:
             velocity = true_cfg(
-                velocity, predict_velocity(transformer, tokens, timestep, negative, shapes), true_cfg_scale
+                velocity,
+                predict_velocity(transformer, tokens, timestep, negative, shapes, source_tokens),
+                true_cfg_scale,
             )
         tokens = (tokens.float() + (sigmas[step + 1] - sigmas[step]) * velocity).to(velocity.dtype)
         if on_step is not None:
