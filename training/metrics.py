@@ -58,6 +58,16 @@ class MetricsWriter:
             self._tensorboard.close()
 
 
+def save_figure(figure: matplotlib.figure.Figure, path: str | pathlib.Path) -> pathlib.Path:
+    """Lays ``figure`` out, writes it to ``path`` (a PNG; folders made as needed) and closes it; returns the path."""
+    figure.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)  # pyplot keeps every open figure alive until it is closed
+    return path
+
+
 def read_metrics(csv_path: str | pathlib.Path) -> list[dict]:
     with open(csv_path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -84,9 +94,4 @@ def plot_loss_curve(csv_path: str | pathlib.Path, png_path: str | pathlib.Path) 
     axis.set_xlabel("step")
     axis.set_ylabel("flow-matching loss")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    png_path = pathlib.Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png_path)
-    plt.close(figure)
-    return png_path
+    return save_figure(figure, png_path)

@@ -14,13 +14,11 @@ import pathlib
 
 import numpy as np
 import ray
-import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from training.config import PretrainConfig
 from training.loop import train_loop_per_worker
 from training.metrics import plot_loss_curve
+from training.trainer import fit_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +110,14 @@ def run_pretraining(config: PretrainConfig) -> dict:
             f"{phase.resolution}px, stage >= {phase.min_stage}",
             flush=True,
         )
-        trainer = TorchTrainer(
+        # Feed "store": workers read the store themselves (training.data.StoreStream), listed at every epoch,
+        # so shards committed while a phase runs join at its next epoch, and always at the next phase.
+        result = fit_trainer(
             train_loop_per_worker,
-            train_loop_config={
-                "config": config.model_dump(mode="json"),
+            config,
+            name=f"{config.run_name}-{index:02d}-{phase.name}",
+            storage_path=folder / "ray",
+            loop_config={
                 "phase_index": index,
                 "phase": phase.model_dump(mode="json"),
                 "init_checkpoint": init_checkpoint,
@@ -125,28 +127,8 @@ def run_pretraining(config: PretrainConfig) -> dict:
                     "negative": np.asarray(prompts["negative"]).tolist(),
                 },
             },
-            scaling_config=ScalingConfig(
-                num_workers=config.num_workers,
-                use_gpu=config.use_gpu,
-                resources_per_worker={
-                    "CPU": config.cpus_per_worker,
-                    **({"GPU": 1} if config.use_gpu else {}),
-                    **config.worker_resources,
-                },
-            ),
             datasets={"train": _streamed_phase(config, phase, curated)} if curated else None,
-            run_config=RunConfig(
-                name=f"{config.run_name}-{index:02d}-{phase.name}",
-                storage_path=str(folder / "ray"),
-                checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-                failure_config=FailureConfig(max_failures=config.max_failures),
-            ),
-            # Feed "store": workers read the store themselves (training.data.StoreStream), listed at every epoch,
-            # so shards committed while a phase runs join at its next epoch, and always at the next phase.
         )
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
         init_checkpoint = result.checkpoint.path
         marker.write_text(json.dumps({"checkpoint": init_checkpoint, "metrics": result.metrics}))
     final = pathlib.Path(init_checkpoint) / "model"

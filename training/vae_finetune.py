@@ -36,8 +36,6 @@ import ray.train.torch
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLQwenImage
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from models.checkpoint import read_metadata, save_components
 from models.config import StrictModel
@@ -47,6 +45,7 @@ from models.presets import Components, build_components
 from models.vae import images_to_tensor, tensor_to_images
 from training.evaluation.images import text_rich_images
 from training.state_io import load_state, save_state
+from training.trainer import fit_trainer
 
 logger = logging.getLogger(__name__)
 TRAIN_STATE = "train_state"
@@ -95,6 +94,9 @@ class VaeFinetuneConfig(StrictModel):
     num_workers: int = pydantic.Field(default=1, ge=1)
     cpus_per_worker: int = pydantic.Field(default=1, ge=1)
     use_gpu: bool = False
+    # Custom node resources each train worker also requests, e.g. {"consumer": 0.01}: places the workers on the GPU
+    # nodes that platform/ gives that resource. Empty: anywhere (local runs).
+    worker_resources: dict[str, float] = {}
     max_failures: int = pydantic.Field(default=1, ge=0)
 
 
@@ -353,24 +355,7 @@ def run_finetune(config: VaeFinetuneConfig) -> dict:
     heldout = train_images(config, heldout=True)
     before = reconstruct(build_vae(config), heldout)
     print(f"[finetune_vae] {config.num_steps} steps on {config.num_train_images} text-rich images", flush=True)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config.model_dump(mode="json")},
-        scaling_config=ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=config.run_name,
-            storage_path=str(folder / "ray"),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-        ),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    result = fit_trainer(train_loop_per_worker, config, name=config.run_name, storage_path=folder / "ray")
     final = pathlib.Path(result.checkpoint.path) / "model"
     after = reconstruct(build_components(config.preset, weights_dir=final, parts=("vae",)).vae, heldout)
     scores = {"before": reconstruction_scores(heldout, before), "after": reconstruction_scores(heldout, after)}

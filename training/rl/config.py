@@ -73,6 +73,9 @@ class RlBase(StrictModel):
     num_workers: int = pydantic.Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
+    # Custom node resources each train worker also requests, e.g. {"consumer": 0.01}: places the workers on the GPU
+    # nodes that platform/ gives that resource. Empty: anywhere (local runs).
+    worker_resources: dict[str, float] = {}
     checkpoint_every: int = pydantic.Field(default=50, ge=1)
     keep_checkpoints: int = pydantic.Field(default=2, ge=1)
     max_failures: int = pydantic.Field(default=2, ge=0)

@@ -9,13 +9,10 @@ from __future__ import annotations
 import csv
 import pathlib
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from training.metrics import read_metrics  # noqa: E402
+from training.metrics import read_metrics, save_figure  # selects matplotlib's Agg backend: files only
 
 
 class CurveWriter:
@@ -81,9 +78,4 @@ def plot_curves(
     axes[-1, 0].set_xlabel("step")
     if title:
         axes[0, 0].set_title(title)
-    figure.tight_layout()
-    png_path = pathlib.Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png_path)
-    plt.close(figure)
-    return png_path
+    return save_figure(figure, png_path)

@@ -1,4 +1,5 @@
-"""What the DPO and GRPO Ray Train runs share: the ``TorchTrainer`` set-up, the per-worker policy and optimiser,
+"""What the DPO and GRPO Ray Train runs share: the ``TorchTrainer`` run (``training.trainer``), the
+per-worker policy and optimiser,
 the learning rate, and checkpoints (report, restore).
 
 A checkpoint holds ``model/`` (the transformer, adapters merged, diffusers layout: what every role opens) and
@@ -15,12 +16,11 @@ from collections.abc import Callable
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from training.rl.config import RlBase, RlOptim
 from training.rl.policy import Policy
 from training.state_io import load_state, save_state
+from training.trainer import fit_trainer
 
 RL_STATE = "rl_state"
 
@@ -34,25 +34,9 @@ def with_absolute_paths(config: RlBase, *fields: str) -> RlBase:
 
 def fit(loop: Callable[[dict], None], config: RlBase, loop_config: dict) -> ray.train.Result:
     """One ``TorchTrainer`` run of ``loop`` with the config's workers, checkpoints and failure policy."""
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config={"config": config.model_dump(mode="json"), **loop_config},
-        scaling_config=ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=config.run_name,
-            storage_path=str(config.run_folder / "ray"),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-        ),
+    return fit_trainer(
+        loop, config, name=config.run_name, storage_path=config.run_folder / "ray", loop_config=loop_config
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    return result
 
 
 class Worker:
