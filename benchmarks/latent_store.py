@@ -105,7 +105,8 @@ def store_table(samples: list[dict]) -> pa.Table:
         rows[C.latents_column(resolution)] = [C.tensor_bytes(s[resolution]) for s in samples]
         rows[C.height_column(resolution)] = [resolution] * len(samples)
         rows[C.width_column(resolution)] = [resolution] * len(samples)
-    schema = pa.schema([f for f in C.base_fields() if f.name in rows] + C.resolution_fields(RESOLUTIONS))
+    fields = C.base_fields() + C.resolution_fields(RESOLUTIONS)
+    schema = pa.schema([f for f in fields if f.name in rows])
     return pa.table({name: rows[name] for name in schema.names}, schema=schema)
 
 

@@ -38,6 +38,7 @@ from pipelines import schema
 from pipelines.annotation import ANN_RAW, Captioner, CaptionerConfig
 from pipelines.encode import EncodeConfig
 from pipelines.funnel import write_funnel_report
+from pipelines.operators import columns as operator_columns
 from pipelines.operators.balance import ELIGIBLE, add_quality_rank, balance_checks, balance_columns
 from pipelines.operators.base import NUM_STAGES, Check
 from pipelines.operators.caption import CaptionScores, caption_checks
@@ -51,6 +52,7 @@ from pipelines.operators.thresholds import FilterThresholds
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.sources import SourceConfig, read_source
 from pipelines.synth.config import SynthConfig
+from pipelines.synth.edits import EditSynthConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ SCORED_DIR = "scored"
 RENDERED_TEXT = "rendered_text"  # the text a synthetic sample drew (pipelines.store.columns.RENDERED_TEXT)
 LABELS_FILE = "labels.parquet"
 # Columns the label pass never reads: the heavy ones.
-HEAVY_COLUMNS: tuple[str, ...] = (schema.IMAGE_BYTES, CLIP_EMBEDDING, ANN_RAW)
+HEAVY_COLUMNS: tuple[str, ...] = (schema.IMAGE_BYTES, schema.SOURCE_IMAGE_BYTES, CLIP_EMBEDDING, ANN_RAW)
 
 SOURCE_CHECK = Check(
     name="source",
@@ -89,6 +91,10 @@ class CurationConfig(StrictModel):
     # Synthetic text-rendering samples added per real input sample (0: none). With a limit, the synthetic count is
     # ratio x limit; otherwise ratio x the number of real rows (counted first).
     synthetic_ratio: float = pydantic.Field(default=0.0, ge=0)
+    # Synthetic edit triplets (text replacement, colour and background changes, depth from a renderer, novel views:
+    # pipelines.synth.edits) added to the inputs, for warm-up and tests; 0: none.
+    synthetic_edits: int = pydantic.Field(default=0, ge=0)
+    edit_synth: EditSynthConfig = EditSynthConfig()
     min_rows_per_file: int = pydantic.Field(default=2000, ge=1)
 
 
@@ -136,6 +142,14 @@ def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
         dataset = dataset.limit(config.limit)
     if config.synthetic_ratio > 0:
         dataset = _with_synthetic(dataset, config)
+    if config.synthetic_edits > 0:
+        from pipelines.synth.edits import synthetic_edit_dataset
+
+        if config.synthetic_ratio == 0:  # otherwise _with_synthetic has added the column to the real rows
+            dataset = dataset.map_batches(_add_empty_rendered_text, batch_format="numpy")
+        columns = [*schema.SOURCE_COLUMNS, RENDERED_TEXT]
+        edits = synthetic_edit_dataset(config.edit_synth, config.synthetic_edits).select_columns(columns)
+        dataset = dataset.select_columns(columns).union(edits)
     dataset = map_stage(dataset, ScoreOperators, config.cpu_pool, config=config.operators)
     dataset = map_stage(dataset, ClipScores, config.clip.pool, config=config.clip)
     if config.annotation.enabled:
@@ -171,11 +185,38 @@ def read_score_columns(output_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
 
 
+def fold_source_image_scores(
+    columns: dict[str, np.ndarray], thresholds: FilterThresholds, checks: list[Check]
+) -> dict[str, np.ndarray]:
+    """Edit triplets pass a check only if both their images do: where the input image fails a check that the
+    target passes, the triplet takes the input image's score of that column. Stage, drop reasons and the funnel
+    then see the worse image of each triplet on each check (the reason names the check, as for a pair)."""
+    if schema.TASK not in columns:
+        return columns
+    has_source = np.asarray(columns[schema.TASK], dtype=object) != schema.T2I
+    if not has_source.any():
+        return columns
+    columns = dict(columns)
+    for column in sorted({check.column for check in checks}):
+        source_column = operator_columns.source_image_column(column)
+        if source_column not in columns:
+            continue
+        worse = np.zeros(len(has_source), dtype=bool)
+        for check in checks:
+            if check.column == column:
+                worse |= check.passes(columns[column], thresholds) & ~check.passes(columns[source_column], thresholds)
+        worse &= has_source
+        if worse.any():
+            columns[column] = np.where(worse, columns[source_column], columns[column])
+    return columns
+
+
 def relabel(output_dir: str | pathlib.Path, config: CurationConfig) -> dict:
     """Pass 2: duplicates, stage and drop reasons from stored scores; writes labels and the funnel report."""
     output_dir = pathlib.Path(output_dir)
-    columns = add_duplicate_column(read_score_columns(output_dir), config.thresholds)
     checks = all_checks(config)
+    columns = add_duplicate_column(read_score_columns(output_dir), config.thresholds)
+    columns = fold_source_image_scores(columns, config.thresholds, checks)
     # S7 keeps the top quality of each category among the samples that reach it: rank after stages 1-6.
     before_s7 = [check for check in checks if check.stage < NUM_STAGES]
     columns[ELIGIBLE] = compute_stage(columns, config.thresholds, before_s7) >= NUM_STAGES - 1

@@ -10,6 +10,11 @@ Two actor pools, so each scales on its own (the condition encoder is the 7B mode
   deterministic in ``sample_id``), encode the batch, keep the hidden states after the drop unpadded.
 
 Both store half precision (float16) and drop what the store does not keep (image bytes).
+
+Edit triplets (``task`` other than ``t2i``): the VAE stage also encodes the input image, cropped to the target's
+bucket size at each resolution, into ``source_latents_<res>``; the text stage encodes the instruction (never a
+recaption) with the edit template and the input image through the vision tower, resized to
+``edit_vision_area`` pixels (the serving config must use the same area).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import torch
 
 from models.condition_encoder import ConditionEncoder
 from models.config import StrictModel
+from models.generation import edit_source_size, resize_lanczos
 from models.presets import build_components
 from models.vae import LatentVAE, images_to_tensor
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.pools import PoolConfig
+from pipelines.schema import SOURCE_IMAGE_BYTES
 from pipelines.store import columns as C
 from pipelines.store.buckets import RESOLUTIONS, bucket_size, nearest_bucket, upscale_factor
 
@@ -47,6 +54,9 @@ class EncodeConfig(StrictModel):
     text_pool: PoolConfig = PoolConfig(batch_size=16)
     rows_per_shard: int = pydantic.Field(default=1000, ge=1)
     seed: int = 0
+    # Edit triplets: the area (pixels) at which the vision tower sees the input image. 384x384 gives about 190
+    # image tokens per sample; serving must use the same area (ServeSettings.edit.vision_area).
+    edit_vision_area: int = pydantic.Field(default=384 * 384, ge=28 * 28)
 
     @pydantic.field_validator("resolutions")
     @classmethod
@@ -120,31 +130,45 @@ class VaeEncodeStage:
         out = {key: value for key, value in batch.items() if key != "image_bytes"}
         buckets, errors = np.full(count, "", dtype=object), np.full(count, "", dtype=object)
         latents = {r: np.full(count, None, dtype=object) for r in self.config.resolutions}
+        source_latents = {r: np.full(count, None, dtype=object) for r in self.config.resolutions}
         heights = {r: np.full(count, -1, dtype=np.int64) for r in self.config.resolutions}
         widths = {r: np.full(count, -1, dtype=np.int64) for r in self.config.resolutions}
-        groups: dict[tuple[int, int, int], list[tuple[int, np.ndarray]]] = {}
+        # (resolution, height, width) -> [(row, is_source, pixels)]: one VAE call per shape, sources included.
+        groups: dict[tuple[int, int, int], list[tuple[int, bool, np.ndarray]]] = {}
+        sources = batch.get(SOURCE_IMAGE_BYTES, np.full(count, b"", dtype=object))
         for row, data in enumerate(batch["image_bytes"]):
             decoded = decode_image(bytes(data), self.decode_config)
             if not decoded.ok:
                 errors[row] = f"decode:{decoded.drop_reason}"
                 continue
-            image = decoded.image
+            image, source = decoded.image, None
+            if sources[row] is not None and len(sources[row]):
+                decoded_source = decode_image(bytes(sources[row]), self.decode_config)
+                if not decoded_source.ok:
+                    errors[row] = f"decode_source_image:{decoded_source.drop_reason}"
+                    continue
+                source = decoded_source.image
             bucket = nearest_bucket(image.shape[1], image.shape[0])
             buckets[row] = bucket
             for resolution in self.config.resolutions:
                 width, height = bucket_size(bucket, resolution)
-                if upscale_factor(image.shape[1], image.shape[0], (width, height)) > self.config.max_upscale:
+                smallest = image if source is None else min(image, source, key=lambda a: a.shape[0] * a.shape[1])
+                if upscale_factor(smallest.shape[1], smallest.shape[0], (width, height)) > self.config.max_upscale:
                     continue  # too small for this resolution: null there
-                groups.setdefault((resolution, height, width), []).append((row, cover_and_crop(image, width, height)))
+                group = groups.setdefault((resolution, height, width), [])
+                group.append((row, False, cover_and_crop(image, width, height)))
+                if source is not None:
+                    group.append((row, True, cover_and_crop(source, width, height)))
         for (resolution, height, width), members in groups.items():
-            pixels = images_to_tensor(np.stack([image for _, image in members]))
+            pixels = images_to_tensor(np.stack([image for _, _, image in members]))
             encoded = self.vae.encode(pixels).float().cpu().numpy()
-            for (row, _), tensor in zip(members, encoded, strict=True):
-                latents[resolution][row] = C.tensor_bytes(tensor)
+            for (row, is_source, _), tensor in zip(members, encoded, strict=True):
+                (source_latents if is_source else latents)[resolution][row] = C.tensor_bytes(tensor)
                 heights[resolution][row], widths[resolution][row] = height, width
         out[C.BUCKET], out[ENCODE_ERROR] = buckets, errors
         for resolution in self.config.resolutions:
             out[C.latents_column(resolution)] = latents[resolution]
+            out[C.source_latents_column(resolution)] = source_latents[resolution]
             out[C.height_column(resolution)] = heights[resolution]
             out[C.width_column(resolution)] = widths[resolution]
         return out
@@ -164,11 +188,28 @@ class TextEncodeStage:
             dtype=dtype,
         )
         self.encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
+        self.edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
+        self.decode_config = DecodeConfig(analysis_short_side=1 << 20, max_pixels=config.max_pixels)
+
+    def _vision_image(self, data: bytes):
+        """The input image of a triplet as the vision tower sees it: ``edit_vision_area`` pixels, aspect kept."""
+        from PIL import Image
+
+        decoded = decode_image(bytes(data), self.decode_config)
+        if not decoded.ok:  # the VAE stage has recorded the error; the row is not stored
+            return None
+        image = Image.fromarray(np.ascontiguousarray(decoded.image))
+        return resize_lanczos(image, *edit_source_size(self.config.edit_vision_area, *image.size))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch[C.SAMPLE_ID])
+        tasks = batch.get(C.TASK, np.full(count, "t2i", dtype=object))
         kinds, captions = [], []
         for row in range(count):
+            if tasks[row] != "t2i":  # an edit instruction is encoded as given
+                kinds.append("raw")
+                captions.append(str(batch["caption"][row]))
+                continue
             available = {kind: str(batch[column][row]) for kind, column in CAPTION_COLUMNS.items() if column in batch}
             available.setdefault("raw", str(batch["caption"][row]))
             kind, caption = choose_caption(
@@ -176,14 +217,33 @@ class TextEncodeStage:
             )
             kinds.append(kind)
             captions.append(caption)
-        embeds = self.encoder.encode(captions) if count else None
-        sequences = [] if embeds is None else embeds.unpadded()
-        out = dict(batch)
+        sequences: list = [None] * count
+        pairs = [row for row in range(count) if tasks[row] == "t2i"]
+        if pairs:
+            for row, sequence in zip(pairs, self.encoder.encode([captions[r] for r in pairs]).unpadded(), strict=True):
+                sequences[row] = sequence
+        triplets = [row for row in range(count) if tasks[row] != "t2i"]
+        images = {row: self._vision_image(batch[SOURCE_IMAGE_BYTES][row]) for row in triplets}
+        triplets = [row for row in triplets if images[row] is not None]
+        # One vision-tower call per image size (the processor batches images of one patch grid most cheaply).
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for row in triplets:
+            by_size.setdefault(images[row].size, []).append(row)
+        for rows in by_size.values():
+            embeds = self.edit_encoder.encode_edit([captions[r] for r in rows], [images[r] for r in rows])
+            for row, sequence in zip(rows, embeds.unpadded(), strict=True):
+                sequences[row] = sequence
+        out = {key: value for key, value in batch.items() if key != SOURCE_IMAGE_BYTES}
+        errors = np.array(out.get(ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
+        for row in range(count):
+            if sequences[row] is None and not errors[row]:
+                errors[row] = "encode_text:no_source_image"
+        out[ENCODE_ERROR] = errors
         out[C.CAPTION] = np.array(captions, dtype=object)
         out[C.CAPTION_KIND] = np.array(kinds, dtype=object)
         out[C.TEXT_EMBEDS] = np.array(
-            [C.tensor_bytes(s.float().cpu().numpy()) for s in sequences] + [None], dtype=object
+            [None if s is None else C.tensor_bytes(s.float().cpu().numpy()) for s in sequences] + [None], dtype=object
         )[:count]
-        out[C.TEXT_LEN] = np.array([s.shape[0] for s in sequences], dtype=np.int32)
+        out[C.TEXT_LEN] = np.array([0 if s is None else s.shape[0] for s in sequences], dtype=np.int32)
         out[C.TEXT_DIM] = np.full(count, self.encoder.hidden_size, dtype=np.int32)
         return out

@@ -59,6 +59,10 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
                 columns[name] = pa.array(list(values), field.type)
         elif name in (C.RENDERED_TEXT, C.LANGUAGE, C.CATEGORY, C.SOURCE):
             columns[name] = pa.array([""] * count, pa.string())
+        elif name == C.TASK:
+            columns[name] = pa.array(["t2i"] * count, pa.string())
+        elif name.startswith("source_latents_"):
+            columns[name] = pa.nulls(count, pa.binary())
     for name in ANNOTATION_COLUMNS:
         if name in batch:
             columns[name] = pa.array([str(v) for v in np.asarray(batch[name])[ok]], pa.string())

@@ -200,3 +200,43 @@ def encoded_sample_table(
     )
     config = EncodeConfig(resolutions=list(resolutions), max_upscale=max_upscale)
     return to_store_table(TextEncodeStage(config)(VaeEncodeStage(config)(batch)), list(resolutions))
+
+
+def encoded_triplet_table(
+    triplets: list[tuple[np.ndarray, str, np.ndarray]],
+    *,
+    task: str = "edit",
+    resolutions: tuple[int, ...] = (256,),
+    source: str = "sample-edit",
+    edit_vision_area: int = 56 * 56,
+    max_upscale: float = 4.0,
+):
+    """(source image, instruction, target image) triplets (uint8 RGB arrays) encoded as edit rows of a latent-store
+    table, through the producers' encoding stages: source latents beside target latents, the instruction with the
+    edit template and the source image through the vision tower. No Ray, no curation: for tests and benchmarks."""
+    from pipelines.encode import EncodeConfig, TextEncodeStage, VaeEncodeStage
+    from pipelines.produce import to_store_table
+    from pipelines.sources import make_batch
+
+    targets = [png_bytes(target) for _, _, target in triplets]
+    batch = make_batch(
+        source,
+        targets,
+        [instruction for _, instruction, _ in triplets],
+        [f"triplet-{index}" for index in range(len(triplets))],
+        [""] * len(triplets),
+        [""] * len(triplets),
+        task=task,
+        source_images=[png_bytes(image) for image, _, _ in triplets],
+    )
+    batch["stage"] = np.full(len(triplets), 7, dtype=np.int8)
+    batch["category"] = np.full(len(triplets), "general", dtype=object)
+    config = EncodeConfig(resolutions=list(resolutions), max_upscale=max_upscale, edit_vision_area=edit_vision_area)
+    return to_store_table(TextEncodeStage(config)(VaeEncodeStage(config)(batch)), list(resolutions))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 RGB array as PNG bytes (lossless: what is encoded is exactly the array)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

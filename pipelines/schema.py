@@ -16,6 +16,14 @@ IMAGE_BYTES = "image_bytes"
 SOURCE_ERROR = "source_error"  # non-empty when the source could not deliver the sample (missing file, no image)
 SCORE_SOURCE_ERROR = "score_source_error"  # 1.0 when SOURCE_ERROR is set: the check that drops it reads this
 
+# Editing (TI2I) rows: the task, and the input image the instruction edits (b"" on text-to-image rows).
+TASK = "task"
+SOURCE_IMAGE_BYTES = "source_image_bytes"
+T2I = "t2i"
+# Depth estimation and novel-view synthesis are edits too: an input image, an instruction, a target image.
+EDIT_TASKS: tuple[str, ...] = ("edit", "depth", "novel_view")
+TASKS: tuple[str, ...] = (T2I, *EDIT_TASKS)
+
 # Text.
 CAPTION = "caption"  # the caption as delivered (raw), decoded as UTF-8
 CAPTION_VALID_UTF8 = "caption_valid_utf8"  # False when the caption bytes were not valid UTF-8 (replaced chars)
@@ -30,4 +38,6 @@ SOURCE_COLUMNS: tuple[str, ...] = (
     CAPTION_VALID_UTF8,
     SOURCE_ERROR,
     SCORE_SOURCE_ERROR,
+    TASK,
+    SOURCE_IMAGE_BYTES,
 )

@@ -9,6 +9,19 @@ a row without an image) comes out with an empty ``image_bytes`` and a ``source_e
   Hugging Face ``{bytes, path}`` struct; a caption column such as ``caption`` or ``txt``; optional ``url``, ``key``).
 - ``webdataset``: img2dataset's tar shards (``NNNN.jpg`` + ``NNNN.txt`` and/or ``NNNN.json`` with a caption).
 - ``folder``: images with sidecar ``.txt`` captions, or a JSONL manifest of ``{"image": path, "caption": text}``.
+
+Editing (TI2I) sources, ``task: edit`` (or ``depth`` / ``novel_view``, which are edits too): triplets of a source
+image, an instruction and a target image. The target goes in ``image_bytes`` (what the model learns to produce), the
+instruction in ``caption``, the input image in ``source_image_bytes``; ``sample_id`` hashes all three. Layouts:
+
+- ``parquet``: a source-image column (``source_image``, ``input_image``, ``src_jpg``... or ``source_image_column``),
+  the target in the image column (``target_image``, ``edited_image``, ``jpg``...), the instruction in the caption
+  column (``instruction``, ``edit_prompt``, ``caption``...).
+- ``webdataset``: ``NNNN.src.jpg`` (or ``.src.png``...) beside ``NNNN.jpg`` and ``NNNN.txt`` / ``NNNN.json``.
+- ``folder``: a JSONL manifest of ``{"source_image": path, "image": path, "instruction": text}``.
+
+A triplet whose source image is missing comes out with a ``source_error`` (``no_source_image:...``) and is dropped
+at S1 with that reason, like a sample without an image.
 """
 
 from __future__ import annotations
@@ -30,7 +43,14 @@ from pipelines import schema
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 IMAGE_COLUMN_CANDIDATES: tuple[str, ...] = ("jpg", "image", "jpeg", "png", "webp", "image_bytes", "img")
 CAPTION_COLUMN_CANDIDATES: tuple[str, ...] = ("caption", "txt", "text", "TEXT", "prompt")
-JSON_CAPTION_KEYS: tuple[str, ...] = ("caption", "txt", "text", "TEXT", "prompt")
+JSON_CAPTION_KEYS: tuple[str, ...] = ("caption", "txt", "text", "TEXT", "prompt", "instruction")
+# Editing triplets: where the target, the input image and the instruction usually live.
+EDIT_TARGET_COLUMN_CANDIDATES: tuple[str, ...] = ("target_image", "edited_image", "output_image", "target")
+EDIT_SOURCE_COLUMN_CANDIDATES: tuple[str, ...] = ("source_image", "input_image", "src_jpg", "src_png", "original_image")
+EDIT_CAPTION_COLUMN_CANDIDATES: tuple[str, ...] = ("instruction", "edit_prompt", "edit_instruction")
+# WebDataset members holding the input image of a triplet: NNNN.src.jpg etc.
+WDS_SOURCE_PREFIX = "src."
+Task = Literal["t2i", "edit", "depth", "novel_view"]
 
 
 class SourceConfig(StrictModel):
@@ -44,14 +64,25 @@ class SourceConfig(StrictModel):
     url_column: str | None = None
     key_column: str | None = None
     manifest: str | None = None  # folder: a JSONL manifest instead of sidecar .txt files
+    # "t2i": image-caption pairs. "edit" / "depth" / "novel_view": (source image, instruction, target) triplets.
+    task: Task = "t2i"
+    source_image_column: str | None = None  # parquet triplets: the input image (detected when not given)
+
+    @property
+    def is_edit(self) -> bool:
+        return self.task != schema.T2I
 
 
-def sample_id(image_bytes: bytes, caption_bytes: bytes) -> str:
-    """Stable 128-bit hex id of a pair: the same bytes give the same id on every machine and every run."""
+def sample_id(image_bytes: bytes, caption_bytes: bytes, source_image_bytes: bytes = b"") -> str:
+    """Stable 128-bit hex id of a pair (or of an edit triplet, with its input image): the same bytes give the same
+    id on every machine and every run. A pair's id does not depend on the triplet extension."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(len(image_bytes).to_bytes(8, "little"))
     digest.update(image_bytes)
     digest.update(caption_bytes)
+    if source_image_bytes:
+        digest.update(b"\x00source-image\x00")
+        digest.update(source_image_bytes)
     return digest.hexdigest()
 
 
@@ -90,15 +121,27 @@ def make_batch(
     keys: list[str],
     urls: list[str],
     errors: list[str],
+    *,
+    task: str | list[str] = schema.T2I,
+    source_images: list[bytes] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The source columns for one batch, with ids computed from the raw bytes."""
+    """The source columns for one batch, with ids computed from the raw bytes. Edit triplets pass their ``task``
+    (one for the batch, or one per row) and one input image per row in ``source_images``."""
+    count = len(images)
+    tasks = [task] * count if isinstance(task, str) else list(task)
+    unknown = sorted(set(tasks) - set(schema.TASKS))
+    if unknown or len(tasks) != count:
+        raise ValueError(f"tasks must be one of {list(schema.TASKS)} per row, got {unknown or len(tasks)}")
+    if source_images is None:
+        source_images = [b""] * count
+    elif len(source_images) != count:
+        raise ValueError(f"{len(source_images)} source images for {count} rows")
     ids, texts, valid = [], [], []
-    for image, caption in zip(images, captions, strict=True):
+    for image, caption, source_image in zip(images, captions, source_images, strict=True):
         caption_bytes, text, is_valid = decode_caption(caption)
-        ids.append(sample_id(image, caption_bytes))
+        ids.append(sample_id(image, caption_bytes, source_image))
         texts.append(text)
         valid.append(is_valid)
-    count = len(images)
     return {
         schema.SAMPLE_ID: np.array(ids, dtype=object),
         schema.SOURCE: np.array([source] * count, dtype=object),
@@ -109,6 +152,8 @@ def make_batch(
         schema.CAPTION_VALID_UTF8: np.array(valid, dtype=bool),
         schema.SOURCE_ERROR: np.array(errors, dtype=object),
         schema.SCORE_SOURCE_ERROR: np.array([1.0 if error else 0.0 for error in errors]),
+        schema.TASK: np.array(tasks, dtype=object),
+        schema.SOURCE_IMAGE_BYTES: _object_array(list(source_images)),
     }
 
 
@@ -150,28 +195,50 @@ def _pick(columns: list[str], configured: str | None, candidates: tuple[str, ...
 def read_parquet_source(config: SourceConfig) -> ray.data.Dataset:
     files = expand_paths(config.paths, ("parquet",))
     columns = pq.read_schema(files[0]).names
-    image_col = _pick(columns, config.image_column, IMAGE_COLUMN_CANDIDATES, "image", files[0])
-    caption_col = _pick(columns, config.caption_column, CAPTION_COLUMN_CANDIDATES, "caption", files[0])
+    image_candidates, caption_candidates = IMAGE_COLUMN_CANDIDATES, CAPTION_COLUMN_CANDIDATES
+    if config.is_edit:
+        image_candidates = EDIT_TARGET_COLUMN_CANDIDATES + IMAGE_COLUMN_CANDIDATES
+        caption_candidates = EDIT_CAPTION_COLUMN_CANDIDATES + CAPTION_COLUMN_CANDIDATES
+    image_col = _pick(columns, config.image_column, image_candidates, "image", files[0])
+    caption_col = _pick(columns, config.caption_column, caption_candidates, "caption", files[0])
     if image_col is None or caption_col is None:
         raise ValueError(
             f"cannot tell the image and caption columns of {files[0]} (columns: {columns}); "
             "set image_column and caption_column in the source config"
         )
+    source_col = None
+    if config.is_edit:
+        source_col = _pick(columns, config.source_image_column, EDIT_SOURCE_COLUMN_CANDIDATES, "source image", files[0])
+        if source_col is None:
+            raise ValueError(
+                f"task {config.task!r} reads (source image, instruction, target) triplets, but {files[0]} has no "
+                f"source-image column (columns: {columns}); set source_image_column in the source config"
+            )
     url_col = _pick(columns, config.url_column, ("url",), "url", files[0])
     key_col = _pick(columns, config.key_column, ("key",), "key", files[0])
-    wanted = [c for c in (image_col, caption_col, url_col, key_col) if c is not None]
+    wanted = [c for c in (image_col, caption_col, url_col, key_col, source_col) if c is not None]
 
     def normalise(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch[image_col])
         raw = list(batch[image_col])
         images = [_image_bytes(value) for value in raw]
+        errors = ["no_image:null" if _is_null_image(value) else "" for value in raw]
+        sources = None
+        if source_col is not None:
+            sources = [_image_bytes(value) for value in batch[source_col]]
+            errors = [
+                error or ("no_source_image:null" if _is_null_image(value) else "")
+                for error, value in zip(errors, batch[source_col], strict=True)
+            ]
         return make_batch(
             config.name,
             images,
             list(batch[caption_col]),
             [str(k) if k is not None else "" for k in batch[key_col]] if key_col else [""] * count,
             [str(u) if u is not None else "" for u in batch[url_col]] if url_col else [""] * count,
-            ["no_image:null" if _is_null_image(value) else "" for value in raw],
+            errors,
+            task=config.task,
+            source_images=sources,
         )
 
     return ray.data.read_parquet(files).select_columns(wanted).map_batches(normalise, batch_format="numpy")
@@ -206,7 +273,7 @@ def read_webdataset_source(config: SourceConfig) -> ray.data.Dataset:
 
     def normalise(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch["__key__"])
-        images, captions, errors = [], [], []
+        images, captions, errors, sources = [], [], [], []
         for row in range(count):
             image = next((value for ext in IMAGE_EXTENSIONS if (value := _cell(batch, ext, row)) is not None), None)
             caption = _cell(batch, "txt", row)
@@ -214,9 +281,26 @@ def read_webdataset_source(config: SourceConfig) -> ray.data.Dataset:
                 caption = _caption_from_json(_cell(batch, "json", row))
             images.append(_image_bytes(image))
             captions.append(caption)
-            errors.append("" if image is not None else "no_image:missing_in_shard")
+            error = "" if image is not None else "no_image:missing_in_shard"
+            if config.is_edit:
+                source = next(
+                    (v for ext in IMAGE_EXTENSIONS if (v := _cell(batch, WDS_SOURCE_PREFIX + ext, row)) is not None),
+                    None,
+                )
+                sources.append(_image_bytes(source))
+                error = error or ("" if source is not None else "no_source_image:missing_in_shard")
+            errors.append(error)
         urls = [str(u) for u in batch["__url__"]] if "__url__" in batch else [""] * count
-        return make_batch(config.name, images, captions, [str(k) for k in batch["__key__"]], urls, errors)
+        return make_batch(
+            config.name,
+            images,
+            captions,
+            [str(k) for k in batch["__key__"]],
+            urls,
+            errors,
+            task=config.task,
+            source_images=sources if config.is_edit else None,
+        )
 
     return ray.data.read_webdataset(files, decoder=None).map_batches(normalise, batch_format="numpy")
 
@@ -237,17 +321,40 @@ def read_folder_source(config: SourceConfig) -> ray.data.Dataset:
         root = str(manifest.parent)
 
         def from_manifest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            images, errors, keys = [], [], []
-            for relative in batch["image"]:
+            images, errors, keys, sources = [], [], [], []
+            for row, relative in enumerate(batch["image"]):
                 data, error = _read_file(os.path.join(root, str(relative)))
+                if config.is_edit:
+                    source_path = _cell(batch, "source_image", row)
+                    source, source_error = (
+                        _read_file(os.path.join(root, str(source_path))) if source_path else (b"", "missing")
+                    )
+                    sources.append(source)
+                    error = error or (f"no_source_image:{source_error}" if source_error else "")
                 images.append(data)
                 errors.append(error)
                 keys.append(pathlib.Path(str(relative)).stem)
-            captions = [c if isinstance(c, str) else None for c in batch["caption"]]
-            return make_batch(config.name, images, captions, keys, [""] * len(images), errors)
+            text_column = next((name for name in ("instruction", "caption") if name in batch), None)
+            texts = batch[text_column] if text_column else [None] * len(images)
+            captions = [c if isinstance(c, str) else None for c in texts]
+            return make_batch(
+                config.name,
+                images,
+                captions,
+                keys,
+                [""] * len(images),
+                errors,
+                task=config.task,
+                source_images=sources if config.is_edit else None,
+            )
 
         return ray.data.read_json(str(manifest), lines=True).map_batches(from_manifest, batch_format="numpy")
 
+    if config.is_edit:
+        raise ValueError(
+            f"folder source {config.name!r}: edit triplets need a JSONL manifest of "
+            '{"source_image": path, "image": path, "instruction": text} (set manifest)'
+        )
     files = expand_paths(config.paths, IMAGE_EXTENSIONS)
 
     def with_sidecar(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

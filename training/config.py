@@ -27,9 +27,28 @@ class PhaseConfig(StrictModel):
     # Mixture weights per value of a stored categorical column, e.g. {"category": {"text_rendering": 2.0}};
     # rows are kept with probability weight / max weight (values not listed weigh 1.0).
     mixture: dict[str, dict[str, float]] = {}
+    # Task mixture: weights per task ("t2i", "edit", "depth", "novel_view"), applied like ``mixture`` to the stored
+    # ``task`` column (a task left out weighs 1.0; weight 0 leaves it out of the phase). Empty: every task as stored.
+    tasks: dict[Literal["t2i", "edit", "depth", "novel_view"], float] = {}
     # Share of synthetic text-rendering rows (source "synthetic/..."); None leaves the store's share.
     synthetic_share: float | None = pydantic.Field(default=None, ge=0, le=1)
     lr_scale: float = pydantic.Field(default=1.0, gt=0)
+
+    @pydantic.field_validator("tasks")
+    @classmethod
+    def _task_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        if any(weight < 0 for weight in weights.values()) or (weights and max(weights.values()) <= 0):
+            raise ValueError(f"task weights must be non-negative with at least one positive, got {weights}")
+        return weights
+
+    @pydantic.model_validator(mode="after")
+    def _tasks_into_mixture(self) -> PhaseConfig:
+        """The task weights are a mixture over the stored ``task`` column (one mechanism for every weighting)."""
+        if self.tasks and self.mixture.get("task") != self.tasks:
+            if "task" in self.mixture:
+                raise ValueError("give task weights once: in tasks or in mixture['task'], not both")
+            self.mixture = {**self.mixture, "task": dict(self.tasks)}  # re-validates once, then equal
+        return self
 
 
 class OptimConfig(StrictModel):

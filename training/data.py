@@ -36,7 +36,9 @@ def keep_probabilities(batch: dict[str, np.ndarray], phase: PhaseConfig, synthet
     keep = np.ones(count)
     for column, weights in phase.mixture.items():
         top = max([1.0, *weights.values()])
-        keep *= np.array([weights.get(str(value), 1.0) / top for value in batch[column]])
+        # A store written before editing existed has no task column: its rows are all text-to-image.
+        values = batch[column] if column in batch or column != C.TASK else ["t2i"] * count
+        keep *= np.array([weights.get(str(value), 1.0) / top for value in values])
     if synthetic_odds is not None:
         synthetic = np.array([str(source).startswith(SYNTHETIC_PREFIX) for source in batch[C.SOURCE]])
         # Scale the over-represented side down so that synthetic rows make up the target share.
@@ -205,7 +207,9 @@ class StoreStream:
             if self.phase.mixture or self.synthetic_odds is not None:
                 ids = table.column(C.SAMPLE_ID).to_numpy(zero_copy_only=False)
                 values = {
-                    name: table.column(name).to_numpy(zero_copy_only=False) for name in mixture_columns(self.phase)
+                    name: table.column(name).to_numpy(zero_copy_only=False)
+                    for name in mixture_columns(self.phase)
+                    if name in table.column_names
                 }
                 keep = _unit_hash(ids, self.seed) < keep_probabilities(
                     {C.SAMPLE_ID: ids, **values}, self.phase, self.synthetic_odds

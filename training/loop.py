@@ -304,6 +304,9 @@ def _train_step(model, optimizer, group, state: TrainState, config: PretrainConf
     for micro, batch in enumerate(group):
         latents = batch["latents"].to(device, torch.float32)
         prompt = PromptEmbeds(batch["text_embeds"].to(device, torch.float32), batch["text_mask"].to(device))
+        # Edit batches (all rows of a batch are one kind): the clean source image's latents condition the model.
+        source = batch.get("source_latents")
+        source = None if source is None else source.to(device, torch.float32)
         # Noise and sigmas depend on (seed, step, micro-batch, rank) only: a resumed run draws the same ones.
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + state.step * 97 + micro * 7 + rank)
         last_micro = micro == len(group) - 1
@@ -318,6 +321,7 @@ def _train_step(model, optimizer, group, state: TrainState, config: PretrainConf
                 logit_std=config.loss.logit_std,
                 weighting=config.loss.weighting,
                 generator=generator,
+                source_latents=source,
             )
             (out.loss / len(group)).backward()
         losses.append(float(out.loss.detach()))

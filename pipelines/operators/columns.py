@@ -3,6 +3,15 @@
 # The operators' input columns, re-exported from the source schema.
 from pipelines.schema import IMAGE_BYTES as IMAGE_BYTES
 from pipelines.schema import SAMPLE_ID as SAMPLE_ID
+from pipelines.schema import SOURCE_IMAGE_BYTES as SOURCE_IMAGE_BYTES
+
+SOURCE_IMAGE_PREFIX = "source_image."
+
+
+def source_image_column(score_column: str) -> str:
+    """The column holding an operator's score of an edit triplet's input image."""
+    return SOURCE_IMAGE_PREFIX + score_column
+
 
 # Metadata written next to the scores.
 ORIG_WIDTH = "orig_width"

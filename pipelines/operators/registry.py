@@ -2,7 +2,9 @@
 
 Columnar in and out (``dict[str, np.ndarray]``, the batch format of Ray Data's ``map_batches``):
 the input needs ``image_bytes``; the output is the input plus ``orig_width``, ``orig_height``,
-``decode_error`` and one ``score_*`` column per operator. ``ScoreOperators`` is the callable
+``decode_error`` and one ``score_*`` column per operator. Edit triplets (a non-empty ``source_image_bytes``) get
+every operator's score of their input image too, in ``source_image.<score column>`` columns (NaN on pairs): the
+label pass applies each check to both images (``pipelines.curation.relabel``). ``ScoreOperators`` is the callable
 class to hand to ``map_batches`` (it builds the OpenCV detectors once per worker)::
 
     dataset.map_batches(ScoreOperators, fn_constructor_kwargs={"config": OperatorConfig()},
@@ -112,4 +114,19 @@ class ScoreOperators:
         if columns.IMAGE_BYTES not in batch:
             raise ValueError(f"batch has no {columns.IMAGE_BYTES!r} column; columns are {sorted(batch)}")
         scores = score_images(batch[columns.IMAGE_BYTES], self.operators, self.config.decode)
+        if columns.SOURCE_IMAGE_BYTES in batch:
+            scores.update(self._score_source_images(batch[columns.SOURCE_IMAGE_BYTES]))
         return {**batch, **scores}
+
+    def _score_source_images(self, sources: np.ndarray) -> dict[str, np.ndarray]:
+        """``source_image.<column>`` for rows with an input image; NaN (or a missing value) elsewhere."""
+        rows = [row for row, data in enumerate(sources) if data is not None and len(data)]
+        out = {}
+        scored = score_images([sources[row] for row in rows], self.operators, self.config.decode) if rows else {}
+        for operator in self.operators:
+            column = np.full(len(sources), np.nan if np.dtype(operator.dtype).kind == "f" else operator.missing_value)
+            column = column.astype(operator.dtype)
+            if rows:
+                column[rows] = scored[operator.name]
+            out[columns.source_image_column(operator.name)] = column
+        return out

@@ -22,6 +22,8 @@ RENDERED_TEXT = "rendered_text"  # synthetic text-rendering samples: the text dr
 LANGUAGE = "text_language"
 CATEGORY = "category"
 STAGE = "stage"
+# "t2i", or an editing task ("edit", "depth", "novel_view"): edit rows also hold source latents.
+TASK = "task"
 
 # Condition encoder hidden states after the drop: [text_len, text_dim] float16.
 TEXT_EMBEDS = "text_embeds"
@@ -35,6 +37,12 @@ TENSOR_DTYPE = np.float16
 def latents_column(resolution: int) -> str:
     """``latents_<res>``: normalised VAE latents [16, H/8, W/8] float16; null where the source is too small."""
     return f"latents_{resolution}"
+
+
+def source_latents_column(resolution: int) -> str:
+    """``source_latents_<res>``: an edit triplet's input image, normalised latents of the same shape as
+    ``latents_<res>`` (cropped to the same bucket size); null on text-to-image rows."""
+    return f"source_latents_{resolution}"
 
 
 def height_column(resolution: int) -> str:
@@ -69,6 +77,7 @@ def base_fields() -> list[pa.Field]:
         pa.field(LANGUAGE, pa.string()),
         pa.field(CATEGORY, pa.string()),
         pa.field(STAGE, pa.int8()),
+        pa.field(TASK, pa.string()),
         pa.field(TEXT_EMBEDS, pa.binary()),
         pa.field(TEXT_LEN, pa.int32()),
         pa.field(TEXT_DIM, pa.int32()),
@@ -80,6 +89,7 @@ def resolution_fields(resolutions: tuple[int, ...] = RESOLUTIONS) -> list[pa.Fie
     for resolution in resolutions:
         fields += [
             pa.field(latents_column(resolution), pa.binary()),
+            pa.field(source_latents_column(resolution), pa.binary()),
             pa.field(height_column(resolution), pa.int32()),
             pa.field(width_column(resolution), pa.int32()),
         ]

@@ -101,13 +101,25 @@ def ray_filter(conditions: list[Predicate]):
 
 
 def projection(resolution: int, extra: Iterable[str] = ()) -> list[str]:
+    """The columns a training batch at ``resolution`` reads (edit rows' source latents included)."""
     return [
         *TRAINING_COLUMNS,
         C.latents_column(resolution),
+        C.source_latents_column(resolution),
         C.height_column(resolution),
         C.width_column(resolution),
         *extra,
     ]
+
+
+# Columns a store written before editing existed lacks; reads leave them out there (every row is text-to-image).
+OPTIONAL_COLUMNS_PREFIXES: tuple[str, ...] = ("source_latents_", C.TASK)
+
+
+def present(columns: list[str], names: Iterable[str]) -> list[str]:
+    """``columns`` less the optional ones a shard's schema (``names``) lacks."""
+    names = set(names)
+    return [c for c in columns if c in names or not c.startswith(OPTIONAL_COLUMNS_PREFIXES)]
 
 
 def read_table(
@@ -126,7 +138,8 @@ def read_table(
     conditions = _conditions(resolution, min_stage, predicates)
     latents = C.latents_column(resolution)
     conditions = conditions or [(latents, "not_null", None)]
-    table = dataset.to_table(columns=projection(resolution, extra_columns), filter=arrow_filter(conditions))
+    columns = present(projection(resolution, extra_columns), dataset.schema.names)
+    table = dataset.to_table(columns=columns, filter=arrow_filter(conditions))
     if table.column(latents).null_count:
         table = table.filter(pc.is_valid(table.column(latents)))
     return table
@@ -208,6 +221,7 @@ def stream_rows(
         # Memory-mapped: pages are decoded straight from the page cache, one copy fewer than read() into a buffer
         # (about 1.6x faster cold here). Safe because a committed shard is never rewritten or truncated.
         parquet = pq.ParquetFile(path, memory_map=True)
+        shard_columns = present(columns, parquet.schema_arrow.names)
         groups = list(range(parquet.metadata.num_row_groups))
         if expression is not None:  # row-group statistics rule out groups that cannot match
             (fragment,) = pads.dataset(path, format="parquet").get_fragments()
@@ -220,7 +234,7 @@ def stream_rows(
             )
             for later in ahead:
                 _will_need(path, parquet.metadata, later, wanted)
-            table = parquet.read_row_group(group, columns=columns)
+            table = parquet.read_row_group(group, columns=shard_columns)
             keep = arrow_mask(table, conditions)
             if keep is not None:
                 table = table.filter(pa.array(keep))
@@ -276,8 +290,9 @@ def read_store(
     if not paths:
         raise ValueError(f"the latent store {store_dir} has no committed shards yet")
     conditions = _conditions(resolution, min_stage, predicates)
+    columns = projection(resolution, extra_columns) + [C.STAGE] * (C.STAGE not in extra_columns)
     dataset = ray.data.read_parquet(paths, partitioning=None).select_columns(
-        projection(resolution, extra_columns) + [C.STAGE] * (C.STAGE not in extra_columns)
+        present(columns, pq.read_schema(paths[0]).names)
     )
     return dataset.filter(expr=ray_filter(conditions)) if conditions else dataset
 
@@ -334,6 +349,20 @@ def decode_batch(batch: pa.Table | dict[str, np.ndarray], resolution: int) -> di
         latents[row : row + count] = data[offsets[0] : offsets[-1]].view("<f2").reshape(count, *shape)
         row += count
 
+    source_latents = None
+    source = C.source_latents_column(resolution)
+    if source in batch.column_names and batch.column(source).null_count < batch.num_rows:
+        if batch.column(source).null_count:
+            raise ValueError("decode_batch takes edit rows or text-to-image rows, not both; use iter_bucketed_batches")
+        source_latents = _pool_array((batch.num_rows, *shape), np.float16)
+        row = 0
+        for offsets, data in _binary_chunks(batch.column(source)):
+            count = len(offsets) - 1
+            if not np.all(np.diff(offsets) == size):
+                raise ValueError(f"source latents are not all {shape} (the target's shape)")
+            source_latents[row : row + count] = data[offsets[0] : offsets[-1]].view("<f2").reshape(count, *shape)
+            row += count
+
     lengths = batch.column(C.TEXT_LEN).to_numpy().astype(np.int64)
     dim = int(batch.column(C.TEXT_DIM)[0].as_py())
     embeds = _pool_array((len(lengths), int(lengths.max()), dim), np.float16)
@@ -347,12 +376,15 @@ def decode_batch(batch: pa.Table | dict[str, np.ndarray], resolution: int) -> di
             embeds[row, length:] = 0
             row += 1
     mask = (np.arange(embeds.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-    return {
+    out = {
         "latents": torch.from_numpy(latents),
         "text_embeds": torch.from_numpy(embeds),
         "text_mask": torch.from_numpy(mask),
         "sample_id": batch.column(C.SAMPLE_ID).to_pylist(),
     }
+    if source_latents is not None:
+        out["source_latents"] = torch.from_numpy(source_latents)
+    return out
 
 
 def iter_bucketed_batches(
@@ -364,7 +396,8 @@ def iter_bucketed_batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Regroup a stream of row batches (any buckets) into decoded batches of ``batch_size`` rows of one shape.
 
-    Rows wait in one buffer per bucket (Arrow slices, no copies) until it holds a full batch; rows without latents
+    Rows wait in one buffer per bucket (Arrow slices, no copies) until it holds a full batch; edit rows (with source
+    latents) and text-to-image rows wait apart, so a batch is all of one kind; rows without latents
     at ``resolution`` are skipped; at the end, partial batches are emitted unless ``drop_last``. Order within a
     bucket is kept, so a seeded stream gives the same batches every time. Feed it ``batch_format="pyarrow"``.
     """
@@ -387,6 +420,10 @@ def iter_bucketed_batches(
         if batch.column(latents).null_count:
             batch = batch.filter(pc.is_valid(batch.column(latents)))
         buckets = batch.column(C.BUCKET).to_numpy(zero_copy_only=False)
+        source = C.source_latents_column(resolution)
+        if source in batch.column_names and batch.column(source).null_count < batch.num_rows:
+            edit = pc.is_valid(batch.column(source)).to_numpy(zero_copy_only=False)
+            buckets = np.where(edit, np.char.add(buckets.astype(str), "+edit"), buckets.astype(str)).astype(object)
         for bucket in np.unique(buckets):
             part = batch.filter(pa.array(buckets == bucket)) if len(np.unique(buckets)) > 1 else batch
             buffers.setdefault(str(bucket), []).append(part)

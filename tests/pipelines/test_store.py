@@ -73,7 +73,7 @@ def make_table(num_rows: int, seed: int = 0, buckets=("1x1", "4x3")) -> tuple[pa
             tensors[sample][resolution] = latents
     schema = pa.schema(
         [f for f in C.base_fields() if f.name in rows]
-        + C.resolution_fields(RESOLUTIONS)
+        + [f for f in C.resolution_fields(RESOLUTIONS) if f.name in rows]  # no edit rows: no source latents
         + [pa.field("score_blur", pa.float64())]
     )
     return pa.table({name: rows[name] for name in schema.names}, schema=schema), tensors

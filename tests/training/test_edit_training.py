@@ -1,0 +1,158 @@
+"""Editing in the consumers: edit rows batch apart from text-to-image rows, the task mixture selects them, and the
+tiny model trained on two (source, instruction, target) triplets maps each source and instruction to its target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pytest
+import torch
+
+from pipelines.sample_data import encoded_sample_table, encoded_triplet_table
+from pipelines.store import columns as C
+from pipelines.store.reader import iter_bucketed_batches, read_table
+from pipelines.store.writer import commit_table
+from training.config import PhaseConfig, PretrainConfig
+
+RESOLUTION = 64
+VISION_AREA = 56 * 56
+
+
+def _scene(background: tuple[int, int, int], colour: tuple[int, int, int], shape: str) -> np.ndarray:
+    image = np.zeros((RESOLUTION, RESOLUTION, 3), np.uint8)
+    image[:] = background
+    y, x = np.mgrid[0:RESOLUTION, 0:RESOLUTION]
+    centre = RESOLUTION // 2
+    if shape == "square":
+        inside = (abs(x - centre) < 14) & (abs(y - centre) < 14)
+    else:
+        inside = (x - centre) ** 2 + (y - centre) ** 2 < 16**2
+    image[inside] = colour
+    return image
+
+
+TRIPLETS = [
+    (
+        _scene((240, 240, 240), (220, 20, 20), "square"),
+        "make the square blue",
+        _scene((240, 240, 240), (20, 20, 220), "square"),
+    ),
+    (
+        _scene((250, 220, 30), (20, 200, 20), "circle"),
+        "change the background to black",
+        _scene((0, 0, 0), (20, 200, 20), "circle"),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def edit_store(tmp_path_factory) -> str:
+    """Two edit triplets and six text-to-image pairs, at 64 px."""
+    folder = tmp_path_factory.mktemp("edit-store")
+    commit_table(folder, encoded_triplet_table(TRIPLETS, resolutions=(RESOLUTION,), edit_vision_area=VISION_AREA))
+    commit_table(folder, encoded_sample_table(6, seed=3, resolutions=(RESOLUTION,), max_upscale=8.0))
+    return str(folder)
+
+
+def test_edit_rows_batch_apart_from_pairs(edit_store):
+    table = read_table(edit_store, RESOLUTION, extra_columns=[C.TASK])
+    assert sorted(table.column(C.TASK).to_pylist()) == ["edit"] * 2 + ["t2i"] * 6
+    batches = list(iter_bucketed_batches([table], 3, RESOLUTION))
+    edits = [batch for batch in batches if "source_latents" in batch]
+    pairs = [batch for batch in batches if "source_latents" not in batch]
+    # The two edit rows share a batch of their own; the six pairs fill the others (one bucket per batch).
+    assert [len(batch["sample_id"]) for batch in edits] == [2]
+    assert sum(len(batch["sample_id"]) for batch in pairs) == 6
+    edit = edits[0]
+    assert edit["source_latents"].shape == edit["latents"].shape
+    assert not torch.equal(edit["source_latents"], edit["latents"])  # the source image, not the target
+    # Mixed rows handed to decode_batch directly are an error, not a silent mix.
+    from pipelines.store.reader import decode_batch
+
+    edits = table.filter(pa.compute.equal(table.column(C.TASK), "edit"))
+    source = C.source_latents_column(RESOLUTION)
+    mixed = edits.set_column(
+        edits.column_names.index(source), source, pa.array([edits.column(source)[0].as_py(), None], pa.binary())
+    )
+    with pytest.raises(ValueError, match="not both"):
+        decode_batch(mixed, RESOLUTION)
+
+
+def test_task_weights_become_the_task_mixture():
+    phase = PhaseConfig(name="p", num_steps=1, tasks={"edit": 1.0, "t2i": 0.0})
+    assert phase.mixture == {"task": {"edit": 1.0, "t2i": 0.0}}
+    with pytest.raises(ValueError, match="task"):
+        PhaseConfig(name="p", num_steps=1, tasks={"paint": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        PhaseConfig(name="p", num_steps=1, tasks={"edit": -1.0})
+
+
+def test_edit_memorizes(ray_session, edit_store, tmp_path):
+    """Trained (Ray Train, from the store, the phase selecting edit rows by its task weights) on two triplets, the
+    tiny model edits each source with its instruction into its own target, through the inference path (source
+    image resized and VAE-encoded, instruction and image through the condition encoder)."""
+    from models.generation import TextToImage
+    from training.metrics import read_metrics
+    from training.pretrain import run_pretraining
+
+    steps = 1500
+    config = PretrainConfig.model_validate(
+        {
+            "store_dir": edit_store,
+            "output_dir": str(tmp_path),
+            "run_name": "edit",
+            "batch_size": 2,
+            "cpus_per_worker": 1,
+            "optim": {"lr": 2e-3, "warmup_steps": 20, "weight_decay": 0.0},
+            "log_every": 100,
+            "checkpoint_every": steps,
+            "shuffle_buffer": 0,
+            "samples": {"num_steps": 2, "prompts": ["a red apple"]},
+            "phases": [
+                {
+                    "name": "edit",
+                    "num_steps": steps,
+                    "resolution": RESOLUTION,
+                    "min_stage": 1,
+                    "tasks": {"t2i": 0.0, "edit": 1.0},
+                }
+            ],
+        }
+    )
+    summary = run_pretraining(config)
+    assert int(read_metrics(summary["metrics"])[-1]["step"]) == steps
+
+    stored = read_table(edit_store, RESOLUTION, extra_columns=[C.TASK])
+    targets = {}
+    for row in stored.filter(pa.compute.equal(stored.column(C.TASK), "edit")).to_pylist():
+        latents = np.frombuffer(row[C.latents_column(RESOLUTION)], dtype="<f2").reshape(16, 8, 8)
+        targets[row[C.CAPTION]] = torch.from_numpy(latents.astype(np.float32))
+    editor = TextToImage.from_checkpoint(summary["checkpoint"])
+    instructions = [instruction for _, instruction, _ in TRIPLETS]
+    edited = editor.edit_latents(
+        instructions,
+        [source for source, _, _ in TRIPLETS],
+        height=RESOLUTION,
+        width=RESOLUTION,
+        num_steps=20,
+        true_cfg_scale=1.0,
+        seeds=[0, 0],
+        vision_area=VISION_AREA,
+    )
+    target = torch.stack([targets[instruction] for instruction in instructions])
+    distances = torch.cdist(edited.flatten(1), target.flatten(1))  # [edited i, target j]
+    # Each edit lands nearer its own target than the other one's: the model uses the source and the instruction.
+    assert distances[0, 0] < distances[0, 1] and distances[1, 1] < distances[1, 0], distances
+    # Swapping the sources between the instructions changes the outputs: the source image conditions the edit.
+    swapped = editor.edit_latents(
+        instructions,
+        [source for source, _, _ in reversed(TRIPLETS)],
+        height=RESOLUTION,
+        width=RESOLUTION,
+        num_steps=20,
+        true_cfg_scale=1.0,
+        seeds=[0, 0],
+        vision_area=VISION_AREA,
+    )
+    assert (swapped - edited).abs().max() > 1e-2
