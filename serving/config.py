@@ -50,14 +50,38 @@ class Limits(StrictModel):
 class Defaults(StrictModel):
     """Values for the fields a request leaves out."""
 
+    # An edit without ``size`` (or with "auto") gets the source's aspect ratio at this size's area.
     size: str = "1024x1024"
     num_inference_steps: pydantic.PositiveInt = 50
     true_cfg_scale: pydantic.NonNegativeFloat = DEFAULT_TRUE_CFG
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
 
 
+class EditSettings(StrictModel):
+    """``POST /v1/images/edits``: how an uploaded source image is taken and what the model sees of it.
+
+    The upload must be a PNG, JPEG or WebP image of at least ``min_source_side`` pixels a side, at most
+    ``max_source_pixels`` pixels (a small file can declare a huge image: the check reads the header before any pixel
+    is decoded) and at most ``max_aspect_ratio`` long side to short side (the source's tokens grow with it).
+    """
+
+    enabled: bool = True
+    # Pixel area at which the vision tower sees the source. Must equal the producers' ``EncodeConfig.edit_vision_area``
+    # (pipelines/encode.py): the model learnt edits from conditions encoded at that area.
+    vision_area: int = pydantic.Field(default=384 * 384, ge=28 * 28)
+    # Pixel area the source is resized to (aspect kept, sides of 32) before the VAE; None: the output's area, as the
+    # latent store holds a triplet's input at the target's size. diffusers' QwenImageEditPipeline uses 1024 * 1024.
+    source_area: pydantic.PositiveInt | None = None
+    # The whole multipart body (the image and the fields); the JSON routes keep ``limits.max_body_bytes``.
+    max_upload_bytes: pydantic.PositiveInt = 8 * 1024 * 1024
+    max_source_pixels: pydantic.PositiveInt = 4096 * 4096
+    min_source_side: pydantic.PositiveInt = 32
+    max_aspect_ratio: float = pydantic.Field(default=8.0, ge=1.0)
+
+
 class Batching(StrictModel):
-    """``@serve.batch`` on the generator: requests with the same size, steps, CFG and negative prompt share a call.
+    """``@serve.batch`` on the generator: requests with the same size, steps, CFG and negative prompt share a call
+    (edits also need sources that resize to one size; an edit never shares a call with a text-to-image request).
 
     A batch is counted in images (``n`` of each request), since images, not requests, are what cost memory and time.
     ``max_batch_images: 1`` turns batching off (then ``limits.max_n`` must be 1 too).
@@ -87,6 +111,7 @@ class ServeSettings(StrictModel):
     defaults: Defaults = Defaults()
     batching: Batching = Batching()
     queue: Queue = Queue()
+    edit: EditSettings = EditSettings()
     # Name of the environment variable (in the ingress replicas) holding the API key; unset or empty: no key needed.
     api_key_env: str | None = "QWEN_IMAGE_API_KEY"
 

@@ -2,9 +2,11 @@
 
 Requests reach it one by one; ``@serve.batch`` collects those that arrive within ``batching.wait_timeout_s`` (up to
 ``batching.max_batch_images`` images) and the batch handler makes one sampler call per group of equal size, steps,
-CFG scale and negative prompt. On CPU a call's fixed costs (the negative prompt's encoding, Python per step, the
-VAE's set-up) are shared by its images, and on GPU a larger batch fills the device; per-image seeds keep each
-image the same whatever it is batched with.
+CFG scale and negative prompt (``GenerationJob.batch_key``). Edits (``EditJob``) come through the same queue, so a
+batch never holds more than ``max_batch_images`` images of either kind; they group only with edits whose sources
+resize to the same sizes, and go to ``TextToImage.edit``. On CPU a call's fixed costs (the negative prompt's
+encoding, Python per step, the VAE's set-up) are shared by its images, and on GPU a larger batch fills the device;
+per-image seeds keep each image the same whatever it is batched with.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ray import serve
 
 from models.generation import TextToImage
 from serving.config import ModelSettings, ServeSettings
-from serving.schema import GenerationJob
+from serving.schema import EditJob, GenerationJob
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,27 @@ def count_images(jobs: list[GenerationJob]) -> int:
     return sum(len(job.seeds) for job in jobs)
 
 
+def generate_group(model: TextToImage, jobs: list[GenerationJob]) -> np.ndarray:
+    """One sampler call for jobs that share a ``batch_key``: uint8 ``[num_images, H, W, 3]`` in job order."""
+    first = jobs[0]
+    prompts = [job.prompt for job in jobs for _ in job.seeds]
+    kwargs = dict(
+        height=first.height,
+        width=first.width,
+        num_steps=first.num_steps,
+        true_cfg_scale=first.true_cfg_scale,
+        negative_prompt=first.negative_prompt,
+        seeds=[seed for job in jobs for seed in job.seeds],
+    )
+    if not isinstance(first, EditJob):
+        return model(prompts, **kwargs)
+    sources = []
+    for job in jobs:
+        pixels = job.source_pixels()
+        sources.extend(pixels for _ in job.seeds)
+    return model.edit(prompts, sources, source_area=first.source_area, vision_area=first.vision_area, **kwargs)
+
+
 def generate_jobs(model: TextToImage, jobs: list[GenerationJob]) -> list[list[bytes]]:
     """PNG bytes per job, one sampler call per group of jobs that share a ``batch_key``."""
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -62,18 +85,7 @@ def generate_jobs(model: TextToImage, jobs: list[GenerationJob]) -> list[list[by
         groups[job.batch_key()].append(index)
     results: list[list[bytes]] = [[] for _ in jobs]
     for indices in groups.values():
-        first = jobs[indices[0]]
-        prompts = [jobs[i].prompt for i in indices for _ in jobs[i].seeds]
-        seeds = [seed for i in indices for seed in jobs[i].seeds]
-        images = model(
-            prompts,
-            height=first.height,
-            width=first.width,
-            num_steps=first.num_steps,
-            true_cfg_scale=first.true_cfg_scale,
-            negative_prompt=first.negative_prompt,
-            seeds=seeds,
-        )
+        images = generate_group(model, [jobs[i] for i in indices])
         position = 0
         for i in indices:
             count = len(jobs[i].seeds)
@@ -84,7 +96,7 @@ def generate_jobs(model: TextToImage, jobs: list[GenerationJob]) -> list[list[by
 
 @serve.deployment(name="ImageGenerator", max_ongoing_requests=16, ray_actor_options={"num_cpus": 1})
 class ImageGenerator:
-    """Holds the pipeline; ``generate(job)`` returns one PNG per seed of the job."""
+    """Holds the pipeline; ``generate(job)`` returns one PNG per seed of the job (an ``EditJob``: edited images)."""
 
     def __init__(self, settings: ServeSettings):
         self.model = load_model(settings.model)

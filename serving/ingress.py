@@ -1,12 +1,15 @@
 """The HTTP ingress: a FastAPI app that checks every request before any model work, then asks the generator.
 
-Routes: ``POST /v1/images/generations`` (OpenAI images API plus extensions, ``serving.schema``), ``GET /v1/models``,
-``GET /healthz`` (liveness, never needs the key) and ``GET /`` (the web page; it holds no data and sends the key the
-user types with each generation, so it is not behind the key either).
+Routes: ``POST /v1/images/generations`` (OpenAI images API plus extensions, ``serving.schema``), ``POST
+/v1/images/edits`` (the same as ``multipart/form-data`` with an ``image`` file), ``GET /v1/models``, ``GET /healthz``
+(liveness, never needs the key) and ``GET /`` (the web page; it holds no data and sends the key the user types with
+each generation, so it is not behind the key either).
 
-Order of checks on a generation: API key (401) -> body size (413, from Content-Length and from the bytes read) ->
-JSON and field types (400) -> model (404) -> limits (400) -> queue (503 + Retry-After). A request that is wrong is
-told so even while the server is busy; only a valid one can get 503.
+Order of checks on a generation or an edit: API key (401) -> body size (413, from Content-Length before any byte is
+read, and from the bytes read) -> JSON or form and field types (400) -> model (404) -> limits and, for an edit, the
+image (400) -> queue (503 + Retry-After). A request that is wrong is told so even while the server is busy; only a
+valid one can get 503. An edit's body may be ``edit.max_upload_bytes`` (the generations route keeps
+``limits.max_body_bytes``); its text fields are held to ``limits.max_body_bytes`` each.
 """
 
 # No ``from __future__ import annotations`` here: with it, FastAPI (through Serve's class-based ingress) did not
@@ -17,19 +20,31 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from python_multipart.multipart import parse_options_header
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from models.tokenizer import build_qwen2_tokenizer
 from serving.config import ServeSettings
 from serving.page import render_page
-from serving.schema import ApiError, GenerationJob, check_request, parse_body
+from serving.schema import (
+    ApiError,
+    GenerationJob,
+    check_edit_request,
+    check_request,
+    check_source,
+    parse_body,
+    parse_edit_form,
+)
 from serving.sizes import parse_size
 
 logger = logging.getLogger(__name__)
@@ -63,21 +78,81 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     return error_response(ApiError(500, "internal error; see the server's log", code="internal_error"))
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``max_bytes`` (declared or streamed)."""
-    too_large = ApiError(413, f"request body is larger than {max_bytes} bytes", code="request_too_large")
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, f"request body is larger than {max_bytes} bytes", code="request_too_large")
+
+
+def check_declared_length(request: Request, max_bytes: int) -> None:
+    """413 when Content-Length says the body exceeds ``max_bytes``: before any of it is read."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "Content-Length header is not a number", code="invalid_header")
         if int(declared) > max_bytes:
-            raise too_large
-    body = bytearray()
+            raise _too_large(max_bytes)
+
+
+async def _limited_stream(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
+    """The body's chunks, refused with 413 once more than ``max_bytes`` have come (chunked, or a Content-Length
+    that lied)."""
+    num_bytes = 0
     async for chunk in request.stream():
+        num_bytes += len(chunk)
+        if num_bytes > max_bytes:
+            raise _too_large(max_bytes)
+        yield chunk
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``max_bytes`` (declared or streamed)."""
+    check_declared_length(request, max_bytes)
+    body = bytearray()
+    async for chunk in _limited_stream(request, max_bytes):
         body += chunk
-        if len(body) > max_bytes:
-            raise too_large
     return bytes(body)
+
+
+# Text fields plus a file or two: more parts than this is not an edit request.
+MAX_FORM_FIELDS = 32
+MAX_FORM_FILES = 4
+
+
+async def read_form(
+    request: Request, max_bytes: int, max_field_bytes: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]]]:
+    """A ``multipart/form-data`` body as (text fields, files), each (name, value), in the order sent.
+
+    The body is parsed as it streams in (files over 1 MB spill to a temporary file) and refused with 413 once it is
+    known to pass ``max_bytes``; a text field over ``max_field_bytes``, or a body that is not multipart, gets 400.
+    """
+    check_declared_length(request, max_bytes)
+    content_type, _ = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data":
+        shown = content_type.decode("latin-1")[:60] or "none"
+        message = f"send multipart/form-data (an 'image' file and a 'prompt' field); got Content-Type {shown!r}"
+        raise ApiError(400, message, code="invalid_content_type")
+    parser = MultiPartParser(
+        request.headers,
+        _limited_stream(request, max_bytes),
+        max_files=MAX_FORM_FILES,
+        max_fields=MAX_FORM_FIELDS,
+        max_part_size=max_field_bytes,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        message = f"request body is not valid multipart/form-data: {error.message}"
+        raise ApiError(400, message, code="invalid_form") from None
+    try:
+        fields, files = [], []
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files.append((name, await value.read()))
+            else:
+                fields.append((name, value))
+        return fields, files
+    finally:
+        await form.close()
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
@@ -143,11 +218,34 @@ class Ingress:
     async def generations(self, request: Request) -> dict:
         self.authorize(request)
         body = parse_body(await read_body(request, self.settings.limits.max_body_bytes))
-        served = self.settings.model.name
-        if body.model is not None and body.model != served:
-            message = f"model {body.model!r} does not exist; this server serves {served!r}"
-            raise ApiError(404, message, param="model", code="model_not_found")
+        self.check_model(body.model)
         job = check_request(body, self.settings.limits, self.settings.defaults, self.count_tokens)
+        return await self.answer(job)
+
+    @app.post("/v1/images/edits")
+    async def edits(self, request: Request) -> dict:
+        self.authorize(request)
+        edit = self.settings.edit
+        if not edit.enabled:
+            raise ApiError(404, "image editing is turned off on this server", code="not_found")
+        fields, files = await read_form(request, edit.max_upload_bytes, self.settings.limits.max_body_bytes)
+        body, image = parse_edit_form(fields, files)
+        self.check_model(body.model)
+        # Decoding a large photo takes a while: off the event loop, which serves every other request meanwhile.
+        source_size = await asyncio.to_thread(check_source, image, edit)
+        job = check_edit_request(
+            body, image, source_size, self.settings.limits, self.settings.defaults, edit, self.count_tokens
+        )
+        return await self.answer(job)
+
+    def check_model(self, model: str | None) -> None:
+        served = self.settings.model.name
+        if model is not None and model != served:
+            message = f"model {model!r} does not exist; this server serves {served!r}"
+            raise ApiError(404, message, param="model", code="model_not_found")
+
+    async def answer(self, job: GenerationJob) -> dict:
+        """Queue ``job`` (503 when full) and answer with its images, base64 PNGs with their seeds."""
         if self.num_in_flight >= self.settings.queue.max_in_flight:
             raise self.busy(f"server busy: {self.num_in_flight} requests in flight; retry later")
         self.num_in_flight += 1

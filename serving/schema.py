@@ -1,13 +1,21 @@
-"""The HTTP schema: OpenAI's images API (``POST /v1/images/generations``) plus our extensions, and its errors.
+"""The HTTP schema: OpenAI's images API (``POST /v1/images/generations`` and ``/v1/images/edits``) plus our
+extensions, and its errors.
 
-Request fields: ``prompt``, ``model``, ``n``, ``size`` ("WxH"), ``response_format`` (``b64_json`` only: this server
-keeps no images to link to), ``user`` (accepted, as OpenAI does, and not used), and the extensions
+Generation fields (a JSON body): ``prompt``, ``model``, ``n``, ``size`` ("WxH"), ``response_format`` (``b64_json``
+only: this server keeps no images to link to), ``user`` (accepted, as OpenAI does, and not used), and the extensions
 ``negative_prompt``, ``num_inference_steps``, ``true_cfg_scale``, ``seed``. Types are strict (``"n": "2"`` is an
 error, not a 2) and unknown fields are errors, so a client's typo is reported instead of silently ignored.
 
+Edits (a ``multipart/form-data`` body) take the same fields as text, plus the source image as a file part named
+``image`` (``image[]`` too, as the OpenAI client names a list; one image per request). Form values are text, so
+numbers are parsed from it (``n=2`` is a 2). ``size`` may be left out or ``"auto"``: the source's aspect ratio at
+the area of ``defaults.size``. The upload must be a PNG, JPEG or WebP image; it is decoded as the producers decode
+training sources (``pipelines.decode``: EXIF orientation applied, transparency on white, the first frame).
+
 Error convention (OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``): 400 for a body that is not
-JSON or a field that is wrong, 401 for a missing or wrong API key, 404 for an unknown route or model, 413 for a body
-over the limit, 503 with ``Retry-After`` when the queue is full or no generator replica answers.
+JSON (or multipart for edits), a field that is wrong or an image that cannot be used, 401 for a missing or wrong API
+key, 404 for an unknown route or model, 413 for a body over the limit, 503 with ``Retry-After`` when the queue is
+full or no generator replica answers.
 """
 
 from __future__ import annotations
@@ -19,12 +27,17 @@ import secrets
 from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import pydantic
 
-from serving.config import Defaults, Limits
-from serving.sizes import parse_size
+from models.generation import edit_source_size
+from pipelines.decode import DecodeConfig, decode_image
+from serving.config import Defaults, EditSettings, Limits
+from serving.sizes import SIZE_MULTIPLE, parse_size
 
 MAX_SEED = 2**32 - 1
+# Form parts that carry the source image: the OpenAI client sends one file as "image", a list as "image[]".
+IMAGE_FIELDS = ("image", "image[]")
 
 
 class ApiError(Exception):
@@ -58,10 +71,10 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
 
-class ImageGenerationRequest(pydantic.BaseModel):
-    """The JSON body of ``POST /v1/images/generations`` as sent; ``check_request`` applies the limits."""
+class _ImageRequest(pydantic.BaseModel):
+    """The fields both image routes take (the edit's source image travels beside them)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    model_config = pydantic.ConfigDict(extra="forbid")
 
     prompt: str
     model: str | None = None
@@ -73,6 +86,16 @@ class ImageGenerationRequest(pydantic.BaseModel):
     num_inference_steps: int | None = None
     true_cfg_scale: float | None = None
     seed: int | None = None
+
+
+class ImageGenerationRequest(_ImageRequest):
+    """The JSON body of ``POST /v1/images/generations`` as sent; ``check_request`` applies the limits."""
+
+    model_config = pydantic.ConfigDict(strict=True)
+
+
+class ImageEditRequest(_ImageRequest):
+    """The text fields of ``POST /v1/images/edits``; form values are text, so numbers are parsed from it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +123,21 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _field_error(error: pydantic.ValidationError) -> ApiError:
+    """The first field a ``ValidationError`` names, as an ``ApiError(400)``."""
+    first = error.errors()[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    if first["type"] == "extra_forbidden":
+        message = f"unknown field {param!r}"
+    elif first["type"] == "missing":
+        message = f"{param!r} is required"
+    elif param == "response_format":
+        message = "response_format: only 'b64_json' is supported (this server keeps no images to link to)"
+    else:
+        message = f"{param}: {first['msg']}"
+    return ApiError(400, message, param=param, code="invalid_value")
+
+
 def parse_body(raw: bytes) -> ImageGenerationRequest:
     """Bytes -> request model; ``ApiError(400)`` for bad JSON or a field of the wrong type, naming the field."""
     try:
@@ -111,27 +149,44 @@ def parse_body(raw: bytes) -> ImageGenerationRequest:
     try:
         return ImageGenerationRequest.model_validate(data)
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        if first["type"] == "extra_forbidden":
-            message = f"unknown field {param!r}"
-        elif first["type"] == "missing":
-            message = f"{param!r} is required"
-        elif param == "response_format":
-            message = "response_format: only 'b64_json' is supported (this server keeps no images to link to)"
-        else:
-            message = f"{param}: {first['msg']}"
-        raise ApiError(400, message, param=param, code="invalid_value") from None
+        raise _field_error(error) from None
+
+
+def parse_edit_form(fields: list[tuple[str, str]], files: list[tuple[str, bytes]]) -> tuple[ImageEditRequest, bytes]:
+    """A multipart form's text ``fields`` and ``files`` (name, bytes) -> (request model, the source image's bytes);
+    ``ApiError(400)`` names the field that is missing, repeated, unknown or of the wrong type."""
+    for name, _ in files:
+        if name == "mask":
+            raise _invalid("mask", "masks are not supported; say in the prompt what to change")
+        if name not in IMAGE_FIELDS:
+            raise ApiError(400, f"unknown file field {name!r}", param=name, code="invalid_value")
+    images = [data for name, data in files if name in IMAGE_FIELDS]
+    if len(images) > 1:
+        raise _invalid("image", f"one source image per request, got {len(images)}")
+    values: dict[str, str] = {}
+    for name, value in fields:
+        if name in IMAGE_FIELDS:
+            raise _invalid("image", "must be a file part (for example curl -F image=@photo.png), not a text field")
+        if name in values:
+            raise _invalid(name, "given more than once")
+        values[name] = value
+    if not images:
+        raise ApiError(400, "'image' is required: a PNG, JPEG or WebP file part", param="image", code="invalid_value")
+    try:
+        request = ImageEditRequest.model_validate(values)
+    except pydantic.ValidationError as error:
+        raise _field_error(error) from None
+    return request, images[0]
 
 
 def _invalid(param: str, message: str) -> ApiError:
     return ApiError(400, f"{param}: {message}", param=param, code="invalid_value")
 
 
-def check_request(
-    request: ImageGenerationRequest, limits: Limits, defaults: Defaults, count_tokens: Callable[[str], int]
-) -> GenerationJob:
-    """Apply ``limits`` and ``defaults``; ``ApiError(400)`` names the first field out of bounds.
+def _check_fields(
+    request: _ImageRequest, limits: Limits, defaults: Defaults, count_tokens: Callable[[str], int]
+) -> dict:
+    """Every field but ``size`` checked against ``limits``, defaults filled in: ``GenerationJob`` keyword arguments.
 
     A request without ``seed`` gets a random one, which the response reports.
     """
@@ -143,10 +198,6 @@ def check_request(
             raise _invalid(param, f"{num_tokens} tokens; at most {limits.max_prompt_tokens} allowed")
     if not 1 <= request.n <= limits.max_n:
         raise _invalid("n", f"must be between 1 and {limits.max_n}, got {request.n}")
-    try:
-        width, height = parse_size(request.size or defaults.size, limits.max_pixels)
-    except ValueError as error:
-        raise _invalid("size", str(error)) from None
     steps = defaults.num_inference_steps if request.num_inference_steps is None else request.num_inference_steps
     if not 1 <= steps <= limits.max_steps:
         raise _invalid("num_inference_steps", f"must be between 1 and {limits.max_steps}, got {steps}")
@@ -156,12 +207,158 @@ def check_request(
     if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
         raise _invalid("seed", f"must be between 0 and {MAX_SEED}, got {request.seed}")
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
-    return GenerationJob(
-        prompt=request.prompt,
-        negative_prompt=defaults.negative_prompt if request.negative_prompt is None else request.negative_prompt,
+    return {
+        "prompt": request.prompt,
+        "negative_prompt": defaults.negative_prompt if request.negative_prompt is None else request.negative_prompt,
+        "num_steps": steps,
+        "true_cfg_scale": float(cfg),
+        "seeds": tuple(seed + index for index in range(request.n)),
+    }
+
+
+def _check_size(text: str, limits: Limits) -> tuple[int, int]:
+    try:
+        return parse_size(text, limits.max_pixels)
+    except ValueError as error:
+        raise _invalid("size", str(error)) from None
+
+
+def check_request(
+    request: ImageGenerationRequest, limits: Limits, defaults: Defaults, count_tokens: Callable[[str], int]
+) -> GenerationJob:
+    """Apply ``limits`` and ``defaults``; ``ApiError(400)`` names the first field out of bounds."""
+    fields = _check_fields(request, limits, defaults, count_tokens)
+    width, height = _check_size(request.size or defaults.size, limits)
+    return GenerationJob(width=width, height=height, **fields)
+
+
+# --- edits ---------------------------------------------------------------------------------------------------------
+
+
+def _image_format(data: bytes) -> str | None:
+    """The upload's format from its leading bytes: PNG, JPEG or WEBP; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def decode_source(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """An uploaded PNG, JPEG or WebP -> uint8 RGB ``[H, W, 3]``, upright, as the producers decode training sources.
+
+    ``ApiError(400)`` with ``param="image"`` for anything else, a file that does not decode (truncated, corrupt) and a
+    header declaring more than ``max_pixels`` pixels (refused before any pixel is decoded: a decompression bomb).
+    """
+    if not data:
+        raise _invalid("image", "the uploaded file is empty")
+    # Only these three formats reach a decoder: Pillow's other plugins never see an upload.
+    if _image_format(data) is None:
+        raise _invalid("image", "not a PNG, JPEG or WebP image")
+    # Our pixel budget is checked on the header; PIL's own guard (Image.MAX_IMAGE_PIXELS) stays on behind it.
+    decoded = decode_image(data, DecodeConfig(max_pixels=max_pixels, analysis_short_side=1 << 30))
+    if decoded.ok:
+        return decoded.image
+    reason = decoded.drop_reason
+    if reason.startswith("too_large"):
+        message = f"this server takes images of at most {max_pixels} pixels"
+        if decoded.width:  # the header's size when our budget refused it (none when PIL's guard did, in open)
+            message = f"{decoded.width}x{decoded.height} has {decoded.width * decoded.height} pixels; {message}"
+        raise _invalid("image", message)
+    if reason == "broken_file:truncated":
+        raise _invalid("image", "the file is truncated: it ends before the image does")
+    raise _invalid("image", f"the file does not decode as a PNG, JPEG or WebP image ({reason})")
+
+
+def check_source(data: bytes, edit: EditSettings) -> tuple[int, int]:
+    """Decode the upload (every pixel: a truncated file must be caught here, not in the generator) and check its
+    size against ``edit``; returns its upright (width, height)."""
+    height, width = decode_source(data, max_pixels=edit.max_source_pixels).shape[:2]
+    if min(width, height) < edit.min_source_side:
+        raise _invalid("image", f"{width}x{height} is too small: at least {edit.min_source_side} pixels a side")
+    if max(width, height) > edit.max_aspect_ratio * min(width, height):
+        raise _invalid(
+            "image", f"{width}x{height}: the long side may be at most {edit.max_aspect_ratio:g} times the short side"
+        )
+    return width, height
+
+
+def default_edit_size(area: int, source_width: int, source_height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of about ``area`` pixels with the source's aspect ratio, sides multiples of 16, at most
+    ``max_pixels``; ``ValueError`` when no such size exists (an extreme aspect ratio on a small budget)."""
+    exact_width = math.sqrt(area * source_width / source_height)
+    exact_height = exact_width * source_height / source_width
+    for step in (round, math.floor):  # rounding both sides up can pass the budget: then round down
+        width = max(SIZE_MULTIPLE, step(exact_width / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        height = max(SIZE_MULTIPLE, step(exact_height / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        if width * height <= max_pixels:
+            return width, height
+    raise ValueError(f"no size with the source's aspect ratio fits in {max_pixels} pixels; give one")
+
+
+@dataclasses.dataclass(frozen=True)
+class EditJob(GenerationJob):
+    """An edit that passed every check: the job's fields, the source image as uploaded (the generator decodes it
+    again: the file is a fraction of the pixels' size to send) and the areas the model resizes it to."""
+
+    image: bytes = dataclasses.field(repr=False)
+    # Upright size of the decoded upload.
+    source_width: int
+    source_height: int
+    # ``TextToImage.edit_latents``'s ``source_area`` (None: the output's area) and ``vision_area``.
+    source_area: int | None
+    vision_area: int
+
+    def source_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(width, height) of the source as the VAE sees it, then as the vision tower sees it."""
+        area = self.source_area if self.source_area is not None else self.width * self.height
+        return (
+            edit_source_size(area, self.source_width, self.source_height),
+            edit_source_size(self.vision_area, self.source_width, self.source_height),
+        )
+
+    def batch_key(self) -> tuple:
+        """Edits share a sampler call only with edits whose sources resize to the same sizes."""
+        return ("edit", *super().batch_key(), *self.source_sizes())
+
+    def source_pixels(self) -> np.ndarray:
+        """The source, uint8 RGB ``[H, W, 3]``, decoded as ``check_source`` decoded it."""
+        return decode_source(self.image, max_pixels=self.source_width * self.source_height)
+
+
+def check_edit_request(
+    request: ImageEditRequest,
+    image: bytes,
+    source_size: tuple[int, int],
+    limits: Limits,
+    defaults: Defaults,
+    edit: EditSettings,
+    count_tokens: Callable[[str], int],
+) -> EditJob:
+    """Apply ``limits`` and ``defaults`` to an edit whose upload ``check_source`` passed (``source_size`` is what it
+    returned); without ``size`` (or with "auto") the output takes the source's aspect ratio at ``defaults.size``'s
+    area."""
+    fields = _check_fields(request, limits, defaults, count_tokens)
+    source_width, source_height = source_size
+    if request.size in (None, "auto"):
+        default_width, default_height = parse_size(defaults.size, limits.max_pixels)
+        try:
+            width, height = default_edit_size(
+                default_width * default_height, source_width, source_height, limits.max_pixels
+            )
+        except ValueError as error:
+            raise _invalid("size", str(error)) from None
+    else:
+        width, height = _check_size(request.size, limits)
+    return EditJob(
         width=width,
         height=height,
-        num_steps=steps,
-        true_cfg_scale=float(cfg),
-        seeds=tuple(seed + index for index in range(request.n)),
+        **fields,
+        image=image,
+        source_width=source_width,
+        source_height=source_height,
+        source_area=edit.source_area,
+        vision_area=edit.vision_area,
     )

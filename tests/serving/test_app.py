@@ -118,7 +118,7 @@ HOSTILE = [
     ("key-not-bearer", {"json": {"prompt": "a"}, "headers": {"Authorization": API_KEY}}, 401, None, "API key"),
     ("models-key-missing", {"method": "GET", "path": "/v1/models", "headers": {}}, 401, None, "API key"),
     ("wrong-method", {"method": "GET"}, 405, None, "Method Not Allowed"),
-    ("unknown-route", {"method": "POST", "path": "/v1/images/edits", "json": {}}, 404, None, "Not Found"),
+    ("unknown-route", {"method": "POST", "path": "/v1/images/variations", "json": {}}, 404, None, "Not Found"),
 ]
 
 

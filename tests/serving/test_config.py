@@ -34,6 +34,10 @@ def test_serve_config_file_is_valid_for_serve_and_for_us():
         ({"defaults": {"size": "100x100"}}, "defaults.size"),
         ({"limits": {"max_n": 9}}, "limits.max_n"),
         ({"limits": {"max_prompt_tokens": 5000}}, "limits.max_prompt_tokens"),
+        ({"edit": {"vision_area": 100}}, "edit.vision_area"),
+        ({"edit": {"max_upload_bytes": 0}}, "edit.max_upload_bytes"),
+        ({"edit": {"max_aspect_ratio": 0.5}}, "edit.max_aspect_ratio"),
+        ({"edit": {"mask": True}}, "edit.mask"),
     ],
 )
 def test_bad_settings_name_the_key(args, key):
@@ -48,3 +52,13 @@ def test_parse_size():
             parse_size(text, 1 << 20)
     with pytest.raises(ValueError, match="at most 4096"):
         parse_size("128x128", 4096)
+
+
+def test_edit_vision_area_matches_the_producers():
+    """The vision tower must see an upload at the area the latent store encoded training sources at."""
+    from pipelines.encode import EncodeConfig
+
+    served = load_serve_file(CONFIG).settings.edit
+    assert (
+        served.enabled and served.vision_area == EncodeConfig().edit_vision_area == parse_settings({}).edit.vision_area
+    )

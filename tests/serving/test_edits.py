@@ -1,0 +1,283 @@
+"""``POST /v1/images/edits`` on a live Serve app (tiny preset at 64x64, two steps, API key set): the OpenAI client,
+reproducibility, the source's effect, batching by source size, and hostile uploads."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from serving.generator import generate_jobs
+from serving.schema import EditJob, GenerationJob
+
+from .conftest import decode_png, start_serve, tiny_settings
+
+API_KEY = "edit-key-51c9"
+KEY_ENV = "SERVING_EDIT_TEST_API_KEY"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MAX_UPLOAD_BYTES = 100_000
+MODEL = "qwen-image-tiny"
+
+
+def source_png(width: int = 64, height: int = 64, seed: int = 0, fmt: str = "PNG") -> bytes:
+    """A structured picture (gradients and a block of one colour), encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
+    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+    image[top : top + height // 3, left : left + width // 3] = rng.integers(0, 256, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(image.astype(np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """Random pixels: a PNG that does not compress (about 3 bytes a pixel)."""
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(ray_session):
+    from ray import serve
+
+    settings = tiny_settings(
+        api_key_env=KEY_ENV,
+        edit={"max_upload_bytes": MAX_UPLOAD_BYTES, "max_source_pixels": 512 * 512},
+        # Long enough that the concurrent requests below can meet in one batch.
+        batching={"max_batch_images": 8, "wait_timeout_s": 0.2},
+    )
+    options = {"Ingress": {"ray_actor_options": {"num_cpus": 0.5, "runtime_env": {"env_vars": {KEY_ENV: API_KEY}}}}}
+    url = start_serve(settings, options, name="edit-test")
+    yield url
+    serve.shutdown()
+
+
+def edit(url: str, image: bytes | None, fields: dict, headers: dict = AUTH) -> requests.Response:
+    """A multipart request, as the OpenAI client sends one: text fields as parts without a file name."""
+    parts = [(key, (None, str(value))) for key, value in fields.items()]
+    if image is not None:
+        parts.append(("image", ("source.png", image, "image/png")))
+    return requests.post(f"{url}/v1/images/edits", files=parts, headers=headers, timeout=120)
+
+
+def edited(url: str, image: bytes, fields: dict) -> list[np.ndarray]:
+    response = edit(url, image, fields)
+    assert response.status_code == 200, response.text[:300]
+    return [decode_png(item["b64_json"]) for item in response.json()["data"]]
+
+
+def test_edits_endpoint(server):
+    """The official client's ``images.edit``: an image of the requested size; a non-image upload is a 400."""
+    openai = pytest.importorskip("openai", reason="the official client is in the test extras: pip install openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    result = client.images.edit(
+        model=MODEL,
+        image=("source.png", source_png(), "image/png"),
+        prompt="make the block blue",
+        size="64x64",
+        n=1,
+        response_format="b64_json",
+        extra_body={"seed": 3, "num_inference_steps": 2},
+    )
+    image = decode_png(result.data[0].b64_json)
+    assert image.shape == (64, 64, 3) and image.std() > 1
+    with pytest.raises(openai.BadRequestError, match="not a PNG, JPEG or WebP") as refused:
+        client.images.edit(model=MODEL, image=("notes.txt", b"not an image", "text/plain"), prompt="x", size="64x64")
+    assert refused.value.status_code == 400 and refused.value.body["param"] == "image"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).images.edit(
+            model=MODEL, image=("source.png", source_png(), "image/png"), prompt="x"
+        )
+
+
+def test_edit_is_reproducible_and_follows_the_source(server):
+    fields = {"prompt": "make the block blue", "size": "64x48", "seed": 3, "num_inference_steps": 2}
+    (first,) = edited(server, source_png(seed=0), fields)
+    assert first.shape == (48, 64, 3)
+    (again,) = edited(server, source_png(seed=0), fields)
+    np.testing.assert_array_equal(again, first)
+    # The tiny preset's random weights let the source move the output by a few levels only; a server that dropped the
+    # upload (or ran text-to-image) would give the same image for both sources.
+    (other_source,) = edited(server, source_png(seed=1), fields)
+    assert np.abs(other_source.astype(int) - first.astype(int)).max() >= 1
+    generated = requests.post(f"{server}/v1/images/generations", json=fields, headers=AUTH, timeout=120)
+    generated = generated.json()["data"][0]["b64_json"]
+    assert not np.array_equal(decode_png(generated), first)
+    (other_seed,) = edited(server, source_png(seed=0), {**fields, "seed": 4})
+    assert np.abs(other_seed.astype(int) - first.astype(int)).max() > 10
+    # n images get seeds seed, seed + 1, ...: the first of two is the single image, batched or not.
+    pair = edited(server, source_png(seed=0), {**fields, "n": 2})
+    assert np.abs(pair[0].astype(int) - first.astype(int)).max() <= 1
+    assert np.abs(pair[1].astype(int) - other_seed.astype(int)).max() <= 1
+
+
+def test_edit_size_defaults_to_the_source_aspect(server):
+    """No ``size`` (or "auto"): the source's aspect ratio at the default size's area (64x64 here), sides of 16."""
+    for size in ({}, {"size": "auto"}):
+        (image,) = edited(server, source_png(96, 64), {"prompt": "brighter", "seed": 0, **size})
+        assert image.shape == (48, 80, 3)  # 3:2 at 4096 pixels: 78.4 x 52.3, rounded to 80 x 48
+    (portrait,) = edited(server, source_png(64, 128, fmt="JPEG"), {"prompt": "brighter", "seed": 0})
+    assert portrait.shape == (96, 48, 3)
+
+
+def test_concurrent_edits_of_different_sources(server):
+    """Edits whose sources have different aspect ratios may arrive together; each gets what it would get alone."""
+    cases = [(source_png(64, 64, seed=0), 3), (source_png(96, 64, seed=0), 3), (source_png(64, 64, seed=1), 5)]
+    fields = {"prompt": "make the block blue", "size": "64x64"}
+    alone = [edited(server, image, {**fields, "seed": seed})[0] for image, seed in cases]
+    start = threading.Barrier(len(cases))
+    together: list[np.ndarray | None] = [None] * len(cases)
+
+    def one(index: int) -> None:
+        image, seed = cases[index]
+        start.wait()
+        together[index] = edited(server, image, {**fields, "seed": seed})[0]
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(len(cases))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for single, batched in zip(alone, together, strict=True):
+        assert batched is not None and np.abs(batched.astype(int) - single.astype(int)).max() <= 1
+
+
+class _RecordingModel:
+    """Stands in for ``TextToImage``: records each sampler call and returns black images."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int, set]] = []
+
+    def _images(self, prompts: list[str], height: int, width: int) -> np.ndarray:
+        return np.zeros((len(prompts), height, width, 3), np.uint8)
+
+    def __call__(self, prompts, *, height, width, **kwargs):
+        self.calls.append(("t2i", len(prompts), set()))
+        return self._images(prompts, height, width)
+
+    def edit(self, prompts, images, *, height, width, **kwargs):
+        self.calls.append(("edit", len(prompts), {image.shape for image in images}))
+        return self._images(prompts, height, width)
+
+
+def test_generate_jobs_groups_edits_by_source_size():
+    """One sampler call per compatible group: text-to-image apart from edits, edits apart by source size."""
+    common = dict(prompt="p", negative_prompt=" ", width=64, height=64, num_steps=2, true_cfg_scale=4.0)
+
+    def edit_job(width: int, height: int, seeds: tuple[int, ...]) -> EditJob:
+        image = source_png(width, height)
+        return EditJob(
+            **common,
+            seeds=seeds,
+            image=image,
+            source_width=width,
+            source_height=height,
+            source_area=None,
+            vision_area=384 * 384,
+        )
+
+    jobs = [
+        GenerationJob(**common, seeds=(0,)),
+        edit_job(64, 64, (0, 1)),
+        edit_job(96, 64, (0,)),
+        edit_job(64, 64, (2,)),
+        GenerationJob(**common, seeds=(1,)),
+    ]
+    model = _RecordingModel()
+    results = generate_jobs(model, jobs)
+    assert [len(pngs) for pngs in results] == [1, 2, 1, 1, 1]
+    assert sorted(model.calls, key=str) == sorted(
+        [("t2i", 2, set()), ("edit", 3, {(64, 64, 3)}), ("edit", 1, {(64, 96, 3)})], key=str
+    )
+
+
+# (id, image bytes or None, form fields, headers (None: the key), expected status, "param" or None, message fragment)
+GOOD = {"prompt": "make it blue", "size": "64x64", "num_inference_steps": 2}
+HOSTILE = [
+    ("prompt-missing", source_png(), {"size": "64x64"}, None, 400, "prompt", "required"),
+    ("prompt-empty", source_png(), {**GOOD, "prompt": "  "}, None, 400, "prompt", "empty"),
+    ("image-missing", None, GOOD, None, 400, "image", "required"),
+    ("image-as-text", None, {**GOOD, "image": "source.png"}, None, 400, "image", "file part"),
+    ("text-upload", b"just some text, no pixels", GOOD, None, 400, "image", "not a PNG, JPEG or WebP"),
+    ("gif-upload", None, GOOD, None, 400, "image", "not a PNG, JPEG or WebP"),
+    ("png-truncated", noise_png(64, 64)[:5000], GOOD, None, 400, "image", "truncated"),
+    ("png-empty", b"", GOOD, None, 400, "image", "empty"),
+    ("too-many-pixels", None, GOOD, None, 400, "image", "at most 262144 pixels"),
+    ("too-small", source_png(16, 64), GOOD, None, 400, "image", "too small"),
+    ("too-thin", source_png(32, 320), GOOD, None, 400, "image", "8 times"),
+    ("upload-too-large", noise_png(200, 200), GOOD, None, 413, None, "larger than 100000"),
+    ("size-not-16", source_png(), {**GOOD, "size": "100x100"}, None, 400, "size", "multiples of 16"),
+    ("size-huge", source_png(), {**GOOD, "size": "1024x1024"}, None, 400, "size", "at most"),
+    ("n-text", source_png(), {**GOOD, "n": "two"}, None, 400, "n", "integer"),
+    ("n-1000", source_png(), {**GOOD, "n": 1000}, None, 400, "n", "between 1 and 4"),
+    ("cfg-nan", source_png(), {**GOOD, "true_cfg_scale": "nan"}, None, 400, "true_cfg_scale", "between"),
+    ("url-format", source_png(), {**GOOD, "response_format": "url"}, None, 400, "response_format", "b64_json"),
+    ("unknown-field", source_png(), {**GOOD, "quality": "hd"}, None, 400, "quality", "unknown field"),
+    ("unknown-model", source_png(), {**GOOD, "model": "dall-e-2"}, None, 404, "model", "does not exist"),
+    ("key-missing", source_png(), GOOD, {}, 401, None, "API key"),
+    ("key-wrong", source_png(), GOOD, {"Authorization": "Bearer nope"}, 401, None, "API key"),
+]
+
+
+def _gif() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def _bomb() -> bytes:
+    """A PNG of 1024 x 1024 pixels in about 1 KB: its header alone must get it refused."""
+    buffer = io.BytesIO()
+    Image.new("L", (1024, 1024)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+_BUILT = {"gif-upload": _gif, "too-many-pixels": _bomb}
+
+
+@pytest.mark.parametrize(
+    ("case", "image", "fields", "headers", "status", "param", "fragment"), HOSTILE, ids=[h[0] for h in HOSTILE]
+)
+def test_rejects_bad_edits(server, case, image, fields, headers, status, param, fragment):
+    if case in _BUILT:
+        image = _BUILT[case]()
+    response = edit(server, image, fields, AUTH if headers is None else headers)
+    assert response.status_code == status, response.text[:300]
+    error = response.json()["error"]
+    assert fragment in error["message"] and error["param"] == param, error
+    assert error["type"] in ("invalid_request_error", "authentication_error")
+
+
+def _raw_edit(url: str, body, content_type: str) -> requests.Response:
+    return requests.post(
+        f"{url}/v1/images/edits", data=body, headers={**AUTH, "Content-Type": content_type}, timeout=60
+    )
+
+
+def test_rejects_bodies_that_are_not_small_multipart_forms(server):
+    as_json = _raw_edit(server, b'{"prompt": "x"}', "application/json")
+    assert as_json.status_code == 400 and "multipart/form-data" in as_json.json()["error"]["message"]
+    broken = _raw_edit(server, b"--nope\r\ngarbage", "multipart/form-data")
+    assert broken.status_code == 400 and "multipart" in broken.json()["error"]["message"]
+
+    # Chunked (no Content-Length): refused once the bytes read pass the limit.
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+
+    def chunks():
+        yield head
+        for _ in range(2 * MAX_UPLOAD_BYTES // 8192):
+            yield b"\0" * 8192
+
+    chunked = _raw_edit(server, chunks(), f"multipart/form-data; boundary={boundary}")
+    assert chunked.status_code == 413 and "larger than" in chunked.json()["error"]["message"]
