@@ -156,3 +156,17 @@ def test_edit_memorizes(ray_session, edit_store, tmp_path):
         vision_area=VISION_AREA,
     )
     assert (swapped - edited).abs().max() > 1e-2
+
+
+def test_edit_configs_name_the_edit_source_and_task_mixture():
+    """The producer and pretraining recipes of the README take an edit source and per-phase task weights."""
+    from models.config import load_config
+    from pipelines.curation import CurationConfig
+
+    curation = load_config(CurationConfig, "configs/preprocess_edit_tiny.yaml", [])
+    assert curation.sources[0].is_edit and curation.synthetic_edits > 0
+    assert curation.encode.store_dir
+    pretrain = load_config(PretrainConfig, "configs/pretrain_edit_tiny.yaml", [])
+    assert pretrain.store_dir == curation.encode.store_dir
+    weights = [phase.mixture["task"] for phase in pretrain.phases]
+    assert weights[0]["depth"] == 0.0 and weights[1]["depth"] == 0.5
