@@ -94,6 +94,9 @@ class PretrainConfig(StrictModel):
     run_name: str = "pretrain"
     preset: str = "tiny"
     weights_dir: str | None = None  # initial weights (a diffusers-layout folder); random tiny weights when None
+    # A checkpoint folder whose transformer/ training starts from (SFT from a pretrained checkpoint); the other parts
+    # (the VAE and condition encoder of the sample grids) still come from preset / weights_dir. None: weights_dir.
+    init_transformer: str | None = None
     phases: list[PhaseConfig] = pydantic.Field(min_length=1)
     batch_size: int = pydantic.Field(default=8, ge=1)  # per worker, per micro-batch
     num_workers: int = pydantic.Field(default=1, ge=1)

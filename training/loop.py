@@ -164,7 +164,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # Build.
     transformer = build_components(
-        config.preset, weights_dir=config.weights_dir, parts=("transformer",), seed=config.seed
+        config.preset,
+        weights_dir=config.init_transformer or config.weights_dir,
+        parts=("transformer",),
+        seed=config.seed,
     ).transformer
     transformer.train().requires_grad_(True)
     model = apply_parallelism(transformer, config, device)
