@@ -76,6 +76,15 @@ def resize_lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.resize((width, height), resample=Image.LANCZOS)
 
 
+def _seeded(seeds: list[int] | None, count: int, generator):
+    """One generator per image from ``seeds`` (each image reproducible on its own), else ``generator``."""
+    if seeds is None:
+        return generator
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} prompts")
+    return [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+
+
 class TextToImage:
     """A loaded model that turns prompts into images."""
 
@@ -148,14 +157,14 @@ class TextToImage:
         on its own, whatever else is in the batch."""
         if not prompts:
             raise ValueError("no prompts")
-        if seeds is not None:
-            if len(seeds) != len(prompts):
-                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-            generator = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        generator = _seeded(seeds, len(prompts), generator)
         prompt = self.encode(prompts)
         negative = None
         if negative_prompt is not None and true_cfg_scale > 1:
             negative = self.encode([negative_prompt])
+        return self._sample(prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step)
+
+    def _sample(self, prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step, source=None):
         return sample(
             self.components.transformer,
             prompt,
@@ -167,6 +176,7 @@ class TextToImage:
             generator=generator,
             scheduler_config=self.scheduler_config,
             on_step=on_step,
+            source_latents=source,
         )
 
     def prepare_sources(
@@ -223,10 +233,7 @@ class TextToImage:
             raise ValueError("no instructions")
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} source images for {len(prompts)} instructions")
-        if seeds is not None:
-            if len(seeds) != len(prompts):
-                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} instructions")
-            generator = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        generator = _seeded(seeds, len(prompts), generator)
         source_latents, vision = self.prepare_sources(
             images, height=height, width=width, source_area=source_area, vision_area=vision_area
         )
@@ -235,18 +242,8 @@ class TextToImage:
         negative = None
         if negative_prompt is not None and true_cfg_scale > 1:
             negative = self.edit_encoder.encode_edit([negative_prompt] * len(prompts), vision).to(self.device, dtype)
-        return sample(
-            self.components.transformer,
-            prompt,
-            height=height,
-            width=width,
-            num_steps=num_steps,
-            negative=negative,
-            true_cfg_scale=true_cfg_scale,
-            generator=generator,
-            scheduler_config=self.scheduler_config,
-            on_step=on_step,
-            source_latents=source_latents,
+        return self._sample(
+            prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step, source_latents
         )
 
     def edit(self, prompts: list[str], images: list, **kwargs) -> np.ndarray:

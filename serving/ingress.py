@@ -59,23 +59,26 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-@app.exception_handler(ApiError)
-async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error)
+def install_error_handlers(api: FastAPI, log: logging.Logger) -> None:
+    """Every error of ``api`` in the OpenAI shape: ``ApiError``s as raised, unknown routes (404) and methods (405),
+    and anything unexpected as 500 with the details in the replica's log only."""
+
+    @api.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if error.status_code == 404 else None
+        return error_response(ApiError(error.status_code, str(error.detail), code=code, headers=error.headers))
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return error_response(ApiError(500, "internal error; see the server's log", code="internal_error"))
 
 
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    """Unknown routes (404) and methods (405) in the OpenAI error shape too."""
-    code = "not_found" if error.status_code == 404 else None
-    return error_response(ApiError(error.status_code, str(error.detail), code=code, headers=error.headers))
-
-
-@app.exception_handler(Exception)
-async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-    """A bug or a failed generation: 500 in the OpenAI shape, the details in the replica's log only."""
-    logger.exception("request failed")
-    return error_response(ApiError(500, "internal error; see the server's log", code="internal_error"))
+install_error_handlers(app, logger)
 
 
 def _too_large(max_bytes: int) -> ApiError:

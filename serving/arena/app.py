@@ -37,12 +37,11 @@ import uuid
 import numpy as np
 import pydantic
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.config import ConfigError
 from serving.app import application as generation_application
@@ -53,7 +52,7 @@ from serving.arena.generator import ArenaModels
 from serving.arena.page import render_arena_page, render_leaderboard_page
 from serving.arena.ratings import CHOICES, Comparison, Standing, elo_history, leaderboard
 from serving.arena.store import AlreadyVoted, ArenaStore, Round, RoundExpired, RoundNotFound, votes_csv
-from serving.ingress import REPLICA_GONE, error_response, read_body
+from serving.ingress import REPLICA_GONE, install_error_handlers, read_body
 from serving.schema import MAX_SEED, ApiError, GenerationJob
 from serving.sizes import parse_size
 
@@ -69,21 +68,7 @@ SIDES = ("left", "right")
 app = FastAPI(title="Qwen-Image arena", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@app.exception_handler(ApiError)
-async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = "not_found" if error.status_code == 404 else None
-    return error_response(ApiError(error.status_code, str(error.detail), code=code, headers=error.headers))
-
-
-@app.exception_handler(Exception)
-async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-    logger.exception("arena request failed")
-    return error_response(ApiError(500, "internal error; see the server's log", code="internal_error"))
+install_error_handlers(app, logger)
 
 
 class RoundRequest(pydantic.BaseModel):
