@@ -70,12 +70,22 @@ class LossConfig(StrictModel):
     weighting: LossWeighting = "none"
 
 
+class EditSample(StrictModel):
+    """An edit for the sample grids: an input image file and an instruction."""
+
+    image: str
+    instruction: str
+
+
 class SampleConfig(StrictModel):
     """Sample grids from fixed prompts: rank 0 decodes them with the VAE (the condition encoder runs once, on
-    the driver, before training starts: consumers never load it)."""
+    the driver, before training starts: consumers never load it). ``edits`` add a grid of edits (input | result)."""
 
     every_steps: int = pydantic.Field(default=0, ge=0)  # 0: only at the end of each phase
     prompts: list[str] = ["a red apple on a wooden table", 'a shop sign that reads "OPEN"', "一只橘猫在雪地里"]
+    edits: list[EditSample] = []
+    # The area at which the vision tower sees an edit's input image: the producers' encode.edit_vision_area.
+    edit_vision_area: int = pydantic.Field(default=384 * 384, ge=28 * 28)
     num_steps: int = pydantic.Field(default=20, ge=1)
     true_cfg_scale: float = 4.0
     seed: int = 0

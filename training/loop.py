@@ -113,28 +113,84 @@ def _restore(folder: pathlib.Path, model, optimizer, state: TrainState | None, r
 
 
 def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, phase_name: str) -> None:
-    """Rank 0: images for the fixed prompts (their condition embeddings were computed on the driver)."""
-    from models.condition_encoder import pad_prompt_embeds
+    """Rank 0: images for the fixed prompts and edits (their condition embeddings were computed on the driver)."""
     from models.imageio import save_png, to_grid
-    from models.sampler import sample
-    from models.vae import LatentVAE, tensor_to_images
+    from models.vae import LatentVAE
 
     prompts = loop_config.get("sample_prompts")
-    if not prompts:
+    if not prompts or not (prompts["embeds"] or prompts.get("edits")):
         return
     transformer = unwrap(model)
     device = next(transformer.parameters()).device
     vae = LatentVAE(build_components(config.preset, weights_dir=config.weights_dir, parts=("vae",), device=device).vae)
+    resolution = loop_config["phase"]["resolution"]
+    size = min(resolution, 256) if device.type == "cpu" else resolution  # keep CPU grids quick
+    folder = pathlib.Path(config.output_dir) / config.run_name / "samples"
+    was_training = transformer.training
+    transformer.eval()
+    try:
+        if prompts["embeds"]:
+            images = _sample_prompts(transformer, vae, prompts, config, size, device)
+            grid = to_grid(images, columns=len(images), labels=prompts["texts"])
+            save_png(grid, folder / f"step{step:07d}-{phase_name}.png")
+        if prompts.get("edits"):
+            cells, labels = _sample_edits(transformer, vae, prompts["edits"], config, size, device)
+            grid = to_grid(np.stack(cells), columns=2, labels=labels)
+            save_png(grid, folder / f"step{step:07d}-{phase_name}-edits.png")
+    finally:
+        transformer.train(was_training)
+
+
+def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, size: int, device):
+    """Each edit's input image and result (one sampler call per edit: inputs differ in aspect ratio)."""
+    from PIL import Image
+
+    from models.generation import edit_source_size, resize_lanczos
+    from models.sampler import sample
+    from models.vae import images_to_tensor, tensor_to_images
+
+    cells, labels = [], []
+    for index, edit in enumerate(edits):
+        image = Image.fromarray(np.asarray(edit["image"], dtype=np.uint8))
+        source = np.array(resize_lanczos(image, *edit_source_size(size * size, *image.size)))
+        source_latents = vae.encode(images_to_tensor(source[None]).to(device)).float()
+        prompt = PromptEmbeds(
+            torch.from_numpy(np.asarray(edit["embeds"], dtype=np.float32))[None].to(device),
+            torch.ones(1, len(edit["embeds"]), dtype=torch.long, device=device),
+        )
+        negative = PromptEmbeds(
+            torch.from_numpy(np.asarray(edit["negative"], dtype=np.float32))[None].to(device),
+            torch.ones(1, len(edit["negative"]), dtype=torch.long, device=device),
+        )
+        latents = sample(
+            transformer,
+            prompt,
+            height=size,
+            width=size,
+            num_steps=config.samples.num_steps,
+            negative=negative,
+            true_cfg_scale=config.samples.true_cfg_scale,
+            generator=[torch.Generator().manual_seed(config.samples.seed + index)],
+            source_latents=source_latents,
+        )
+        result = tensor_to_images(vae.decode(latents))[0]
+        cells += [np.asarray(resize_lanczos(image, size, size)), result]
+        labels += ["input", edit["instruction"]]
+    return cells, labels
+
+
+def _sample_prompts(transformer, vae, prompts: dict, config: PretrainConfig, size: int, device) -> np.ndarray:
+    """The fixed prompts' images, uint8 ``[N, size, size, 3]``."""
+    from models.condition_encoder import pad_prompt_embeds
+    from models.sampler import sample
+    from models.vae import tensor_to_images
+
     embeds = [torch.from_numpy(np.asarray(e, dtype=np.float32)) for e in prompts["embeds"]]
     prompt = pad_prompt_embeds(embeds).to(device)
     negative = PromptEmbeds(
         torch.from_numpy(np.asarray(prompts["negative"], dtype=np.float32))[None].to(device),
         torch.ones(1, len(prompts["negative"]), dtype=torch.long, device=device),
     )
-    resolution = loop_config["phase"]["resolution"]
-    size = min(resolution, 256) if device.type == "cpu" else resolution  # keep CPU grids quick
-    was_training = transformer.training
-    transformer.eval()
     generator = [torch.Generator().manual_seed(config.samples.seed + i) for i in range(len(embeds))]
     latents = sample(
         transformer,
@@ -146,10 +202,7 @@ def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, ph
         true_cfg_scale=config.samples.true_cfg_scale,
         generator=generator,
     )
-    transformer.train(was_training)
-    images = tensor_to_images(vae.decode(latents))
-    folder = pathlib.Path(config.output_dir) / config.run_name / "samples"
-    save_png(to_grid(images, columns=len(images), labels=prompts["texts"]), folder / f"step{step:07d}-{phase_name}.png")
+    return tensor_to_images(vae.decode(latents))
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

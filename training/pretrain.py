@@ -24,16 +24,40 @@ logger = logging.getLogger(__name__)
 
 
 @ray.remote
-def encode_sample_prompts(preset: str, weights_dir: str | None, prompts: list[str]) -> dict:
-    """Condition embeddings of the sample-grid prompts, computed once, away from the train workers."""
+def encode_sample_prompts(preset: str, weights_dir: str | None, samples: list[str] | dict) -> dict:
+    """Condition embeddings of prompts (a list), or of a ``SampleConfig``'s prompts and edits (its dump: each edit's
+    instruction with the input image through the vision tower), computed once, away from the train workers."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
     from models.condition_encoder import ConditionEncoder
+    from models.generation import edit_source_size, resize_lanczos
     from models.presets import build_components
 
     components = build_components(preset, weights_dir=weights_dir, parts=("text_encoder", "tokenizer"))
     encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
-    embeds = [e.float().numpy() for e in encoder.encode(prompts).unpadded()]
+    if not isinstance(samples, dict):
+        samples = {"prompts": list(samples), "edits": []}
+    prompts = samples["prompts"]
+    embeds = [e.float().numpy() for e in encoder.encode(prompts).unpadded()] if prompts else []
     negative = encoder.encode([" "]).unpadded()[0].float().numpy()
-    return {"texts": prompts, "embeds": embeds, "negative": negative}
+    out = {"texts": prompts, "embeds": embeds, "negative": negative, "edits": []}
+    edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
+    for edit in samples["edits"]:
+        try:
+            image = ImageOps.exif_transpose(Image.open(edit["image"])).convert("RGB")
+        except OSError as error:
+            raise ValueError(f"samples.edits: cannot read image {edit['image']!r}: {error}") from None
+        vision = resize_lanczos(image, *edit_source_size(samples["edit_vision_area"], *image.size))
+        out["edits"].append(
+            {
+                "instruction": edit["instruction"],
+                "image": np.asarray(image),
+                "embeds": edit_encoder.encode_edit([edit["instruction"]], [vision]).unpadded()[0].float().numpy(),
+                "negative": edit_encoder.encode_edit([" "], [vision]).unpadded()[0].float().numpy(),
+            }
+        )
+    return out
 
 
 def _run_folder(config: PretrainConfig) -> pathlib.Path:
@@ -94,7 +118,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
     gpus = 1 if config.use_gpu else 0
     prompts = ray.get(
         encode_sample_prompts.options(num_gpus=gpus, resources=config.worker_resources).remote(
-            config.preset, config.weights_dir, config.samples.prompts
+            config.preset, config.weights_dir, config.samples.model_dump(mode="json")
         )
     )
     curated = _curate_in_job(config) if config.feed == "stream" else None

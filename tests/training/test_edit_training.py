@@ -3,6 +3,8 @@ tiny model trained on two (source, instruction, target) triplets maps each sourc
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
@@ -97,6 +99,9 @@ def test_edit_memorizes(ray_session, edit_store, tmp_path):
     from training.pretrain import run_pretraining
 
     steps = 1500
+    from PIL import Image
+
+    Image.fromarray(TRIPLETS[0][0]).save(tmp_path / "input.png")
     config = PretrainConfig.model_validate(
         {
             "store_dir": edit_store,
@@ -108,7 +113,12 @@ def test_edit_memorizes(ray_session, edit_store, tmp_path):
             "log_every": 100,
             "checkpoint_every": steps,
             "shuffle_buffer": 0,
-            "samples": {"num_steps": 2, "prompts": ["a red apple"]},
+            "samples": {
+                "num_steps": 2,
+                "prompts": [],
+                "edits": [{"image": str(tmp_path / "input.png"), "instruction": TRIPLETS[0][1]}],
+                "edit_vision_area": VISION_AREA,
+            },
             "phases": [
                 {
                     "name": "edit",
@@ -122,6 +132,8 @@ def test_edit_memorizes(ray_session, edit_store, tmp_path):
     )
     summary = run_pretraining(config)
     assert int(read_metrics(summary["metrics"])[-1]["step"]) == steps
+    (grid,) = pathlib.Path(summary["samples"]).glob("*-edits.png")  # input | result, for a person to look at
+    assert not list(pathlib.Path(summary["samples"]).glob("*-edit.png"))  # no prompts: no text-to-image grid
 
     stored = read_table(edit_store, RESOLUTION, extra_columns=[C.TASK])
     targets = {}
