@@ -55,6 +55,9 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
             values = np.asarray(batch[name])[ok]
             if name.startswith(("height_", "width_")):
                 columns[name] = pa.array(values, field.type, mask=values < 0)
+            elif field.type == pa.binary():
+                # A column of nulls only (no edit row in the batch) reaches this stage as float NaN from Ray Data.
+                columns[name] = pa.array([v if isinstance(v, bytes | bytearray) else None for v in values], field.type)
             else:
                 columns[name] = pa.array(list(values), field.type)
         elif name in (C.RENDERED_TEXT, C.LANGUAGE, C.CATEGORY, C.SOURCE):

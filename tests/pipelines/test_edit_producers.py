@@ -113,6 +113,7 @@ def test_edit_curation_scores_both_images_and_encodes_source_latents(ray_session
             f"encode.store_dir={tmp_path / 'store'}",
             f"sources={json.dumps([sources['webdataset'].model_dump()])}",
             "synthetic_edits=5",
+            "annotation.enabled=false",  # the captioner is not what this test is about (and costs most)
         ],
     )
     result = run_curation(config)
