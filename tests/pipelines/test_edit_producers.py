@@ -50,7 +50,9 @@ def _write_sources(folder, triplets) -> dict[str, SourceConfig]:
     for index, (source, instruction, target) in enumerate(triplets):
         (folder / f"src{index}.png").write_bytes(source)
         (folder / f"tgt{index}.png").write_bytes(target)
-        lines.append(json.dumps({"source_image": f"src{index}.png", "image": f"tgt{index}.png", "instruction": instruction}))
+        lines.append(
+            json.dumps({"source_image": f"src{index}.png", "image": f"tgt{index}.png", "instruction": instruction})
+        )
     (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return {
         "parquet": SourceConfig(name="pq", kind="parquet", task="edit", paths=[str(folder / "triplets.parquet")]),
