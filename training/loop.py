@@ -146,7 +146,6 @@ def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, s
     from PIL import Image
 
     from models.generation import edit_source_size, resize_lanczos
-    from models.sampler import sample
     from models.vae import images_to_tensor, tensor_to_images
 
     cells, labels = [], []
@@ -154,23 +153,13 @@ def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, s
         image = Image.fromarray(np.asarray(edit["image"], dtype=np.uint8))
         source = np.array(resize_lanczos(image, *edit_source_size(size * size, *image.size)))
         source_latents = vae.encode(images_to_tensor(source[None]).to(device)).float()
-        prompt = PromptEmbeds(
-            torch.from_numpy(np.asarray(edit["embeds"], dtype=np.float32))[None].to(device),
-            torch.ones(1, len(edit["embeds"]), dtype=torch.long, device=device),
-        )
-        negative = PromptEmbeds(
-            torch.from_numpy(np.asarray(edit["negative"], dtype=np.float32))[None].to(device),
-            torch.ones(1, len(edit["negative"]), dtype=torch.long, device=device),
-        )
-        latents = sample(
+        latents = _grid_latents(
             transformer,
-            prompt,
-            height=size,
-            width=size,
-            num_steps=config.samples.num_steps,
-            negative=negative,
-            true_cfg_scale=config.samples.true_cfg_scale,
-            generator=[torch.Generator().manual_seed(config.samples.seed + index)],
+            _single_prompt(edit["embeds"], device),
+            _single_prompt(edit["negative"], device),
+            config,
+            size,
+            first_seed=config.samples.seed + index,
             source_latents=source_latents,
         )
         result = tensor_to_images(vae.decode(latents))[0]
@@ -182,17 +171,26 @@ def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, s
 def _sample_prompts(transformer, vae, prompts: dict, config: PretrainConfig, size: int, device) -> np.ndarray:
     """The fixed prompts' images, uint8 ``[N, size, size, 3]``."""
     from models.condition_encoder import pad_prompt_embeds
-    from models.sampler import sample
     from models.vae import tensor_to_images
 
-    embeds = [torch.from_numpy(np.asarray(e, dtype=np.float32)) for e in prompts["embeds"]]
-    prompt = pad_prompt_embeds(embeds).to(device)
-    negative = PromptEmbeds(
-        torch.from_numpy(np.asarray(prompts["negative"], dtype=np.float32))[None].to(device),
-        torch.ones(1, len(prompts["negative"]), dtype=torch.long, device=device),
-    )
-    generator = [torch.Generator().manual_seed(config.samples.seed + i) for i in range(len(embeds))]
-    latents = sample(
+    prompt = pad_prompt_embeds([torch.from_numpy(np.asarray(e, dtype=np.float32)) for e in prompts["embeds"]])
+    negative = _single_prompt(prompts["negative"], device)
+    latents = _grid_latents(transformer, prompt.to(device), negative, config, size, first_seed=config.samples.seed)
+    return tensor_to_images(vae.decode(latents))
+
+
+def _single_prompt(embeds, device) -> PromptEmbeds:
+    """One prompt's unpadded ``[L, D]`` embeddings (as the driver sent them) as a batch of one."""
+    tensor = torch.from_numpy(np.asarray(embeds, dtype=np.float32))[None].to(device)
+    return PromptEmbeds(tensor, torch.ones(1, tensor.shape[1], dtype=torch.long, device=device))
+
+
+def _grid_latents(transformer, prompt, negative, config: PretrainConfig, size: int, *, first_seed: int, **kwargs):
+    """The sample-grid sampler call: the config's steps and CFG, seed ``first_seed + i`` for row ``i``."""
+    from models.sampler import sample
+
+    count = prompt.embeds.shape[0]
+    return sample(
         transformer,
         prompt,
         height=size,
@@ -200,9 +198,9 @@ def _sample_prompts(transformer, vae, prompts: dict, config: PretrainConfig, siz
         num_steps=config.samples.num_steps,
         negative=negative,
         true_cfg_scale=config.samples.true_cfg_scale,
-        generator=generator,
+        generator=[torch.Generator().manual_seed(first_seed + i) for i in range(count)],
+        **kwargs,
     )
-    return tensor_to_images(vae.decode(latents))
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

@@ -142,31 +142,26 @@ def test_edit_memorizes(ray_session, edit_store, tmp_path):
         targets[row[C.CAPTION]] = torch.from_numpy(latents.astype(np.float32))
     editor = TextToImage.from_checkpoint(summary["checkpoint"])
     instructions = [instruction for _, instruction, _ in TRIPLETS]
-    edited = editor.edit_latents(
-        instructions,
-        [source for source, _, _ in TRIPLETS],
-        height=RESOLUTION,
-        width=RESOLUTION,
-        num_steps=20,
-        true_cfg_scale=1.0,
-        seeds=[0, 0],
-        vision_area=VISION_AREA,
-    )
+
+    def edit(sources: list[np.ndarray]) -> torch.Tensor:
+        return editor.edit_latents(
+            instructions,
+            sources,
+            height=RESOLUTION,
+            width=RESOLUTION,
+            num_steps=20,
+            true_cfg_scale=1.0,
+            seeds=[0, 0],
+            vision_area=VISION_AREA,
+        )
+
+    edited = edit([source for source, _, _ in TRIPLETS])
     target = torch.stack([targets[instruction] for instruction in instructions])
     distances = torch.cdist(edited.flatten(1), target.flatten(1))  # [edited i, target j]
     # Each edit lands nearer its own target than the other one's: the model uses the source and the instruction.
     assert distances[0, 0] < distances[0, 1] and distances[1, 1] < distances[1, 0], distances
     # Swapping the sources between the instructions changes the outputs: the source image conditions the edit.
-    swapped = editor.edit_latents(
-        instructions,
-        [source for source, _, _ in reversed(TRIPLETS)],
-        height=RESOLUTION,
-        width=RESOLUTION,
-        num_steps=20,
-        true_cfg_scale=1.0,
-        seeds=[0, 0],
-        vision_area=VISION_AREA,
-    )
+    swapped = edit([source for source, _, _ in reversed(TRIPLETS)])
     assert (swapped - edited).abs().max() > 1e-2
 
 
