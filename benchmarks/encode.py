@@ -12,7 +12,7 @@ Single-threaded (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``): a per-
 runs.
 
 Takes about 2 minutes here (the tiny VAE costs about 0.3 s per 256 px image on one core). The last line printed is
-one JSON object: ``batched_sps``, ``single_sps``, ``ratio`` (target at least 3, issue 5), ``threads``, the same split
+one JSON object: ``batched_sps``, ``single_sps``, ``ratio`` (target at least 3), ``threads``, the same split
 by stage (``vae_*``, ``text_*``), and ``text_ratio_without_lm_head`` (see ``text_ratio_without_lm_head``).
 """
 

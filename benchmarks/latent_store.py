@@ -1,4 +1,4 @@
-"""Latent store read throughput against per-sample cache files and the bytes-on-disk limit (issue 5, "Benchmark").
+"""Latent store read throughput against per-sample cache files and the bytes-on-disk limit.
 
     python benchmarks/latent_store.py [--num-samples 2000] [--quick] [--repeats 5] [--no-ray]
 
@@ -21,7 +21,7 @@ back to the host and touching it again is slow and erratic. ``store_ray_sps`` re
 one cold run, Ray start-up not timed).
 
 The full run takes about 3.5 minutes on 2 cores; ``--quick`` (300 samples, one repeat) about 30 s. The last line
-printed is one JSON object. Targets (issue 5): ``store_sps >= 0.7 * raw_read_sps`` and ``>= safetensors_files_sps``;
+printed is one JSON object. Targets: ``store_sps >= 0.7 * raw_read_sps`` and ``>= safetensors_files_sps``;
 ``store_bytes_per_sample <= 1.1 * raw_tensor_bytes_per_sample``; ``projection_read_ratio <= 1.2``.
 """
 

@@ -10,7 +10,7 @@ per side, quality 90) into a temporary folder, then measures in one run, single-
   warmed up before timing).
 
 Run: ``python benchmarks/producer_cpu.py`` (about 30 s here) or ``--quick`` (about 12 s). The last line
-printed is one JSON object. Targets (issue 3): ``ratio_to_decode >= 0.6``, ``scaling_2_vs_1 >= 1.7``.
+printed is one JSON object. Targets: ``ratio_to_decode >= 0.6``, ``scaling_2_vs_1 >= 1.7``.
 """
 
 from __future__ import annotations

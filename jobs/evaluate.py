@@ -1,4 +1,4 @@
-"""Evaluation job: VAE reconstruction, character and text accuracy, CLIP score for one or more models (SPEC section 9).
+"""Evaluation job: VAE reconstruction, character and text accuracy, CLIP score for each model (docs/qwen_image.md §9).
 
     python jobs/evaluate.py --config configs/evaluate_tiny.yaml
     python jobs/evaluate.py --config configs/evaluate_tiny.yaml --limit 2                      # smoke run

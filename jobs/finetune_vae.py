@@ -1,4 +1,4 @@
-"""VAE decoder fine-tuning job on text-rich images (SPEC section 6), on Ray Train; the encoder stays frozen.
+"""VAE decoder fine-tuning job on text-rich images (docs/qwen_image.md §6), on Ray Train; the encoder stays frozen.
 
     python jobs/finetune_vae.py --config configs/finetune_vae_tiny.yaml
     python jobs/finetune_vae.py --config configs/finetune_vae_tiny.yaml --max-steps 6            # smoke run

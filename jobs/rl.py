@@ -1,4 +1,4 @@
-"""Fine-tuning job: SFT, DPO or GRPO from a checkpoint (SPEC sections 5 and 8), on Ray.
+"""Fine-tuning job: SFT, DPO or GRPO from a checkpoint (docs/qwen_image.md §5, §8), on Ray.
 
     python jobs/rl.py --algo sft --config configs/rl_sft_tiny.yaml checkpoint=<pretrain>/checkpoint_*/model
     python jobs/rl.py --algo dpo --config configs/rl_dpo_tiny.yaml checkpoint=... beta=500

@@ -1,9 +1,9 @@
 """The condition encoder: prompt templates, Qwen2.5-VL last hidden states, and the drop of the system prompt.
 
-SPEC section 6. The prompt is wrapped in a chat template whose system part describes the task; the tokenizer gets
+docs/qwen_image.md §6. The prompt is wrapped in a chat template whose system part describes the task; the tokenizer gets
 ``max_length = 1024 + drop``; the last hidden state is split by the attention mask, the first ``drop`` tokens (the
-system prompt and ``<|im_start|>user\\n``) are removed, and sequences are zero-padded to the longest with a mask of 1
-on valid tokens. With the real Qwen2 vocabulary the T2I prefix is 34 tokens and the edit prefix (before
+system prompt and ``<|im_start|>user\\n``) are removed, and sequences are zero-padded to the longest with a mask of 1 on
+valid tokens. With the real Qwen2 vocabulary the T2I prefix is 34 tokens and the edit prefix (before
 ``<|vision_start|>``) 64, which is what the drop counts remove.
 """
 

@@ -1,4 +1,4 @@
-"""The flow-matching training loss (SPEC section 7, diffusers convention).
+"""The flow-matching training loss (docs/qwen_image.md §7, diffusers convention).
 
 ``x_sigma = (1 - sigma) x0 + sigma noise``; the model sees ``timestep = sigma`` and is trained to predict the
 velocity ``noise - x0`` with a (weighted) mean squared error. The per-sample errors are returned too: DPO compares

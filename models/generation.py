@@ -6,12 +6,12 @@ The one generator behind the demo, the trainer's sample grids, the server and th
     images = generator(["a red fox"], height=256, width=256, num_steps=20, seeds=[0])  # uint8 [1, 256, 256, 3]
     edited = generator.edit(["make the sky purple"], [photo], height=256, width=256, seeds=[0])
 
-Editing (TI2I, SPEC section 6): the source image is resized (Lanczos, keeping its aspect ratio) to ``source_area``
-pixels in sides of multiples of 32, VAE-encoded and appended to the generated tokens at frame 1; the condition
-encoder sees it through Qwen2.5-VL's vision tower with the edit template (drop 64), at ``vision_area`` pixels
-(default: the same resized image). ``QwenImageEditPipeline`` fixes both at 1024 x 1024 pixels of area; a model
-trained on the platform's latent store sees the store's settings (``EncodeConfig.edit_vision_area``; the source at
-the target's bucket size), which is what ``source_area=None`` (the target's area) reproduces.
+Editing (TI2I, docs/qwen_image.md §6): the source image is resized (Lanczos, keeping its aspect ratio) to
+``source_area`` pixels in sides of multiples of 32, VAE-encoded and appended to the generated tokens at frame 1; the
+condition encoder sees it through Qwen2.5-VL's vision tower with the edit template (drop 64), at ``vision_area`` pixels
+(default: the same resized image). ``QwenImageEditPipeline`` fixes both at 1024 x 1024 pixels of area; a model trained
+on the platform's latent store sees the store's settings (``EncodeConfig.edit_vision_area``; the source at the target's
+bucket size), which is what ``source_area=None`` (the target's area) reproduces.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from models.presets import ALL_PARTS, Components, build_components
 from models.sampler import StepCallback, sample
 from models.vae import LatentVAE, tensor_to_images
 
-# Inference defaults of the report (SPEC section 5).
+# Inference defaults of the report (docs/qwen_image.md §5).
 DEFAULT_STEPS = 50
 DEFAULT_TRUE_CFG = 4.0
 DEFAULT_NEGATIVE_PROMPT = " "
-# Aspect ratio -> (width, height) at the published 1328 resolution (SPEC section 5).
+# Aspect ratio -> (width, height) at the published 1328 resolution (docs/qwen_image.md §5).
 INFERENCE_SIZES: dict[str, tuple[int, int]] = {
     "1:1": (1328, 1328),
     "16:9": (1664, 928),

@@ -1,4 +1,4 @@
-"""Image reconstruction metrics with the conventions of SPEC section 9, fixed here once for every caller.
+"""Image reconstruction metrics with the conventions of docs/qwen_image.md §9, fixed here once for every caller.
 
 - Inputs are RGB ``[B, 3, H, W]`` tensors in [0, 1] (data range 1). Evaluation passes both images as uint8 files
   would store them (the reconstruction rounded to uint8, then both divided by 255), so a score does not depend on

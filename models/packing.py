@@ -1,11 +1,11 @@
-"""Packing latents into 2x2 patch tokens for the MMDiT, and back (SPEC section 6).
+"""Packing latents into 2x2 patch tokens for the MMDiT, and back (docs/qwen_image.md §6).
 
 ``latents: [B, 16, H/8, W/8]`` <-> ``tokens: [B, (H/16)(W/16), 64]``; channel-major inside a patch, exactly as
 ``QwenImagePipeline._pack_latents``. ``img_shapes`` tells the rotary embedding the (frame, rows, cols) token grid.
 
 Editing (TI2I): the source image's packed latents follow the generated image's tokens in one sequence; the rotary
-embedding gives each image of ``img_shapes`` its index as frame offset, so the source sits at frame 1 (SPEC
-section 6), and the model's output is sliced back to the generated tokens.
+embedding gives each image of ``img_shapes`` its index as frame offset, so the source sits at frame 1
+(docs/qwen_image.md §6), and the model's output is sliced back to the generated tokens.
 """
 
 from __future__ import annotations

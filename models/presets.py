@@ -26,7 +26,7 @@ from models.tokenizer import QWEN_VOCAB_SIZE, build_qwen2_tokenizer
 ALL_PARTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 PRESETS: tuple[str, ...] = ("tiny", "qwen-image")
 
-# scheduler/scheduler_config.json of the released Qwen-Image (SPEC section 7).
+# scheduler/scheduler_config.json of the released Qwen-Image (docs/qwen_image.md §7).
 QWEN_IMAGE_SCHEDULER_CONFIG: dict = {
     "base_image_seq_len": 256,
     "base_shift": 0.5,
@@ -44,7 +44,7 @@ QWEN_IMAGE_SCHEDULER_CONFIG: dict = {
     "use_karras_sigmas": False,
 }
 
-# The published MMDiT (SPEC section 6); kept for reference and for building an empty model on a meta device.
+# The published MMDiT (docs/qwen_image.md §6); kept for reference and for building an empty model on a meta device.
 QWEN_IMAGE_TRANSFORMER_CONFIG: dict = {
     "patch_size": 2,
     "in_channels": 64,

@@ -3,7 +3,7 @@
 A local Ray oversubscribes logical CPUs (8 per core, at least 16): a producer job keeps one actor alive per stage
 (decode, CLIP, captioner, OCR, faces, synthesis, encoders: about ten pools), each holding a logical CPU, and a pool
 whose first actor cannot be placed stalls the whole stream; a train worker holding every CPU would likewise starve
-Ray Data (MEASURED.md). The actors mostly wait on each other, so the oversubscription costs little.
+Ray Data (docs/costs.md §3). The actors mostly wait on each other, so the oversubscription costs little.
 """
 
 from __future__ import annotations

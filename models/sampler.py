@@ -3,8 +3,8 @@
 ``sample`` is the one sampler every role uses (demo, sample grids, serving, evaluation); for the same modules,
 seed and settings it gives the latents ``diffusers.QwenImagePipeline`` gives (tests/models/test_pipeline_parity.py).
 
-True CFG (SPEC section 6): ``comb = neg + s (cond - neg)``, rescaled per token to the norm of ``cond`` over the last
-dimension. The SDE step (Flow-GRPO, SPEC section 8) turns the ODE into a stochastic policy with a per-step
+True CFG (docs/qwen_image.md §6): ``comb = neg + s (cond - neg)``, rescaled per token to the norm of ``cond`` over the
+last dimension. The SDE step (Flow-GRPO, docs/qwen_image.md §8) turns the ODE into a stochastic policy with a per-step
 log-probability, for GRPO.
 """
 

@@ -1,4 +1,4 @@
-"""Noise levels: the inference schedule with dynamic shift, and the training sigma distributions (SPEC section 7).
+"""Noise levels: the inference schedule with dynamic shift and training sigma distributions (docs/qwen_image.md §7).
 
 Convention (diffusers): sigma = 1 is pure noise; ``x_sigma = (1 - sigma) x0 + sigma noise``; the model receives
 ``timestep = sigma`` and predicts the velocity ``noise - x0``.

@@ -1,4 +1,4 @@
-"""The VAE with latent normalisation: images in, normalised latents out, and back (SPEC section 6).
+"""The VAE with latent normalisation: images in, normalised latents out, and back (docs/qwen_image.md §6).
 
 ``z_n = (z - latents_mean) / latents_std`` per channel, with the 16 values of the VAE's config. The Wan-2.1 VAE is a
 video model; images are one frame, so a frame axis is added on the way in and removed on the way out.

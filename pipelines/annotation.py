@@ -1,4 +1,4 @@
-"""Structured annotation: one Qwen2.5-VL pass per image returns a caption plus typed fields (SPEC section 2).
+"""Structured annotation: one Qwen2.5-VL pass per image returns a caption plus typed fields (docs/qwen_image.md §2).
 
 The captioner is asked for one JSON object with ``caption`` (natural prose, visible text transcribed verbatim in
 quotes), ``image_type``, ``image_style``, ``watermark_list`` and ``abnormal_element`` (yes / no). Its answer is

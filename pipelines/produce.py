@@ -25,7 +25,8 @@ from pipelines.store.writer import LatentStoreSink
 
 logger = logging.getLogger(__name__)
 
-# Curation columns the store keeps besides the encoded tensors (DESIGN: text, annotation fields, scores, stage).
+# Curation columns the store keeps besides the encoded tensors: text, annotation fields, scores, stage
+# (docs/design.md §4).
 ANNOTATION_COLUMNS = ("ann_image_type", "ann_image_style")
 
 

@@ -5,7 +5,7 @@ Batches between stages are ``dict[str, np.ndarray]`` (Ray Data's numpy batch for
 
 from __future__ import annotations
 
-# Identity (DESIGN: the latent store contract).
+# Identity (docs/design.md §4 Latent store contract).
 SAMPLE_ID = "sample_id"  # stable hash of the image bytes and the caption bytes
 SOURCE = "source"  # the configured name of the source the sample came from
 KEY = "key"  # the source's own key (WebDataset __key__, file stem, Parquet key column); may be empty

@@ -16,7 +16,7 @@ from pipelines.curation import CurationConfig
 
 
 class PhaseConfig(StrictModel):
-    """One phase of the curriculum (SPEC section 5): which rows of the store, at which resolution, for how long."""
+    """A curriculum phase (docs/qwen_image.md §5): which rows of the store, at which resolution, for how long."""
 
     name: str
     num_steps: int = pydantic.Field(ge=1)
@@ -155,7 +155,7 @@ class PretrainConfig(StrictModel):
 
 
 def default_phases(scale: float = 1.0) -> list[PhaseConfig]:
-    """The recipe of SPEC section 5 in four phases: 256 on mass data without text; 256 with text and synthetic
+    """The recipe of docs/qwen_image.md §5 in four phases: 256 on mass data without text; 256 with text and synthetic
     data; 640 on curated, balanced data; 1328 jointly with 640 on the top of each category. ``scale`` multiplies
     the step counts (1.0: a small run of 4,000 steps; real runs scale it by thousands)."""
 

@@ -15,7 +15,7 @@ def apply_fsdp(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2: shard each transformer block, then the root (parameters all-gathered per block in forward)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    # bf16 all-gather with fp32 gradient reduce-scatter, as the report describes (SPEC section 4).
+    # bf16 all-gather with fp32 gradient reduce-scatter, as the report describes (docs/qwen_image.md §4).
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in model.transformer_blocks:
         fully_shard(block, mp_policy=policy)

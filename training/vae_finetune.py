@@ -1,4 +1,4 @@
-"""Fine-tuning the VAE's image decoder on text-rich images (SPEC section 6), on Ray Train.
+"""Fine-tuning the VAE's image decoder on text-rich images (docs/qwen_image.md §6), on Ray Train.
 
 Qwen-Image keeps the Wan-2.1 encoder frozen and fine-tunes only the image decoder on text-rich images with a
 reconstruction and a perceptual loss, no adversarial term. Freezing the encoder keeps the latent space (and its
@@ -246,7 +246,7 @@ def reconstruct(vae: AutoencoderKLQwenImage, images: np.ndarray, batch_size: int
 
 
 def reconstruction_scores(originals: np.ndarray, reconstructions: np.ndarray) -> dict[str, float]:
-    """Mean PSNR and SSIM (SPEC section 9 conventions, ``models.image_metrics``) of uint8 image pairs."""
+    """Mean PSNR and SSIM (docs/qwen_image.md §9 conventions, ``models.image_metrics``) of uint8 image pairs."""
     first, second = uint8_to_unit(originals), uint8_to_unit(reconstructions)
     return {"psnr": float(psnr(first, second).mean()), "ssim": float(ssim(first, second).mean())}
 

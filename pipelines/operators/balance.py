@@ -2,8 +2,8 @@
 
 Per batch (``balance_columns``, a plain function for ``map_batches``):
 
-- ``resolution_class``: the largest training scale the original image reaches on its short side, ``"1328"``,
-  ``"640"`` or ``"256"`` (SPEC S7 trains 640p and 1328p jointly; S1 starts at 256p), else ``"below_256"``;
+- ``resolution_class``: the largest training scale the original image reaches on its short side, ``"1328"``, ``"640"``
+  or ``"256"`` (docs/qwen_image.md §1: S7 trains 640p and 1328p jointly; S1 starts at 256p), else ``"below_256"``;
 - ``quality_score`` in [0, 1]: a weighted mean of the quality terms the batch has (a missing or NaN term is left
   out; NaN when none is there). Each term maps a stored score onto [0, 1] between the point where an earlier
   check would drop it and the point where it is clearly good (``QUALITY_TERMS``):

@@ -2,7 +2,7 @@
 
 ``AnalysisImage`` wraps one decode result and computes derived arrays (grey, histogram,
 Laplacian, detector-sized copies) once, so that operators sharing them pay for them once: this
-is what keeps all operators together under the cost of a full decode (``MEASURED.md``).
+is what keeps all operators together under the cost of a full decode (docs/costs.md §1).
 
 ``Check`` is declarative: a score column, the stage, and bounds read from the thresholds. The
 same object gives the drop reason of one stored score (``reason``) and a vectorised pass mask

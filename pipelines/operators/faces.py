@@ -74,7 +74,7 @@ class S6Thresholds(pydantic.BaseModel):
 
 
 class CategoryConfig(StrictModel):
-    """When a sample is a portrait or text rendering (SPEC S6); text wins over a face."""
+    """When a sample is a portrait or text rendering (docs/qwen_image.md §1, S6); text wins over a face."""
 
     portrait_min_face_area: float = pydantic.Field(default=0.05, ge=0, le=1)  # a head-and-shoulders shot is 0.1-0.3
     text_min_area: float = pydantic.Field(default=0.05, ge=0, le=1)  # a poster headline covers 0.1-0.2

@@ -1,7 +1,7 @@
 """Clarity: variance of the Laplacian, checked in S2 and again, stricter, in S5 (640p).
 
 The Laplacian is taken in ``CV_16S`` and reduced with ``cv2.meanStdDev``: 0.26 ms on a 512x512
-image against 1.7 ms in float64 (``MEASURED.md``). The score depends on the scale it is measured
+image against 1.7 ms in float64 (docs/costs.md §1). The score depends on the scale it is measured
 at; it is always measured on the analysis copy (384 px short side by default).
 """
 

@@ -1,6 +1,6 @@
 """Configurable thresholds of the producer checks, one model per stage.
 
-The Qwen-Image report publishes no thresholds (SPEC section 1), so every default here is our
+The Qwen-Image report publishes no thresholds (docs/qwen_image.md §1), so every default here is our
 choice, documented next to the field with the scale it applies to. Blur, texture and blockiness
 are measured on the analysis copy (``DecodeConfig.analysis_short_side``, 384 px short side by
 default): change that size and re-check those three. Reference points at 384 px, from three real
@@ -26,7 +26,7 @@ class S1Thresholds(BaseModel):
 
     # Files under 2 kB are placeholders, icons and tracking pixels in web crawls.
     min_file_size_bytes: int = Field(default=2048, ge=0)
-    # SPEC: resolution filter at 256 px short side (original size).
+    # docs/qwen_image.md §1 (S1): resolution filter at 256 px short side (original size).
     min_short_side: int = Field(default=256, ge=1)
     # Near-duplicate pHash distance (out of 64 bits) used by the global pass; 0 = exact hash only.
     # Unrelated images sit around 32; re-encodes and resizes of one picture within a few bits.
@@ -83,7 +83,7 @@ class S5Thresholds(BaseModel):
     # Block-boundary step over the next strongest step phase; quality 90 scores 1.0-1.2, quality 10
     # 1.7-2.6. Large images (decoded at 1/2 or 1/4) show blocking attenuated: a lower bound.
     max_blockiness: float = Field(default=1.4, ge=1)
-    # SPEC: 640p stage; original short side.
+    # docs/qwen_image.md §1 (S5): 640p stage; original short side.
     min_short_side: int = Field(default=640, ge=1)
     allow_qr_code: bool = False
     allow_barcode: bool = False

@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets and the image size of each bucket at each training resolution (SPEC sections 1 and 5).
+"""Aspect-ratio buckets and the image size of each bucket at each training resolution (docs/qwen_image.md §1, §5).
 
 A source goes to the bucket whose ratio is nearest to its own (in log space). At resolution R a bucket's size has
 about R x R pixels with sides that are multiples of 16; at 1328 the seven published inference sizes are used, so
@@ -12,7 +12,7 @@ import math
 
 from models.generation import INFERENCE_SIZES
 
-# SPEC section 1: the nine aspect ratios (width:height).
+# docs/qwen_image.md §1: the nine aspect ratios (width:height).
 BUCKET_RATIOS: dict[str, tuple[int, int]] = {
     "1x1": (1, 1),
     "2x3": (2, 3),
@@ -25,7 +25,7 @@ BUCKET_RATIOS: dict[str, tuple[int, int]] = {
     "3x1": (3, 1),
 }
 RESOLUTIONS: tuple[int, ...] = (256, 640, 1328)
-# SPEC section 5: the published inference sizes at 1328, (width, height), named like the buckets ("16x9").
+# docs/qwen_image.md §5: the published inference sizes at 1328, (width, height), named like the buckets ("16x9").
 PUBLISHED_1328: dict[str, tuple[int, int]] = {ratio.replace(":", "x"): size for ratio, size in INFERENCE_SIZES.items()}
 SIDE_MULTIPLE = 16
 

@@ -1,8 +1,8 @@
-"""The latent store's columns: one row per sample, one column per resolution (DESIGN.md).
+"""The latent store's columns: one row per sample, one column per resolution (docs/design.md §4).
 
 Tensors are stored as raw little-endian float16 bytes in ``binary`` columns with their shapes in integer columns:
 copying a binary column into a batch buffer runs at about 5 GB/s here against 2 GB/s for ``fixed_size_list``
-(MEASURED.md), and the bytes on disk equal the tensor bytes (no compression: zstd saves 7% at 4x the read CPU).
+(docs/costs.md §2), and the bytes on disk equal the tensor bytes (no compression: zstd saves 7% at 4x the read CPU).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Text-rendering synthesis (SPEC section 3): pure, compositional and complex images with known text.
+"""Text-rendering synthesis (docs/qwen_image.md §3): pure, compositional and complex images with known text.
 
 - ``config``: ``SynthConfig`` (modes, curriculum, fonts, output) and the Chinese character tiers;
 - ``fonts``: faces from fontconfig and configured files, with character-map checks (no tofu);

@@ -1,7 +1,7 @@
 """Colours with names and the caption templates of the synthesiser, in English and Chinese.
 
 Colours are drawn from a named palette so that the caption can say them; text and background are paired only when
-their WCAG contrast ratio reaches ``min_contrast``. Captions quote the rendered text verbatim (SPEC section 3:
+their WCAG contrast ratio reaches ``min_contrast``. Captions quote the rendered text verbatim (docs/qwen_image.md §3:
 ``On a <color> background, <color> text "<text>".`` and variants).
 """
 

@@ -1,4 +1,4 @@
-"""Configuration of the text-rendering synthesiser (SPEC section 3): modes, curriculum, fonts, output.
+"""Configuration of the text-rendering synthesiser (docs/qwen_image.md §3): modes, curriculum, fonts, output.
 
 One ``SynthConfig`` drives all three modes. The curriculum knobs are the ``*_mix`` mappings (relative weights,
 normalised when drawn) and ``resolutions``: start with ``unit_mix={"word": 1}`` and small Chinese tiers, move

@@ -1,4 +1,4 @@
-"""Synthetic edit triplets (source image, instruction, target image) with exact ground truth (issue #11).
+"""Synthetic edit triplets (source image, instruction, target image) with exact ground truth.
 
 Five kinds, each a pure function of ``(config, index)``:
 

@@ -1,4 +1,4 @@
-"""PSNR / SSIM (SPEC section 9 conventions) against scikit-image, an independent implementation, on fixed images."""
+"""PSNR / SSIM (docs/qwen_image.md §9) against scikit-image, an independent implementation, on fixed images."""
 
 from __future__ import annotations
 

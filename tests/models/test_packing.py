@@ -23,7 +23,7 @@ def test_pack_unpack_roundtrip():
 
 
 def test_image_size_rules():
-    assert latent_size(1328, 1328) == (166, 166)  # SPEC 5a: a 1328 latent is [16, 166, 166]
+    assert latent_size(1328, 1328) == (166, 166)  # docs/qwen_image.md §10: a 1328 latent is [16, 166, 166]
     assert latent_size(928, 1664) == (116, 208)
     with pytest.raises(ValueError, match="multiple of 16"):
         check_image_size(1000, 1024)

@@ -1,4 +1,4 @@
-"""VAE decoder fine-tuning (SPEC section 6): it sharpens text reconstruction and leaves the encoder untouched."""
+"""VAE decoder fine-tuning (docs/qwen_image.md §6): it sharpens text reconstruction and does not touch the encoder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation in the paper's terms (SPEC section 9), distributed with Ray Data; run by ``jobs/evaluate.py``.
+"""Evaluation in the paper's terms (docs/qwen_image.md §9), distributed with Ray Data; run by ``jobs/evaluate.py``.
 
 - ``images``: text-rich renders, ordinary images, a given text drawn plainly;
 - ``config``: ``EvaluateConfig`` (models to compare, task sizes, pools);

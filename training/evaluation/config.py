@@ -29,7 +29,7 @@ class ModelSpec(StrictModel):
 
 class VaeEvalConfig(StrictModel):
     enabled: bool = True
-    resolution: int = pydantic.Field(default=256, ge=64)  # SPEC section 9 compares at 256x256
+    resolution: int = pydantic.Field(default=256, ge=64)  # docs/qwen_image.md §9 compares at 256x256
     num_text_images: int = pydantic.Field(default=32, ge=1)  # per language (en, zh)
     num_ordinary_images: int = pydantic.Field(default=32, ge=1)
     ordinary_folder: str | None = None  # e.g. ImageNet validation images; None: photo-like generated scenes

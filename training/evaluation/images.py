@@ -1,9 +1,9 @@
 """The images evaluation and VAE fine-tuning run on: text-rich renders, ordinary images, a given text drawn plainly.
 
-Text-rich images come from the text-rendering synthesiser (``pipelines.synth``) at one square size, English or
-Chinese, word and line units: at 256x256 (SPEC section 9) a paragraph would need type too small for any VAE to keep.
-Ordinary images are files from a folder (an ImageNet validation folder for the published comparison) or, without
-one, the photo-like scenes of ``pipelines.sample_data``. Every image is a pure function of its seed and row.
+Text-rich images come from the text-rendering synthesiser (``pipelines.synth``) at one square size, English or Chinese,
+word and line units: at 256x256 (docs/qwen_image.md §9) a paragraph would need type too small for any VAE to keep.
+Ordinary images are files from a folder (an ImageNet validation folder for the published comparison) or, without one,
+the photo-like scenes of ``pipelines.sample_data``. Every image is a pure function of its seed and row.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from training.evaluation.text_accuracy import CHARS, TEXT_EN, TEXT_ZH  # noqa: E
 
 SCALARS_VAE = ["set", "index", "psnr", "ssim", "ocr_edit"]
 SCALARS_GEN = ["task", "group", "prompt", "expected", "read", "score", "clip_score"]
-# SPEC section 9 numbers, printed under the table for comparison.
+# docs/qwen_image.md §9 numbers, printed under the table for comparison.
 PUBLISHED = (
-    "Published (SPEC section 9): Qwen-Image-VAE 33.42 / 0.9159 (ImageNet), 36.63 / 0.9839 (text-rich); "
+    "Published (docs/qwen_image.md §9): Qwen-Image-VAE 33.42 / 0.9159 (ImageNet), 36.63 / 0.9839 (text-rich); "
     "ChineseWord Qwen-Image 97.29 / 40.53 / 6.48; LongText-Bench EN 0.943 / ZH 0.946."
 )
 

@@ -1,7 +1,7 @@
 """Text-rendering prompts and their scores: ChineseWord-style characters per tier, LongText-style EN / ZH texts.
 
-ChineseWord (SPEC section 9): one prompt per character; an image is correct when the Han characters OCR reads in it
-are exactly the target character (one more or one other character is wrong). Tiers are the synthesiser's
+ChineseWord (docs/qwen_image.md §9): one prompt per character; an image is correct when the Han characters OCR reads in
+it are exactly the target character (one more or one other character is wrong). Tiers are the synthesiser's
 (``pipelines.synth.config``: GB2312 level 1, level 2, GBK-only), standing in for the General Standard table's levels.
 
 LongText-Bench-style accuracy: matched units over expected units, units being lower-cased words (letters and digits)

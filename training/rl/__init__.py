@@ -1,4 +1,4 @@
-"""Fine-tuning after pretraining (SPEC sections 5 and 8): SFT, DPO and GRPO on the same trainer, checkpoints and store.
+"""Fine-tuning after pretraining (docs/qwen_image.md §5, §8): SFT, DPO and GRPO sharing trainer, checkpoints, store.
 
 - ``sft``: a recipe of the pretraining loop (one phase, a curated subset, a lower learning rate, from a checkpoint);
 - ``dpo``: Diffusion-DPO for flow matching (same sigma and noise for winner and loser) and its Ray Train loop;

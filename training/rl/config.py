@@ -116,13 +116,14 @@ class LabelPairsConfig(StrictModel):
 
 
 class DpoConfig(RlBase):
-    """Diffusion-DPO for flow matching (SPEC section 8)."""
+    """Diffusion-DPO for flow matching (docs/qwen_image.md §8)."""
 
     pairs_dir: str  # a latent store of preference pairs (training.rl.pairs)
     from_reward: RewardPairsConfig | None = None  # build pairs before training (appended to pairs_dir)
     from_labels: LabelPairsConfig | None = None
     resolution: int = pydantic.Field(default=256, ge=16)
-    # beta depends on the loss scaling: per-sample means here, for which Flow-GRPO's DPO uses 100 (SPEC section 8).
+    # beta depends on the loss scaling: per-sample means here, for which Flow-GRPO's DPO uses 100
+    # (docs/qwen_image.md §8).
     beta: float = pydantic.Field(default=100.0, ge=0)
     num_steps: int = pydantic.Field(ge=1)
     batch_size: int = pydantic.Field(default=4, ge=1)  # pairs per worker and step
@@ -133,7 +134,7 @@ class DpoConfig(RlBase):
 
 
 class GrpoConfig(RlBase):
-    """Flow-GRPO (SPEC section 8): SDE rollouts on Ray actors, group-normalised advantages, clipped ratio."""
+    """Flow-GRPO (docs/qwen_image.md §8): SDE rollouts on Ray actors, group-normalised advantages, clipped ratio."""
 
     prompts: list[str] = []
     prompts_file: str | None = None

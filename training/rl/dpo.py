@@ -1,4 +1,4 @@
-"""Diffusion-DPO for flow matching (SPEC section 8) as plain functions; the Ray Train loop is ``dpo_train``.
+"""Diffusion-DPO for flow matching (docs/qwen_image.md §8) as plain functions; the Ray Train loop is ``dpo_train``.
 
 Winner and loser get the same sigma and the same noise. With per-sample mean squared velocity errors ``e``:
 ``d_policy = e_policy(x_w) - e_policy(x_l)``, ``d_ref`` likewise under the frozen reference, and

@@ -1,5 +1,5 @@
-"""Flow-GRPO's objective (SPEC section 8) as plain functions: advantages, the clipped ratio loss, the KL term, and
-one update from a batch of rollouts. The Ray Train loop (``training.rl.grpo_train``) and the tests call these.
+"""Flow-GRPO's objective (docs/qwen_image.md §8) as plain functions: advantages, the clipped ratio loss, the KL term,
+and one update from a batch of rollouts. The Ray Train loop (``training.rl.grpo_train``) and the tests call these.
 
 - Advantage: ``A = (r - group mean) / (group std + eps)``, clipped to ``+-adv_clip`` (5).
 - Per trained step: ``max(-A ratio, -A clip(ratio, 1 - e, 1 + e)) + kl_beta KL``, ``ratio = exp(logp - logp_old)``,

@@ -1,7 +1,7 @@
 """Rewards for RL: small classes behind one interface, so that users add their own.
 
 A reward scores a batch of generated samples (``Generated``: prompts, decoded images, latents) with one float per
-sample, higher is better. Built in (SPEC section 8 names OCR accuracy and CLIP-type preference):
+sample, higher is better. Built in (docs/qwen_image.md §8 names OCR accuracy and CLIP-type preference):
 
 - ``ocr``: ``1 - edit distance / length`` between the text in quotes in the prompt and what RapidOCR reads;
 - ``clip``: cosine similarity of the image and the prompt under an open_clip model (local weights);

@@ -1,9 +1,9 @@
 """GRPO rollouts: the SDE sampler with a log-probability per step, and the Ray actors that run it.
 
-``sde_rollout`` walks the inference schedule with ``models.sampler.sde_step`` (Flow-GRPO, SPEC section 8) and keeps
-every latent on the way, so that the trainer can recompute any step's log-probability under the current policy
-(``step_log_prob``). The first step starts at sigma = 1, where ``std_t`` is infinite: Flow-GRPO puts the second
-sigma in its place (``sigma_max``). The last step (to sigma = 0) is a plain Euler step: it is never trained.
+``sde_rollout`` walks the inference schedule with ``models.sampler.sde_step`` (Flow-GRPO, docs/qwen_image.md §8) and
+keeps every latent on the way, so that the trainer can recompute any step's log-probability under the current policy
+(``step_log_prob``). The first step starts at sigma = 1, where ``std_t`` is infinite: Flow-GRPO puts the second sigma in
+its place (``sigma_max``). The last step (to sigma = 0) is a plain Euler step: it is never trained.
 
 ``RolloutWorker`` is the actor: it holds a copy of the policy, the VAE and the rewards, receives the trainer's
 weights after each update (``set_weights``) and returns trajectories with rewards and its time split.

@@ -1,6 +1,6 @@
-"""SFT as a recipe of pretraining (SPEC section 5): one phase of the same Ray Train loop on a curated subset of the
-store (hand-picked ``sample_id``s and/or predicates over stored scores and annotation), with a lower learning
-rate, starting from a checkpoint. Checkpoints, metrics, the loss curve and sample grids are pretraining's.
+"""SFT as a recipe of pretraining (docs/qwen_image.md §5): one phase of the same Ray Train loop on a curated subset of
+the store (hand-picked ``sample_id``s and/or predicates over stored scores and annotation), with a lower learning rate,
+starting from a checkpoint. Checkpoints, metrics, the loss curve and sample grids are pretraining's.
 
 The checkpoint's transformer is the starting point (``PretrainConfig.init_transformer``); the VAE and condition
 encoder of the sample grids come from the checkpoint's preset, or from ``base_weights_dir`` for ``qwen-image``.

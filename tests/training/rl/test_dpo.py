@@ -1,4 +1,4 @@
-"""Diffusion-DPO for flow matching: the loss of SPEC section 8 and learning a synthetic preference."""
+"""Diffusion-DPO for flow matching: the loss of docs/qwen_image.md §8 and learning a synthetic preference."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def test_sde_logprob_matches_gaussian(tiny_components, color_prompts):
     assert sigmas[0] == 1.0 and trajectory.sigma_max == float(trajectory.sigmas[1])
     for step in range(4):
         latents, following = trajectory.latents[:, step], trajectory.latents[:, step + 1]
-        # The step's Gaussian, written out from SPEC section 8 without the sampler's code.
+        # The step's Gaussian, written out from docs/qwen_image.md §8 without the sampler's code.
         with torch.no_grad():
             tokens = pack_latents(latents)
             sigma_in = trajectory.sigmas[step].expand(4)
