@@ -1,19 +1,22 @@
 """Robust image decoding for the producers: bytes in, an RGB analysis copy or a drop reason out.
 
-`decode_image` never raises on bad input. It reads the header first (PIL opens lazily: size,
-mode and EXIF cost about 0.02 ms), refuses images whose header claims more pixels than the
-budget before any pixel is decoded, and decodes JPEGs at reduced size (libjpeg DCT scaling
-through ``cv2.IMREAD_REDUCED_COLOR_{2,4}``) when the image is much larger than the analysis
-copy the operators work on. See ``../shared/MEASURED.md``: a 2048x1536 JPEG costs 12.5 ms to
+`decode_image` never raises on bad input, and never hides a bug: it turns into drop reasons exactly the exceptions
+that malformed bytes make the decoders raise (``BAD_INPUT_ERRORS``: what PIL documents and its own fuzzing accepts,
+plus OpenCV's ``cv2.error``); anything else, a ``TypeError`` or ``AttributeError`` of ours, propagates.
+
+It reads the header first (PIL opens lazily: size, mode and EXIF cost about 0.02 ms), refuses images whose header
+claims more pixels than the budget before any pixel is decoded, and decodes JPEGs at reduced size (libjpeg DCT
+scaling through ``cv2.IMREAD_REDUCED_COLOR_{2,4}``) when the image is much larger than the analysis copy the
+operators work on. See docs/costs.md §1: a 2048x1536 JPEG costs 12.5 ms to
 decode in full and 7.7 ms at 1/4.
 
 Drop reasons are ``"<category>:<detail>"`` strings; the categories are ``broken_file`` and
 ``too_large``:
 
 - ``broken_file:empty`` zero bytes; ``broken_file:unidentified`` not an image format PIL knows;
-  ``broken_file:header`` a header that does not parse (or a known signature followed by garbage); ``broken_file:truncated`` the data ends
-  before the image does; ``broken_file:decode`` any other decoder failure;
-- ``too_large:decompression_bomb`` the header claims more than ``max_pixels`` pixels.
+  ``broken_file:header`` a header that does not parse (or a known signature followed by garbage);
+  ``broken_file:truncated`` the data ends before the image does; ``broken_file:decode`` any other decoder failure;
+- ``too_large:decompression_bomb`` the header claims more than ``max_pixels`` pixels (or the decoder finds more).
 
 Pixel conventions of the analysis copy: RGB uint8 ``[H, W, 3]``; transparency composited on
 white; 16-bit samples scaled to 8 bits; palette, CMYK and grey images converted to RGB; the
@@ -23,6 +26,7 @@ first frame of an animation; EXIF orientation applied (and the tag found is reco
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -44,6 +48,19 @@ _MAX_JPEG_REDUCTION = 4
 # IMREAD_COLOR_RGB where OpenCV has it (>= 4.11): libjpeg then writes RGB directly, saving a cvtColor.
 _CV2_REDUCTION_BITS = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4}
 _CV2_RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
+# What malformed or truncated bytes make PIL and OpenCV raise: PIL's plugins raise OSError (UnidentifiedImageError
+# and "image file is truncated" included), SyntaxError ("broken PNG file"), ValueError, EOFError, struct.error and
+# NotImplementedError on unsupported variants; OpenCV raises cv2.error. Pillow's own fuzzing treats exactly these as
+# expected. A MemoryError is not among them: the pixel budget is checked before any pixel is decoded.
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    cv2.error,
+)
 
 
 class DecodeConfig(BaseModel):
@@ -109,7 +126,7 @@ def decode_image(data: bytes, config: DecodeConfig | None = None) -> DecodeResul
         # PIL gives up the same way on a cut header and on bytes that are no image at all.
         reason = "broken_file:header" if data.startswith(_IMAGE_SIGNATURES) else "broken_file:unidentified"
         return DecodeResult(file_size=file_size, drop_reason=reason)
-    except Exception:  # noqa: BLE001 - PIL raises many types on malformed headers
+    except BAD_INPUT_ERRORS:
         return DecodeResult(file_size=file_size, drop_reason="broken_file:header")
 
     stored_width, stored_height = pil_image.size
@@ -137,7 +154,11 @@ def decode_image(data: bytes, config: DecodeConfig | None = None) -> DecodeResul
     except _TruncatedError:
         reason = "broken_file:truncated"
         return DecodeResult(file_size, stored_width, stored_height, format=image_format, drop_reason=reason)
-    except Exception as error:  # noqa: BLE001 - decoders raise many types on corrupt data
+    except Image.DecompressionBombError:  # a decoder that finds more pixels than its header claimed
+        return DecodeResult(
+            file_size, stored_width, stored_height, format=image_format, drop_reason="too_large:decompression_bomb"
+        )
+    except BAD_INPUT_ERRORS as error:
         reason = "broken_file:truncated" if "truncated" in str(error).lower() else "broken_file:decode"
         return DecodeResult(file_size, stored_width, stored_height, format=image_format, drop_reason=reason)
 
@@ -246,10 +267,11 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
 def _read_orientation(pil_image: Image.Image) -> int:
     """EXIF orientation 1..8; 1 when absent or invalid (called after the pixels are loaded)."""
     try:
-        orientation = int(pil_image.getexif().get(EXIF_ORIENTATION_TAG, 1))
-    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not drop a decodable image
+        orientation = pil_image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except BAD_INPUT_ERRORS:  # a corrupt EXIF block must not drop a decodable image
         return 1
-    return orientation if 1 <= orientation <= 8 else 1
+    # The tag's value comes from the file: a tuple, a string or a float there is as good as absent.
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
 
 def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:

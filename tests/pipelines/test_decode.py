@@ -234,3 +234,29 @@ def test_byte_mutations_of_valid_images_never_raise(data):
     result = decode_image(data, DecodeConfig(max_pixels=4_000_000))
     _assert_accounted(result)
     assert result.file_size == len(data)
+
+
+def test_decode_bug_is_not_a_drop(monkeypatch):
+    """Only the exceptions bad bytes raise become drop reasons: a bug of ours inside the decoding (a TypeError in the
+    JPEG path, an AttributeError in the PIL path) propagates instead of dropping a good image as a broken file."""
+    import pipelines.decode as decode
+
+    jpeg = _jpeg(_gradient(40, 60))
+    png = _pil_bytes(Image.fromarray(_gradient(40, 60)), "PNG")
+    assert decode_image(jpeg).ok and decode_image(png).ok
+
+    def jpeg_bug(data, reduction):
+        raise TypeError("a bug in our JPEG path")
+
+    def pil_bug(pil_image):
+        raise AttributeError("a bug in our PIL path")
+
+    monkeypatch.setattr(decode, "_decode_jpeg_cv2", jpeg_bug)
+    monkeypatch.setattr(decode, "_decode_pil", pil_bug)
+    with pytest.raises(TypeError, match="a bug in our JPEG path"):
+        decode_image(jpeg)
+    with pytest.raises(AttributeError, match="a bug in our PIL path"):
+        decode_image(png)
+    # Bad bytes are still reasons: these fail before either path runs.
+    assert decode_image(png[:20]).drop_reason == "broken_file:header"
+    assert decode_image(b"not an image at all").drop_reason == "broken_file:unidentified"
