@@ -16,6 +16,11 @@ import numpy as np
 
 from models.config import StrictModel
 
+# Below this short side an image holds no legible glyph: it has no text, and is not worth an engine call.
+MIN_TEXT_SIDE = 8
+# Long side over short side above which an image is padded before detection (see ``_pad_to_aspect``).
+MAX_ASPECT = 4.0
+
 
 class OcrConfig(StrictModel):
     min_text_score: float = 0.5  # recognition confidence below which a line is dropped
@@ -42,8 +47,17 @@ class TextLine:
         return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
+class OcrError(RuntimeError):
+    """The OCR engine failed on an image it should have read: an infrastructure fault, never "no text"."""
+
+
 class OcrEngine:
-    """One RapidOCR engine. ``read`` never raises on an image: a failure is an empty result."""
+    """One RapidOCR engine.
+
+    ``read`` returns no lines for an image without legible text, including one too small to hold a glyph (short side
+    under ``MIN_TEXT_SIDE``). An engine that fails raises ``OcrError``: the producers record it as the ``ocr_error``
+    drop reason, evaluation and rewards stop with it. An image of the wrong type or shape is our bug: ``ValueError``.
+    """
 
     def __init__(self, config: OcrConfig | None = None):
         from rapidocr import RapidOCR
@@ -62,10 +76,17 @@ class OcrEngine:
 
     def read(self, image: np.ndarray) -> list[TextLine]:
         """Text lines of an RGB uint8 ``[H, W, 3]`` image, top to bottom as the engine orders them."""
-        try:
-            result = self.engine(np.ascontiguousarray(image[:, :, ::-1]))  # RapidOCR expects BGR like OpenCV
-        except Exception:  # noqa: BLE001 - the engine raises many types on degenerate inputs
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            description = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"OCR reads RGB uint8 [H, W, 3] images, got {description}")
+        height, width = image.shape[:2]
+        if min(height, width) < MIN_TEXT_SIDE:
             return []
+        padded = _pad_to_aspect(image, MAX_ASPECT)
+        try:
+            result = self.engine(np.ascontiguousarray(padded[:, :, ::-1]))  # RapidOCR expects BGR like OpenCV
+        except Exception as error:  # noqa: BLE001 - re-raised: whatever the engine raises is its fault, not the image's
+            raise OcrError(f"OCR engine failed on a {width}x{height} image: {type(error).__name__}: {error}") from error
         if result is None or result.txts is None:
             return []
         return [
@@ -73,6 +94,26 @@ class OcrEngine:
             for text, score, box in zip(result.txts, result.scores, result.boxes, strict=True)
             if text and text.strip()
         ]
+
+
+def _pad_to_aspect(image: np.ndarray, max_aspect: float) -> np.ndarray:
+    """``image`` padded at the bottom or right, with its median border colour, to at most ``max_aspect``: 1.
+
+    The detector scales the short side up to its working size, so a thin strip (2000x30) became a 50,000-pixel-long
+    canvas and took 50 s, and a 1000x1 strip did not finish in a minute. Padding at the far edges keeps every box in
+    the original image's coordinates.
+    """
+    height, width = image.shape[:2]
+    if max(height, width) <= max_aspect * min(height, width):
+        return image
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    colour = np.median(border, axis=0).astype(np.uint8)
+    new_height = max(height, int(np.ceil(width / max_aspect)))
+    new_width = max(width, int(np.ceil(height / max_aspect)))
+    canvas = np.empty((new_height, new_width, 3), dtype=np.uint8)
+    canvas[:] = colour
+    canvas[:height, :width] = image
+    return canvas
 
 
 def is_han(char: str) -> bool:

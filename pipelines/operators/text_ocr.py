@@ -5,7 +5,7 @@ and ``OcrScoresConfig.pool``). It decodes ``image_bytes`` at ``image_short_side`
 stages' scale, where a line of text must be legible), reads every text line once, and adds:
 
 - ``ocr_text``: the lines read, joined with "\\n" (capped at ``MAX_OCR_TEXT_CHARS``);
-- ``text_language``: ``en`` / ``zh`` / ``other`` / ``none``, the language split of SPEC S4
+- ``text_language``: ``en`` / ``zh`` / ``other`` / ``none``, the language split of S4 (docs/qwen_image.md §1)
   (``models.ocr.text_language``; "" when the image could not be read);
 - ``score_text_lines``, ``score_text_chars``: lines and non-space characters read;
 - ``score_text_area``: fraction of the image covered by the union of the text boxes ("intensive text": dense pages of
@@ -15,7 +15,11 @@ stages' scale, where a line of text must be legible), reads every text line once
 - ``score_watermark``: 1.0 when the annotation's ``ann_watermark_list`` names a watermark, 0.0 when it is empty, NaN
   when there is no annotation for the row (column absent, or ``annotation_error`` set); a listed watermark is
   looked for in the OCR text and ``watermark_verified`` records whether it was found (logos never are);
-- ``ocr_error``: "" or why the image could not be read (``no_image:<decode reason>``).
+- ``ocr_error``: "" or why the image could not be read: ``no_image:<decode reason>`` (the sample already fails S1
+  as a broken file) or ``ocr_error:<exception>`` when the OCR engine itself failed (``models.ocr.OcrError``);
+- ``score_ocr_error``: 1.0 when the engine failed, 0.0 when it read the image, NaN without an image. Its S4 check
+  drops the sample with the ``ocr_error`` reason: a sample whose text could not be measured never passes the text
+  checks as if it had none. Any other exception is a bug and fails the batch.
 
 Thresholds are ours (the report publishes none): ``S4Thresholds`` below, and ``S5Thresholds.allow_watermark``
 (``bool = False``, to be added next to ``allow_qr_code``). A row whose annotation failed fails S5 with
@@ -32,7 +36,7 @@ import numpy as np
 import pydantic
 
 from models.config import StrictModel
-from models.ocr import OcrConfig, OcrEngine, TextLine, text_accuracy, text_language
+from models.ocr import OcrConfig, OcrEngine, OcrError, TextLine, text_accuracy, text_language
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.operators.base import Check
 from pipelines.pools import PoolConfig
@@ -47,6 +51,7 @@ SCORE_TEXT_MIN_HEIGHT = "score_text_min_height"
 SCORE_WATERMARK = "score_watermark"
 WATERMARK_VERIFIED = "watermark_verified"
 OCR_ERROR = "ocr_error"
+SCORE_OCR_ERROR = "score_ocr_error"
 # Columns that ``pipelines.annotation`` writes; named here, not imported: that module loads transformers (5 s).
 ANN_WATERMARKS = "ann_watermark_list"
 ANN_ERROR = "annotation_error"
@@ -136,14 +141,17 @@ class OcrScores:
             raise ValueError(f"batch has no {IMAGE_BYTES!r} column; columns are {sorted(batch)}")
         count = len(batch[IMAGE_BYTES])
         texts, languages, errors = ([""] * count for _ in range(3))
-        num_lines, num_chars, area, min_height = (np.full(count, np.nan) for _ in range(4))
+        num_lines, num_chars, area, min_height, engine_failed = (np.full(count, np.nan) for _ in range(5))
         for row, data in enumerate(batch[IMAGE_BYTES]):
             try:
                 lines, (height, width), errors[row] = self.read(bytes(data) if data is not None else b"")
-            except Exception as error:  # noqa: BLE001 - one bad image must not fail the batch
-                errors[row] = f"ocr_error:{type(error).__name__}"
+            except OcrError as error:  # the engine's fault on this image: recorded, and the sample drops at S4
+                cause = error.__cause__ or error
+                errors[row], engine_failed[row] = f"{OCR_ERROR}:{type(cause).__name__}", 1.0
+                continue
             if errors[row]:
                 continue
+            engine_failed[row] = 0.0
             texts[row] = "\n".join(line.text for line in lines)[:MAX_OCR_TEXT_CHARS]
             languages[row] = text_language(texts[row])
             num_lines[row] = len(lines)
@@ -163,6 +171,7 @@ class OcrScores:
             SCORE_WATERMARK: watermark,
             WATERMARK_VERIFIED: verified,
             OCR_ERROR: np.array(errors, dtype=object),
+            SCORE_OCR_ERROR: engine_failed,
         }
 
     @staticmethod
@@ -182,8 +191,19 @@ class OcrScores:
 
 
 def text_ocr_checks(watermark: bool = True) -> tuple[Check, ...]:
-    """Stage-4 checks (intensive text, small characters) and, unless annotation is off, the S5 watermark check."""
+    """Stage-4 checks (the OCR engine read the image, intensive text, small characters) and, unless annotation is
+    off, the S5 watermark check."""
     checks: list[Check] = [
+        Check(
+            name="ocr",
+            stage=4,
+            column=SCORE_OCR_ERROR,
+            bounds=lambda t: (None, 0.0),
+            low_reason=OCR_ERROR,
+            high_reason=OCR_ERROR,
+            detail_column=OCR_ERROR,  # "ocr_error:<exception>"
+            missing_passes=True,  # no image: the sample already fails S1 as a broken file
+        ),
         Check(
             name="text_area",
             stage=4,

@@ -18,6 +18,7 @@ from pipelines.operators.stage import compute_stage, first_drop_reason
 from pipelines.operators.text_ocr import (
     OCR_ERROR,
     OCR_TEXT,
+    SCORE_OCR_ERROR,
     SCORE_TEXT_AREA,
     SCORE_TEXT_CHARS,
     SCORE_TEXT_LINES,
@@ -146,7 +147,7 @@ def test_watermark_check_and_verification(scored):
     assert check.reason(scores[row(scored, "watermark")], thresholds()) == "watermark"
     assert check.reason(scores[row(scored, "chinese")], thresholds()) is None
     assert check.reason(scores[row(scored, "watermark")], thresholds(allow_watermark=True)) is None
-    assert [check.name for check in text_ocr_checks(watermark=False)] == ["text_area", "text_height"]
+    assert [check.name for check in text_ocr_checks(watermark=False)] == ["ocr", "text_area", "text_height"]
 
 
 def test_broken_image_is_recorded(scored):
@@ -154,6 +155,44 @@ def test_broken_image_is_recorded(scored):
     assert scored[OCR_ERROR][broken].startswith("no_image:broken_file")
     assert math.isnan(scored[SCORE_TEXT_AREA][broken]) and math.isnan(scored[SCORE_TEXT_LINES][broken])
     assert all(scored[OCR_ERROR][row(scored, name)] == "" for name in ROWS if name != "broken")
+    # The engine read every decodable image; the broken one never reached it (it fails S1 as a broken file).
+    assert [scored[SCORE_OCR_ERROR][row(scored, name)] for name in ROWS if name != "broken"] == [0.0] * 6
+    assert math.isnan(scored[SCORE_OCR_ERROR][broken])
+
+
+def test_ocr_engine_failure_is_recorded():
+    """An OCR engine that fails is not "no text": the producers record ``ocr_error`` (a drop reason the funnel counts,
+    never a pass of the text checks), and evaluation stops with the error instead of scoring 0."""
+    from models.ocr import OcrError
+    from pipelines.funnel import funnel_summary
+    from training.evaluation.stages import OcrScores as EvaluationOcr
+    from training.evaluation.text_accuracy import TEXT_EN
+
+    def broken_engine(image):
+        raise RuntimeError("onnxruntime session lost")
+
+    images = [render([((60, 180), "OPEN DAILY", 72)]), render([])]
+    scorer = OcrScores(OcrScoresConfig(ocr=OcrConfig(num_threads=2)))
+    scorer.engine.engine = broken_engine
+    out = scorer({"image_bytes": np.array(images, dtype=object)})
+    assert list(out[OCR_ERROR]) == ["ocr_error:RuntimeError"] * 2
+    assert list(out[SCORE_OCR_ERROR]) == [1.0, 1.0]
+    checks = text_ocr_checks(watermark=False)
+    assert list(compute_stage(out, thresholds(), checks)) == [3, 3]
+    assert list(first_drop_reason(out, thresholds(), checks)) == ["ocr_error:RuntimeError"] * 2
+    summary, _, _ = funnel_summary(out, thresholds(), checks)
+    assert summary["drop_reasons"] == {"ocr_error:RuntimeError": 2}
+    assert next(check for check in summary["checks"] if check["name"] == "ocr")["num_dropped_here"] == 2
+
+    evaluation = EvaluationOcr.__new__(EvaluationOcr)  # the actor's state is its engine alone
+    evaluation.engine = scorer.engine
+    batch = {
+        "task": np.array([TEXT_EN], dtype=object),
+        "expected": np.array(["OPEN"], dtype=object),
+        "image": np.stack([np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB"))]),
+    }
+    with pytest.raises(OcrError, match="onnxruntime session lost"):
+        evaluation(batch)
 
 
 def test_stage_and_reasons_from_ocr_checks(scored):
