@@ -11,31 +11,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-FIELDS = (
-    "step",
-    "phase",
-    "resolution",
-    "loss",
-    "lr",
-    "samples_per_s",
-    "latent_tokens_per_s",
-    "data_wait_fraction",
-    "grad_norm",
-)
-
 
 class MetricsWriter:
-    """Appends rows to ``metrics.csv`` and TensorBoard scalars under ``folder`` (rank 0 only)."""
+    """Appends rows to ``<folder>/<name>.csv`` and TensorBoard scalars (tag ``<name>/<key>``) under ``folder``.
 
-    def __init__(self, folder: str | pathlib.Path):
+    Every key of every row reaches the CSV: a row that brings a key the file's header lacks rewrites the file under
+    the wider header (metrics files are small), and earlier rows leave that column empty. A resumed run appends to
+    the file it wrote before. Rank 0 alone writes.
+    """
+
+    def __init__(self, folder: str | pathlib.Path, name: str = "metrics"):
         self.folder = pathlib.Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.csv_path = self.folder / "metrics.csv"
-        new = not self.csv_path.exists()
-        self._file = open(self.csv_path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self._csv = csv.DictWriter(self._file, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            self._csv.writeheader()
+        self.name = name
+        self.csv_path = self.folder / f"{name}.csv"
+        self.fields: list[str] = []
+        if self.csv_path.exists():
+            with open(self.csv_path, newline="") as handle:
+                self.fields = next(csv.reader(handle), [])
         try:
             from tensorboardX import SummaryWriter
 
@@ -44,16 +37,29 @@ class MetricsWriter:
             self._tensorboard = None
 
     def write(self, row: dict) -> None:
-        self._csv.writerow(row)
-        self._file.flush()
+        new = [key for key in row if key not in self.fields]
+        if new:
+            self._widen(new)
+        with open(self.csv_path, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=self.fields, restval="").writerow(row)
         if self._tensorboard is not None:
             for key, value in row.items():
-                if key not in ("step", "phase", "resolution") and isinstance(value, int | float):
-                    self._tensorboard.add_scalar(f"train/{key}", value, row["step"])
+                if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(f"{self.name}/{key}", value, row["step"])
             self._tensorboard.flush()
 
+    def _widen(self, new: list[str]) -> None:
+        """Rewrites the CSV (written so far) under a header with ``new`` appended; atomic by rename."""
+        rows = read_metrics(self.csv_path) if self.fields else []
+        self.fields = [*self.fields, *new]
+        temporary = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        temporary.replace(self.csv_path)
+
     def close(self) -> None:
-        self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
 

@@ -11,6 +11,7 @@ import torch
 from models.checkpoint import read_metadata
 from models.presets import build_components
 from models.vae import images_to_tensor
+from training.metrics import read_metrics
 from training.vae_finetune import (
     DecoderOnly,
     VaeFinetuneConfig,
@@ -85,3 +86,5 @@ def test_finetune_job_on_ray_train(ray_session, tmp_path) -> None:
     assert any(not torch.equal(tuned_state[name], original_state[name]) for name in decoder)
     assert json.loads(pathlib.Path(summary["grid"]).with_name("summary.json").read_text())["heldout"]["after"]
     assert pathlib.Path(summary["loss_curve"]).is_file()
+    rows = read_metrics(summary["metrics"])  # the job's own metrics reach the CSV beside the shared ones
+    assert int(rows[-1]["step"]) == 6 and all(float(rows[-1][key]) > 0 for key in ("loss", "l1", "perceptual"))

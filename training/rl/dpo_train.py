@@ -17,8 +17,9 @@ import pyarrow as pa
 import torch
 
 from models.checkpoint import read_metadata
+from training.metrics import MetricsWriter
 from training.rl.config import DpoConfig
-from training.rl.curves import CurveWriter, plot_curves
+from training.rl.curves import plot_curves
 from training.rl.dpo import dpo_step, evaluate_pairs
 from training.rl.pairs import build_pairs, num_batches, pair_batches, read_pairs, split_pairs, to_device
 from training.rl.runner import Worker, fit, with_absolute_paths
@@ -43,7 +44,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             for batch in pair_batches(held, config.batch_size, config.resolution, rng=rng, drop_last=False)
         ]
     writers = (
-        (CurveWriter(config.run_folder, "train"), CurveWriter(config.run_folder, "eval")) if worker.rank == 0 else None
+        (MetricsWriter(config.run_folder, "train"), MetricsWriter(config.run_folder, "eval"))
+        if worker.rank == 0
+        else None
     )
 
     def evaluate() -> None:

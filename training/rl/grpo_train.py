@@ -19,9 +19,10 @@ import torch
 
 from models.checkpoint import read_metadata
 from models.condition_encoder import PromptEmbeds
+from training.metrics import MetricsWriter
 from training.pretrain import encode_sample_prompts
 from training.rl.config import GrpoConfig, prompt_list
-from training.rl.curves import CurveWriter, plot_curves
+from training.rl.curves import plot_curves
 from training.rl.grpo import GrpoSettings, RolloutBatch, group_advantages, grpo_update
 from training.rl.rollout import RolloutWorker, prompt_rows
 from training.rl.runner import Worker, fit, with_absolute_paths
@@ -99,7 +100,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         grad_clip=config.optim.grad_clip,
     )
     writers = (
-        (CurveWriter(config.run_folder, "train"), CurveWriter(config.run_folder, "eval")) if worker.rank == 0 else None
+        (MetricsWriter(config.run_folder, "train"), MetricsWriter(config.run_folder, "eval"))
+        if worker.rank == 0
+        else None
     )
     pushed = None
 
