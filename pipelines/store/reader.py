@@ -37,7 +37,11 @@ def list_shards(store_dir: str | pathlib.Path) -> list[dict]:
     manifest = pathlib.Path(store_dir) / MANIFEST_DIR
     if not manifest.is_dir():
         return []
-    entries = [json.loads(path.read_text()) for path in manifest.glob("*.json")]
+    entries = []
+    for path in manifest.glob("*.json"):
+        listed = json.loads(path.read_text())
+        # A commit's file lists its shards; stores written before commits were atomic have a file per shard.
+        entries += listed["shards"] if "shards" in listed else [listed]
     return sorted(entries, key=lambda entry: (entry["created"], entry["shard"]))
 
 

@@ -3,13 +3,15 @@
 Layout::
 
     <store>/bucket=<name>/part-<id>.parquet     one shard: rows of one aspect-ratio bucket
-    <store>/_manifest/<id>.json                 one entry per committed shard (path, bucket, rows)
+    <store>/_manifest/<commit>.json             one file per commit: its shards' entries (path, bucket, rows)
 
-A shard is written under a hidden temporary name, flushed, renamed into place, and only then listed by writing its
-manifest entry (itself written to a temporary name and renamed). Readers list the manifest, never the folders, so a
-shard being written, or left behind by a crash before its entry exists, is invisible; renames are atomic on POSIX
-file systems. Many writers append at once without a lock: each entry is its own file. Shard ids hash the shard's bucket and
-sample ids, so a write that is retried after a failure finds its entry and commits nothing twice.
+A commit (one ``commit_table`` call, one shard per bucket of its rows) is atomic: every shard is written under a
+hidden temporary name, flushed and renamed into place, and only then are all of them listed at once by the commit's
+manifest file (itself written to a temporary name and renamed). Readers list the manifest, never the folders, so
+the shards of a commit being written, or left behind by a crash before its manifest file exists, are invisible;
+renames are atomic on POSIX file systems. Many writers append at once without a lock: each commit is its own file.
+Shard and commit ids hash the buckets and sample ids, so a write that is retried after a failure finds its commit
+and stores nothing twice.
 """
 
 from __future__ import annotations
@@ -53,17 +55,23 @@ def content_id(bucket: str, sample_ids: list[str]) -> str:
 
 
 def commit_table(store_dir: str | pathlib.Path, table: pa.Table) -> list[dict]:
-    """Write ``table`` as one shard per bucket and list each in the manifest; returns the manifest entries."""
+    """Write ``table`` as one shard per bucket and list them all in one manifest file; returns their entries."""
     store = pathlib.Path(store_dir)
     if C.BUCKET not in table.column_names or C.SAMPLE_ID not in table.column_names:
         raise ValueError(f"a store table needs {C.SAMPLE_ID!r} and {C.BUCKET!r} columns; it has {table.column_names}")
     (store / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+    parts = {
+        bucket: table.filter(pc.equal(table.column(C.BUCKET), bucket))
+        for bucket in sorted(set(table.column(C.BUCKET).to_pylist()))
+    }
+    shard_ids = {bucket: content_id(bucket, part.column(C.SAMPLE_ID).to_pylist()) for bucket, part in parts.items()}
+    commit = content_id("commit", sorted(shard_ids.values()))
+    if (store / MANIFEST_DIR / f"{commit}.json").exists():
+        return []  # the same rows were committed already (a retried write task): never store them twice
+    created = time.time()
     entries = []
-    for bucket in sorted(set(table.column(C.BUCKET).to_pylist())):
-        part = table.filter(pc.equal(table.column(C.BUCKET), bucket))
-        shard_id = content_id(bucket, part.column(C.SAMPLE_ID).to_pylist())
-        if (store / MANIFEST_DIR / f"{shard_id}.json").exists():
-            continue  # the same rows were committed already (a retried write task): never store them twice
+    for bucket, part in parts.items():
+        shard_id = shard_ids[bucket]
         folder = store / f"bucket={bucket}"
         folder.mkdir(parents=True, exist_ok=True)
         relative = f"bucket={bucket}/part-{shard_id}.parquet"
@@ -78,17 +86,12 @@ def commit_table(store_dir: str | pathlib.Path, table: pa.Table) -> list[dict]:
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         temporary.replace(store / relative)
-        entry = {
-            "shard": shard_id,
-            "path": relative,
-            "bucket": bucket,
-            "num_rows": part.num_rows,
-            "created": time.time(),
-        }
-        manifest_tmp = store / MANIFEST_DIR / f".{shard_id}.json.tmp"
-        _fsync_write(manifest_tmp, json.dumps(entry).encode())
-        manifest_tmp.replace(store / MANIFEST_DIR / f"{shard_id}.json")
-        entries.append(entry)
+        entries.append(
+            {"shard": shard_id, "path": relative, "bucket": bucket, "num_rows": part.num_rows, "created": created}
+        )
+    manifest_tmp = store / MANIFEST_DIR / f".{commit}.json.tmp"
+    _fsync_write(manifest_tmp, json.dumps({"commit": commit, "created": created, "shards": entries}).encode())
+    manifest_tmp.replace(store / MANIFEST_DIR / f"{commit}.json")
     return entries
 
 

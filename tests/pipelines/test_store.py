@@ -192,16 +192,14 @@ def test_stream_rows_skips_row_groups_by_statistics(tmp_path, monkeypatch):
     assert read_groups == [3]
 
 
-def test_append_while_reading(tmp_path):
+def test_append_while_reading(tmp_path, monkeypatch):
     commit_table(tmp_path, make_table(20, seed=0)[0])
-    sizes = {20, 40, 60, 80}
     observed = []
     done = threading.Event()
 
     def reader():
         while not done.is_set():
-            ids = committed_sample_ids(tmp_path)
-            observed.append(len(ids))
+            observed.append(len(committed_sample_ids(tmp_path)))
 
     thread = threading.Thread(target=reader)
     thread.start()
@@ -209,14 +207,32 @@ def test_append_while_reading(tmp_path):
         commit_table(tmp_path, make_table(20, seed=seed)[0])
     done.set()
     thread.join()
-    # Every listing saw whole commits only: 20 rows per commit, split into 2 buckets of 10 each.
-    assert observed and all(count % 10 == 0 for count in observed)
-    assert len(committed_sample_ids(tmp_path)) == 80 and max(observed) <= 80
+    # Every listing saw whole commits only (20 rows each, in two buckets of 10: two shards a commit, listed at once).
+    assert observed and set(observed) <= {20, 40, 60, 80}
+    assert len(committed_sample_ids(tmp_path)) == 80 and len(list_shards(tmp_path)) == 8
+    # A commit that dies after its first shard is in place (here while writing the second) lists nothing.
+    write_table = pq.write_table
+    calls = []
+
+    def crash_on_second_shard(table, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        write_table(table, path, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", crash_on_second_shard)
+    with pytest.raises(OSError, match="disk full"):
+        commit_table(tmp_path, make_table(20, seed=4)[0])
+    monkeypatch.undo()
+    assert len(calls) == 2 and len(list(tmp_path.glob("bucket=*/part-*.parquet"))) == 9  # one orphan shard on disk
+    assert len(committed_sample_ids(tmp_path)) == 80 and len(list_shards(tmp_path)) == 8
     # A half-written shard (temporary file, no manifest entry) is invisible.
     (tmp_path / "bucket=1x1" / ".part-crashed.parquet.tmp").write_bytes(b"partial")
     pq.write_table(make_table(5, seed=9)[0], tmp_path / "bucket=1x1" / "part-orphan.parquet")
     assert len(committed_sample_ids(tmp_path)) == 80 and len(list_shards(tmp_path)) == 8
-    assert sizes  # the commits above
+    # The interrupted commit, retried, lands whole.
+    commit_table(tmp_path, make_table(20, seed=4)[0])
+    assert len(committed_sample_ids(tmp_path)) == 100 and len(list_shards(tmp_path)) == 10
 
 
 def test_ray_reader_batches_of_one_shape(ray_session, tmp_path):
