@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
             "synth.resolutions=[[512, 512], [640, 384]]",
             f"encode.store_dir={output / 'store'}",
             "encode.resolutions=[256]",
+            # The random tiny captioner and CLIP, asked for by name: on the demo's generated corpus they show the
+            # annotation and alignment stages at work. Without weights configured, a real run leaves both off.
+            "annotation.preset=tiny",
+            "annotation.max_new_tokens=24",
+            f"annotation.max_pixels={112 * 112}",
+            "clip.clip.model_name=tiny-clip",
         ]
     )
     print("[demo] 2/3 consumers: progressive pretraining of the tiny MMDiT on Ray Train", flush=True)

@@ -5,6 +5,10 @@ quotes), ``image_type``, ``image_style``, ``watermark_list`` and ``abnormal_elem
 parsed and checked by rules; an answer that does not parse or breaks a rule is recorded as a failed annotation with
 its reason (``annotation_error``), the raw caption of the source is kept, and nothing raises.
 
+The captioner runs only with weights a person chose: ``weights_dir`` (real weights), or ``preset: tiny`` (random
+weights, for tests and the demo, which ask for it by name). Without either it is off: the source captions are used
+as they are, and the funnel says so. A random captioner would write gibberish over every caption of real data.
+
 ``Captioner`` is a Ray Data actor (model loaded once in ``__init__``, batches in ``__call__``); ``parse_annotation``
 is pure and tested on its own.
 """
@@ -163,15 +167,38 @@ def annotation_columns(answers: list[str], failures: list[str | None]) -> dict[s
 
 class CaptionerConfig(StrictModel):
     """The captioner actor pool. ``weights_dir`` holds a Qwen2.5-VL in the transformers layout (``config.json`` +
-    safetensors + tokenizer) or a diffusers-layout folder whose ``text_encoder/`` is used; tiny when unset."""
+    safetensors + tokenizer) or a diffusers-layout folder whose ``text_encoder/`` is used (preset ``qwen-image``);
+    ``preset: tiny`` without weights is the random tiny model. With neither, annotation is off (``active``)."""
 
-    enabled: bool = True
-    preset: Literal["tiny", "qwen-image"] = "tiny"
+    enabled: bool = True  # False: never caption, even with weights configured
+    preset: Literal["tiny", "qwen-image"] | None = None
     weights_dir: str | None = None
     max_new_tokens: int = pydantic.Field(default=256, ge=8)
     max_pixels: int = pydantic.Field(default=448 * 448, ge=56 * 56)  # what the vision tower sees
     pool: PoolConfig = PoolConfig(batch_size=4)
     seed: int = 0
+
+    @pydantic.model_validator(mode="after")
+    def _qwen_image_needs_weights(self) -> CaptionerConfig:
+        if self.preset == "qwen-image" and self.weights_dir is None:
+            raise ValueError("annotation.preset qwen-image needs annotation.weights_dir (a local folder)")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether the captioner runs: enabled, and weights chosen (``weights_dir``, or the tiny preset by name)."""
+        return self.enabled and (self.weights_dir is not None or self.preset is not None)
+
+    def disabled_note(self) -> str | None:
+        """Why the captioner does not run, for the log and the funnel; None when it does."""
+        if self.active:
+            return None
+        if not self.enabled:
+            return "annotation.enabled is false: no captioner ran; the source captions are used as they are"
+        return (
+            "no captioner weights configured (annotation.weights_dir): no captioner ran; the source captions are "
+            "used as they are"
+        )
 
 
 class Captioner:
@@ -189,7 +216,7 @@ class Captioner:
             self.tokenizer = AutoTokenizer.from_pretrained(config.weights_dir, **local)
         else:
             components = build_components(
-                config.preset,
+                config.preset or "qwen-image",
                 weights_dir=config.weights_dir,
                 parts=("text_encoder", "tokenizer"),
                 device=device,

@@ -42,7 +42,13 @@ from pipelines.operators import columns as operator_columns
 from pipelines.operators.balance import ELIGIBLE, add_quality_rank, balance_checks, balance_columns
 from pipelines.operators.base import NUM_STAGES, Check
 from pipelines.operators.caption import CaptionScores, caption_checks
-from pipelines.operators.clip_scores import CLIP_EMBEDDING, ClipScores, ClipScoresConfig, clip_checks
+from pipelines.operators.clip_scores import (
+    CLIP_EMBEDDING,
+    ClipScores,
+    ClipScoresConfig,
+    clip_checks,
+    disabled_clip_columns,
+)
 from pipelines.operators.dedup import add_duplicate_column
 from pipelines.operators.faces import FaceScores, FaceScoresConfig, face_checks
 from pipelines.operators.registry import OperatorConfig, ScoreOperators, build_operators, operator_checks
@@ -109,9 +115,16 @@ class CurationResult:
 def all_checks(config: CurationConfig) -> list[Check]:
     """Every check of every stage for this configuration, in stage order (the order of drop reasons)."""
     checks = [SOURCE_CHECK, *operator_checks(build_operators(config.operators))]
-    checks += [*caption_checks(), *clip_checks(config.clip), *text_ocr_checks(watermark=config.annotation.enabled)]
+    checks += [*caption_checks(), *clip_checks(config.clip), *text_ocr_checks(watermark=config.annotation.active)]
     checks += [*face_checks(), *balance_checks()]
     return sorted(checks, key=lambda check: check.stage)
+
+
+def disabled_notes(config: CurationConfig) -> dict[str, str]:
+    """Model-based operators that do not run under ``config`` (no weights configured), with why: logged at the
+    start and shown in the funnel report."""
+    notes = {"clip": config.clip.disabled_note(), "annotation": config.annotation.disabled_note()}
+    return {name: note for name, note in notes.items() if note}
 
 
 def _with_synthetic(real: ray.data.Dataset, config: CurationConfig) -> ray.data.Dataset:
@@ -151,8 +164,13 @@ def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
         edits = synthetic_edit_dataset(config.edit_synth, config.synthetic_edits).select_columns(columns)
         dataset = dataset.select_columns(columns).union(edits)
     dataset = map_stage(dataset, ScoreOperators, config.cpu_pool, config=config.operators)
-    dataset = map_stage(dataset, ClipScores, config.clip.pool, config=config.clip)
-    if config.annotation.enabled:
+    for note in disabled_notes(config).values():
+        logger.warning("curation: %s", note)
+    if config.clip.clip is None:
+        dataset = dataset.map_batches(disabled_clip_columns, batch_format="numpy")
+    else:
+        dataset = map_stage(dataset, ClipScores, config.clip.pool, config=config.clip)
+    if config.annotation.active:
         dataset = map_stage(dataset, Captioner, config.annotation.pool, config=config.annotation)
     dataset = map_stage(dataset, OcrScores, config.ocr.pool, config=config.ocr)  # reads the watermark list
     dataset = map_stage(dataset, FaceScores, config.faces.pool, config=config.faces)  # reads OCR and annotation
@@ -221,7 +239,7 @@ def relabel(output_dir: str | pathlib.Path, config: CurationConfig) -> dict:
     before_s7 = [check for check in checks if check.stage < NUM_STAGES]
     columns[ELIGIBLE] = compute_stage(columns, config.thresholds, before_s7) >= NUM_STAGES - 1
     columns = add_quality_rank(columns)
-    funnel = write_funnel_report(output_dir, columns, config.thresholds, checks)
+    funnel = write_funnel_report(output_dir, columns, config.thresholds, checks, notes=disabled_notes(config))
     labels = pa.table(
         {
             schema.SAMPLE_ID: pa.array(columns[schema.SAMPLE_ID], pa.string()),

@@ -113,9 +113,15 @@ def _stage_chart(path: pathlib.Path, summary: dict) -> None:
 
 
 def write_funnel_report(
-    output_dir: str | pathlib.Path, columns: Mapping[str, np.ndarray], thresholds: Any, checks: Sequence[Check]
+    output_dir: str | pathlib.Path,
+    columns: Mapping[str, np.ndarray],
+    thresholds: Any,
+    checks: Sequence[Check],
+    notes: Mapping[str, str] | None = None,
 ) -> dict:
-    """Write ``funnel.json``, ``funnel.html`` and the PNGs under ``output_dir/funnel``; returns the summary."""
+    """Write ``funnel.json``, ``funnel.html`` and the PNGs under ``output_dir/funnel``; returns the summary.
+
+    ``notes`` (operator -> why it did not run) go into the summary as ``disabled`` and at the top of the page."""
     output_dir = pathlib.Path(output_dir)
     folder = output_dir / "funnel"
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,6 +131,7 @@ def write_funnel_report(
         name = f"hist_{check['name']}.png"
         if _histogram(folder / name, np.asarray(columns[check["column"]], dtype=np.float64), check):
             check["histogram"] = f"funnel/{name}"
+    summary["disabled"] = dict(notes or {})
     summary["thresholds"] = thresholds.model_dump() if hasattr(thresholds, "model_dump") else str(thresholds)
     (output_dir / "funnel.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     (output_dir / "funnel.html").write_text(_html(summary))
@@ -144,6 +151,11 @@ def _html(summary: dict) -> str:
         for c in summary["checks"]
         if "histogram" in c
     )
+    disabled = "".join(
+        f"<li><b>{html.escape(name)}</b>: {html.escape(note)}</li>"
+        for name, note in summary.get("disabled", {}).items()
+    )
+    disabled = f"<h2>Not run</h2><ul>{disabled}</ul>" if disabled else ""
     breakdowns = "".join(
         f"<h3>{html.escape(name)}</h3><table>"
         + "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in counts.items())
@@ -157,6 +169,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{display:in
 <body><h1>Curation funnel</h1>
 <p>{summary["num_input"]} samples in; {summary["num_kept_all_stages"]} pass every stage; {summary["num_dropped"]} dropped
 with a reason.</p>
+{disabled}
 <img src="funnel/stages.png" alt="survivors per stage">
 <h2>Checks</h2><table><tr><th>stage</th><th>check</th><th>score</th><th>min</th><th>max</th><th>failing</th>
 <th>dropped here first</th></tr>{rows}</table>

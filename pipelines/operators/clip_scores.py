@@ -5,6 +5,11 @@
 - S1 NSFW: a pluggable head over the image embedding giving a probability;
 - S5 aesthetic: a pluggable head over the image embedding giving a score (LAION's predictor scale, 1 to 10).
 
+No CLIP model is configured by default (``ClipScoresConfig.clip`` is None): a random model must never keep or drop
+real data, so alignment, NSFW and aesthetic are then disabled with one warning (their columns NaN, their checks left
+out, the funnel says so). ``clip: {model_name: <open_clip name>, weights_path: <local file>}`` switches them on;
+``clip: {model_name: tiny-clip}`` (random weights) is for tests and the demo, which ask for it by name.
+
 Heads are small MLPs read from a local safetensors file (``layers.{i}.weight`` / ``layers.{i}.bias``, ReLU
 between layers; see ``EmbeddingHead``), so published predictors can be converted once and loaded offline. A head
 that is not configured is disabled with one logged warning: its column is NaN and its check is left out of the
@@ -76,18 +81,42 @@ class EmbeddingHead(torch.nn.Module):
 
 
 class ClipScoresConfig(StrictModel):
-    clip: ClipConfig = ClipConfig()
+    clip: ClipConfig | None = None  # None: no CLIP model, the CLIP operators are disabled (see the module docstring)
     nsfw_head: str | None = None  # safetensors file; output is a logit (sigmoid -> probability)
     aesthetic_head: str | None = None  # safetensors file; output is the aesthetic score
     image_short_side: int = pydantic.Field(default=256, ge=32)  # decode size; CLIP resizes to its own input
     keep_embeddings: bool = True
     pool: PoolConfig = PoolConfig(batch_size=32)
 
+    @pydantic.model_validator(mode="after")
+    def _heads_need_a_model(self) -> ClipScoresConfig:
+        for name in ("nsfw_head", "aesthetic_head"):
+            if getattr(self, name) and self.clip is None:
+                raise ValueError(f"{name} is a head over CLIP embeddings: configure clip (model_name, weights_path)")
+        return self
+
+    def disabled_note(self) -> str | None:
+        """Why the CLIP operators do not run, for the log and the funnel; None when they do."""
+        if self.clip is not None:
+            return None
+        return (
+            "no CLIP model configured (clip.clip: model_name + weights_path): CLIP alignment, NSFW and aesthetic "
+            "are disabled, their scores NaN and their checks left out"
+        )
+
+
+def disabled_clip_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The CLIP score columns, all NaN, for a run without a CLIP model (``ClipScoresConfig.clip`` None)."""
+    count = len(batch[schema.SAMPLE_ID])
+    return {**batch, **{name: np.full(count, np.nan) for name in (SCORE_CLIP_ALIGNMENT, SCORE_NSFW, SCORE_AESTHETIC)}}
+
 
 class ClipScores:
     """Ray Data actor: image bytes + raw caption -> alignment, NSFW, aesthetic (and the embedding)."""
 
     def __init__(self, config: ClipScoresConfig):
+        if config.clip is None:
+            raise ValueError(config.disabled_note())
         self.config = config
         device = "cuda" if config.pool.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.clip = ClipModel(config.clip, device=device)
@@ -131,7 +160,9 @@ class ClipScores:
 
 
 def clip_checks(config: ClipScoresConfig) -> tuple[Check, ...]:
-    """Checks over the CLIP scores; heads that are not configured contribute none."""
+    """Checks over the CLIP scores; a model or head that is not configured contributes none."""
+    if config.clip is None:
+        return ()
     checks = [
         Check(
             name="clip_alignment",

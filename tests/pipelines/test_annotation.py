@@ -63,7 +63,7 @@ def test_failures_are_recorded_with_reasons():
 
 
 def test_captioner_actor_on_tiny_model_never_crashes():
-    captioner = Captioner(CaptionerConfig(max_new_tokens=12, max_pixels=112 * 112))
+    captioner = Captioner(CaptionerConfig(preset="tiny", max_new_tokens=12, max_pixels=112 * 112))
     image = cv2.imencode(".png", np.full((96, 128, 3), 180, np.uint8))[1].tobytes()
     batch = {
         schema.SAMPLE_ID: np.array(["a", "b"], dtype=object),

@@ -100,14 +100,14 @@ def test_clip_scores_with_heads(tmp_path):
 
 
 def test_unconfigured_heads_are_disabled_not_dropping():
-    config = ClipScoresConfig()
+    config = ClipScoresConfig(clip=ClipConfig())
     out = ClipScores(config)({"image_bytes": np.array([_image_bytes(90)], dtype=object), "caption": np.array(["x"])})
     assert np.isnan(out[SCORE_NSFW][0]) and np.isnan(out[SCORE_AESTHETIC][0])
     assert [check.name for check in clip_checks(config)] == ["clip_alignment"]
     with pytest.raises(ValueError, match="expects 16-d embeddings"):
         path = "/tmp/_head16.safetensors"
         EmbeddingHead([16, 1]).save(path)
-        ClipScores(ClipScoresConfig(nsfw_head=path))
+        ClipScores(ClipScoresConfig(clip=ClipConfig(), nsfw_head=path))
 
 
 def _constant_head(path, value: float) -> str:
@@ -128,6 +128,7 @@ def test_model_checks_pass_and_fail(tmp_path):
     outcomes = {}
     for label, nsfw_logit, aesthetic in (("clean", -8.0, 7.0), ("flagged", 8.0, 2.0)):
         config = ClipScoresConfig(
+            clip=ClipConfig(),
             nsfw_head=_constant_head(tmp_path / f"nsfw_{label}.safetensors", nsfw_logit),
             aesthetic_head=_constant_head(tmp_path / f"aes_{label}.safetensors", aesthetic),
         )
@@ -141,7 +142,7 @@ def test_model_checks_pass_and_fail(tmp_path):
     assert outcomes["clean"] == {"nsfw": None, "aesthetic": None}
     assert outcomes["flagged"] == {"nsfw": "nsfw", "aesthetic": "aesthetic:low"}
 
-    alignment = clip_checks(ClipScoresConfig())[0]
+    alignment = clip_checks(ClipScoresConfig(clip=ClipConfig()))[0]
     assert alignment.reason(0.3, thresholds) is None and alignment.reason(-0.2, thresholds) == "clip_alignment:low"
 
     checks = {check.name: check for check in caption_checks()}

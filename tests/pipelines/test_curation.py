@@ -9,11 +9,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.curation import CurationConfig, read_score_columns, relabel, run_curation
+from pipelines.curation import (
+    CurationConfig,
+    all_checks,
+    disabled_notes,
+    read_score_columns,
+    relabel,
+    run_curation,
+    scoring_dataset,
+)
 from pipelines.sample_data import bad_inputs, sample_pairs
 from pipelines.sources import SourceConfig, sample_id
 
-FAST = {"annotation": {"max_new_tokens": 12, "max_pixels": 112 * 112}, "min_rows_per_file": 1}
+# The random tiny captioner and CLIP make data decisions only when asked for by name, as here.
+MODELS = {"annotation": {"preset": "tiny", "max_new_tokens": 12, "max_pixels": 112 * 112}, "clip": {"clip": {}}}
+FAST = {**MODELS, "min_rows_per_file": 1}
 
 
 def _mutations(data: bytes, count: int, seed: int) -> list[bytes]:
@@ -57,10 +67,40 @@ def bad_corpus(tmp_path_factory) -> tuple[str, list[str]]:
     return str(folder / "bad.parquet"), ids
 
 
+def test_default_config_uses_no_random_model(ray_session, tmp_path):
+    """The job's defaults (no weights configured) build no CLIP and no captioner stage and no check of theirs; the
+    funnel says why. Asked for by name, the tiny models run."""
+    from models.config import load_config
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, (_, image, _) in enumerate(sample_pairs(2)):
+        (photos / f"{index}.jpg").write_bytes(image)
+    source = f"sources=[{{kind: folder, paths: [{photos}]}}]"
+    default = load_config(CurationConfig, None, [f"output_dir={tmp_path / 'out'}", source])
+    assert default.clip.clip is None and not default.annotation.active
+    plan = repr(scoring_dataset(default))  # lazy: nothing runs
+    assert "ClipScores" not in plan and "Captioner" not in plan and "disabled_clip_columns" in plan
+    names = {check.name for check in all_checks(default)}
+    assert not names & {"clip_alignment", "nsfw", "aesthetic", "watermark"} and "ocr" in names
+    assert sorted(disabled_notes(default)) == ["annotation", "clip"]
+
+    chosen = default.model_validate({**default.model_dump(), **MODELS})
+    plan = repr(scoring_dataset(chosen))
+    assert "MapBatches(ClipScores)" in plan and "MapBatches(Captioner)" in plan
+    assert {"clip_alignment", "watermark"} <= {check.name for check in all_checks(chosen)}
+    assert disabled_notes(chosen) == {}
+    with pytest.raises(ValueError, match="weights_dir"):
+        CurationConfig.model_validate({**default.model_dump(), "annotation": {"preset": "qwen-image"}})
+    with pytest.raises(ValueError, match="configure clip"):
+        CurationConfig.model_validate({**default.model_dump(), "clip": {"nsfw_head": "nsfw.safetensors"}})
+
+
 def test_bad_inputs_are_accounted_for(ray_session, bad_corpus, tmp_path):
+    """With the default configuration: no model decides, and the funnel says which did not run."""
     path, expected_ids = bad_corpus
     config = CurationConfig.model_validate(
-        {"sources": [{"kind": "parquet", "paths": [path]}], "output_dir": str(tmp_path / "out"), **FAST}
+        {"sources": [{"kind": "parquet", "paths": [path]}], "output_dir": str(tmp_path / "out"), "min_rows_per_file": 1}
     )
     result = run_curation(config)
     labels = pq.read_table(tmp_path / "out" / "labels.parquet").to_pydict()
@@ -73,7 +113,6 @@ def test_bad_inputs_are_accounted_for(ray_session, bad_corpus, tmp_path):
     assert funnel["num_kept_all_stages"] + funnel["num_dropped"] == funnel["num_input"] == len(expected_ids)
 
     by_key = dict(zip(read_score_columns(tmp_path / "out")["key"], labels["drop_reason"], strict=True))
-    by_key = {key: by_key[key] for key in by_key}
     assert by_key["zero_bytes"] == "broken_file:empty"
     assert by_key["truncated_jpeg"] == "broken_file:truncated"
     assert by_key["random_bytes"] == "broken_file:unidentified"
@@ -82,6 +121,9 @@ def test_bad_inputs_are_accounted_for(ray_session, bad_corpus, tmp_path):
     assert by_key["invalid_utf8"] == "caption_invalid:invalid_utf8"
     assert by_key["empty_caption"] == "caption_invalid:empty"
     assert by_key["huge_caption"] == "caption_tokens:too_long"
+    assert sorted(funnel["disabled"]) == ["annotation", "clip"]
+    assert "no CLIP model configured" in (tmp_path / "out" / "funnel.html").read_text()
+    assert not any(reason.startswith(("clip_alignment", "watermark")) for reason in labels["drop_reason"])
 
 
 def test_curation_writes_scores_labels_and_funnel(ray_session, tmp_path):
@@ -148,4 +190,5 @@ def test_config_errors_name_the_key(tmp_path):
         )
     with pytest.raises(ConfigError, match="sources"):
         load_config(CurationConfig, None, [f"output_dir={tmp_path}", "sources=[]"])
-    assert SourceConfig  # imported for the type
+    config = load_config(CurationConfig, None, [f"output_dir={tmp_path}", "sources=[{kind: folder, paths: [x]}]"])
+    assert config.sources == [SourceConfig(kind="folder", paths=["x"])]
