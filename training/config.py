@@ -127,7 +127,9 @@ class PretrainConfig(StrictModel):
     samples: SampleConfig = SampleConfig()
     seed: int = 0
     shuffle_buffer: int = pydantic.Field(default=256, ge=0)  # rows; 0 keeps the store's order
-    fail_at_step: int | None = None  # failure injection for tests: raise once when this step is reached
+    # Failure injection for tests: the first time this step is reached, the rank-0 training worker process kills
+    # itself with SIGKILL (a dead worker, as a lost node or an OOM kill leaves it), and Ray Train restarts the group.
+    fail_at_step: int | None = None
 
     @pydantic.model_validator(mode="after")
     def _feed_has_its_source(self) -> PretrainConfig:

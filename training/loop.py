@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import pathlib
+import signal
 import tempfile
 import time
 
@@ -238,6 +240,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ema = _restore(pathlib.Path(folder), model, optimizer, state, rank)
     elif loop_config.get("init_checkpoint"):
         ema = _restore(pathlib.Path(loop_config["init_checkpoint"]), model, optimizer, None)
+    restored_step = state.step  # where this attempt starts: the phase start, or the restored checkpoint's step
     if config.ema_decay is not None and ema is None:
         ema = {name: p.detach().float().cpu().clone() for name, p in unwrap(model).named_parameters()}
 
@@ -271,11 +274,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if ema is not None:
                 _update_ema(ema, model, config.ema_decay)
             meter.add_step(loss, group)
-            _maybe_fail(config, state.step)
+            _maybe_fail(config, state.step, rank)
             last = state.step == end
             if state.step % config.log_every == 0 or state.step % config.checkpoint_every == 0 or last:
                 metrics = meter.flush(state.step, phase.name, optimizer.param_groups[0]["lr"], grad_norm, world)
                 metrics["resolution"] = phase.resolution
+                metrics["restored_step"] = restored_step
                 if writer is not None:
                     writer.write(metrics)
                 if state.step % config.checkpoint_every == 0 or last:
@@ -393,15 +397,16 @@ def _update_ema(ema: dict, model, decay: float) -> None:
             ema[name].mul_(decay).add_(param.detach().float().cpu(), alpha=1 - decay)
 
 
-def _maybe_fail(config: PretrainConfig, step: int) -> None:
-    """Failure injection for the restart test: raises once, the first time ``fail_at_step`` is reached."""
-    if config.fail_at_step is None or step != config.fail_at_step:
+def _maybe_fail(config: PretrainConfig, step: int, rank: int) -> None:
+    """Failure injection for the restart tests: the first time ``fail_at_step`` is reached, rank 0's worker process
+    dies by SIGKILL (no exception, no clean-up: what a lost node or the OOM killer does to it)."""
+    if config.fail_at_step is None or step != config.fail_at_step or rank != 0:
         return
     marker = pathlib.Path(config.output_dir) / config.run_name / f".failed-at-{step}"
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("injected failure\n")
-        raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+        marker.write_text(f"worker process {os.getpid()} killed with SIGKILL at step {step}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _metrics_writer(config: PretrainConfig):

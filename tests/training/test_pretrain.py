@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import threading
 import time
 
@@ -93,12 +94,21 @@ def test_progressive_phases(ray_session, tiny_store, tmp_path):
     assert per_sample[9] / per_sample[3] == pytest.approx((384 / 256) ** 2, rel=0.25)
 
 
-def test_pretrain_resumes_identically(ray_session, tiny_store, tmp_path):
+def test_resume_restores_from_checkpoint(ray_session, tiny_store, tmp_path):
+    """The training worker process is SIGKILLed at step 12; Ray Train restarts the group from the step-10 checkpoint.
+    The metrics show the second attempt starting at step 11 (nothing before it redone, which a restart from scratch
+    would do, since noise and data are seeded by step), and the weights equal an uninterrupted run's."""
     phases = [{"name": "p1", "num_steps": 16, "resolution": 256}]
     reference = run_pretraining(_config(tiny_store, tmp_path / "a", phases, checkpoint_every=5))
-    failed = run_pretraining(_config(tiny_store, tmp_path / "b", phases, checkpoint_every=5, fail_at_step=12))
-    assert (tmp_path / "b" / "t" / ".failed-at-12").exists()  # the failure did happen
-    expected, actual = _weights(reference), _weights(failed)
+    killed = run_pretraining(_config(tiny_store, tmp_path / "b", phases, checkpoint_every=5, fail_at_step=12))
+    marker = (tmp_path / "b" / "t" / ".failed-at-12").read_text()
+    pid = int(re.search(r"process (\d+) killed with SIGKILL", marker).group(1))
+    assert not pathlib.Path(f"/proc/{pid}").exists()  # that worker process is gone
+    attempts: dict[int, list[int]] = {}
+    for row in read_metrics(killed["metrics"]):
+        attempts.setdefault(int(row["restored_step"]), []).append(int(row["step"]))
+    assert attempts == {0: list(range(1, 12)), 10: list(range(11, 17))}
+    expected, actual = _weights(reference), _weights(killed)
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
