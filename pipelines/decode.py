@@ -46,7 +46,7 @@ _JPEG_SOS = b"\xff\xda"
 _MAX_JPEG_REDUCTION = 4
 # The DCT-scaling bits alone (the *_GRAYSCALE_* constants carry no colour bit), combined with
 # IMREAD_COLOR_RGB where OpenCV has it (>= 4.11): libjpeg then writes RGB directly, saving a cvtColor.
-_CV2_REDUCTION_BITS = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4}
+_CV2_REDUCTION_FLAGS = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4}
 _CV2_RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
 # What malformed or truncated bytes make PIL and OpenCV raise: PIL's plugins raise OSError (UnidentifiedImageError
 # and "image file is truncated" included), SyntaxError ("broken PNG file"), ValueError, EOFError, struct.error and
@@ -70,10 +70,11 @@ class DecodeConfig(BaseModel):
     would cost over 200 MB of RGB each. PIL's own guard (``Image.MAX_IMAGE_PIXELS`` x 2, 179 Mpx)
     applies on top and is reported with the same reason. ``analysis_short_side`` is the short side
     of the copy the operators score (larger images are decoded at reduced size, then downscaled);
-    scores such as blur depend on this scale, so thresholds hold for one value. 384 rather than
-    512: JPEGs with a short side from 768 px (not 1024) decode at 1/2, from 1536 px at 1/4, which
-    is what keeps decode plus all operators within 1/0.6 of a full decode
-    (``benchmarks/producer_cpu.py``).
+    scores such as blur depend on this scale, so the thresholds in
+    ``pipelines/operators/thresholds.py`` were set for this one value and hold only for it. 384 is
+    1.5x the 256 px short side the first curriculum stages train at: detail finer than what the
+    model sees there is still resolved, so a blurry or noisy image is judged at the scale it will be
+    learned from. (The producer benchmark reports the cost this scale implies; it did not choose it.)
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -146,7 +147,7 @@ def decode_image(data: bytes, config: DecodeConfig | None = None) -> DecodeResul
     try:
         # MPO (phone cameras: a JPEG followed by more JPEGs) decodes as its first, main image.
         if image_format in ("JPEG", "MPO") and pil_image.mode in ("RGB", "L"):
-            reduction = _jpeg_reduction(min(stored_width, stored_height), config.analysis_short_side)
+            reduction = jpeg_reduction(min(stored_width, stored_height), config.analysis_short_side)
             native = _decode_jpeg_cv2(data, reduction)
         else:
             native = _decode_pil(pil_image)
@@ -200,7 +201,7 @@ class _TruncatedError(Exception):
     """The data ends before the image does."""
 
 
-def _jpeg_reduction(short_side: int, analysis_short_side: int) -> int:
+def jpeg_reduction(short_side: int, analysis_short_side: int) -> int:
     """Largest DCT scaling (1, 2, 4) that still leaves at least ``analysis_short_side`` pixels."""
     reduction = 1
     while reduction < _MAX_JPEG_REDUCTION and short_side // (reduction * 2) >= analysis_short_side:
@@ -208,16 +209,18 @@ def _jpeg_reduction(short_side: int, analysis_short_side: int) -> int:
     return reduction
 
 
+def jpeg_decode_flags(reduction: int) -> int:
+    """The ``cv2.imdecode`` flags of a JPEG decoded at 1/``reduction``, stored orientation, RGB where OpenCV can."""
+    return _CV2_REDUCTION_FLAGS[reduction] | cv2.IMREAD_IGNORE_ORIENTATION | (_CV2_RGB_FLAG or cv2.IMREAD_COLOR)
+
+
 def _decode_jpeg_cv2(data: bytes, reduction: int) -> np.ndarray:
     # OpenCV 4.x decodes a truncated JPEG with a grey tail (5.x refuses it): check the end marker.
     if _jpeg_is_truncated(data):
         raise _TruncatedError
-    flags = _CV2_REDUCTION_BITS[reduction] | cv2.IMREAD_IGNORE_ORIENTATION
-    if _CV2_RGB_FLAG is None:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_COLOR)
-        rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    else:
-        rgb = cv2.imdecode(np.frombuffer(data, np.uint8), flags | _CV2_RGB_FLAG)
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), jpeg_decode_flags(reduction))
+    if rgb is not None and _CV2_RGB_FLAG is None:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
     if rgb is None:
         raise ValueError("cv2.imdecode could not decode the JPEG")
     return rgb
