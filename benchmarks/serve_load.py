@@ -7,10 +7,13 @@ Deployments of serving.app on a local Ray, each with the API key set and images 
 that a batch's shared costs matter on CPU:
 
 1. Two generator replicas. ``--num-requests`` requests at concurrency 16, every tenth one hostile (bad JSON, bad or
-   huge sizes, huge steps, ``n`` 1000, a 1 MB prompt, wrong types, no key): p50 / p99 latency of the valid ones and
-   the 5xx answers to hostile ones (``num_5xx``; target 0). Then the same load again while one generator replica is
-   killed with ``ray.kill`` a third of the way in: the share of valid requests answered 200
-   (``valid_success_rate_under_replica_kill``; target 0.99; the ingress retries on a lost replica).
+   huge sizes, huge steps, ``n`` 1000, a 1 MB prompt, wrong types, no key): p50 / p99 latency of the valid ones.
+   Then the same load again while one generator replica is killed with ``ray.kill`` a third of the way in: the
+   share of valid requests answered 200 (``valid_success_rate_under_replica_kill``; target 0.99; the ingress retries
+   on a lost replica), and ``num_retried``, the requests whose answer carried ``X-Generator-Retries`` > 0 (the
+   ingress says so on every answer). Over both runs, every request counts: ``num_5xx`` is every 5xx answer, valid or
+   hostile (target 0), reported apart as ``num_5xx_valid`` / ``num_5xx_hostile``; ``num_no_answer`` every request
+   that got no HTTP answer at all (connection dropped, time-out), likewise split.
 2. Two applications side by side, one generator replica each: batching on (up to 4 images per sampler call, so
    that at concurrency 8 one batch computes while the next one's requests arrive) and batching off. Valid images
    per second at concurrency 8, rounds alternating between the two so that other load on the machine hits both
@@ -39,6 +42,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from serving.app import application, local_url  # noqa: E402
+from serving.ingress import RETRIES_HEADER  # noqa: E402
 from serving.config import ServeSettings  # noqa: E402
 
 API_KEY = "bench-key"
@@ -106,6 +110,7 @@ async def run_load(url: str, items: list, concurrency: int, on_progress=None) ->
         async def one(valid: bool, body: bytes, headers: dict) -> None:
             async with semaphore:
                 start = time.perf_counter()
+                retries = 0
                 try:
                     async with session.post(
                         f"{url}/v1/images/generations",
@@ -114,9 +119,11 @@ async def run_load(url: str, items: list, concurrency: int, on_progress=None) ->
                     ) as response:
                         await response.read()
                         status = response.status
+                        retries = int(response.headers.get(RETRIES_HEADER, "0"))
                 except (TimeoutError, aiohttp.ClientError):
                     status = -1  # no answer at all: counted as a failure
-                records.append({"valid": valid, "status": status, "ms": 1000 * (time.perf_counter() - start)})
+                milliseconds = 1000 * (time.perf_counter() - start)
+                records.append({"valid": valid, "status": status, "ms": milliseconds, "retries": retries})
                 if on_progress is not None:
                     on_progress(len(records))
 
@@ -146,14 +153,19 @@ def summarise(records: list[dict]) -> dict:
     hostile = [r for r in records if not r["valid"]]
     ok = [r["ms"] for r in valid if r["status"] == 200]
     return {
+        "requests": len(records),
         "valid_ok": len(ok),
         "valid": len(valid),
+        "hostile": len(hostile),
         "p50_ms": float(np.percentile(ok, 50)) if ok else None,
         "p99_ms": float(np.percentile(ok, 99)) if ok else None,
         "hostile_4xx": sum(400 <= r["status"] < 500 for r in hostile),
         "hostile_5xx": sum(r["status"] >= 500 for r in hostile),
+        "hostile_no_answer": sum(r["status"] == -1 for r in hostile),
         "valid_5xx": sum(r["status"] >= 500 for r in valid),
         "valid_no_answer": sum(r["status"] == -1 for r in valid),
+        "retried": sum(r["retries"] > 0 for r in records),
+        "retries": sum(r["retries"] for r in records),
     }
 
 
@@ -218,9 +230,16 @@ def main(argv: list[str] | None = None) -> dict:
         "p99_ms": round(load["p99_ms"], 1),
         "batched_vs_unbatched": round(batched_rate / unbatched_rate, 2),
         "valid_success_rate_under_replica_kill": round(kill_run["valid_ok"] / kill_run["valid"], 4),
-        # 5xx answers to hostile requests, both mixed runs (the target: 0); valid ones are reported apart.
-        "num_5xx": load["hostile_5xx"] + kill_run["hostile_5xx"],
+        # Every request of both mixed runs counts (the target for each: 0).
+        "num_requests_sent": load["requests"] + kill_run["requests"],
+        "num_5xx": sum(run[key] for run in (load, kill_run) for key in ("valid_5xx", "hostile_5xx")),
         "num_5xx_valid": load["valid_5xx"] + kill_run["valid_5xx"],
+        "num_5xx_hostile": load["hostile_5xx"] + kill_run["hostile_5xx"],
+        "num_no_answer": sum(run[key] for run in (load, kill_run) for key in ("valid_no_answer", "hostile_no_answer")),
+        "num_no_answer_hostile": load["hostile_no_answer"] + kill_run["hostile_no_answer"],
+        # Requests the ingress retried on another replica, from its X-Generator-Retries header.
+        "num_retried": load["retried"] + kill_run["retried"],
+        "num_retried_under_replica_kill": kill_run["retried"],
         "images_per_s_batched": round(batched_rate, 2),
         "images_per_s_unbatched": round(unbatched_rate, 2),
         "size": args.size,

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from python_multipart.multipart import parse_options_header
 from ray import serve
@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 # A generator replica that is gone (killed, its node lost) or not yet replaced: worth another try elsewhere.
 REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+# Every answered generation or edit says how many times the ingress retried it on another generator replica.
+RETRIES_HEADER = "X-Generator-Retries"
 
 app = FastAPI(title="Qwen-Image", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -218,15 +220,15 @@ class Ingress:
         return {"object": "list", "data": [entry]}
 
     @app.post("/v1/images/generations")
-    async def generations(self, request: Request) -> dict:
+    async def generations(self, request: Request, response: Response) -> dict:
         self.authorize(request)
         body = parse_body(await read_body(request, self.settings.limits.max_body_bytes))
         self.check_model(body.model)
         job = check_request(body, self.settings.limits, self.settings.defaults, self.count_tokens)
-        return await self.answer(job)
+        return await self.answer(job, response)
 
     @app.post("/v1/images/edits")
-    async def edits(self, request: Request) -> dict:
+    async def edits(self, request: Request, response: Response) -> dict:
         self.authorize(request)
         edit = self.settings.edit
         if not edit.enabled:
@@ -239,7 +241,7 @@ class Ingress:
         job = check_edit_request(
             body, image, source_size, self.settings.limits, self.settings.defaults, edit, self.count_tokens
         )
-        return await self.answer(job)
+        return await self.answer(job, response)
 
     def check_model(self, model: str | None) -> None:
         served = self.settings.model.name
@@ -247,28 +249,31 @@ class Ingress:
             message = f"model {model!r} does not exist; this server serves {served!r}"
             raise ApiError(404, message, param="model", code="model_not_found")
 
-    async def answer(self, job: GenerationJob) -> dict:
-        """Queue ``job`` (503 when full) and answer with its images, base64 PNGs with their seeds."""
+    async def answer(self, job: GenerationJob, response: Response) -> dict:
+        """Queue ``job`` (503 when full) and answer with its images, base64 PNGs with their seeds; the
+        ``X-Generator-Retries`` header counts the retries on another replica it took."""
         if self.num_in_flight >= self.settings.queue.max_in_flight:
             raise self.busy(f"server busy: {self.num_in_flight} requests in flight; retry later")
         self.num_in_flight += 1
         try:
-            images = await self.generate(job)
+            images, retries = await self.generate(job)
         finally:
             self.num_in_flight -= 1
+        response.headers[RETRIES_HEADER] = str(retries)
         data = [
             {"b64_json": base64.b64encode(png).decode("ascii"), "seed": seed}
             for png, seed in zip(images, job.seeds, strict=True)
         ]
         return {"created": int(time.time()), "data": data}
 
-    async def generate(self, job: GenerationJob) -> list[bytes]:
-        """PNGs from the generator, retried on another replica when the one asked dies or is gone."""
+    async def generate(self, job: GenerationJob) -> tuple[list[bytes], int]:
+        """PNGs from the generator and the number of retries they took: a request is retried on another replica
+        when the one asked dies or is gone."""
         queue = self.settings.queue
         attempt = 0
         while True:
             try:
-                return await self.generator.generate.remote(job)
+                return await self.generator.generate.remote(job), attempt
             except BackPressureError as error:
                 raise self.busy(f"server busy: {error}") from None
             except REPLICA_GONE as error:

@@ -40,6 +40,7 @@ def test_generation_endpoint(server):
     body = {"prompt": "a red fox in the snow", "size": "64x48", "num_inference_steps": 2, "seed": 3}
     first = generate(server, body)
     assert first.status_code == 200, first.text
+    assert first.headers["X-Generator-Retries"] == "0"  # answered by the first replica asked
     answer = first.json()
     assert isinstance(answer["created"], int) and len(answer["data"]) == 1 and answer["data"][0]["seed"] == 3
     image = decode_png(answer["data"][0]["b64_json"])
