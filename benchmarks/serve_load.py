@@ -42,8 +42,8 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from serving.app import application, local_url  # noqa: E402
-from serving.ingress import RETRIES_HEADER  # noqa: E402
 from serving.config import ServeSettings  # noqa: E402
+from serving.ingress import RETRIES_HEADER  # noqa: E402
 
 API_KEY = "bench-key"
 KEY_ENV = "SERVE_LOAD_API_KEY"
