@@ -4,28 +4,67 @@ A local Ray oversubscribes logical CPUs (8 per core, at least 16): a producer jo
 (decode, CLIP, captioner, OCR, faces, synthesis, encoders: about ten pools), each holding a logical CPU, and a pool
 whose first actor cannot be placed stalls the whole stream; a train worker holding every CPU would likewise starve
 Ray Data (docs/costs.md §3). The actors mostly wait on each other, so the oversubscription costs little.
+
+What a person sees is the job's own lines: progress of each stage (Ray Data's bars in a terminal, one line per pass
+otherwise) and of training (the driver follows the metrics, ``training.progress``), then the summary. Ray's own
+output goes to its log files, printed once at the start: workers' stdout and stderr are not forwarded
+(``log_to_driver=False``; a failure still reaches the driver as the exception it raised), and Ray's, Ray Data's and
+Ray Train's console loggers show warnings and errors only.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import ray
 
-logger = logging.getLogger(__name__)
+# The libraries' loggers whose console output is cut to warnings (their log files keep everything).
+QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
 
 
 def init_ray(num_cpus: int | None = None) -> dict:
     """Connect (or start a local Ray) once per process; returns the cluster's resources."""
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
+        quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         if address:
-            ray.init(address=address)
-            logger.info("connected to the Ray cluster at %s", address)
+            context = ray.init(address=address, **quiet)
+            where = f"connected to the Ray cluster at {address}"
         else:
             cpus = num_cpus or max(16, 8 * (os.cpu_count() or 1))
+            # Token authentication stays on, as Ray's default for a new local cluster; saying so explicitly spares
+            # the console Ray's notice that it chose it.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             # address="local": start our own, never attach to a Ray another process left running on this machine.
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False)
-            logger.info("started a local Ray with %d logical CPUs", cpus)
+            # The oversubscribed pools start many workers at once on purpose: the raylet may start as many workers
+            # concurrently as there are logical CPUs (else it warns at 4x the physical cores, over and over).
+            context = ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                _system_config={"worker_maximum_startup_concurrency": cpus},
+                **quiet,
+            )
+            where = f"started a local Ray ({cpus} logical CPUs)"
+        quiet_console()
+        session = getattr(context, "address_info", {}).get("session_dir")
+        print(f"[ray] {where}; Ray's own logs: {session}/logs" if session else f"[ray] {where}", flush=True)
     return ray.cluster_resources()
+
+
+def quiet_console() -> None:
+    """Warnings and errors only from Ray's loggers on the console; Ray Data's progress bars only in a terminal (the
+    jobs print a line per pass otherwise)."""
+    import ray.data
+    from ray.util.debug import log_once
+
+    for name in QUIET_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
+    terminal = sys.stdout.isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = terminal
+    if not terminal:
+        log_once("ray_data_progress_manager_disabled")  # Ray Data's one-time notice that bars are off: we chose it

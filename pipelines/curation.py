@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import pathlib
 import shutil
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -259,14 +260,30 @@ def run_curation(config: CurationConfig) -> CurationResult:
     """Scoring, labels and funnel, then (with ``encode.store_dir``) encoding into the latent store."""
     output, scored_already = _prepare_output(config)
     if scored_already:
-        logger.info("%s holds a complete scoring pass: resuming after it", output / SCORED_DIR)
+        _say(f"1/3 scoring: {output / SCORED_DIR} holds a complete scoring pass; resuming after it")
     else:
+        _say("1/3 scoring: decode, every operator, models, OCR, faces (streaming; nothing dropped)")
+        started = time.perf_counter()
         scoring_dataset(config).write_parquet(str(output / SCORED_DIR), min_rows_per_file=config.min_rows_per_file)
         (output / SCORED_DIR / SCORED_DONE).write_text("")
+        _say(f"1/3 scoring done in {time.perf_counter() - started:.0f} s")
+    started = time.perf_counter()
     funnel = relabel(output, config)
+    _say(
+        f"2/3 labels: {funnel['num_input']} samples, {funnel['num_kept_all_stages']} pass every stage, "
+        f"{funnel['num_dropped']} dropped with a reason ({time.perf_counter() - started:.0f} s)"
+    )
     result = CurationResult(output_dir=output, num_samples=funnel["num_input"], funnel=funnel)
     if config.encode.store_dir is not None:
         from pipelines.produce import encode_pass
 
+        _say(f"3/3 encoding the samples of stage >= {config.encode.min_stage} into {config.encode.store_dir}")
+        started = time.perf_counter()
         result.num_encoded = encode_pass(output / SCORED_DIR, output / LABELS_FILE, config.encode)
+        _say(f"3/3 encoded {result.num_encoded} samples in {time.perf_counter() - started:.0f} s")
     return result
+
+
+def _say(message: str) -> None:
+    """One progress line of the curation job (Ray Data's bars, in a terminal, show the detail)."""
+    print(f"[curation] {message}", flush=True)

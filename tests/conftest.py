@@ -65,12 +65,62 @@ def ray_session():
     ray.shutdown()
 
 
+# The resolutions of the tests' latent store: two, so that a curriculum can change resolution.
+STORE_RESOLUTIONS = (256, 384)
+
+
 @pytest.fixture(scope="session")
-def tiny_store_dir(tmp_path_factory) -> str:
-    """A small latent store from the sample corpus, encoded with the tiny VAE and condition encoder (no Ray)."""
+def tiny_store(tmp_path_factory) -> str:
+    """A small real latent store (40 samples of the sample corpus at 256 and 384 px, encoded with the tiny VAE and
+    condition encoder, no Ray), shared by every consumer test."""
     from pipelines.sample_data import encoded_sample_table
     from pipelines.store.writer import commit_table
 
-    folder = tmp_path_factory.mktemp("tiny_store")
-    commit_table(folder, encoded_sample_table(24, seed=21))
+    folder = tmp_path_factory.mktemp("store")
+    commit_table(folder, encoded_sample_table(40, seed=11, resolutions=STORE_RESOLUTIONS))
     return str(folder)
+
+
+# The shared pretraining run: two phases (the second at a higher resolution and stage), a constant learning rate
+# after warm-up (so a run of the first phase alone takes the same steps), a checkpoint every 5 steps, every step
+# logged. Tests that only read a trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
+SHARED_RUN = "shared"
+SHARED_PHASES = [
+    {"name": "low", "num_steps": 60, "resolution": 256, "min_stage": 1},
+    {"name": "high", "num_steps": 6, "resolution": 384, "min_stage": 2},
+]
+
+
+def shared_run_overrides(store: str, output: str, phases: list[dict]) -> list[str]:
+    """``jobs/pretrain.py`` overrides of the shared run (on top of ``configs/pretrain_tiny.yaml``)."""
+    import json
+
+    return [
+        f"store_dir={store}",
+        f"output_dir={output}",
+        f"run_name={SHARED_RUN}",
+        "batch_size=4",
+        "optim.lr=0.0005",
+        "optim.warmup_steps=5",
+        "optim.schedule=constant",
+        "checkpoint_every=5",
+        "log_every=1",
+        "shuffle_buffer=16",
+        "samples.num_steps=2",
+        'samples.prompts=["a red apple"]',
+        f"phases={json.dumps(phases)}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(ray_session, tiny_store, tmp_path_factory) -> str:
+    """The run folder of one ``jobs/pretrain.py`` run of the demo recipe with the shared overrides (its
+    ``summary.json`` names the final checkpoint, ``phase-00.done.json`` the first phase's)."""
+    import pathlib
+
+    from jobs.pretrain import main
+
+    output = tmp_path_factory.mktemp("pretrain")
+    recipe = pathlib.Path(__file__).resolve().parents[1] / "configs" / "pretrain_tiny.yaml"
+    main(["--config", str(recipe), *shared_run_overrides(tiny_store, str(output), SHARED_PHASES)])
+    return str(output / SHARED_RUN)

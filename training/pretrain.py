@@ -18,9 +18,11 @@ import ray
 from training.config import PretrainConfig
 from training.loop import train_loop_per_worker
 from training.metrics import plot_loss_curve
+from training.progress import Progress
 from training.trainer import fit_trainer
 
 logger = logging.getLogger(__name__)
+PROGRESS_KEYS = ("phase", "loss", "samples_per_s")
 
 
 @ray.remote
@@ -152,6 +154,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
                 },
             },
             datasets={"train": _streamed_phase(config, phase, curated)} if curated else None,
+            progress=Progress(folder / "metrics.csv", config.total_steps, "pretrain", PROGRESS_KEYS),
         )
         init_checkpoint = result.checkpoint.path
         marker.write_text(json.dumps({"checkpoint": init_checkpoint, "metrics": result.metrics}))

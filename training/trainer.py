@@ -8,6 +8,7 @@ worker receives that config as ``loop_config["config"]`` (JSON, so it validates 
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+
+from training.progress import Progress, ProgressPrinter
 
 if TYPE_CHECKING:
     import ray.data
@@ -64,10 +67,12 @@ def fit_trainer(
     storage_path: str | pathlib.Path,
     loop_config: dict[str, Any] | None = None,
     datasets: dict[str, ray.data.Dataset] | None = None,
+    progress: Progress | None = None,
 ) -> ray.train.Result:
     """Runs ``loop`` on the config's workers with ``{"config": config (JSON), **loop_config}``; returns the result.
 
-    A run that fails after its restarts raises the workers' error."""
+    ``progress`` names the metrics CSV the driver follows and prints while the workers run. A run that fails after
+    its restarts raises the workers' error."""
     trainer = TorchTrainer(
         loop,
         train_loop_config={"config": config.model_dump(mode="json"), **(loop_config or {})},
@@ -75,7 +80,8 @@ def fit_trainer(
         run_config=run_config(config, name=name, storage_path=storage_path),
         datasets=datasets,
     )
-    result = trainer.fit()
+    with ProgressPrinter(progress) if progress is not None else contextlib.nullcontext():
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
     return result

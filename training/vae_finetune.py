@@ -44,6 +44,7 @@ from models.imageio import save_png, to_grid
 from models.presets import Components, build_components
 from models.vae import images_to_tensor, tensor_to_images
 from training.evaluation.images import text_rich_images
+from training.progress import Progress
 from training.state_io import load_state, save_state
 from training.trainer import fit_trainer
 
@@ -355,7 +356,10 @@ def run_finetune(config: VaeFinetuneConfig) -> dict:
     heldout = train_images(config, heldout=True)
     before = reconstruct(build_vae(config), heldout)
     print(f"[finetune_vae] {config.num_steps} steps on {config.num_train_images} text-rich images", flush=True)
-    result = fit_trainer(train_loop_per_worker, config, name=config.run_name, storage_path=folder / "ray")
+    progress = Progress(folder / "metrics.csv", config.num_steps, "finetune_vae", ("loss", "l1", "perceptual"))
+    result = fit_trainer(
+        train_loop_per_worker, config, name=config.run_name, storage_path=folder / "ray", progress=progress
+    )
     final = pathlib.Path(result.checkpoint.path) / "model"
     after = reconstruct(build_components(config.preset, weights_dir=final, parts=("vae",)).vae, heldout)
     scores = {"before": reconstruction_scores(heldout, before), "after": reconstruction_scores(heldout, after)}

@@ -91,7 +91,7 @@ def head_node(tmp_path):
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit(head_node, tiny_store_dir, tmp_path):
+def test_ray_job_submit(head_node, tiny_store, tmp_path):
     address, env = head_node
     output = tmp_path / "pretrain"
     command = [
@@ -107,7 +107,7 @@ def test_ray_job_submit(head_node, tiny_store_dir, tmp_path):
         "configs/pretrain_tiny.yaml",
         "--max-steps",
         "3",
-        f"store_dir={tiny_store_dir}",
+        f"store_dir={tiny_store}",
         f"output_dir={output}",
         "samples.num_steps=1",
     ]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 
 import numpy as np
 import pytest
 import requests
-
-from pipelines.sample_data import encoded_sample_table
-from pipelines.store.writer import commit_table
 
 from .conftest import decode_png, free_port
 
@@ -27,14 +25,9 @@ def load_job(name: str):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(ray_session, tmp_path_factory) -> str:
-    """Two steps of the demo recipe; a high learning rate so that the weights move away from the preset's."""
-    store = tmp_path_factory.mktemp("serve_store")
-    commit_table(store, encoded_sample_table(16, seed=5))
-    overrides = [f"store_dir={store}", f"output_dir={tmp_path_factory.mktemp('serve_pretrain')}", "batch_size=2"]
-    overrides += ["optim.lr=0.01", "optim.warmup_steps=0", "samples.every_steps=0"]
-    argv = ["--config", str(REPO / "configs" / "pretrain_tiny.yaml"), "--max-steps", "2", *overrides]
-    return load_job("pretrain").main(argv)["checkpoint"]
+def checkpoint(pretrain_run) -> str:
+    """The final checkpoint of the shared ``jobs/pretrain.py`` run of the demo recipe (tests/conftest.py)."""
+    return json.loads((pathlib.Path(pretrain_run) / "summary.json").read_text())["checkpoint"]
 
 
 @pytest.fixture(scope="module")

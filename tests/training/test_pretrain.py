@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import threading
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipelines.sample_data import encoded_sample_table
 from pipelines.store.reader import read_table
 from pipelines.store.writer import commit_table
 from training.config import PhaseConfig, PretrainConfig, limit_steps
@@ -18,7 +20,9 @@ from training.data import phase_dataset, worker_batches
 from training.metrics import read_metrics
 from training.pretrain import run_pretraining
 
-from .conftest import encode_rows
+from ..conftest import SHARED_PHASES, SHARED_RUN, STORE_RESOLUTIONS, shared_run_overrides
+
+RECIPE = pathlib.Path(__file__).resolve().parents[2] / "configs" / "pretrain_tiny.yaml"
 
 
 def _config(store: str, output: pathlib.Path, phases: list[dict], **overrides) -> PretrainConfig:
@@ -38,8 +42,8 @@ def _config(store: str, output: pathlib.Path, phases: list[dict], **overrides) -
     return PretrainConfig.model_validate({**base, **overrides})
 
 
-def _weights(summary: dict) -> dict[str, torch.Tensor]:
-    folder = pathlib.Path(summary["checkpoint"]) / "transformer"
+def _weights(checkpoint: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    folder = pathlib.Path(checkpoint) / "transformer"
     weights = {}
     for path in folder.glob("*.safetensors"):
         weights.update(load_file(str(path)))
@@ -66,49 +70,56 @@ def test_phase_rows_and_single_shape_batches(ray_session, tiny_store):
     assert len(ids - texts) < len(eligible - texts)  # about half the general rows were thinned out
 
 
-def test_loss_decreases(ray_session, tiny_store, tmp_path):
-    config = _config(tiny_store, tmp_path, [{"name": "p1", "num_steps": 60, "resolution": 256}])
-    summary = run_pretraining(config)
+def _rows_by_step(run: str) -> dict[int, dict]:
+    return {int(row["step"]): row for row in read_metrics(pathlib.Path(run) / "metrics.csv")}
+
+
+def test_loss_decreases(pretrain_run):
+    summary = json.loads((pathlib.Path(pretrain_run) / "summary.json").read_text())
     rows = read_metrics(summary["metrics"])
-    losses = [float(row["loss"]) for row in rows]
+    losses = [float(row["loss"]) for row in rows if row["phase"] == SHARED_PHASES[0]["name"]]
+    assert len(losses) == SHARED_PHASES[0]["num_steps"]
     tenth = len(losses) // 10
     assert sum(losses[-tenth:]) / tenth < sum(losses[:tenth]) / tenth
     assert pathlib.Path(summary["loss_curve"]).is_file()
-    assert list(pathlib.Path(summary["samples"]).glob("*.png"))
+    assert sorted(path.name for path in pathlib.Path(summary["samples"]).glob("*.png")) == [
+        "step0000060-low.png",
+        "step0000066-high.png",
+    ]
     assert (pathlib.Path(summary["checkpoint"]) / "transformer" / "config.json").is_file()
     assert all(0 <= float(row["data_wait_fraction"]) <= 1 for row in rows)
 
 
-def test_progressive_phases(ray_session, tiny_store, tmp_path):
-    phases = [
-        {"name": "low", "num_steps": 6, "resolution": 256, "min_stage": 1},
-        {"name": "high", "num_steps": 6, "resolution": 384, "min_stage": 2},
-    ]
-    summary = run_pretraining(_config(tiny_store, tmp_path, phases, checkpoint_every=3))
-    rows = read_metrics(summary["metrics"])
-    by_step = {int(row["step"]): row for row in rows}
-    assert [by_step[s]["phase"] for s in (1, 6, 7, 12)] == ["low", "low", "high", "high"]
-    assert [int(by_step[s]["resolution"]) for s in (1, 7)] == [256, 384]
+def test_progressive_phases(pretrain_run):
+    by_step = _rows_by_step(pretrain_run)
+    assert sorted(by_step) == list(range(1, 67))
+    assert [by_step[s]["phase"] for s in (1, 60, 61, 66)] == ["low", "low", "high", "high"]
+    assert [int(by_step[s]["resolution"]) for s in (1, 61)] == [256, 384]
     # Latent tokens per sample follow the resolution: about (384/256)^2 more in the second phase.
-    per_sample = {s: float(by_step[s]["latent_tokens_per_s"]) / float(by_step[s]["samples_per_s"]) for s in (3, 9)}
-    assert per_sample[9] / per_sample[3] == pytest.approx((384 / 256) ** 2, rel=0.25)
+    per_sample = {s: float(by_step[s]["latent_tokens_per_s"]) / float(by_step[s]["samples_per_s"]) for s in (3, 63)}
+    assert per_sample[63] / per_sample[3] == pytest.approx((384 / 256) ** 2, rel=0.25)
+    # The second phase started from the first one's final checkpoint (a fresh phase restores from no mid-phase one).
+    assert {int(by_step[s]["restored_step"]) for s in range(61, 67)} == {60}
 
 
-def test_resume_restores_from_checkpoint(ray_session, tiny_store, tmp_path):
+def test_resume_restores_from_checkpoint(pretrain_run, tiny_store, tmp_path):
     """The training worker process is SIGKILLed at step 12; Ray Train restarts the group from the step-10 checkpoint.
     The metrics show the second attempt starting at step 11 (nothing before it redone, which a restart from scratch
-    would do, since noise and data are seeded by step), and the weights equal an uninterrupted run's."""
-    phases = [{"name": "p1", "num_steps": 16, "resolution": 256}]
-    reference = run_pretraining(_config(tiny_store, tmp_path / "a", phases, checkpoint_every=5))
-    killed = run_pretraining(_config(tiny_store, tmp_path / "b", phases, checkpoint_every=5, fail_at_step=12))
-    marker = (tmp_path / "b" / "t" / ".failed-at-12").read_text()
+    would do, since noise and data are seeded by step), and the weights equal the uninterrupted shared run's at the
+    end of the same phase."""
+    from jobs.pretrain import main
+
+    overrides = shared_run_overrides(tiny_store, str(tmp_path), SHARED_PHASES[:1])
+    killed = main(["--config", str(RECIPE), *overrides, "fail_at_step=12"])
+    marker = (tmp_path / SHARED_RUN / ".failed-at-12").read_text()
     pid = int(re.search(r"process (\d+) killed with SIGKILL", marker).group(1))
     assert not pathlib.Path(f"/proc/{pid}").exists()  # that worker process is gone
     attempts: dict[int, list[int]] = {}
     for row in read_metrics(killed["metrics"]):
         attempts.setdefault(int(row["restored_step"]), []).append(int(row["step"]))
-    assert attempts == {0: list(range(1, 12)), 10: list(range(11, 17))}
-    expected, actual = _weights(reference), _weights(killed)
+    assert attempts == {0: list(range(1, 12)), 10: list(range(11, 61))}
+    uninterrupted = json.loads((pathlib.Path(pretrain_run) / "phase-00.done.json").read_text())["checkpoint"]
+    expected, actual = _weights(pathlib.Path(uninterrupted) / "model"), _weights(killed["checkpoint"])
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
@@ -119,7 +130,7 @@ def test_phase_switch_reads_new_shards(ray_session, tiny_store, tmp_path):
 
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
-    late = encode_rows(8, seed=99, source="late")
+    late = encoded_sample_table(8, seed=99, resolutions=STORE_RESOLUTIONS, source="late")
     phases = [
         {"name": "early", "num_steps": 8, "resolution": 256},
         # Only rows committed while phase 1 runs can feed phase 2.

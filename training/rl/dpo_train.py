@@ -122,7 +122,7 @@ def run_dpo(config: DpoConfig) -> dict:
         marker.write_text(json.dumps({"submitted": build_pairs(config, preset)}))
     pairs = read_pairs(config.pairs_dir, config.resolution)
     print(f"[dpo] {pairs.num_rows} pairs at {config.resolution}px; training {config.num_steps} steps", flush=True)
-    result = fit(train_loop_per_worker, config, {})
+    result = fit(train_loop_per_worker, config, {}, label="dpo", total_steps=config.num_steps, keys=("loss", "margin"))
     summary = {
         "checkpoint": str(pathlib.Path(result.checkpoint.path) / "model"),
         "pairs": config.pairs_dir,

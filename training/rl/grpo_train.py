@@ -198,7 +198,14 @@ def run_grpo(config: GrpoConfig) -> dict:
         flush=True,
     )
     try:
-        result = fit(train_loop_per_worker, config, {"actors": actors, "prompts": prompts})
+        result = fit(
+            train_loop_per_worker,
+            config,
+            {"actors": actors, "prompts": prompts},
+            label="grpo",
+            total_steps=config.num_iterations,
+            keys=("reward_mean", "kl"),
+        )
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -17,6 +17,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from training.progress import Progress
 from training.rl.config import RlBase, RlOptim
 from training.rl.policy import Policy
 from training.state_io import load_state, save_state
@@ -32,10 +33,19 @@ def with_absolute_paths(config: RlBase, *fields: str) -> RlBase:
     return config.model_copy(update=update)
 
 
-def fit(loop: Callable[[dict], None], config: RlBase, loop_config: dict) -> ray.train.Result:
-    """One ``TorchTrainer`` run of ``loop`` with the config's workers, checkpoints and failure policy."""
+def fit(
+    loop: Callable[[dict], None], config: RlBase, loop_config: dict, *, label: str, total_steps: int, keys: tuple
+) -> ray.train.Result:
+    """One ``TorchTrainer`` run of ``loop`` with the config's workers, checkpoints and failure policy; the driver
+    prints the progress of ``train.csv`` (``keys`` of each row) as ``[label]`` lines."""
+    progress = Progress(config.run_folder / "train.csv", total_steps, label, keys)
     return fit_trainer(
-        loop, config, name=config.run_name, storage_path=config.run_folder / "ray", loop_config=loop_config
+        loop,
+        config,
+        name=config.run_name,
+        storage_path=config.run_folder / "ray",
+        loop_config=loop_config,
+        progress=progress,
     )
 
 

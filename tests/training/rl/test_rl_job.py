@@ -1,4 +1,4 @@
-"""jobs/rl.py end to end on Ray, from a short pretraining run: SFT (Ray Train), DPO (pairs built by Ray Data from a
+"""jobs/rl.py end to end on Ray, from the shared pretraining run (``pretrain_run``, tests/conftest.py): SFT (Ray Train), DPO (pairs built by Ray Data from a
 reward and from a human label file, then Ray Train) and GRPO (rollout actors beside Ray Train, LoRA, KL)."""
 
 from __future__ import annotations
@@ -16,33 +16,10 @@ from jobs.rl import main
 from models.checkpoint import load_checkpoint, read_metadata
 from models.presets import build_components
 from pipelines.store.reader import read_table
-from training.config import PretrainConfig
-from training.pretrain import run_pretraining
 from training.rl.pairs import PREFERENCE_SOURCE, read_pairs
 
 pytestmark = pytest.mark.slow
 CONFIGS = pathlib.Path(__file__).resolve().parents[3] / "configs"
-
-
-@pytest.fixture(scope="module")
-def pretrain_run(ray_session, tiny_store, tmp_path_factory) -> str:
-    """A finished 4-step pretraining run (its folder holds summary.json naming the final checkpoint)."""
-    output = tmp_path_factory.mktemp("pretrain")
-    config = PretrainConfig.model_validate(
-        {
-            "store_dir": tiny_store,
-            "output_dir": str(output),
-            "run_name": "pre",
-            "batch_size": 4,
-            "optim": {"lr": 5e-4, "warmup_steps": 0},
-            "phases": [{"name": "p", "num_steps": 4, "resolution": 256}],
-            "samples": {"num_steps": 2, "prompts": ["a red apple"]},
-            "checkpoint_every": 4,
-            "log_every": 2,
-        }
-    )
-    run_pretraining(config)
-    return str(output / "pre")
 
 
 def _rows(path: str | pathlib.Path) -> list[dict]:
