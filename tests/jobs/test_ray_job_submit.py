@@ -83,11 +83,17 @@ def head_node(tmp_path):
             break
         time.sleep(1)
     yield address, env
+    # The test is over: a short grace for a clean stop, then every process of the head's session goes at once.
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=60)
+        head.wait(timeout=10)
     except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait(timeout=30)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

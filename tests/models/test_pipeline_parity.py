@@ -50,7 +50,11 @@ def test_matches_diffusers_pipeline(tiny_components, true_cfg_scale, prompts):
         scheduler_config=tiny_components.scheduler.config,
     )
     assert ours.shape == reference.shape == (len(prompts), 16, height // 8, width // 8)
-    assert (ours - reference).abs().max().item() <= 1e-5
+    if len(prompts) > 1 and true_cfg_scale > 1:
+        # A batch of prompts with true CFG agrees to 1.6e-6 here, not in every bit: the README says "to 1e-5".
+        assert (ours - reference).abs().max().item() <= 1e-5
+    else:
+        assert torch.equal(ours, reference)  # bit for bit: one prompt, or no CFG
     # CFG must change the result, or the comparison above proves nothing about it.
     if true_cfg_scale > 1:
         plain = sample(

@@ -32,8 +32,8 @@ from pipelines.pools import PoolConfig  # noqa: E402
 
 PRODUCER, CONSUMER = "producer", "consumer"  # the resource names of platform/'s node groups
 TRAIN_WORKER = "RayTrainWorker"
-# Fast enough for 2 cores: short captions, small images for the captioner, one row per scored file.
-FAST_CURATION = {"annotation": {"max_new_tokens": 8, "max_pixels": 112 * 112}, "min_rows_per_file": 1}
+# Fast enough for 2 cores: the default curation (no captioner or CLIP model without weights), one row per scored file.
+FAST_CURATION = {"min_rows_per_file": 1}
 ENCODE = {"resolutions": [256], "min_stage": 1, "rows_per_shard": 4, "vae_pool": {"batch_size": 2}}
 
 
@@ -180,7 +180,7 @@ def kept_ids(curated: pathlib.Path) -> list[str]:
 def separate_nodes(cluster: Cluster, nodes: dict[str, list], work: pathlib.Path) -> dict:
     """Preprocessing and pretraining at once; where did their actors run?"""
     curation = placed_curation(work, num_samples=12)
-    pretraining = placed_pretraining(work, num_steps=30, checkpoint_every=10)
+    pretraining = placed_pretraining(work, num_steps=12, checkpoint_every=6)
     from training.pretrain import run_pretraining
 
     producer = InThread(run_curation, curation)
@@ -245,7 +245,7 @@ def consumer_node_loss(cluster: Cluster, nodes: dict[str, list], work: pathlib.P
     from training.metrics import read_metrics
     from training.pretrain import run_pretraining
 
-    config = placed_pretraining(work, num_steps=24, checkpoint_every=4)
+    config = placed_pretraining(work, num_steps=16, checkpoint_every=4)
     consumer = InThread(run_pretraining, config)
     run_dir = work / "pretrain" / "t"
     removed, checkpoints_at_loss = None, []

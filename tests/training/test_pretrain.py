@@ -167,7 +167,6 @@ def test_streaming_feed_trains_without_a_store(ray_session, tmp_path):
     curation = {
         "sources": [{"kind": "webdataset", "paths": shards}],
         "output_dir": str(tmp_path / "curated"),
-        "annotation": {"max_new_tokens": 12, "max_pixels": 112 * 112},
         "min_rows_per_file": 1,
         "encode": {"resolutions": [256], "min_stage": 1},
     }
