@@ -22,6 +22,12 @@ import ray
 
 # The libraries' loggers whose console output is cut to warnings (their log files keep everything).
 QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster."
+
+
+def _drop_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_AUTH_NOTICE)
 
 
 def init_ray(num_cpus: int | None = None) -> dict:
@@ -34,9 +40,10 @@ def init_ray(num_cpus: int | None = None) -> dict:
             where = f"connected to the Ray cluster at {address}"
         else:
             cpus = num_cpus or max(16, 8 * (os.cpu_count() or 1))
-            # Token authentication stays on, as Ray's default for a new local cluster; saying so explicitly spares
-            # the console Ray's notice that it chose it.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            # Token authentication stays on (Ray's default for a new local cluster); our own line says so, in place
+            # of Ray's notice that it chose it. (Setting RAY_AUTH_MODE here would be too late: Ray reads it when
+            # imported, and a driver and a GCS that disagree cannot talk.)
+            logging.getLogger(_AUTH_LOGGER).addFilter(_drop_auth_notice)
             # address="local": start our own, never attach to a Ray another process left running on this machine.
             # The oversubscribed pools start many workers at once on purpose: the raylet may start as many workers
             # concurrently as there are logical CPUs (else it warns at 4x the physical cores, over and over).
@@ -47,7 +54,7 @@ def init_ray(num_cpus: int | None = None) -> dict:
                 _system_config={"worker_maximum_startup_concurrency": cpus},
                 **quiet,
             )
-            where = f"started a local Ray ({cpus} logical CPUs)"
+            where = f"started a local Ray ({cpus} logical CPUs, token authentication on)"
         quiet_console()
         session = getattr(context, "address_info", {}).get("session_dir")
         print(f"[ray] {where}; Ray's own logs: {session}/logs" if session else f"[ray] {where}", flush=True)

@@ -82,7 +82,7 @@ def tiny_store(tmp_path_factory) -> str:
 
 
 # The shared pretraining run: two phases (the second at a higher resolution and stage), a constant learning rate
-# after warm-up (so a run of the first phase alone takes the same steps), a checkpoint every 5 steps, every step
+# after warm-up (so a run of the first phase alone takes the same steps), a checkpoint every 10 steps, every step
 # logged. Tests that only read a trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
 SHARED_RUN = "shared"
 SHARED_PHASES = [
@@ -103,7 +103,7 @@ def shared_run_overrides(store: str, output: str, phases: list[dict]) -> list[st
         "optim.lr=0.0005",
         "optim.warmup_steps=5",
         "optim.schedule=constant",
-        "checkpoint_every=5",
+        "checkpoint_every=10",
         "log_every=1",
         "shuffle_buffer=16",
         "samples.num_steps=2",

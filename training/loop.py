@@ -282,11 +282,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 metrics["restored_step"] = restored_step
                 if writer is not None:
                     writer.write(metrics)
+                # Metrics reach Ray Train with checkpoints only: every report is a barrier across the workers and
+                # waits for the controller (about 2 s a step here); metrics.csv and TensorBoard get every log step.
                 if state.step % config.checkpoint_every == 0 or last:
                     positions = gather_positions(state, world, device)
                     _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, positions)
-                else:
-                    ray.train.report(metrics)
             if rank == 0 and config.samples.every_steps and state.step % config.samples.every_steps == 0 and not last:
                 _sample_grid(model, loop_config, config, state.step, phase.name)
             if last:
