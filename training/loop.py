@@ -399,14 +399,40 @@ def _update_ema(ema: dict, model, decay: float) -> None:
 
 def _maybe_fail(config: PretrainConfig, step: int, rank: int) -> None:
     """Failure injection for the restart tests: the first time ``fail_at_step`` is reached, rank 0's worker process
-    dies by SIGKILL (no exception, no clean-up: what a lost node or the OOM killer does to it)."""
+    dies by SIGKILL (no exception, no clean-up: what a lost node or the OOM killer does to it).
+
+    It dies once the controller has registered the last checkpoint reported: Ray Train's controller collects reports
+    by polling (about every 2 s here), and a worker that dies before its last report is collected restarts from the
+    checkpoint before that one. The test is about restoring, so it waits that window out."""
     if config.fail_at_step is None or step != config.fail_at_step or rank != 0:
         return
     marker = pathlib.Path(config.output_dir) / config.run_name / f".failed-at-{step}"
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"worker process {os.getpid()} killed with SIGKILL at step {step}\n")
-        os.kill(os.getpid(), signal.SIGKILL)
+    if marker.exists():
+        return
+    _wait_for_registered_checkpoint(config, step - step % config.checkpoint_every)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"worker process {os.getpid()} killed with SIGKILL at step {step}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for_registered_checkpoint(config: PretrainConfig, checkpoint_step: int, timeout_s: float = 120.0) -> None:
+    """Until the controller's checkpoint snapshot lists the checkpoint of ``checkpoint_step`` (or a later one)."""
+    import json
+
+    experiment = ray.train.get_context().get_experiment_name()
+    snapshot = (
+        pathlib.Path(config.output_dir) / config.run_name / "ray" / experiment / "checkpoint_manager_snapshot.json"
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being written
+            latest = {}
+        if int(latest.get("metrics", {}).get("step", -1)) >= checkpoint_step:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the checkpoint of step {checkpoint_step} was not registered within {timeout_s:.0f} s")
 
 
 def _metrics_writer(config: PretrainConfig):
