@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pathlib
 
 # Nothing may reach a model hub: every weight is built (tiny) or read from a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +44,30 @@ def tokenizer(tiny_components):
     return tiny_components.tokenizer
 
 
+def ray_address_file() -> pathlib.Path:
+    """Ray's "latest cluster" file (``/tmp/ray/ray_current_cluster``), which ``ray start`` and ``Cluster`` write."""
+    from ray._private.utils import get_ray_address_file
+
+    return pathlib.Path(get_ray_address_file(None))
+
+
+@contextlib.contextmanager
+def kept_ray_address_file():
+    """Puts Ray's "latest cluster" file back as it was before the block (a test's own ``ray start`` or ``Cluster``
+    writes it and dies with it). A file naming a dead cluster costs every later ``TorchTrainer`` run 12 s: Ray
+    Train's placement-group cleaner asks the state API about the controller, the state API dials the dead address,
+    and the controller's shutdown waits for the cleaner's time-out."""
+    path = ray_address_file()
+    before = path.read_text() if path.exists() else None
+    try:
+        yield
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds; a trainer ~25 s).
@@ -56,13 +82,19 @@ def ray_session():
     # Ray Data's DEBUG records (operator metrics dumps) would flood the logs pytest shows for a failing test.
     logging.getLogger("ray").setLevel(logging.INFO)
 
-    if not ray.is_initialized():
-        # address="local": never attach to another Ray that happens to run on this machine.
-        ray.init(address="local", num_cpus=16, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    yield ray
-    ray.shutdown()
+    with kept_ray_address_file():
+        # No "latest cluster" during the session (put back after it): Ray's state API, which Ray Train's controller
+        # uses, then finds the session's Ray as the only one, not a cluster named in a stale file.
+        ray_address_file().unlink(missing_ok=True)
+        if not ray.is_initialized():
+            # address="local": never attach to another Ray that happens to run on this machine.
+            ray.init(
+                address="local", num_cpus=16, include_dashboard=False, log_to_driver=False, configure_logging=False
+            )
+        context = DataContext.get_current()
+        context.enable_progress_bars = False
+        yield ray
+        ray.shutdown()
 
 
 # The resolutions of the tests' latent store: two, so that a curriculum can change resolution.

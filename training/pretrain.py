@@ -118,11 +118,18 @@ def run_pretraining(config: PretrainConfig) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
     gpus = 1 if config.use_gpu else 0
-    prompts = ray.get(
-        encode_sample_prompts.options(num_gpus=gpus, resources=config.worker_resources).remote(
-            config.preset, config.weights_dir, config.samples.model_dump(mode="json")
+    prompts = None  # no grids asked for (samples.prompts and samples.edits empty): no condition encoder is loaded
+    if config.samples.prompts or config.samples.edits:
+        encoded = ray.get(
+            encode_sample_prompts.options(num_gpus=gpus, resources=config.worker_resources).remote(
+                config.preset, config.weights_dir, config.samples.model_dump(mode="json")
+            )
         )
-    )
+        prompts = {
+            **encoded,
+            "embeds": [e.tolist() for e in encoded["embeds"]],
+            "negative": np.asarray(encoded["negative"]).tolist(),
+        }
     curated = _curate_in_job(config) if config.feed == "stream" else None
     init_checkpoint = None
     for index, phase in enumerate(config.phases):
@@ -147,11 +154,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
                 "phase_index": index,
                 "phase": phase.model_dump(mode="json"),
                 "init_checkpoint": init_checkpoint,
-                "sample_prompts": {
-                    **prompts,
-                    "embeds": [e.tolist() for e in prompts["embeds"]],
-                    "negative": np.asarray(prompts["negative"]).tolist(),
-                },
+                "sample_prompts": prompts,
             },
             datasets={"train": _streamed_phase(config, phase, curated)} if curated else None,
             progress=Progress(folder / "metrics.csv", config.total_steps, "pretrain", PROGRESS_KEYS),

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from ..conftest import kept_ray_address_file
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
 
@@ -26,6 +28,11 @@ def _free_port() -> int:
 @pytest.fixture
 def head_node(tmp_path):
     """A head node in its own session and temp dir, on free ports; token authentication stays on."""
+    with kept_ray_address_file():  # `ray start` names itself the latest cluster; it is gone after the test
+        yield from _head_node(tmp_path)
+
+
+def _head_node(tmp_path):
     gcs, dashboard = _free_port(), _free_port()
     workers = min(_free_port(), 64000)  # a worker port range of its own, apart from any other Ray on this machine
     temp_dir = pathlib.Path("/tmp") / f"rayjob{os.getpid()}"  # Ray's socket paths must stay short

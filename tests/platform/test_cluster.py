@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from ..conftest import kept_ray_address_file
+
 SCENARIOS = pathlib.Path(__file__).with_name("scenarios.py")
 ROOT = SCENARIOS.parents[2]
 
@@ -22,6 +24,11 @@ pytestmark = pytest.mark.slow
 
 
 def run_scenario(name: str, work: pathlib.Path) -> dict:
+    with kept_ray_address_file():  # the scenario's Cluster names itself the latest cluster, then dies
+        return _run_scenario(name, work)
+
+
+def _run_scenario(name: str, work: pathlib.Path) -> dict:
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     process = subprocess.Popen(
         [sys.executable, str(SCENARIOS), name, str(work)],
