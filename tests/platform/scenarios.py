@@ -1,8 +1,8 @@
 """Multi-node scenarios for tests/platform: a ``ray.cluster_utils.Cluster`` of producer and consumer nodes.
 
-    python tests/platform/scenarios.py {separate_nodes,producer_node_loss,consumer_node_loss} <work_dir>
+    python tests/platform/scenarios.py producers_and_consumers <work_dir>
 
-Each scenario runs in a process of its own (a ``Cluster`` cannot share a process with the session's local Ray),
+A scenario runs in a process of its own (a ``Cluster`` cannot share a process with the session's local Ray),
 places the producer pools and the train workers with the custom resources that ``platform/`` gives its node groups,
 and prints one JSON object as its last line: the facts the tests assert on. Nodes oversubscribe logical CPUs (the
 machine has 2 cores); the actors mostly wait on each other.
@@ -177,26 +177,43 @@ def kept_ids(curated: pathlib.Path) -> list[str]:
     return [sample for sample, stage in zip(labels["sample_id"], labels["stage"], strict=True) if stage >= 1]
 
 
-def separate_nodes(cluster: Cluster, nodes: dict[str, list], work: pathlib.Path) -> dict:
-    """Preprocessing and pretraining at once; where did their actors run?"""
-    curation = placed_curation(work, num_samples=12)
-    pretraining = placed_pretraining(work, num_steps=12, checkpoint_every=6)
+def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: pathlib.Path) -> dict:
+    """The producer job and a pretraining job at once, each on its own node group, and one node of each group lost.
+
+    Training starts once the producer job's actors are up. The consumer node running the train worker is removed
+    once a checkpoint is registered (the controller's snapshot exists); the producer node running the VAE encoder is
+    removed while it encodes. Both jobs must finish, placed as ``platform/`` places them, losing and repeating
+    nothing."""
+    from training.metrics import read_metrics
     from training.pretrain import run_pretraining
 
-    producer = InThread(run_curation, curation)
-    consumer = None
+    curation = placed_curation(work, num_samples=12)
+    pretraining = placed_pretraining(work, num_steps=16, checkpoint_every=4)
+    run_dir = work / "pretrain" / "t"
+    producer, consumer = InThread(run_curation, curation), None
     overlap = False
+    removed: dict[str, str | None] = {PRODUCER: None, CONSUMER: None}
+    checkpoints_at_loss: list[str] = []
     deadline = time.time() + 600
-    while (producer.alive() or (consumer and consumer.alive())) and time.time() < deadline:
+    while (producer.alive() or consumer is None or consumer.alive()) and time.time() < deadline:
         rows = [row for row in actors() if row["state"] == "ALIVE"]
         producing = any(is_producer_actor(row) for row in rows)
         if consumer is None and producing:  # the producer job is under way: start training beside it
             consumer = InThread(run_pretraining, pretraining)
-        overlap = overlap or (producing and any(row["class"] == TRAIN_WORKER for row in rows))
-        time.sleep(0.5)
+        workers = [row for row in rows if row["class"] == TRAIN_WORKER]
+        overlap = overlap or (producing and bool(workers))
+        encoders = [row for row in rows if row["class"] == "MapWorker(MapBatches(VaeEncodeStage))"]
+        if removed[PRODUCER] is None and encoders:
+            removed[PRODUCER] = _remove(cluster, nodes[PRODUCER], encoders[0]["node"])
+        # The controller writes its snapshot once a reported checkpoint is registered: a restart resumes from it.
+        if removed[CONSUMER] is None and workers and list(run_dir.glob("ray/*/checkpoint_manager_snapshot.json")):
+            checkpoints_at_loss = sorted(p.name for p in run_dir.glob("ray/*/checkpoint_*") if p.is_dir())
+            removed[CONSUMER] = _remove(cluster, nodes[CONSUMER], workers[0]["node"])
+        time.sleep(0.1)
     producer.join(60)
     if consumer:
         consumer.join(60)
+    metrics = run_dir / "metrics.csv"
     return {
         "nodes": node_ids(nodes),
         "actors": actors(),
@@ -205,82 +222,29 @@ def separate_nodes(cluster: Cluster, nodes: dict[str, list], work: pathlib.Path)
             for task in list_tasks(filters=[("name", "=", "encode_sample_prompts")], raise_on_missing_output=False)
         ],
         "overlap": overlap,
+        "removed": removed,
+        "finished": not producer.alive() and consumer is not None and not consumer.alive(),
         "producer_error": producer.error,
         "consumer_error": consumer.error if consumer else "never started",
         "stored": stored_ids(work / "store") if producer.error is None else [],
         "expected": kept_ids(work / "curated") if producer.error is None else [],
-    }
-
-
-def producer_node_loss(cluster: Cluster, nodes: dict[str, list], work: pathlib.Path) -> dict:
-    """Two producer nodes; the one running the VAE encoder is removed while it encodes."""
-    curation = placed_curation(work, num_samples=12)
-    producer = InThread(run_curation, curation)
-    removed = None
-    deadline = time.time() + 600
-    while producer.alive() and time.time() < deadline and removed is None:
-        encoders = [
-            row
-            for row in actors()
-            if row["state"] == "ALIVE" and row["class"] == "MapWorker(MapBatches(VaeEncodeStage))"
-        ]
-        if encoders:
-            removed = next(node for node in nodes[PRODUCER] if node.node_id == encoders[0]["node"])
-            cluster.remove_node(removed, allow_graceful=False)
-        time.sleep(0.2)
-    producer.join(600)
-    return {
-        "nodes": node_ids(nodes),
-        "removed": removed.node_id if removed else None,
-        "finished": not producer.alive(),
-        "error": producer.error,
-        "actors": actors(),
-        "stored": stored_ids(work / "store") if producer.error is None else [],
-        "expected": kept_ids(work / "curated") if producer.error is None else [],
-    }
-
-
-def consumer_node_loss(cluster: Cluster, nodes: dict[str, list], work: pathlib.Path) -> dict:
-    """Two consumer nodes; the train worker's node is removed once a checkpoint is registered."""
-    from training.metrics import read_metrics
-    from training.pretrain import run_pretraining
-
-    config = placed_pretraining(work, num_steps=16, checkpoint_every=4)
-    consumer = InThread(run_pretraining, config)
-    run_dir = work / "pretrain" / "t"
-    removed, checkpoints_at_loss = None, []
-    deadline = time.time() + 600
-    while consumer.alive() and time.time() < deadline and removed is None:
-        # The controller writes its snapshot once a reported checkpoint is registered: a restart resumes from it.
-        if list(run_dir.glob("ray/*/checkpoint_manager_snapshot.json")):
-            workers = [row for row in actors() if row["state"] == "ALIVE" and row["class"] == TRAIN_WORKER]
-            if workers:
-                checkpoints_at_loss = sorted(p.name for p in run_dir.glob("ray/*/checkpoint_*") if p.is_dir())
-                removed = next(node for node in nodes[CONSUMER] if node.node_id == workers[0]["node"])
-                cluster.remove_node(removed, allow_graceful=False)
-        time.sleep(0.1)
-    consumer.join(600)
-    metrics = run_dir / "metrics.csv"
-    return {
-        "nodes": node_ids(nodes),
-        "removed": removed.node_id if removed else None,
         "checkpoints_at_loss": checkpoints_at_loss,
-        "checkpoint_every": config.checkpoint_every,
-        "num_steps": config.total_steps,
-        "finished": not consumer.alive(),
-        "error": consumer.error,
-        "summary": consumer.result,
-        "actors": actors(),
+        "checkpoint_every": pretraining.checkpoint_every,
+        "num_steps": pretraining.total_steps,
+        "summary": consumer.result if consumer else None,
         "steps": [int(row["step"]) for row in read_metrics(metrics)] if metrics.exists() else [],
     }
 
 
+def _remove(cluster: Cluster, group: list, node_id: str) -> str:
+    """Removes the node ``node_id`` of ``group`` at once (no graceful drain, as a lost machine); returns its id."""
+    node = next(node for node in group if node.node_id == node_id)
+    cluster.remove_node(node, allow_graceful=False)
+    return node_id
+
+
 # name: (scenario, producer nodes, consumer nodes)
-SCENARIOS = {
-    "separate_nodes": (separate_nodes, 1, 1),
-    "producer_node_loss": (producer_node_loss, 2, 0),
-    "consumer_node_loss": (consumer_node_loss, 0, 2),
-}
+SCENARIOS = {"producers_and_consumers": (producers_and_consumers, 2, 2)}
 
 if __name__ == "__main__":
     scenario, num_producers, num_consumers = SCENARIOS[sys.argv[1]]

@@ -53,8 +53,14 @@ def train_workers(facts: dict) -> list[dict]:
     return [row for row in facts["actors"] if row["class"] == "RayTrainWorker"]
 
 
-def test_producer_and_consumer_on_separate_nodes(tmp_path):
-    facts = run_scenario("separate_nodes", tmp_path)
+@pytest.fixture(scope="module")
+def facts(tmp_path_factory) -> dict:
+    """One cluster (head, two producer nodes, two consumer nodes) for the three tests: the producer job and a
+    pretraining job run at once, and one node of each group is lost mid-run (tests/platform/scenarios.py)."""
+    return run_scenario("producers_and_consumers", tmp_path_factory.mktemp("cluster"))
+
+
+def test_producer_and_consumer_on_separate_nodes(facts):
     assert facts["producer_error"] is None and facts["consumer_error"] is None, facts
     assert facts["overlap"], "preprocessing and pretraining never ran at the same time"
     producers, consumers = set(facts["nodes"]["producer"]), set(facts["nodes"]["consumer"])
@@ -66,14 +72,12 @@ def test_producer_and_consumer_on_separate_nodes(tmp_path):
     workers = train_workers(facts)
     assert workers and {row["node"] for row in workers} <= consumers
     assert facts["prompt_tasks"] and set(facts["prompt_tasks"]) <= consumers  # the job's sample-prompt task too
-    assert sorted(facts["stored"]) == sorted(set(facts["stored"])) and set(facts["stored"]) == set(facts["expected"])
 
 
-def test_survives_producer_node_loss(tmp_path):
-    facts = run_scenario("producer_node_loss", tmp_path)
-    assert facts["removed"] is not None, "the run ended before an encoder's node could be removed"
-    assert facts["finished"] and facts["error"] is None, facts["error"]
-    survivor = set(facts["nodes"]["producer"]) - {facts["removed"]}
+def test_survives_producer_node_loss(facts):
+    assert facts["removed"]["producer"] is not None, "the run ended before an encoder's node could be removed"
+    assert facts["finished"] and facts["producer_error"] is None, facts["producer_error"]
+    survivor = set(facts["nodes"]["producer"]) - {facts["removed"]["producer"]}
     encoders = [row for row in facts["actors"] if row["class"] == "MapWorker(MapBatches(VaeEncodeStage))"]
     # The encoder was on the removed node; Ray restarted it (same actor) on the surviving one.
     assert encoders and {row["node"] for row in encoders} == survivor
@@ -82,10 +86,11 @@ def test_survives_producer_node_loss(tmp_path):
     assert set(stored) == set(facts["expected"]) and stored, "a sample was lost"
 
 
-def test_survives_consumer_node_loss(tmp_path):
-    facts = run_scenario("consumer_node_loss", tmp_path)
-    assert facts["removed"] is not None and facts["checkpoints_at_loss"], "no node was removed after a checkpoint"
-    assert facts["finished"] and facts["error"] is None, facts["error"]
+def test_survives_consumer_node_loss(facts):
+    assert facts["removed"]["consumer"] is not None and facts["checkpoints_at_loss"], (
+        "no node removed after a checkpoint"
+    )
+    assert facts["finished"] and facts["consumer_error"] is None, facts["consumer_error"]
     steps, every = facts["steps"], facts["checkpoint_every"]
     restarts = [index for index in range(1, len(steps)) if steps[index] <= steps[index - 1]]
     assert len(restarts) == 1, steps
