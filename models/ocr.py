@@ -19,7 +19,7 @@ from models.config import StrictModel
 # Below this short side an image holds no legible glyph: it has no text, and is not worth an engine call.
 MIN_TEXT_SIDE = 8
 # Long side over short side above which an image is padded before detection (see ``_pad_to_aspect``).
-MAX_ASPECT = 4.0
+MAX_SIDE_RATIO = 4.0
 
 
 class OcrConfig(StrictModel):
@@ -82,7 +82,7 @@ class OcrEngine:
         height, width = image.shape[:2]
         if min(height, width) < MIN_TEXT_SIDE:
             return []
-        padded = _pad_to_aspect(image, MAX_ASPECT)
+        padded = _pad_to_aspect(image, MAX_SIDE_RATIO)
         try:
             result = self.engine(np.ascontiguousarray(padded[:, :, ::-1]))  # RapidOCR expects BGR like OpenCV
         except Exception as error:  # noqa: BLE001 - re-raised: whatever the engine raises is its fault, not the image's

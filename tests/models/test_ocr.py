@@ -41,3 +41,16 @@ def test_scripts_language_and_accuracy():
     assert edit_distance("kitten", "sitting") == 3
     assert text_accuracy("hello", "hello") == 1.0 and text_accuracy("hello", "hxllo") == pytest.approx(0.8)
     assert text_accuracy("ab", "completely different") == 0.0
+
+
+def test_degenerate_images_are_read_or_refused(engine):
+    """A strip 12x wider than high is padded before detection and still read; an image too small for a glyph has no
+    text (not an engine call); an image of the wrong type is our bug, refused with the layout expected."""
+    strip = Image.new("RGB", (720, 60), "white")
+    ImageDraw.Draw(strip).text((10, 8), "HELLO WORLD", fill="black", font=ImageFont.load_default(size=40))
+    lines = engine.read(np.asarray(strip))
+    assert [line.text.replace(" ", "") for line in lines] == ["HELLOWORLD"]
+    assert all(line.box[:, 1].max() <= 60 + 2 for line in lines)  # boxes stay in the strip's own coordinates
+    assert engine.read(np.zeros((4, 1000, 3), np.uint8)) == []
+    with pytest.raises(ValueError, match="RGB uint8"):
+        engine.read(np.zeros((64, 64, 3), np.float32))
