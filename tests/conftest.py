@@ -70,31 +70,83 @@ def kept_ray_address_file():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole test session (starting Ray costs seconds; a trainer ~25 s).
+    """One local Ray for the whole test session (starting Ray costs seconds; a trainer ~20 s), with its dashboard:
+    the job tests submit to it with ``ray job submit`` (``ray_job_address``).
 
-    Logical CPUs are oversubscribed (16 on 2 cores, as models.ray_runtime does) so Ray Data tasks and train workers never starve each other.
+    Logical CPUs are oversubscribed (16 on 2 cores, as models.ray_runtime does) so Ray Data tasks and train workers
+    never starve each other. The venv's ``bin`` leads the PATH Ray starts with, as in an activated venv or an image:
+    a submitted job's ``python`` is the venv's.
     """
     import logging
+    import socket
+    import sys
 
     import ray
     from ray.data import DataContext
 
     # Ray Data's DEBUG records (operator metrics dumps) would flood the logs pytest shows for a failing test.
     logging.getLogger("ray").setLevel(logging.INFO)
-
+    venv_bin = str(pathlib.Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([venv_bin, os.environ.get("PATH", "")])
+    with socket.socket() as probe:  # a free port: another Ray on this machine may hold the default 8265
+        probe.bind(("127.0.0.1", 0))
+        dashboard_port = probe.getsockname()[1]
     with kept_ray_address_file():
         # No "latest cluster" during the session (put back after it): Ray's state API, which Ray Train's controller
         # uses, then finds the session's Ray as the only one, not a cluster named in a stale file.
         ray_address_file().unlink(missing_ok=True)
         if not ray.is_initialized():
             # address="local": never attach to another Ray that happens to run on this machine.
-            ray.init(
-                address="local", num_cpus=16, include_dashboard=False, log_to_driver=False, configure_logging=False
+            started = ray.init(
+                address="local",
+                num_cpus=16,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                dashboard_port=dashboard_port,
+                log_to_driver=False,
+                configure_logging=False,
             )
-        context = DataContext.get_current()
-        context.enable_progress_bars = False
+            os.environ["QWEN_IMAGE_TEST_RAY_JOBS"] = f"http://{started.dashboard_url}"
+        DataContext.get_current().enable_progress_bars = False
         yield ray
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_job_address(ray_session) -> str:
+    """The session Ray's job-submission address (its dashboard), for ``ray job submit --address``."""
+    address = os.environ.get("QWEN_IMAGE_TEST_RAY_JOBS")
+    if not address:
+        pytest.skip("the session's Ray was started elsewhere, without a known dashboard")
+    return address
+
+
+# The random tiny captioner and CLIP make data decisions only when asked for by name, as here.
+TINY_MODELS = {"annotation": {"preset": "tiny", "max_new_tokens": 12, "max_pixels": 112 * 112}, "clip": {"clip": {}}}
+
+
+@pytest.fixture(scope="session")
+def curated_corpus(ray_session, tmp_path_factory):
+    """``(config, result)`` of one curation run of the sample corpus (24 pairs in WebDataset shards under
+    ``<folder>/corpus``, plus 6 synthetic text renderings) with the tiny captioner and CLIP, into ``<folder>/out``.
+    Tests that change it work on a copy."""
+    from pipelines.curation import CurationConfig, run_curation
+    from pipelines.sample_data import write_sample_corpus
+
+    folder = tmp_path_factory.mktemp("curated")
+    shards = write_sample_corpus(folder / "corpus", 24)
+    config = CurationConfig.model_validate(
+        {
+            "sources": [{"name": "sample", "kind": "webdataset", "paths": shards}],
+            "output_dir": str(folder / "out"),
+            # Synthetic text rendering mixes in by ratio: 6 synthetic samples for 24 real ones.
+            "synthetic_ratio": 0.25,
+            "synth": {"resolutions": [[512, 512]]},
+            "min_rows_per_file": 1,
+            **TINY_MODELS,
+        }
+    )
+    return config, run_curation(config)
 
 
 # The resolutions of the tests' latent store: two, so that a curriculum can change resolution.
@@ -116,10 +168,13 @@ def tiny_store(tmp_path_factory) -> str:
 # The shared pretraining run: two phases (the second at a higher resolution and stage), a constant learning rate
 # after warm-up (so a run of the first phase alone takes the same steps), a checkpoint every 10 steps, every step
 # logged. Tests that only read a trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
+# While phase 1 runs, the fixture commits 8 "late" rows to the run's store; phase 1 never reads them, phase 2 reads
+# only them: phase 2 can run only because a phase lists the shards committed before it starts.
 SHARED_RUN = "shared"
+LATE_SOURCE = "late"
 SHARED_PHASES = [
-    {"name": "low", "num_steps": 60, "resolution": 256, "min_stage": 1},
-    {"name": "high", "num_steps": 6, "resolution": 384, "min_stage": 2},
+    {"name": "low", "num_steps": 60, "resolution": 256, "min_stage": 1, "predicates": [["source", "!=", LATE_SOURCE]]},
+    {"name": "high", "num_steps": 6, "resolution": 384, "min_stage": 2, "predicates": [["source", "==", LATE_SOURCE]]},
 ]
 
 
@@ -145,14 +200,41 @@ def shared_run_overrides(store: str, output: str, phases: list[dict]) -> list[st
 
 
 @pytest.fixture(scope="session")
-def pretrain_run(ray_session, tiny_store, tmp_path_factory) -> str:
+def pretrain_store(tiny_store, tmp_path_factory) -> str:
+    """The shared run's own store: a copy of ``tiny_store`` (the run appends to it)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("pretrain_store") / "store"
+    shutil.copytree(tiny_store, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(ray_session, pretrain_store, tmp_path_factory) -> str:
     """The run folder of one ``jobs/pretrain.py`` run of the demo recipe with the shared overrides (its
     ``summary.json`` names the final checkpoint, ``phase-00.done.json`` the first phase's)."""
-    import pathlib
+    import threading
+    import time
 
     from jobs.pretrain import main
+    from pipelines.sample_data import encoded_sample_table
+    from pipelines.store.writer import commit_table
 
     output = tmp_path_factory.mktemp("pretrain")
+    late = encoded_sample_table(8, seed=99, resolutions=STORE_RESOLUTIONS, source=LATE_SOURCE)
+    committed = threading.Event()
+
+    def commit_once_training_runs() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (output / SHARED_RUN / "metrics.csv").exists():
+            time.sleep(0.1)
+        commit_table(pretrain_store, late)
+        committed.set()
+
+    committer = threading.Thread(target=commit_once_training_runs, daemon=True)
+    committer.start()
     recipe = pathlib.Path(__file__).resolve().parents[1] / "configs" / "pretrain_tiny.yaml"
-    main(["--config", str(recipe), *shared_run_overrides(tiny_store, str(output), SHARED_PHASES)])
+    main(["--config", str(recipe), *shared_run_overrides(pretrain_store, str(output), SHARED_PHASES)])
+    committer.join(timeout=60)
+    assert committed.is_set(), "the late rows were never committed"
     return str(output / SHARED_RUN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pyarrow as pa
@@ -21,9 +22,7 @@ from pipelines.curation import (
 from pipelines.sample_data import bad_inputs, sample_pairs
 from pipelines.sources import SourceConfig, sample_id
 
-# The random tiny captioner and CLIP make data decisions only when asked for by name, as here.
-MODELS = {"annotation": {"preset": "tiny", "max_new_tokens": 12, "max_pixels": 112 * 112}, "clip": {"clip": {}}}
-FAST = {**MODELS, "min_rows_per_file": 1}
+from ..conftest import TINY_MODELS
 
 
 def _mutations(data: bytes, count: int, seed: int) -> list[bytes]:
@@ -85,7 +84,7 @@ def test_default_config_uses_no_random_model(ray_session, tmp_path):
     assert not names & {"clip_alignment", "nsfw", "aesthetic", "watermark"} and "ocr" in names
     assert sorted(disabled_notes(default)) == ["annotation", "clip"]
 
-    chosen = default.model_validate({**default.model_dump(), **MODELS})
+    chosen = default.model_validate({**default.model_dump(), **TINY_MODELS})
     plan = repr(scoring_dataset(chosen))
     assert "MapBatches(ClipScores)" in plan and "MapBatches(Captioner)" in plan
     assert {"clip_alignment", "watermark"} <= {check.name for check in all_checks(chosen)}
@@ -126,22 +125,11 @@ def test_bad_inputs_are_accounted_for(ray_session, bad_corpus, tmp_path):
     assert not any(reason.startswith(("clip_alignment", "watermark")) for reason in labels["drop_reason"])
 
 
-def test_curation_writes_scores_labels_and_funnel(ray_session, tmp_path):
-    from pipelines.sample_data import write_sample_corpus
+def test_curation_writes_scores_labels_and_funnel(curated_corpus, tmp_path):
+    import shutil
 
-    shards = write_sample_corpus(tmp_path / "corpus", 24)
-    output = tmp_path / "curated"
-    config = CurationConfig.model_validate(
-        {
-            "sources": [{"name": "sample", "kind": "webdataset", "paths": shards}],
-            "output_dir": str(output),
-            # Synthetic text rendering mixes in by ratio: 6 synthetic samples for 24 real ones.
-            "synthetic_ratio": 0.25,
-            "synth": {"resolutions": [[512, 512]]},
-            **FAST,
-        }
-    )
-    result = run_curation(config)
+    config, result = curated_corpus
+    output = pathlib.Path(config.output_dir)
     assert result.num_samples == 30
     scored = read_score_columns(output)
     synthetic = [i for i, source in enumerate(scored["source"]) if str(source).startswith("synthetic/")]
@@ -166,17 +154,21 @@ def test_curation_writes_scores_labels_and_funnel(ray_session, tmp_path):
     assert any((output / "funnel").glob("hist_blur*.png"))
 
     # Score once, filter many: stricter thresholds re-applied to the stored scores drop more, reading no image.
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
     stricter = config.model_copy(
         update={
+            "output_dir": str(copy),
             "thresholds": config.thresholds.model_copy(
                 update={"s2": config.thresholds.s2.model_copy(update={"min_blur": 1e9})}
-            )
+            ),
         }
     )
-    refunnel = relabel(output, stricter)
+    refunnel = relabel(copy, stricter)
     assert refunnel["survivors_per_stage"]["S2"] == 0
     # A second run with the same output resumes after the complete scoring pass.
-    assert run_curation(config).funnel == result.funnel
+    again = config.model_copy(update={"output_dir": str(copy)})
+    assert run_curation(again).funnel == result.funnel
 
 
 def test_config_errors_name_the_key(tmp_path):

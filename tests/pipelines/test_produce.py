@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -13,28 +14,23 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.curation import LABELS_FILE, SCORED_DIR, SCORED_DONE, CurationConfig, run_curation
+from pipelines.curation import LABELS_FILE, SCORED_DIR, SCORED_DONE
 from pipelines.encode import EncodeConfig
 from pipelines.produce import encode_pass
-from pipelines.sample_data import write_sample_corpus
 from pipelines.store.reader import committed_sample_ids, read_table
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
-FAST = {"min_rows_per_file": 1}
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENCODE = {"resolutions": [256], "min_stage": 1, "vae_pool": {"batch_size": 2}, "rows_per_shard": 4}
 
 
 @pytest.fixture(scope="module")
-def curated(ray_session, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("curated")
-    shards = write_sample_corpus(folder / "corpus", 24, seed=5)
-    config = CurationConfig.model_validate(
-        {"sources": [{"kind": "webdataset", "paths": shards}], "output_dir": str(folder / "out"), **FAST}
-    )
-    run_curation(config)
-    labels = pq.read_table(folder / "out" / LABELS_FILE).to_pydict()
+def curated(curated_corpus):
+    """The session's curated corpus (tests/conftest.py): its output folder and the samples that reach stage 1."""
+    config, _ = curated_corpus
+    output = pathlib.Path(config.output_dir)
+    labels = pq.read_table(output / LABELS_FILE).to_pydict()
     expected = {s for s, stage in zip(labels["sample_id"], labels["stage"], strict=True) if stage >= 1}
-    return folder / "out", expected
+    return output, expected
 
 
 def _busy_vae_worker_pids() -> list[int]:
@@ -96,6 +92,9 @@ def test_preprocess_resumes(curated, tmp_path):
         "encode.rows_per_shard=2",
         "encode.vae_pool.batch_size=2",
         "min_rows_per_file=1",
+        # The corpus was curated with the tiny captioner and CLIP: the relabelling of the resumed job checks alike.
+        "annotation.preset=tiny",
+        "clip.clip.model_name=tiny-clip",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_address()}
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

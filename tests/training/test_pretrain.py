@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import threading
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.sample_data import encoded_sample_table
 from pipelines.store.reader import read_table
-from pipelines.store.writer import commit_table
 from training.config import PhaseConfig, PretrainConfig, limit_steps
 from training.data import phase_dataset, worker_batches
 from training.metrics import read_metrics
 from training.pretrain import run_pretraining
 
-from ..conftest import SHARED_PHASES, SHARED_RUN, STORE_RESOLUTIONS, shared_run_overrides
+from ..conftest import LATE_SOURCE, SHARED_PHASES, SHARED_RUN, shared_run_overrides
 
 RECIPE = pathlib.Path(__file__).resolve().parents[2] / "configs" / "pretrain_tiny.yaml"
 
@@ -102,14 +98,14 @@ def test_progressive_phases(pretrain_run):
     assert {int(by_step[s]["restored_step"]) for s in range(61, 67)} == {60}
 
 
-def test_resume_restores_from_checkpoint(pretrain_run, tiny_store, tmp_path):
+def test_resume_restores_from_checkpoint(pretrain_run, pretrain_store, tmp_path):
     """The training worker process is SIGKILLed at step 12; Ray Train restarts the group from the step-10 checkpoint.
     The metrics show the second attempt starting at step 11 (nothing before it redone, which a restart from scratch
     would do, since noise and data are seeded by step), and the weights equal the uninterrupted shared run's at the
     end of the same phase."""
     from jobs.pretrain import main
 
-    overrides = shared_run_overrides(tiny_store, str(tmp_path), SHARED_PHASES[:1])
+    overrides = shared_run_overrides(pretrain_store, str(tmp_path), SHARED_PHASES[:1])
     killed = main(["--config", str(RECIPE), *overrides, "fail_at_step=12"])
     marker = (tmp_path / SHARED_RUN / ".failed-at-12").read_text()
     pid = int(re.search(r"process (\d+) killed with SIGKILL", marker).group(1))
@@ -124,31 +120,13 @@ def test_resume_restores_from_checkpoint(pretrain_run, tiny_store, tmp_path):
     assert all(torch.equal(actual[name], expected[name]) for name in expected)  # bit for bit
 
 
-def test_phase_switch_reads_new_shards(ray_session, tiny_store, tmp_path):
-    import shutil
-
-    store = tmp_path / "store"
-    shutil.copytree(tiny_store, store)
-    late = encoded_sample_table(8, seed=99, resolutions=STORE_RESOLUTIONS, source="late")
-    phases = [
-        {"name": "early", "num_steps": 8, "resolution": 256},
-        # Only rows committed while phase 1 runs can feed phase 2.
-        {"name": "late-only", "num_steps": 2, "resolution": 256, "predicates": [["source", "==", "late"]]},
-    ]
-    config = _config(str(store), tmp_path / "out", phases, batch_size=2)
-
-    def commit_when_training_started() -> None:
-        deadline = time.time() + 300
-        while time.time() < deadline and not (tmp_path / "out" / "t" / "metrics.csv").exists():
-            time.sleep(0.1)
-        commit_table(store, late)
-
-    committer = threading.Thread(target=commit_when_training_started)
-    committer.start()
-    summary = run_pretraining(config)
-    committer.join()
-    rows = read_metrics(summary["metrics"])
-    assert [row["phase"] for row in rows][-1] == "late-only"
+def test_phase_switch_reads_new_shards(pretrain_run, pretrain_store):
+    """The shared run's phase 2 reads only the rows committed to its store while phase 1 ran (tests/conftest.py):
+    it trained, so the phase listed the store when it started."""
+    phases = [row["phase"] for row in read_metrics(pathlib.Path(pretrain_run) / "metrics.csv")]
+    assert phases.count("high") == SHARED_PHASES[1]["num_steps"] and phases[-1] == "high"
+    late = read_table(pretrain_store, 384, min_stage=2, predicates=[("source", "==", LATE_SOURCE)])
+    assert late.num_rows == 6  # what phase 2 could read: 6 of the 8 late rows reach stage 2
 
 
 def test_limit_steps():
@@ -157,14 +135,18 @@ def test_limit_steps():
     assert [p.num_steps for p in limit_steps(config, 3).phases] == [3]
 
 
-def test_streaming_feed_trains_without_a_store(ray_session, tmp_path):
-    """Feed "stream": curation runs in the job, each phase's kept samples are encoded on the fly and trained on;
+def test_streaming_feed_trains_without_a_store(curated_corpus, tmp_path):
+    """Feed "stream": curation runs in the job (here it resumes after the complete scoring pass of a copy of the
+    session's curated corpus, and labels it again), each phase's kept samples are encoded on the fly and trained on;
     no latent store is written."""
-    from pipelines.sample_data import write_sample_corpus
+    import shutil
 
-    shards = write_sample_corpus(tmp_path / "corpus", num_samples=16, seed=5)
+    import yaml
+
+    corpus_config, _ = curated_corpus
+    shutil.copytree(corpus_config.output_dir, tmp_path / "curated")
     curation = {
-        "sources": [{"kind": "webdataset", "paths": shards}],
+        "sources": [source.model_dump(mode="json") for source in corpus_config.sources],
         "output_dir": str(tmp_path / "curated"),
         "min_rows_per_file": 1,
         "encode": {"resolutions": [256], "min_stage": 1},
@@ -190,6 +172,8 @@ def test_streaming_feed_trains_without_a_store(ray_session, tmp_path):
     assert all(int(row["resolution"]) == 256 for row in rows)
     assert (pathlib.Path(summary["checkpoint"]) / "transformer" / "config.json").is_file()
     assert (tmp_path / "curated" / "labels.parquet").is_file()
+    written = yaml.safe_load((tmp_path / "curated" / "curation_config.yaml").read_text())
+    assert written["encode"]["resolutions"] == [256] and written["encode"]["store_dir"] is None  # the job's own
     assert not list(tmp_path.rglob("_manifest"))  # nothing went through a store
 
 
