@@ -18,6 +18,7 @@ import ray.data
 
 from pipelines import schema
 from pipelines.encode import ENCODE_ERROR, EncodeConfig, TextEncodeStage, VaeEncodeStage
+from pipelines.parquet import read_parquet
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.store import columns as C
 from pipelines.store.reader import committed_sample_ids
@@ -89,7 +90,7 @@ def kept_samples(labels_path: str | pathlib.Path, min_stage: int, skip: set[str]
 def encoded_dataset(scored_dir: str | pathlib.Path, keep: dict[str, int], config: EncodeConfig) -> ray.data.Dataset:
     """The kept samples encoded, as a lazy Ray Dataset of store-schema rows: what ``encode_pass`` commits to the
     store, and what a streaming pretraining job (``feed: stream``) hands its workers directly."""
-    dataset = ray.data.read_parquet(str(scored_dir))
+    dataset = read_parquet(scored_dir)
     # The filter runs where the VAE encoder runs and in its batch size: one light actor holding the lookup. A
     # larger batch would merge the stream's blocks, and the store would only grow at the end of a small run.
     pool = {key: getattr(config.vae_pool, key) for key in ("batch_size", "resources", "label_selector")}

@@ -39,6 +39,7 @@ import ray.data
 
 from models.config import StrictModel
 from pipelines import schema
+from pipelines.parquet import read_parquet
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 IMAGE_COLUMN_CANDIDATES: tuple[str, ...] = ("jpg", "image", "jpeg", "png", "webp", "image_bytes", "img")
@@ -241,7 +242,7 @@ def read_parquet_source(config: SourceConfig) -> ray.data.Dataset:
             source_images=sources,
         )
 
-    return ray.data.read_parquet(files).select_columns(wanted).map_batches(normalise, batch_format="numpy")
+    return read_parquet(files).select_columns(wanted).map_batches(normalise, batch_format="numpy")
 
 
 def _caption_from_json(raw: bytes | None) -> str | None:

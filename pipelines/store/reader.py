@@ -288,16 +288,14 @@ def read_store(
     extra_columns: Iterable[str] = (),
 ):
     """A Ray Dataset of the committed shards, filtered and projected like ``read_table``."""
-    import ray.data
+    from pipelines.parquet import read_parquet
 
     paths = shard_paths(store_dir)
     if not paths:
         raise ValueError(f"the latent store {store_dir} has no committed shards yet")
     conditions = _conditions(resolution, min_stage, predicates)
     columns = projection(resolution, extra_columns) + [C.STAGE] * (C.STAGE not in extra_columns)
-    dataset = ray.data.read_parquet(paths, partitioning=None).select_columns(
-        present(columns, pq.read_schema(paths[0]).names)
-    )
+    dataset = read_parquet(paths, partitioning=None).select_columns(present(columns, pq.read_schema(paths[0]).names))
     return dataset.filter(expr=ray_filter(conditions)) if conditions else dataset
 
 
