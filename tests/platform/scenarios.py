@@ -27,6 +27,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors, list_tasks  # noqa: E402
 
+from models.ray_runtime import use_local_train_polling  # noqa: E402
 from pipelines.curation import LABELS_FILE, CurationConfig, run_curation  # noqa: E402
 from pipelines.pools import PoolConfig  # noqa: E402
 
@@ -40,6 +41,7 @@ ENCODE = {"resolutions": [256], "min_stage": 1, "rows_per_shard": 4, "vae_pool":
 @contextlib.contextmanager
 def start_cluster(num_producers: int, num_consumers: int) -> Iterator[tuple[Cluster, dict[str, list]]]:
     """Head (the driver's node, no pool resource) plus producer and consumer nodes, shut down on exit."""
+    use_local_train_polling()  # one machine: Ray Train's controller polls its workers every 0.25 s, as locally
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -188,31 +190,47 @@ def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: path
     from training.pretrain import run_pretraining
 
     curation = placed_curation(work, num_samples=12)
-    pretraining = placed_pretraining(work, num_steps=16, checkpoint_every=4)
+    pretraining = placed_pretraining(work, num_steps=24, checkpoint_every=4)
     run_dir = work / "pretrain" / "t"
     producer, consumer = InThread(run_curation, curation), None
     overlap = False
     removed: dict[str, str | None] = {PRODUCER: None, CONSUMER: None}
     checkpoints_at_loss: list[str] = []
+    lock = threading.Lock()  # the two removals may come at once, from this loop and from the consumer's watcher
+    worker_node: list[str] = []  # the train worker's node, once the state API lists it
+
+    def remove_consumer_after_checkpoint() -> None:
+        # The controller writes its snapshot once a reported checkpoint is registered: a restart resumes from it.
+        # A tight loop on the file, not on the state API (a query takes longer than the rest of a tiny run).
+        while not worker_node or not list(run_dir.glob("ray/*/checkpoint_manager_snapshot.json")):
+            if consumer is not None and not consumer.alive():
+                return
+            time.sleep(0.02)
+        checkpoints_at_loss.extend(sorted(p.name for p in run_dir.glob("ray/*/checkpoint_*") if p.is_dir()))
+        with lock:
+            removed[CONSUMER] = _remove(cluster, nodes[CONSUMER], worker_node[0])
+
     deadline = time.time() + 600
     while (producer.alive() or consumer is None or consumer.alive()) and time.time() < deadline:
         rows = [row for row in actors() if row["state"] == "ALIVE"]
         producing = any(is_producer_actor(row) for row in rows)
         if consumer is None and producing:  # the producer job is under way: start training beside it
             consumer = InThread(run_pretraining, pretraining)
+            watcher = threading.Thread(target=remove_consumer_after_checkpoint, daemon=True)
+            watcher.start()
         workers = [row for row in rows if row["class"] == TRAIN_WORKER]
         overlap = overlap or (producing and bool(workers))
+        if workers and not worker_node:
+            worker_node.append(workers[0]["node"])
         encoders = [row for row in rows if row["class"] == "MapWorker(MapBatches(VaeEncodeStage))"]
         if removed[PRODUCER] is None and encoders:
-            removed[PRODUCER] = _remove(cluster, nodes[PRODUCER], encoders[0]["node"])
-        # The controller writes its snapshot once a reported checkpoint is registered: a restart resumes from it.
-        if removed[CONSUMER] is None and workers and list(run_dir.glob("ray/*/checkpoint_manager_snapshot.json")):
-            checkpoints_at_loss = sorted(p.name for p in run_dir.glob("ray/*/checkpoint_*") if p.is_dir())
-            removed[CONSUMER] = _remove(cluster, nodes[CONSUMER], workers[0]["node"])
+            with lock:
+                removed[PRODUCER] = _remove(cluster, nodes[PRODUCER], encoders[0]["node"])
         time.sleep(0.1)
     producer.join(60)
     if consumer:
         consumer.join(60)
+        watcher.join(60)
     metrics = run_dir / "metrics.csv"
     return {
         "nodes": node_ids(nodes),

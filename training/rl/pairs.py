@@ -140,13 +140,15 @@ class LabelPairStage:
         self.encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
         self.resolution, self.source = resolution, source
 
-    def _image(self, path: str) -> np.ndarray:
+    def _image(self, path: str) -> tuple[np.ndarray, str]:
+        """The decoded image and a digest of its bytes (the pair's id names the images, not where they lie)."""
         from pipelines.decode import DecodeConfig, decode_image
 
-        decoded = decode_image(pathlib.Path(path).read_bytes(), DecodeConfig(analysis_short_side=1 << 20))
+        data = pathlib.Path(path).read_bytes()
+        decoded = decode_image(data, DecodeConfig(analysis_short_side=1 << 20))
         if not decoded.ok:
             raise ValueError(f"label image {path} cannot be decoded ({decoded.drop_reason})")
-        return decoded.image
+        return decoded.image, hashlib.blake2b(data, digest_size=12).hexdigest()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from models.vae import images_to_tensor
@@ -154,14 +156,15 @@ class LabelPairStage:
 
         rows = []
         for prompt, winner_path, loser_path in zip(batch["prompt"], batch["winner"], batch["loser"], strict=True):
-            winner, loser = self._image(str(winner_path)), self._image(str(loser_path))
+            (winner, winner_digest), (loser, loser_digest) = self._image(str(winner_path)), self._image(str(loser_path))
             bucket = nearest_bucket(winner.shape[1], winner.shape[0])
             width, height = bucket_size(bucket, self.resolution)
             pixels = np.stack([cover_and_crop(image, width, height) for image in (winner, loser)])
             latents = self.vae.encode(images_to_tensor(pixels)).float().cpu().numpy()
             rows.append(
                 {
-                    "id": pair_id(self.source, prompt, winner_path, loser_path),
+                    # By content: the same labels re-read from a moved or copied folder commit nothing twice.
+                    "id": pair_id(self.source, prompt, winner_digest, loser_digest),
                     "bucket": bucket,
                     "caption": str(prompt),
                     "embeds": self.encoder.encode([str(prompt)]).unpadded()[0].float().cpu().numpy(),

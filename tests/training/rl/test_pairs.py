@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -73,6 +74,15 @@ def test_label_pairs_from_a_jsonl_file(tmp_path):
     ids = pairs.column("sample_id").to_pylist()
     assert set(held.column("sample_id").to_pylist()) == {pid for pid in ids if unit_hash(pid) < 0.5}
     assert train.num_rows + held.num_rows == 6 and 0 < held.num_rows < 6
+    # A pair's id names its images, not their folder: the same labels read from a copy are the same pairs.
+    copy = tmp_path.parent / f"{tmp_path.name}-copy"
+    shutil.copytree(tmp_path, copy, ignore=shutil.ignore_patterns("pairs"))
+    copied = read_label_file(copy / "labels.jsonl")
+    assert copied[0]["winner"] == str(copy / "0-winner.png")
+    again = stage(
+        {key: np.array([item[key] for item in copied], dtype=object) for key in ("prompt", "winner", "loser")}
+    )
+    assert sorted(again.column("sample_id").to_pylist()) == sorted(ids)
     assert num_batches(train, 2) == train.num_rows // 2
     decoded = list(pair_batches(pairs, 4, RESOLUTION, rng=np.random.default_rng(1), drop_last=False))
     assert sorted(len(b.winner) for b in decoded) == [2, 4] and decoded[0].winner.shape[1:] == (16, 8, 8)
