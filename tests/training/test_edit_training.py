@@ -98,7 +98,7 @@ def test_edit_memorizes(ray_session, edit_store, tmp_path):
     from training.metrics import read_metrics
     from training.pretrain import run_pretraining
 
-    steps = 1500
+    steps = 800
     from PIL import Image
 
     Image.fromarray(TRIPLETS[0][0]).save(tmp_path / "input.png")
