@@ -190,25 +190,27 @@ def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: path
     from training.pretrain import run_pretraining
 
     curation = placed_curation(work, num_samples=12)
-    pretraining = placed_pretraining(work, num_steps=24, checkpoint_every=4)
+    pretraining = placed_pretraining(work, num_steps=48, checkpoint_every=4)
     run_dir = work / "pretrain" / "t"
     producer, consumer = InThread(run_curation, curation), None
     overlap = False
     removed: dict[str, str | None] = {PRODUCER: None, CONSUMER: None}
     checkpoints_at_loss: list[str] = []
     lock = threading.Lock()  # the two removals may come at once, from this loop and from the consumer's watcher
-    worker_node: list[str] = []  # the train worker's node, once the state API lists it
 
     def remove_consumer_after_checkpoint() -> None:
         # The controller writes its snapshot once a reported checkpoint is registered: a restart resumes from it.
-        # A tight loop on the file, not on the state API (a query takes longer than the rest of a tiny run).
-        while not worker_node or not list(run_dir.glob("ray/*/checkpoint_manager_snapshot.json")):
+        # A tight loop on the file, then one state-API query for the worker's node: a tiny run is short.
+        while not list(run_dir.glob("ray/*/checkpoint_manager_snapshot.json")):
             if consumer is not None and not consumer.alive():
                 return
             time.sleep(0.02)
         checkpoints_at_loss.extend(sorted(p.name for p in run_dir.glob("ray/*/checkpoint_*") if p.is_dir()))
-        with lock:
-            removed[CONSUMER] = _remove(cluster, nodes[CONSUMER], worker_node[0])
+        filters = [("class_name", "=", TRAIN_WORKER), ("state", "=", "ALIVE")]
+        workers = list_actors(filters=filters, raise_on_missing_output=False)
+        if workers:
+            with lock:
+                removed[CONSUMER] = _remove(cluster, nodes[CONSUMER], workers[0].node_id)
 
     deadline = time.time() + 600
     while (producer.alive() or consumer is None or consumer.alive()) and time.time() < deadline:
@@ -220,8 +222,6 @@ def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: path
             watcher.start()
         workers = [row for row in rows if row["class"] == TRAIN_WORKER]
         overlap = overlap or (producing and bool(workers))
-        if workers and not worker_node:
-            worker_node.append(workers[0]["node"])
         encoders = [row for row in rows if row["class"] == "MapWorker(MapBatches(VaeEncodeStage))"]
         if removed[PRODUCER] is None and encoders:
             with lock:
