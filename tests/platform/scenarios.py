@@ -250,7 +250,10 @@ def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: path
         "checkpoint_every": pretraining.checkpoint_every,
         "num_steps": pretraining.total_steps,
         "summary": consumer.result if consumer else None,
-        "steps": [int(row["step"]) for row in read_metrics(metrics)] if metrics.exists() else [],
+        # (step, the step its attempt started from: 0, or the checkpoint a restarted attempt restored) per row.
+        "steps": [(int(row["step"]), int(row["restored_step"])) for row in read_metrics(metrics)]
+        if metrics.exists()
+        else [],
     }
 
 

@@ -91,12 +91,15 @@ def test_survives_consumer_node_loss(facts):
         "no node removed after a checkpoint"
     )
     assert facts["finished"] and facts["consumer_error"] is None, facts["consumer_error"]
-    steps, every = facts["steps"], facts["checkpoint_every"]
-    restarts = [index for index in range(1, len(steps)) if steps[index] <= steps[index - 1]]
-    assert len(restarts) == 1, steps
-    resumed_after = steps[restarts[0]] - 1
-    assert resumed_after >= every and resumed_after % every == 0, steps  # from a checkpoint, not from scratch
-    assert steps[restarts[0] :] == list(range(resumed_after + 1, facts["num_steps"] + 1))
+    every = facts["checkpoint_every"]
+    attempts: dict[int, list[int]] = {}  # the step an attempt started from -> the steps it logged
+    for step, restored in facts["steps"]:
+        attempts.setdefault(restored, []).append(step)
+    assert len(attempts) == 2 and 0 in attempts, attempts  # the first attempt, and one restart
+    (resumed_after,) = set(attempts) - {0}
+    assert resumed_after >= every and resumed_after % every == 0, attempts  # from a checkpoint, not from scratch
+    assert attempts[0][0] == 1 and attempts[0][-1] >= resumed_after, attempts
+    assert attempts[resumed_after] == list(range(resumed_after + 1, facts["num_steps"] + 1))
     consumers = set(facts["nodes"]["consumer"])
     assert {row["node"] for row in train_workers(facts)} == consumers  # the lost node, then the spare
     assert pathlib.Path(facts["summary"]["checkpoint"], "transformer", "config.json").is_file()
