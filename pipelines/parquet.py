@@ -33,24 +33,26 @@ def footer_actors(num_files: int) -> int:
     return max(1, min(cap, math.ceil(num_files / batch)))
 
 
+def _names(paths: str | pathlib.Path | Sequence[str | pathlib.Path]) -> list[str]:
+    return [str(path) for path in ([paths] if isinstance(paths, str | pathlib.Path) else paths)]
+
+
 def count_parquet_files(paths: str | pathlib.Path | Sequence[str | pathlib.Path]) -> int:
     """The Parquet files ``paths`` name: files as given, folders searched as Ray searches them (recursively)."""
-    paths = [paths] if isinstance(paths, str | pathlib.Path) else paths
-    count = 0
-    for path in map(pathlib.Path, paths):
-        count += sum(1 for _ in path.rglob("*.parquet")) if path.is_dir() else 1
-    return count
+    return sum(
+        sum(1 for _ in path.rglob("*.parquet")) if path.is_dir() else 1 for path in map(pathlib.Path, _names(paths))
+    )
 
 
 def read_parquet(paths: str | pathlib.Path | Sequence[str | pathlib.Path], **kwargs) -> ray.data.Dataset:
     """``ray.data.read_parquet(paths, **kwargs)`` starting only the footer readers its files need."""
-    wanted = str(footer_actors(count_parquet_files(paths)))
-    arg = str(paths) if isinstance(paths, pathlib.Path) else paths if isinstance(paths, str) else list(map(str, paths))
+    names = _names(paths)
+    wanted = str(footer_actors(count_parquet_files(names)))
     with _ENV_LOCK:
         before = os.environ.get(NUM_ACTORS_ENV)
         os.environ[NUM_ACTORS_ENV] = wanted
         try:
-            return ray.data.read_parquet(arg, **kwargs)
+            return ray.data.read_parquet(names, **kwargs)
         finally:
             if before is None:
                 os.environ.pop(NUM_ACTORS_ENV, None)
