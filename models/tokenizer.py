@@ -13,8 +13,8 @@ import pathlib
 
 from transformers import Qwen2Tokenizer
 
-# Qwen2's special tokens in the order of the released tokenizer: ids 151643..151656.
-QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
+# Qwen2's special tokens (the tokenizer's added tokens) in the released order: ids 151643..151656.
+QWEN_ADDED_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
@@ -30,7 +30,7 @@ QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
-FIRST_SPECIAL_ID = 151643
+FIRST_ADDED_ID = 151643
 # The embedding table of Qwen2 / Qwen2.5-VL is padded to 151936 rows.
 QWEN_VOCAB_SIZE = 151936
 
@@ -61,9 +61,9 @@ def build_qwen2_tokenizer() -> Qwen2Tokenizer:
     """A fresh ``Qwen2Tokenizer`` with the real Qwen2 vocabulary (about 2 s the first time in a process)."""
     vocab, merges = _vocab_and_merges()
     tokenizer = Qwen2Tokenizer(vocab=dict(vocab), merges=list(merges))
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
-    ids = tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
-    expected = list(range(FIRST_SPECIAL_ID, FIRST_SPECIAL_ID + len(QWEN_SPECIAL_TOKENS)))
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_ADDED_TOKENS)})
+    ids = tokenizer.convert_tokens_to_ids(list(QWEN_ADDED_TOKENS))
+    expected = list(range(FIRST_ADDED_ID, FIRST_ADDED_ID + len(QWEN_ADDED_TOKENS)))
     assert ids == expected, f"special token ids {ids} differ from the released {expected}"
     tokenizer.model_max_length = 32768
     return tokenizer

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.condition_encoder import EDIT_TEMPLATE, T2I_TEMPLATE, ConditionEncoder, pad_prompt_embeds
-from models.tokenizer import QWEN_SPECIAL_TOKENS
+from models.tokenizer import QWEN_ADDED_TOKENS
 
 
 def test_prompt_prefix_token_counts(tokenizer):
@@ -20,7 +20,7 @@ def test_prompt_prefix_token_counts(tokenizer):
 
 
 def test_released_token_ids(tokenizer):
-    ids = tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
+    ids = tokenizer.convert_tokens_to_ids(list(QWEN_ADDED_TOKENS))
     assert ids == list(range(151643, 151657))
     assert tokenizer.convert_tokens_to_ids("<|im_start|>") == 151644
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
