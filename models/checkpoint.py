@@ -37,6 +37,7 @@ def save_components(
     folder = pathlib.Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is read by other users and services
     try:
         saved = []
         for part in ALL_PARTS:
@@ -50,14 +51,14 @@ def save_components(
         index["_diffusers_version"] = diffusers.__version__
         index[METADATA_KEY] = {"preset": components.preset, "parts": saved, **(metadata or {})}
         (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        _replace_dir(staging, folder)
+        replace_dir(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
 
 
-def _replace_dir(source: pathlib.Path, target: pathlib.Path) -> None:
+def replace_dir(source: pathlib.Path, target: pathlib.Path) -> None:
     if target.exists():
         retired = target.with_name(f".{target.name}.old")
         shutil.rmtree(retired, ignore_errors=True)

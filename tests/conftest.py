@@ -171,9 +171,9 @@ def tiny_store(tmp_path_factory) -> str:
     return str(folder)
 
 
-# The shared pretraining run: two phases (the second at a higher resolution and stage), a constant learning rate
-# after warm-up (so a run of the first phase alone takes the same steps), a checkpoint every 10 steps, every step
-# logged. Tests that only read a trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
+# The shared pretraining run: two workers with FSDP2 (half a CPU each), two phases (the second at a higher
+# resolution and stage), a constant learning rate after warm-up (so a run of the first phase alone takes the same
+# steps), a checkpoint every 10 steps, every step logged, exports in fp32. Tests that only read a trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
 # While phase 1 runs, the fixture commits 8 "late" rows to the run's store; phase 1 never reads them, phase 2 reads
 # only them: phase 2 can run only because a phase lists the shards committed before it starts.
 SHARED_RUN = "shared"
@@ -192,7 +192,11 @@ def shared_run_overrides(store: str, output: str, phases: list[dict]) -> list[st
         f"store_dir={store}",
         f"output_dir={output}",
         f"run_name={SHARED_RUN}",
-        "batch_size=4",
+        "num_workers=2",
+        "cpus_per_worker=0.5",
+        "parallel.strategy=fsdp",
+        "export_dtype=float32",
+        "batch_size=2",  # per worker: 4 in all, and phase 2's 6 rows give each worker a batch
         "optim.lr=0.0005",
         "optim.warmup_steps=5",
         "optim.schedule=constant",
@@ -218,7 +222,7 @@ def pretrain_store(tiny_store, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def pretrain_run(ray_session, pretrain_store, tmp_path_factory) -> str:
     """The run folder of one ``jobs/pretrain.py`` run of the demo recipe with the shared overrides (its
-    ``summary.json`` names the final checkpoint, ``phase-00.done.json`` the first phase's)."""
+    ``summary.json`` names the final export, ``phase-00.done.json`` the first phase's checkpoint and export)."""
     import threading
     import time
 

@@ -13,6 +13,7 @@ import pydantic
 from models.config import StrictModel
 from models.schedule import LossWeighting, SigmaSampling
 from pipelines.curation import CurationConfig
+from training.trainer import RunSettings
 
 
 class PhaseConfig(StrictModel):
@@ -91,7 +92,7 @@ class SampleConfig(StrictModel):
     seed: int = 0
 
 
-class PretrainConfig(StrictModel):
+class PretrainConfig(RunSettings):
     # Where batches come from. "store" (the normal mode): the latent store at ``store_dir``, which producers may be
     # appending to as a separate job. "stream": the producer pipeline ``curation`` runs inside this job; its global
     # passes (scoring, deduplication, stages) first, then each phase's kept samples are encoded on the fly by Ray
@@ -108,24 +109,18 @@ class PretrainConfig(StrictModel):
     # (the VAE and condition encoder of the sample grids) still come from preset / weights_dir. None: weights_dir.
     init_transformer: str | None = None
     phases: list[PhaseConfig] = pydantic.Field(min_length=1)
-    batch_size: int = pydantic.Field(default=8, ge=1)  # per worker, per micro-batch
-    num_workers: int = pydantic.Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
-    # Custom node resources each train worker also requests, e.g. {"consumer": 0.01}: places the workers (and the
-    # sample-prompt task) on the GPU nodes that platform/ gives that resource. Empty: anywhere (local runs).
-    worker_resources: dict[str, float] = {}
-    parallelism: Literal["ddp", "fsdp"] = "ddp"
-    mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    batch_size: int = pydantic.Field(default=8, ge=1)  # per data-parallel worker, per micro-batch
+    # auto: bf16 on GPU, fp32 on CPU. With DDP it is autocast; with FSDP, the dtype parameters are gathered in
+    # (gradients are always reduced, and the optimiser always steps, in fp32).
+    mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     ema_decay: float | None = pydantic.Field(default=None, gt=0, lt=1)
-    checkpoint_every: int = pydantic.Field(default=100, ge=1)
-    keep_checkpoints: int = pydantic.Field(default=2, ge=1)
-    max_failures: int = pydantic.Field(default=2, ge=0)
-    log_every: int = pydantic.Field(default=10, ge=1)
+    # Exports (complete diffusers pipeline folders under <run>/exports/) are written at the end of every phase, and
+    # every export_every steps when it is set (0: phase ends only); their transformer is saved in export_dtype.
+    export_every: int = pydantic.Field(default=0, ge=0)
+    export_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     samples: SampleConfig = SampleConfig()
-    seed: int = 0
     shuffle_buffer: int = pydantic.Field(default=256, ge=0)  # rows; 0 keeps the store's order
     # Failure injection for tests: the first time this step is reached, the rank-0 training worker process kills
     # itself with SIGKILL (a dead worker, as a lost node or an OOM kill leaves it), and Ray Train restarts the group.
@@ -141,6 +136,11 @@ class PretrainConfig(StrictModel):
             missing = sorted({phase.resolution for phase in self.phases} - set(self.curation.encode.resolutions))
             if missing:
                 raise ValueError(f"feed 'stream': phases train at {missing} px, not in curation.encode.resolutions")
+            if self.parallel.tensor_parallel > 1:
+                raise ValueError(
+                    "feed 'stream' gives every worker its own rows, but a tensor-parallel group must read the same "
+                    "ones: use feed 'store' with parallel.tensor_parallel > 1"
+                )
         return self
 
     @property

@@ -1,16 +1,18 @@
 """The per-worker pretraining loop of one phase, run by Ray Train (``TorchTrainer``).
 
-Reads top to bottom: build (model, optimiser, schedule), restore (from this phase's last checkpoint, or the previous
-phase's final one), train (micro-batches from the store shard, flow-matching loss, accumulation, clipping),
-report (metrics every ``log_every`` steps, a checkpoint every ``checkpoint_every`` steps and at the phase end).
-``TrainState`` is what survives a restart: step, data position, RNG states, EMA weights.
+Reads top to bottom: build (the transformer on the meta device, spread by ``training.parallel``, its shards
+loaded; optimiser; EMA), restore (this phase's last checkpoint after a restart, or the previous phase's final one),
+train (micro-batches from the store shard, flow-matching loss, accumulation, clipping), report (metrics every
+``log_every`` steps, a DCP checkpoint every ``checkpoint_every`` steps, an export at the phase end). Every rank runs
+every line: checkpoints, exports and sample grids are collectives; rank 0 alone writes metrics and pictures.
+``TrainState`` is what survives a restart besides the weights: step, data position, RNG state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
+import json
 import os
 import pathlib
 import signal
@@ -22,16 +24,22 @@ import ray.train
 import ray.train.torch
 import torch
 
-from models.checkpoint import save_components
 from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
-from models.presets import Components, build_components
+from models.presets import build_components
+from training.checkpointer import export_transformer, load_checkpoint, save_checkpoint, write_pipeline_folder
 from training.config import PretrainConfig
 from training.data import DatasetStream, StoreStream
-from training.parallel import apply_parallelism, unwrap
-from training.state_io import load_state, save_state
-
-TRAIN_STATE = "train_state"
+from training.parallel import (
+    Parallel,
+    build_mesh,
+    build_meta_transformer,
+    clip_grad_norm_,
+    parallelize,
+    reduce_tensor_parallel_gradients,
+    unwrap,
+)
+from training.schedule import learning_rate, set_learning_rate
 
 
 @dataclasses.dataclass
@@ -41,21 +49,23 @@ class TrainState:
     step: int = 0  # optimiser steps done, counted over all phases
     epoch: int = 0  # passes over this phase's data
     batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
+    world: int = 1  # workers of this attempt
 
-    def state_dict(self, positions: list[list[int]] | None = None) -> dict:
-        return {
-            **dataclasses.asdict(self),
-            # Every rank's (epoch, batch_in_epoch): ranks read different shards, so their epochs end apart.
-            "positions": positions or [[self.epoch, self.batch_in_epoch]],
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
-        }
+    def rank_state(self) -> dict:
+        """This rank's part of a checkpoint: its data position and RNG state."""
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "torch_rng": torch.get_rng_state()}
 
-    def load_state_dict(self, state: dict, rank: int = 0) -> None:
-        self.step = int(state["step"])
-        positions = state.get("positions") or [[state["epoch"], state["batch_in_epoch"]]]
-        self.epoch, self.batch_in_epoch = (int(v) for v in positions[rank if rank < len(positions) else 0])
-        torch.set_rng_state(state["torch_rng"])
+    def restore(self, info: dict, rank_state: dict | None) -> None:
+        """From a checkpoint's info (step, every rank's position) and this rank's own state when it wrote one.
+
+        A checkpoint written by a different number of workers sharded the data differently: every rank then
+        starts the earliest saved epoch again from its beginning (a position cannot be carried across shardings)."""
+        self.step = int(info["step"])
+        if rank_state is not None and int(info["world_size"]) == self.world:
+            self.epoch, self.batch_in_epoch = int(rank_state["epoch"]), int(rank_state["batch_in_epoch"])
+            torch.set_rng_state(rank_state["torch_rng"])
+        else:
+            self.epoch, self.batch_in_epoch = min(epoch for epoch, _ in info["positions"]), 0
 
 
 def gather_positions(state: TrainState, world: int, device: torch.device) -> list[list[int]]:
@@ -68,54 +78,73 @@ def gather_positions(state: TrainState, world: int, device: torch.device) -> lis
     return [tensor.tolist() for tensor in everyone]
 
 
-def learning_rate(step: int, config: PretrainConfig, lr_scale: float) -> float:
-    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio`` over the whole run."""
+def phase_learning_rate(step: int, config: PretrainConfig, lr_scale: float) -> float:
     optim = config.optim
-    if optim.warmup_steps and step < optim.warmup_steps:
-        return optim.lr * lr_scale * (step + 1) / optim.warmup_steps
-    if optim.schedule == "constant":
-        return optim.lr * lr_scale
-    progress = min(1.0, (step - optim.warmup_steps) / max(1, config.total_steps - optim.warmup_steps))
-    floor = optim.min_lr_ratio
-    return optim.lr * lr_scale * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return learning_rate(
+        step,
+        lr=optim.lr,
+        warmup_steps=optim.warmup_steps,
+        schedule=optim.schedule,
+        total_steps=config.total_steps,
+        min_lr_ratio=optim.min_lr_ratio,
+        scale=lr_scale,
+    )
+
+
+def _use_bf16(config: PretrainConfig, device: torch.device) -> bool:
+    return config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and device.type == "cuda")
 
 
 def _autocast(config: PretrainConfig, device: torch.device):
-    use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    """bf16 autocast for DDP; FSDP computes in the dtype it gathers parameters in (``parallelize``)."""
+    if config.parallel.strategy == "ddp" and _use_bf16(config, device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
-def _save_checkpoint(
-    folder: pathlib.Path, model, optimizer, ema, state: TrainState, config: PretrainConfig, positions: list[list[int]]
-) -> None:
-    transformer = unwrap(model)
-    save_components(
-        folder / "model",
-        Components(preset=config.preset, transformer=transformer),
-        metadata={"step": state.step, "run": config.run_name},
-    )
-    extra = {"optimizer": optimizer.state_dict(), "train_state": state.state_dict(positions)}
-    if ema is not None:
-        extra["ema"] = ema
-    save_state(extra, folder, TRAIN_STATE)
+def build_model(config: PretrainConfig, parallel: Parallel, *, restoring: bool) -> torch.nn.Module:
+    """The transformer built on the meta device, spread over the workers and filled: from ``init_transformer`` or
+    ``weights_dir`` (each rank reading its slices), from the tiny preset's random weights (broadcast from rank 0),
+    or not at all when a checkpoint is about to be restored into it."""
+    from models.presets import TINY_TRANSFORMER_CONFIG
+
+    source = config.init_transformer or config.weights_dir
+    if source is not None:
+        folder = pathlib.Path(source) / "transformer"
+        transformer_config = json.loads((folder / "config.json").read_text())
+    elif config.preset == "tiny":
+        folder, transformer_config = None, dict(TINY_TRANSFORMER_CONFIG)
+    else:
+        raise ValueError(f"preset {config.preset!r} needs weights_dir (a diffusers folder with transformer/)")
+    model = build_meta_transformer(transformer_config)
+    fill = {}
+    if not restoring:
+        if folder is not None:
+            fill["weights_folder"] = folder
+        else:
+            fill["build_full"] = lambda: build_components("tiny", parts=("transformer",), seed=config.seed).transformer
+    param_dtype = torch.bfloat16 if _use_bf16(config, parallel.device) else torch.float32
+    model = parallelize(model, parallel, param_dtype=param_dtype, **fill)
+    model.train()
+    unwrap(model).requires_grad_(True)
+    return model
 
 
-def _restore(folder: pathlib.Path, model, optimizer, state: TrainState | None, rank: int = 0) -> dict | None:
-    from safetensors.torch import load_file
-
-    weights = {}
-    for path in sorted((folder / "model" / "transformer").glob("*.safetensors")):
-        weights.update(load_file(str(path)))
-    unwrap(model).load_state_dict(weights)
-    saved = load_state(folder, TRAIN_STATE)
-    optimizer.load_state_dict(saved["optimizer"])
-    if state is not None:
-        state.load_state_dict(saved["train_state"], rank)
-    return saved.get("ema")
+def new_ema(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Exponential moving average of the weights: fp32 copies on the device, sharded like the parameters."""
+    return {name: param.detach().float().clone() for name, param in unwrap(model).named_parameters()}
 
 
-def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, phase_name: str) -> None:
-    """Rank 0: images for the fixed prompts and edits (their condition embeddings were computed on the driver)."""
+def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * weights``, on the device, shard by shard (no host copies)."""
+    params = dict(unwrap(model).named_parameters())
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.values()), [params[name].detach() for name in ema], 1 - decay)
+
+
+def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, phase_name: str, device, rank) -> None:
+    """Every rank (the sharded model's forward is a collective): images for the fixed prompts and edits, whose
+    condition embeddings were computed on the driver; rank 0 writes the grids."""
     from models.imageio import save_png, to_grid
     from models.vae import LatentVAE
 
@@ -123,7 +152,6 @@ def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, ph
     if not prompts or not (prompts["embeds"] or prompts.get("edits")):
         return
     transformer = unwrap(model)
-    device = next(transformer.parameters()).device
     vae = LatentVAE(build_components(config.preset, weights_dir=config.weights_dir, parts=("vae",), device=device).vae)
     resolution = loop_config["phase"]["resolution"]
     size = min(resolution, 256) if device.type == "cpu" else resolution  # keep CPU grids quick
@@ -134,11 +162,13 @@ def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, ph
         if prompts["embeds"]:
             images = _sample_prompts(transformer, vae, prompts, config, size, device)
             grid = to_grid(images, columns=len(images), labels=prompts["texts"])
-            save_png(grid, folder / f"step{step:07d}-{phase_name}.png")
+            if rank == 0:
+                save_png(grid, folder / f"step{step:07d}-{phase_name}.png")
         if prompts.get("edits"):
             cells, labels = _sample_edits(transformer, vae, prompts["edits"], config, size, device)
             grid = to_grid(np.stack(cells), columns=2, labels=labels)
-            save_png(grid, folder / f"step{step:07d}-{phase_name}-edits.png")
+            if rank == 0:
+                save_png(grid, folder / f"step{step:07d}-{phase_name}-edits.png")
     finally:
         transformer.train(was_training)
 
@@ -207,8 +237,9 @@ def _grid_latents(transformer, prompt, negative, config: PretrainConfig, size: i
 
 def train_loop_per_worker(loop_config: dict) -> None:
     config = PretrainConfig.model_validate(loop_config["config"])
-    phase = config.phases[loop_config["phase_index"]]
-    start, end = config.phase_bounds()[loop_config["phase_index"]]
+    phase_index = loop_config["phase_index"]
+    phase = config.phases[phase_index]
+    start, end = config.phase_bounds()[phase_index]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -216,14 +247,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     np.random.seed(config.seed + rank)
 
     # Build.
-    transformer = build_components(
-        config.preset,
-        weights_dir=config.init_transformer or config.weights_dir,
-        parts=("transformer",),
-        seed=config.seed,
-    ).transformer
-    transformer.train().requires_grad_(True)
-    model = apply_parallelism(transformer, config, device)
+    parallel = build_mesh(config.parallel, device, world, rank)
+    checkpoint = ray.train.get_checkpoint()
+    init_checkpoint = loop_config.get("init_checkpoint")
+    model = build_model(config, parallel, restoring=checkpoint is not None or bool(init_checkpoint))
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=config.optim.lr,
@@ -231,18 +258,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
         weight_decay=config.optim.weight_decay,
         eps=config.optim.eps,
     )
-    state, ema = TrainState(step=start), None
+    ema = new_ema(model) if config.ema_decay is not None else None
+    state = TrainState(step=start, world=world)
 
     # Restore: this phase's latest checkpoint (a restart), else the previous phase's final one.
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            ema = _restore(pathlib.Path(folder), model, optimizer, state, rank)
-    elif loop_config.get("init_checkpoint"):
-        ema = _restore(pathlib.Path(loop_config["init_checkpoint"]), model, optimizer, None)
+            info, mine = _restore(pathlib.Path(folder), model, optimizer, ema, rank)
+        state.restore(info, mine)
+    elif init_checkpoint:
+        _restore(pathlib.Path(init_checkpoint), model, optimizer, ema, rank)
     restored_step = state.step  # where this attempt starts: the phase start, or the restored checkpoint's step
-    if config.ema_decay is not None and ema is None:
-        ema = {name: p.detach().float().cpu().clone() for name, p in unwrap(model).named_parameters()}
 
     # Train.
     if config.feed == "stream":
@@ -253,13 +279,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch_size=config.batch_size,
             shuffle_buffer=config.shuffle_buffer,
         )
-    else:
+    else:  # the workers of one tensor-parallel group read the same rows
         stream = StoreStream(
             config.store_dir,
             phase,
             seed=config.seed,
-            rank=rank,
-            world=world,
+            rank=parallel.dp_rank,
+            world=parallel.dp_world,
             batch_size=config.batch_size,
             shuffle_buffer=config.shuffle_buffer,
         )
@@ -269,26 +295,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
         batches = stream.batches(state.epoch, skip=state.batch_in_epoch)
         stepped = False
         for group in _accumulate(batches, config.optim.grad_accum, state, meter):
-            loss, grad_norm = _train_step(model, optimizer, group, state, config, phase.lr_scale, device, rank)
+            loss, grad_norm = _train_step(model, optimizer, group, state, config, phase.lr_scale, parallel)
             stepped = True
             if ema is not None:
-                _update_ema(ema, model, config.ema_decay)
+                update_ema(ema, model, config.ema_decay)
             meter.add_step(loss, group)
             _maybe_fail(config, state.step, rank)
             last = state.step == end
             if state.step % config.log_every == 0 or state.step % config.checkpoint_every == 0 or last:
-                metrics = meter.flush(state.step, phase.name, optimizer.param_groups[0]["lr"], grad_norm, world)
+                metrics = meter.flush(state.step, phase.name, optimizer.param_groups[0]["lr"], grad_norm, parallel)
                 metrics["resolution"] = phase.resolution
                 metrics["restored_step"] = restored_step
                 if writer is not None:
                     writer.write(metrics)
+                if config.export_every and state.step % config.export_every == 0 and not last:
+                    _export(model, config, state.step, phase.name, rank)
                 # Metrics reach Ray Train with checkpoints only: every report is a barrier across the workers and
                 # waits for the controller (about 2 s a step here); metrics.csv and TensorBoard get every log step.
                 if state.step % config.checkpoint_every == 0 or last:
                     positions = gather_positions(state, world, device)
-                    _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, positions)
-            if rank == 0 and config.samples.every_steps and state.step % config.samples.every_steps == 0 and not last:
-                _sample_grid(model, loop_config, config, state.step, phase.name)
+                    _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, world, positions)
+            if config.samples.every_steps and state.step % config.samples.every_steps == 0 and not last:
+                _sample_grid(model, loop_config, config, state.step, phase.name, device, rank)
             if last:
                 break
         if state.step >= end:
@@ -299,9 +327,45 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 f"this worker; lower batch_size or add data that reaches stage {phase.min_stage}"
             )
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    if rank == 0:
-        _sample_grid(model, loop_config, config, state.step, phase.name)
+    _export(model, config, state.step, phase.name, rank)
+    _sample_grid(model, loop_config, config, state.step, phase.name, device, rank)
+    if writer is not None:
         writer.close()
+
+
+def export_folder(config: PretrainConfig, step: int, phase_name: str) -> pathlib.Path:
+    """Where the export of ``step`` goes: ``<output_dir>/<run_name>/exports/step<step>-<phase>``."""
+    return pathlib.Path(config.output_dir) / config.run_name / "exports" / f"step{step:07d}-{phase_name}"
+
+
+def base_folder(config: PretrainConfig) -> pathlib.Path:
+    """The frozen parts every export links to: ``weights_dir`` itself, or ``<run>/base`` (tiny, written once by the
+    driver, ``training.pretrain``)."""
+    if config.weights_dir:
+        return pathlib.Path(config.weights_dir)
+    return pathlib.Path(config.output_dir) / config.run_name / "base"
+
+
+def _export(model, config: PretrainConfig, step: int, phase_name: str, rank: int) -> None:
+    """Every rank: the complete pipeline folder of the current weights (a collective; rank 0 writes)."""
+    target = export_folder(config, step, phase_name)
+    staging = target.parent / f".{target.name}.transformer"
+    exported = export_transformer(model, staging, rank=rank, dtype=getattr(torch, config.export_dtype))
+    if rank == 0:
+        write_pipeline_folder(
+            target,
+            transformer_folder=exported,
+            base_folder=base_folder(config),
+            preset=config.preset,
+            metadata={"step": step, "run": config.run_name, "phase": phase_name},
+        )
+
+
+def _restore(folder: pathlib.Path, model, optimizer, ema, rank: int) -> tuple[dict, dict | None]:
+    """Load a training checkpoint (any number of workers wrote it); an EMA the checkpoint lacks starts afresh."""
+    info = json.loads((folder / "checkpoint.json").read_text())
+    extra = {"ema": ema} if ema is not None and info.get("ema") else None
+    return load_checkpoint(folder, model=model, optimizer=optimizer, rank=rank, extra=extra)
 
 
 class _Meter:
@@ -322,8 +386,10 @@ class _Meter:
             self.samples += latents.shape[0]
             self.tokens += latents.shape[0] * (latents.shape[2] // 2) * (latents.shape[3] // 2)
 
-    def flush(self, step: int, phase: str, lr: float, grad_norm: float, world: int) -> dict:
+    def flush(self, step: int, phase: str, lr: float, grad_norm: float, parallel: Parallel) -> dict:
+        """The row of the metrics CSV; throughput counts every data-parallel worker (TP peers share batches)."""
         elapsed = max(1e-9, time.perf_counter() - self.start)
+        world = parallel.dp_world
         metrics = {
             "step": step,
             "phase": phase,
@@ -354,10 +420,20 @@ def _accumulate(batches, grad_accum: int, state: TrainState, meter: _Meter):
             group = []
 
 
-def _train_step(model, optimizer, group, state: TrainState, config: PretrainConfig, lr_scale: float, device, rank: int):
-    for param_group in optimizer.param_groups:
-        param_group["lr"] = learning_rate(state.step, config, lr_scale)
+def _gradient_sync(model, enabled: bool):
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last micro-batch of a step."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+    if enabled or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _train_step(model, optimizer, group, state: TrainState, config: PretrainConfig, lr_scale: float, parallel):
+    set_learning_rate(optimizer, phase_learning_rate(state.step, config, lr_scale))
     optimizer.zero_grad(set_to_none=True)
+    device = parallel.device
     losses = []
     for micro, batch in enumerate(group):
         latents = batch["latents"].to(device, torch.float32)
@@ -365,11 +441,12 @@ def _train_step(model, optimizer, group, state: TrainState, config: PretrainConf
         # Edit batches (all rows of a batch are one kind): the clean source image's latents condition the model.
         source = batch.get("source_latents")
         source = None if source is None else source.to(device, torch.float32)
-        # Noise and sigmas depend on (seed, step, micro-batch, rank) only: a resumed run draws the same ones.
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + state.step * 97 + micro * 7 + rank)
-        last_micro = micro == len(group) - 1
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync, _autocast(config, device):
+        # Noise and sigmas depend on (seed, step, micro-batch, data-parallel rank) only: a resumed run draws the
+        # same ones, and the workers of a tensor-parallel group draw the same.
+        generator = torch.Generator().manual_seed(
+            config.seed * 1_000_003 + state.step * 97 + micro * 7 + parallel.dp_rank
+        )
+        with _gradient_sync(model, micro == len(group) - 1), _autocast(config, device):
             out = flow_matching_loss(
                 model,
                 latents,
@@ -383,18 +460,11 @@ def _train_step(model, optimizer, group, state: TrainState, config: PretrainConf
             )
             (out.loss / len(group)).backward()
         losses.append(float(out.loss.detach()))
-    grad_norm = 0.0
-    if config.optim.grad_clip is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip))
+    reduce_tensor_parallel_gradients(model, parallel.tp_mesh)
+    grad_norm = clip_grad_norm_(list(model.parameters()), config.optim.grad_clip)
     optimizer.step()
     state.step += 1
     return sum(losses) / len(losses), grad_norm
-
-
-def _update_ema(ema: dict, model, decay: float) -> None:
-    with torch.no_grad():
-        for name, param in unwrap(model).named_parameters():
-            ema[name].mul_(decay).add_(param.detach().float().cpu(), alpha=1 - decay)
 
 
 def _maybe_fail(config: PretrainConfig, step: int, rank: int) -> None:
@@ -441,10 +511,17 @@ def _metrics_writer(config: PretrainConfig):
     return MetricsWriter(pathlib.Path(config.output_dir) / config.run_name)
 
 
-def _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, positions) -> None:
+def _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, world, positions) -> None:
+    """Every rank writes its shards into its own folder and reports it; Ray Train merges them into one checkpoint."""
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            _save_checkpoint(pathlib.Path(folder), model, optimizer, ema, state, config, positions)
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        save_checkpoint(
+            folder,
+            model=model,
+            optimizer=optimizer,
+            rank=rank,
+            world=world,
+            extra={"ema": ema} if ema is not None else None,
+            rank_state=state.rank_state(),
+            info={"step": state.step, "run": config.run_name, "positions": positions, "ema": ema is not None},
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

@@ -1,39 +1,340 @@
-"""Parallelism applied to a built model, in a fixed order (torchtitan's style): DDP by default, FSDP2 on request.
+"""Parallelism for the transformer, as functions applied in a fixed order to a model built on the meta device.
 
-``apply_parallelism`` moves the model to the worker's device and wraps it; ``unwrap`` returns the published
-``QwenImageTransformer2DModel`` inside, for saving and sampling.
+The order is torchtitan's: tensor parallel (``apply_tensor_parallel``), activation checkpointing
+(``apply_activation_checkpointing``), ``torch.compile`` per block, then FSDP2 or HSDP (``apply_fsdp``); only then
+are the parameters materialised, shard by shard, and the weights loaded (``materialize_and_load``): each rank
+reads from the safetensors only the slices it holds, or rank 0 builds small random weights and broadcasts them. No
+rank ever holds the whole model. ``parallelize`` runs the whole sequence for a ``ParallelConfig``; DDP (the default,
+for models that fit on one device) wraps a fully built model instead.
+
+The device mesh has up to three dimensions, outermost first: ``dp_replicate`` (HSDP replicas, usually nodes),
+``dp_shard`` (FSDP within a replica) and ``tp`` (tensor parallel, within a node). Its size is the number of workers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import pathlib
+from collections.abc import Callable
+from typing import Literal
+
+import pydantic
 import torch
+import torch.distributed as dist
+from diffusers import QwenImageTransformer2DModel
 
-from training.config import PretrainConfig
+from models.config import StrictModel
 
 
-def apply_fsdp(model: torch.nn.Module) -> torch.nn.Module:
-    """FSDP2: shard each transformer block, then the root (parameters all-gathered per block in forward)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+class ParallelConfig(StrictModel):
+    """How a trainer spreads the transformer over its workers (``parallel.*`` keys of every training config)."""
 
-    # bf16 all-gather with fp32 gradient reduce-scatter, as the report describes (docs/qwen_image.md §4).
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    # ddp: every worker holds the whole model (small models); fsdp: parameters, gradients and optimiser states are
+    # sharded over the data-parallel workers (FSDP2), gathered one block at a time.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    tensor_parallel: int = pydantic.Field(default=1, ge=1)  # TP degree: heads and feed-forward split this many ways
+    replicate: int = pydantic.Field(default=1, ge=1)  # HSDP: replicas (e.g. nodes), each sharding the model itself
+    # Activation checkpointing: 0 none, 1 every block, n every n-th block (recomputed in the backward pass).
+    activation_checkpointing: int = pydantic.Field(default=0, ge=0)
+    compile: bool = False  # torch.compile each block
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimiser states on host
+
+    @pydantic.model_validator(mode="after")
+    def _sharded_only(self) -> ParallelConfig:
+        if self.strategy == "ddp" and (self.tensor_parallel > 1 or self.replicate > 1 or self.cpu_offload):
+            raise ValueError("tensor_parallel, replicate and cpu_offload need parallel.strategy=fsdp")
+        return self
+
+    def mesh_shape(self, world: int) -> tuple[int, int, int]:
+        """(dp_replicate, dp_shard, tp) for ``world`` workers; an error when they do not divide."""
+        per_replica = self.replicate * self.tensor_parallel
+        if world % per_replica:
+            raise ValueError(
+                f"{world} workers cannot form replicate={self.replicate} x tensor_parallel={self.tensor_parallel} "
+                "groups: num_workers must be a multiple of their product"
+            )
+        return self.replicate, world // per_replica, self.tensor_parallel
+
+
+@dataclasses.dataclass
+class Parallel:
+    """What a worker needs to know about how its model is spread: the mesh and its groups."""
+
+    config: ParallelConfig
+    device: torch.device
+    world: int
+    rank: int
+    mesh: object | None = None  # torch.distributed.device_mesh.DeviceMesh (None for DDP and single workers)
+
+    @property
+    def dp_mesh(self):
+        if self.mesh is None:
+            return None
+        names = ("dp_replicate", "dp_shard") if self.config.replicate > 1 else ("dp_shard",)
+        return self.mesh[names]
+
+    @property
+    def tp_mesh(self):
+        return self.mesh["tp"] if self.mesh is not None and self.config.tensor_parallel > 1 else None
+
+    @property
+    def dp_rank(self) -> int:
+        """This worker's index among the data-parallel workers: workers of one TP group read the same batches."""
+        if self.mesh is None:
+            return self.rank
+        replicate, shard, _ = self.config.mesh_shape(self.world)
+        coordinate = self.mesh.get_coordinate()
+        return coordinate[0] * shard + coordinate[1]
+
+    @property
+    def dp_world(self) -> int:
+        replicate, shard, _ = self.config.mesh_shape(self.world)
+        return replicate * shard
+
+
+def build_mesh(config: ParallelConfig, device: torch.device, world: int, rank: int) -> Parallel:
+    """The worker's ``Parallel``: a 3-D mesh for FSDP (sizes from ``ParallelConfig.mesh_shape``), none for DDP."""
+    if config.strategy == "ddp":
+        return Parallel(config, device, world, rank)
+    if not dist.is_initialized():
+        raise ValueError("parallel.strategy=fsdp needs a distributed process group (run under Ray Train)")
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, config.mesh_shape(world), mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
+    return Parallel(config, device, world, rank, mesh)
+
+
+# Tensor parallel: Megatron's split of each block. Attention projections are split by heads (column-wise in, row-wise
+# out), the feed-forward by its hidden units, and both streams (image and text) alike; the modulation projections
+# are split by output features and gathered (their output is chunked into shift, scale and gate).
+def tensor_parallel_plan() -> dict:
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    plan: dict = {}
+    for stream in ("img", "txt"):
+        plan[f"{stream}_mod.1"] = ColwiseParallel(output_layouts=Replicate())
+        plan[f"{stream}_mlp.net.0.proj"] = ColwiseParallel()
+        plan[f"{stream}_mlp.net.2"] = RowwiseParallel()
+    for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+        plan[f"attn.{name}"] = ColwiseParallel()
+    plan["attn.to_out.0"] = RowwiseParallel()
+    plan["attn.to_add_out"] = RowwiseParallel()
+    return plan
+
+
+# Parameters that every TP rank holds whole but applies to its own heads only (the per-head query and key norms):
+# their gradients are partial sums over the TP group.
+TP_PARTIAL_GRADIENTS = ("attn.norm_q.", "attn.norm_k.", "attn.norm_added_q.", "attn.norm_added_k.")
+
+
+def check_tensor_parallel(model: QwenImageTransformer2DModel, degree: int) -> None:
+    heads = model.config.num_attention_heads
+    if heads % degree:
+        raise ValueError(f"tensor_parallel={degree} must divide the {heads} attention heads")
+
+
+def apply_tensor_parallel(model: QwenImageTransformer2DModel, tp_mesh) -> None:
+    """Split every block over ``tp_mesh`` (``tensor_parallel_plan``); the modules keep their names."""
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    check_tensor_parallel(model, tp_mesh.size())
     for block in model.transformer_blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        parallelize_module(block, tp_mesh, tensor_parallel_plan())
+
+
+def reduce_tensor_parallel_gradients(model: torch.nn.Module, tp_mesh) -> None:
+    """Sum over the TP group the gradients of the parameters in ``TP_PARTIAL_GRADIENTS`` (after backward)."""
+    if tp_mesh is None:
+        return
+    group = tp_mesh.get_group()
+    for name, param in model.named_parameters():
+        if param.grad is not None and any(part in name for part in TP_PARTIAL_GRADIENTS):
+            grad = param.grad
+            local = grad.to_local() if hasattr(grad, "to_local") else grad
+            dist.all_reduce(local, group=group)
+
+
+def _checkpointed(forward: Callable) -> Callable:
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+def apply_activation_checkpointing(model: QwenImageTransformer2DModel, every: int) -> None:
+    """Recompute every ``every``-th block's activations in the backward pass instead of keeping them (0: none).
+
+    The block's ``forward`` is replaced on the instance, so parameter names (state dicts, checkpoints, exports)
+    do not change, and FSDP's hooks, which wrap ``__call__``, gather the parameters for the recomputation too."""
+    if every <= 0:
+        return
+    for index, block in enumerate(model.transformer_blocks):
+        if index % every == 0:
+            block.forward = _checkpointed(block.forward)
+
+
+def apply_compile(model: QwenImageTransformer2DModel) -> None:
+    for block in model.transformer_blocks:
+        block.compile()
+
+
+def apply_fsdp(model: QwenImageTransformer2DModel, dp_mesh, *, param_dtype: torch.dtype, cpu_offload: bool) -> None:
+    """FSDP2 on each block, then the root; parameters gathered in ``param_dtype``, gradients reduced in fp32. On a
+    2-D ``dp_mesh`` (replicate x shard) this is HSDP."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kwargs = {
+        "mesh": dp_mesh,
+        "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32),
+    }
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    blocks = list(model.transformer_blocks)
+    for index, block in enumerate(blocks):
+        # The last block's parameters are needed again at once by the backward pass: keep them gathered.
+        fully_shard(block, reshard_after_forward=index < len(blocks) - 1, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def build_meta_transformer(config: dict) -> QwenImageTransformer2DModel:
+    """The transformer of ``config`` with every parameter on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return QwenImageTransformer2DModel.from_config(config)
+
+
+def _rebuild_rope(model: QwenImageTransformer2DModel, device: torch.device) -> None:
+    """The rotary embedding's frequency tables are plain attributes computed in ``__init__``, so a meta build leaves
+    them on the meta device and ``to_empty`` does not touch them: build that (parameter-free) module again."""
+    rope = model.pos_embed
+    with torch.device(device):
+        model.pos_embed = type(rope)(theta=rope.theta, axes_dim=list(rope.axes_dim), scale_rope=rope.scale_rope)
+
+
+def materialize_and_load(
+    model: QwenImageTransformer2DModel,
+    device: torch.device,
+    *,
+    weights_folder: str | pathlib.Path | None = None,
+    build_full: Callable[[], QwenImageTransformer2DModel] | None = None,
+) -> None:
+    """Allocate this rank's shards of the (parallelised, meta) model on ``device`` and fill them.
+
+    ``weights_folder``: a diffusers ``transformer/`` folder (one or several safetensors files, any dtype); each rank
+    reads only the slices of its shards. ``build_full``: a function that builds the whole model with its weights
+    (small random presets), called on rank 0 only, whose weights are broadcast. Neither: allocated only, for a
+    checkpoint to be loaded into."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if weights_folder is not None and build_full is not None:
+        raise ValueError("give weights_folder or build_full, not both")
+    model.to_empty(device=device)
+    _rebuild_rope(model, device)
+    if weights_folder is None and build_full is None:
+        return
+    if weights_folder is not None:
+        load_diffusers_weights(model, weights_folder)
+        return
+    distributed = dist.is_initialized()
+    full = build_full().state_dict() if not distributed or dist.get_rank() == 0 else {}
+    if not distributed:
+        model.load_state_dict(full)
+        return
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def load_diffusers_weights(model: torch.nn.Module, folder: str | pathlib.Path) -> None:
+    """Fill the model's (sharded or whole) parameters from a diffusers ``transformer/`` folder, reading only the
+    slices each rank holds; every parameter must be in the files, and the files must hold no other weights."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors import safe_open
+
+    folder = pathlib.Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder} holds no .safetensors weights")
+    stored = set()
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            stored.update(handle.keys())
+    state = model.state_dict()
+    missing, unexpected = sorted(set(state) - stored), sorted(stored - set(state))
+    if missing or unexpected:
+        raise ValueError(
+            f"{folder} does not match the model: missing {missing[:3]} ({len(missing)}), "
+            f"unexpected {unexpected[:3]} ({len(unexpected)})"
+        )
+    dcp.load(state, storage_reader=dcp.HuggingFaceStorageReader(str(folder)), no_dist=not dist.is_initialized())
+
+
+def parallelize(
+    model: QwenImageTransformer2DModel,
+    parallel: Parallel,
+    *,
+    param_dtype: torch.dtype = torch.float32,
+    weights_folder=None,
+    build_full=None,
+) -> torch.nn.Module:
+    """The whole sequence for a meta-device model: TP, activation checkpointing, compile, FSDP2, then materialise
+    and load. DDP: the model is materialised whole and wrapped (``DistributedDataParallel`` when there are several
+    workers). ``param_dtype``: the dtype FSDP gathers parameters in for compute (the shards stay fp32). With neither
+    ``weights_folder`` nor ``build_full`` the parameters are only allocated (a checkpoint is restored into them).
+    Returns the module to train."""
+    config = parallel.config
+    if parallel.tp_mesh is not None:
+        apply_tensor_parallel(model, parallel.tp_mesh)
+    apply_activation_checkpointing(model, config.activation_checkpointing)
+    if config.compile:
+        apply_compile(model)
+    if config.strategy == "fsdp":
+        apply_fsdp(
+            model,
+            parallel.dp_mesh,
+            param_dtype=param_dtype,
+            cpu_offload=config.cpu_offload,
+        )
+        # With CPU offload the shards live on the host; FSDP moves each block's gathered parameters to the device.
+        materialize_and_load(
+            model,
+            torch.device("cpu") if config.cpu_offload else parallel.device,
+            weights_folder=weights_folder,
+            build_full=build_full,
+        )
+        return model
+    materialize_and_load(model, parallel.device, weights_folder=weights_folder, build_full=build_full)
+    if parallel.world > 1:
+        device_ids = [parallel.device.index] if parallel.device.type == "cuda" else None
+        # static_graph: the same parameters get gradients every step, and some never do (the last block's
+        # text-stream output feeds nothing), which plain DDP takes for an error.
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, static_graph=True)
     return model
-
-
-def apply_parallelism(model: torch.nn.Module, config: PretrainConfig, device: torch.device) -> torch.nn.Module:
-    model = model.to(device)
-    if config.parallelism == "fsdp":
-        if not torch.distributed.is_initialized():
-            raise ValueError("parallelism=fsdp needs a distributed process group (run under Ray Train)")
-        return apply_fsdp(model)
-    import ray.train.torch
-
-    return ray.train.torch.prepare_model(model, move_to_device=False)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DDP wrapper (FSDP2 modules are the model itself)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def clip_grad_norm_(parameters: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """The total gradient norm over every parameter, sharded or not (clipped to ``max_norm`` when given).
+
+    Parameters of one model can live on different meshes (2-D for the TP-split blocks, 1-D for the rest), which
+    ``torch.nn.utils.clip_grad_norm_`` refuses: the norm is taken per mesh and the parts combined."""
+    grads = [param.grad for param in parameters if param.grad is not None]
+    groups: dict = {}
+    for grad in grads:
+        groups.setdefault(getattr(grad, "device_mesh", None), []).append(grad)
+    norms = []
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm(group, 2.0)
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not norms:
+        return 0.0
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    if max_norm is not None:
+        # As torch.nn.utils.clip_grads_with_norm_, with the factor as a number (a plain tensor cannot scale DTensors).
+        factor = min(1.0, max_norm / (float(total) + 1e-6))
+        torch._foreach_mul_(grads, factor)
+    return float(total)

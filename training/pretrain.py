@@ -4,6 +4,10 @@ Each phase lists the latent store when it starts (so shards that producers commi
 switches resolution and filters, and starts from the previous phase's final checkpoint. Within a phase Ray Train
 restarts failed workers from the last checkpoint (``FailureConfig``); a job that is run again with the same
 ``output_dir`` and ``run_name`` skips finished phases and resumes the current one (``ray.train.get_checkpoint``).
+
+Each phase ends with an export under ``<run>/exports/``: a complete ``QwenImagePipeline`` folder whose frozen parts
+(VAE, condition encoder, tokenizer, scheduler) are links to the run's base (``weights_dir``, or ``<run>/base`` for
+the tiny preset, written once here). The last export is the run's ``checkpoint`` in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import ray
 
 from training.config import PretrainConfig
-from training.loop import train_loop_per_worker
+from training.loop import base_folder, export_folder, train_loop_per_worker
 from training.metrics import plot_loss_curve
 from training.progress import Progress
 from training.trainer import fit_trainer
@@ -107,6 +111,24 @@ def _streamed_phase(config: PretrainConfig, phase, curated: pathlib.Path):
     return streamed_phase_dataset(encoded, phase, config.seed, odds)
 
 
+def write_base(config: PretrainConfig) -> pathlib.Path:
+    """The frozen parts the exports link to: ``weights_dir`` when it is complete, else ``<run>/base``, written once
+    with the parts the preset builds (the same the producers encoded the store with)."""
+    from models.checkpoint import save_components
+    from models.presets import ALL_PARTS, build_components, missing_parts
+
+    frozen = tuple(part for part in ALL_PARTS if part != "transformer")
+    folder = base_folder(config)
+    if config.weights_dir:
+        missing = missing_parts(folder, frozen)
+        if missing:
+            raise ValueError(f"weights_dir {folder} lacks what every export links to: {', '.join(missing)}")
+        return folder
+    if not (folder / "model_index.json").is_file():
+        save_components(folder, build_components(config.preset, parts=frozen))
+    return folder
+
+
 def run_pretraining(config: PretrainConfig) -> dict:
     """All phases; returns the final checkpoint path and where the metrics, grids and loss curve are."""
     # Workers run in their own directories: every path they get must be absolute.
@@ -117,6 +139,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
     folder = _run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
+    write_base(config)
     gpus = 1 if config.use_gpu else 0
     prompts = None  # no grids asked for (samples.prompts and samples.edits empty): no condition encoder is loaded
     if config.samples.prompts or config.samples.edits:
@@ -131,12 +154,13 @@ def run_pretraining(config: PretrainConfig) -> dict:
             "negative": np.asarray(encoded["negative"]).tolist(),
         }
     curated = _curate_in_job(config) if config.feed == "stream" else None
-    init_checkpoint = None
+    init_checkpoint = export = None
     for index, phase in enumerate(config.phases):
         marker = folder / f"phase-{index:02d}.done.json"
         if marker.exists():
-            init_checkpoint = json.loads(marker.read_text())["checkpoint"]
-            logger.info("phase %d (%s) finished earlier: %s", index, phase.name, init_checkpoint)
+            done = json.loads(marker.read_text())
+            init_checkpoint, export = done["checkpoint"], done["export"]
+            logger.info("phase %d (%s) finished earlier: %s", index, phase.name, export)
             continue
         print(
             f"[pretrain] phase {index + 1}/{len(config.phases)} {phase.name!r}: {phase.num_steps} steps at "
@@ -160,8 +184,9 @@ def run_pretraining(config: PretrainConfig) -> dict:
             progress=Progress(folder / "metrics.csv", config.total_steps, "pretrain", PROGRESS_KEYS),
         )
         init_checkpoint = result.checkpoint.path
-        marker.write_text(json.dumps({"checkpoint": init_checkpoint, "metrics": result.metrics}))
-    final = pathlib.Path(init_checkpoint) / "model"
+        export = str(export_folder(config, config.phase_bounds()[index][1], phase.name))
+        marker.write_text(json.dumps({"checkpoint": init_checkpoint, "export": export, "metrics": result.metrics}))
+    final = pathlib.Path(export)
     curve = plot_loss_curve(folder / "metrics.csv", folder / "loss_curve.png")
     summary = {
         "checkpoint": str(final),

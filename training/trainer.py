@@ -1,4 +1,5 @@
-"""One Ray Train run (``TorchTrainer``), as pretraining, RL fine-tuning and VAE fine-tuning start it.
+"""The trainer skeleton that pretraining, SFT, DPO, GRPO and VAE fine-tuning share: the run settings every training
+config has (``RunSettings``), and the one place that builds and runs the ``TorchTrainer``.
 
 The run's config says where its workers go (``num_workers``, ``use_gpu``, ``cpus_per_worker``, and
 ``worker_resources``, custom node resources such as ``{"consumer": 0.01}`` that place them on the nodes which have
@@ -13,14 +14,42 @@ import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import pydantic
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from models.config import StrictModel
+from training.parallel import ParallelConfig
 from training.progress import Progress, ProgressPrinter
 
 if TYPE_CHECKING:
     import ray.data
+
+
+class RunSettings(StrictModel):
+    """The section every training config shares: where the workers go, how the model is spread over them,
+    checkpoints, restarts and logging. Jobs subclass it and may change a default (a fine-tuning run checkpoints more
+    often than pretraining)."""
+
+    num_workers: int = pydantic.Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
+    # Custom node resources each train worker also requests, e.g. {"consumer": 0.01}: places the workers on the GPU
+    # nodes that platform/ gives that resource. Empty: anywhere (local runs).
+    worker_resources: dict[str, float] = {}
+    parallel: ParallelConfig = ParallelConfig()
+    checkpoint_every: int = pydantic.Field(default=100, ge=1)  # optimiser steps between checkpoints
+    keep_checkpoints: int = pydantic.Field(default=2, ge=1)
+    max_failures: int = pydantic.Field(default=2, ge=0)  # restarts of a failed worker group, from the last checkpoint
+    log_every: int = pydantic.Field(default=10, ge=1)  # steps between rows of the metrics CSV
+    seed: int = 0
+
+    @pydantic.model_validator(mode="after")
+    def _mesh_fits(self) -> RunSettings:
+        if self.parallel.strategy == "fsdp":
+            self.parallel.mesh_shape(self.num_workers)  # raises when the workers do not form the mesh
+        return self
 
 
 class TrainerConfig(Protocol):

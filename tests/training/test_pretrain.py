@@ -98,11 +98,15 @@ def test_progressive_phases(pretrain_run):
     assert {int(by_step[s]["restored_step"]) for s in range(61, 67)} == {60}
 
 
-def test_resume_restores_from_checkpoint(pretrain_run, pretrain_store, tmp_path):
-    """The training worker process is SIGKILLed at step 12; Ray Train restarts the group from the step-10 checkpoint.
-    The metrics show the second attempt starting at step 11 (nothing before it redone, which a restart from scratch
-    would do, since noise and data are seeded by step), and the weights equal the uninterrupted shared run's at the
-    end of the same phase."""
+def _export_of_phase(run: str | pathlib.Path, index: int) -> pathlib.Path:
+    return pathlib.Path(json.loads((pathlib.Path(run) / f"phase-{index:02d}.done.json").read_text())["export"])
+
+
+def test_fsdp_resume_after_worker_kill(pretrain_run, pretrain_store, tmp_path):
+    """Two FSDP workers; rank 0's worker process is SIGKILLed at step 12, after the step-10 checkpoint; Ray Train
+    restarts the group, which reshards that checkpoint. The metrics show the second attempt starting at step 11
+    (nothing before it redone, which a restart from scratch would do, since noise and data are seeded by step), and
+    the exported weights equal the uninterrupted shared run's at the end of the same phase."""
     from jobs.pretrain import main
 
     overrides = shared_run_overrides(pretrain_store, str(tmp_path), SHARED_PHASES[:1])
@@ -114,10 +118,62 @@ def test_resume_restores_from_checkpoint(pretrain_run, pretrain_store, tmp_path)
     for row in read_metrics(killed["metrics"]):
         attempts.setdefault(int(row["restored_step"]), []).append(int(row["step"]))
     assert attempts == {0: list(range(1, 12)), 10: list(range(11, 61))}
-    uninterrupted = json.loads((pathlib.Path(pretrain_run) / "phase-00.done.json").read_text())["checkpoint"]
-    expected, actual = _weights(pathlib.Path(uninterrupted) / "model"), _weights(killed["checkpoint"])
+    config = json.loads((tmp_path / SHARED_RUN / "config.json").read_text())
+    assert (config["num_workers"], config["parallel"]["strategy"]) == (2, "fsdp")
+    expected, actual = _weights(_export_of_phase(pretrain_run, 0)), _weights(killed["checkpoint"])
     assert expected.keys() == actual.keys()
     assert all(torch.equal(actual[name], expected[name]) for name in expected)  # bit for bit
+
+
+def test_fsdp_matches_ddp(pretrain_run, pretrain_store, tmp_path):
+    """The loss-parity rule for any change to parallelism: 2-worker DDP gives the 2-worker FSDP run's losses (fp32
+    on CPU) for its first 20 steps, within 1e-5 relative."""
+    from jobs.pretrain import main
+
+    phases = [{**SHARED_PHASES[0], "num_steps": 20}]
+    overrides = shared_run_overrides(pretrain_store, str(tmp_path), phases)
+    ddp = main(["--config", str(RECIPE), *overrides, "parallel.strategy=ddp"])
+    fsdp_losses = {
+        int(row["step"]): float(row["loss"]) for row in read_metrics(pathlib.Path(pretrain_run) / "metrics.csv")
+    }
+    ddp_losses = {int(row["step"]): float(row["loss"]) for row in read_metrics(ddp["metrics"])}
+    assert sorted(ddp_losses) == list(range(1, 21))
+    for step, loss in ddp_losses.items():
+        assert loss == pytest.approx(fsdp_losses[step], rel=1e-5), step
+
+
+def test_fsdp_phase_handoff_and_sample_grid(pretrain_run):
+    """The shared run (two FSDP workers, two phases) handed its first phase's checkpoint to the second and wrote a
+    sample grid at the end of each phase, from a forward pass that every rank ran (no deadlock)."""
+    config = json.loads((pathlib.Path(pretrain_run) / "config.json").read_text())
+    assert (config["num_workers"], config["parallel"]["strategy"]) == (2, "fsdp")
+    by_step = _rows_by_step(pretrain_run)
+    assert {int(by_step[s]["restored_step"]) for s in range(61, 67)} == {60}
+    grids = sorted((pathlib.Path(pretrain_run) / "samples").glob("*.png"))
+    assert [grid.name for grid in grids] == ["step0000060-low.png", "step0000066-high.png"]
+    for index in range(2):
+        assert (_export_of_phase(pretrain_run, index) / "transformer" / "config.json").is_file()
+
+
+def test_pretrain_export_opens_in_diffusers(pretrain_run):
+    """The final export of the shared ``jobs/pretrain.py`` run is a complete pipeline folder: diffusers'
+    ``QwenImagePipeline.from_pretrained`` opens it offline and draws the image our generator draws from it. Its
+    frozen parts are links to the run's base, not copies."""
+    import numpy as np
+    from diffusers import QwenImagePipeline
+
+    from models.generation import TextToImage
+
+    export = pathlib.Path(json.loads((pathlib.Path(pretrain_run) / "summary.json").read_text())["checkpoint"])
+    assert all((export / part).is_symlink() for part in ("vae", "text_encoder", "tokenizer", "scheduler"))
+    pipe = QwenImagePipeline.from_pretrained(export, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    call = {"height": 64, "width": 64, "true_cfg_scale": 4.0, "generator": torch.Generator().manual_seed(3)}
+    reference = pipe("a red apple", negative_prompt=" ", num_inference_steps=3, output_type="np", **call).images
+    call["generator"] = torch.Generator().manual_seed(3)
+    ours = TextToImage.from_checkpoint(str(export))(["a red apple"], num_steps=3, **call)
+    assert ours.shape == (1, 64, 64, 3)
+    assert np.abs(ours.astype(int) - np.round(reference * 255).astype(int)).max() <= 1
 
 
 def test_phase_switch_reads_new_shards(pretrain_run, pretrain_store):

@@ -1,0 +1,53 @@
+"""Running a test function on several gloo processes (the CPU stand-in for GPUs), as PyTorch's own tests do.
+
+``run_ranks(fn, world, *args)`` spawns ``world`` processes that join one process group through a file store and
+call ``fn(rank, world, *args)``; an assertion that fails on any rank fails the test with that rank's traceback.
+``fn`` must be a module-level function (the processes import it by name).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable
+
+
+def _entry(rank: int, fn: Callable, world: int, store: str, args: tuple) -> None:
+    import torch.distributed as dist
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn: Callable, world: int, *args) -> None:
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = str(pathlib.Path(folder) / "store")
+        mp.start_processes(_entry, args=(fn, world, store, args), nprocs=world, start_method="spawn", join=True)
+
+
+def resident_peak_since_reset() -> int:
+    """Bytes: this process's peak resident memory since ``reset_resident_peak`` (Linux's VmHWM)."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line")
+
+
+def resident_now() -> int:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmRSS line")
+
+
+def reset_resident_peak() -> None:
+    """Sets the peak (VmHWM) to the current resident size (writing 5 to /proc/self/clear_refs)."""
+    pathlib.Path("/proc/self/clear_refs").write_text("5")

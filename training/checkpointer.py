@@ -1,0 +1,243 @@
+"""Training checkpoints with ``torch.distributed.checkpoint`` (DCP), and the diffusers-layout export.
+
+A training checkpoint is what a run resumes from: the model's and optimiser's state dicts as DCP shards (each rank
+writes the shards it holds; ``.metadata`` records the global shapes, so a run can resume on another number of
+workers), the EMA weights beside them, and per-rank progress (step, data position, RNG) in safetensors + JSON. It
+is written through Ray Train's checkpoint: every rank writes into its own folder and reports it, and Ray Train
+merges the folders into one (file names differ by rank).
+
+The export is what serving, evaluation and ``QwenImagePipeline.from_pretrained`` open: a complete pipeline folder
+(``model_index.json``, ``transformer/`` and the frozen parts linked from the run's base). Its transformer is
+gathered one tensor at a time from the shards, every rank taking part, and rank 0 writes safetensors files of at
+most ``max_shard_bytes``, so no rank holds more than one file's worth of the full weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from training.state_io import load_state, save_state
+
+DCP_FOLDER = "dcp"
+RANK_STATE = "rank{rank:05d}"
+CHECKPOINT_INFO = "checkpoint.json"
+WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _options(trainable_only: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=trainable_only)
+
+
+def save_checkpoint(
+    folder: str | pathlib.Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rank: int,
+    world: int,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
+    rank_state: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
+    trainable_only: bool = False,
+) -> None:
+    """Every rank: write this rank's part of the checkpoint into ``folder`` (a collective).
+
+    ``extra``: more state dicts of (possibly sharded) tensors, e.g. ``{"ema": ...}``; ``rank_state``: this rank's
+    own progress (plain values and tensors); ``info``: JSON that rank 0 writes (step, run, world size).
+    ``trainable_only``: leave frozen parameters out (adapters, a VAE's decoder), as they come from the base."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    options = _options(trainable_only)
+    state = {
+        "model": get_model_state_dict(model, options=options),
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=options),
+        **(extra or {}),
+    }
+    dcp.save(state, checkpoint_id=str(folder / DCP_FOLDER), no_dist=not _distributed())
+    save_state(rank_state or {}, folder, RANK_STATE.format(rank=rank))
+    if rank == 0:
+        (folder / CHECKPOINT_INFO).write_text(json.dumps({"world_size": world, **(info or {})}, indent=2) + "\n")
+
+
+def load_checkpoint(
+    folder: str | pathlib.Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    rank: int,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
+    trainable_only: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Every rank: load a checkpoint into the (sharded or whole) model, optimiser and ``extra`` state dicts, in
+    place, whatever number of workers wrote it. Returns ``(info, rank_state)``: the run's JSON and this rank's
+    progress (None when the checkpoint has no file for this rank: it was written by fewer workers)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    folder = pathlib.Path(folder)
+    if not (folder / DCP_FOLDER / ".metadata").is_file():
+        raise ValueError(f"{folder} is not a training checkpoint (no {DCP_FOLDER}/.metadata)")
+    options = _options(trainable_only)
+    state: dict[str, Any] = {"model": get_model_state_dict(model, options=options), **(extra or {})}
+    if optimizer is not None:
+        state["optimizer"] = _saved_optimizer_states(
+            get_optimizer_state_dict(model, optimizer, options=options), folder / DCP_FOLDER
+        )
+    dcp.load(state, checkpoint_id=str(folder / DCP_FOLDER), no_dist=not _distributed())
+    set_model_state_dict(model, state["model"], options=options)
+    if optimizer is not None:
+        # Not strict: parameters without a saved state stay without one (``_saved_optimizer_states``).
+        relaxed = StateDictOptions(ignore_frozen_params=trainable_only, strict=False)
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=relaxed)
+    for name, tensors in (extra or {}).items():  # DCP loads in place; a plain tensor may have been replaced
+        tensors.update(state[name])
+    info = json.loads((folder / CHECKPOINT_INFO).read_text())
+    rank_file = folder / f"{RANK_STATE.format(rank=rank)}.json"
+    return info, (load_state(folder, RANK_STATE.format(rank=rank)) if rank_file.is_file() else None)
+
+
+def _saved_optimizer_states(optimizer_state: dict, dcp_folder: pathlib.Path) -> dict:
+    """The optimiser state dict to load, without the parameters that had no state when it was saved.
+
+    AdamW creates a parameter's state at its first gradient, and some parameters never get one (the last block's
+    text-stream output feeds nothing); an empty optimiser, as a restarted run builds, is given states for every
+    parameter before loading. Loading only the saved ones leaves the others stateless, as in the run that saved."""
+    import torch.distributed.checkpoint as dcp
+
+    saved = dcp.FileSystemReader(str(dcp_folder)).read_metadata().state_dict_metadata
+    states = {
+        name: entries
+        for name, entries in optimizer_state["state"].items()
+        if all(f"optimizer.state.{name}.{key}" in saved for key in entries)
+    }
+    return {**optimizer_state, "state": states}
+
+
+def _shard_plan(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+    """Consecutive tensors grouped into files of at most ``max_shard_bytes`` (a larger tensor gets its own)."""
+    files, current, used = [], [], 0
+    for name, size in sizes:
+        if current and used + size > max_shard_bytes:
+            files.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    if current:
+        files.append(current)
+    return files
+
+
+def export_transformer(
+    model: torch.nn.Module,
+    folder: str | pathlib.Path,
+    *,
+    rank: int,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_bytes: int = 5 * 2**30,
+) -> pathlib.Path | None:
+    """Every rank: the model's full weights as a diffusers ``transformer/`` folder that rank 0 writes (a collective).
+
+    Tensors are gathered in state-dict order, one at a time; rank 0 keeps them on the CPU until a file is full and
+    writes it, the other ranks drop them. With several files, an index maps each tensor to its file (as diffusers
+    and ``from_pretrained`` expect). Returns the folder on rank 0, None elsewhere."""
+    from safetensors.torch import save_file
+
+    transformer = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    state = transformer.state_dict()
+    sizes = [(name, tensor.numel() * dtype.itemsize) for name, tensor in state.items()]
+    plan = _shard_plan(sizes, max_shard_bytes)
+    folder = pathlib.Path(folder)
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        transformer.save_config(folder)
+    weight_map = {}
+    for index, names in enumerate(plan):
+        filename = (
+            f"{WEIGHTS_NAME}.safetensors"
+            if len(plan) == 1
+            else (f"{WEIGHTS_NAME}-{index + 1:05d}-of-{len(plan):05d}.safetensors")
+        )
+        tensors = {}
+        for name in names:
+            tensor = state[name]
+            if hasattr(tensor, "full_tensor"):
+                tensor = tensor.full_tensor()  # a collective: every rank gathers, in the same order
+            if rank == 0:
+                tensors[name] = tensor.detach().to("cpu", dtype).contiguous()
+                weight_map[name] = filename
+        if rank == 0:
+            save_file(tensors, str(folder / filename), metadata={"format": "pt"})
+    if rank == 0 and len(plan) > 1:
+        total = sum(size for _, size in sizes)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / f"{WEIGHTS_NAME}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return folder if rank == 0 else None
+
+
+def link_or_copy_part(source: pathlib.Path, target: pathlib.Path) -> None:
+    """``target`` becomes a relative symbolic link to ``source`` (a copy where links are not supported)."""
+    try:
+        target.symlink_to(os.path.relpath(source.resolve(), target.parent.resolve()), target_is_directory=True)
+    except OSError:
+        shutil.copytree(source, target)
+
+
+def write_pipeline_folder(
+    folder: str | pathlib.Path,
+    *,
+    transformer_folder: str | pathlib.Path,
+    base_folder: str | pathlib.Path,
+    preset: str,
+    metadata: dict | None = None,
+) -> pathlib.Path:
+    """A complete ``QwenImagePipeline`` folder at ``folder``: the exported ``transformer/`` moved in, and every frozen
+    part (``vae/ text_encoder/ tokenizer/ scheduler/``) linked from ``base_folder``, the run's base weights, so no
+    export copies them. Written under a temporary name and renamed into place."""
+    import diffusers
+
+    from models.checkpoint import METADATA_KEY, MODEL_INDEX, replace_dir
+    from models.presets import ALL_PARTS
+
+    folder, base = pathlib.Path(folder), pathlib.Path(base_folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is read by other users and services
+    try:
+        shutil.move(str(transformer_folder), staging / "transformer")
+        for part in ALL_PARTS:
+            if part != "transformer":
+                if not (base / part).is_dir():
+                    raise ValueError(f"the run's base {base} has no {part}/ to link into the export")
+                link_or_copy_part(base / part, staging / part)
+        index = dict(MODEL_INDEX)
+        index["_diffusers_version"] = diffusers.__version__
+        index[METADATA_KEY] = {"preset": preset, "parts": list(ALL_PARTS), **(metadata or {})}
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        replace_dir(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
