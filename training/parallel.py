@@ -245,6 +245,21 @@ def materialize_and_load(
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
+def init_random_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random weights drawn in place on each rank's shards (every rank with the same seed; DTensor keeps the draws
+    of different shards apart): for real-width models in benchmarks, where no rank may build the whole model."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if next(module.parameters(recurse=False), None) is None:
+                continue
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            else:  # diffusers' RMSNorm: a scale of ones, as built
+                for name, param in module.named_parameters(recurse=False):
+                    param.fill_(1.0 if name == "weight" else 0.0)
+
+
 def load_diffusers_weights(model: torch.nn.Module, folder: str | pathlib.Path) -> None:
     """Fill the model's (sharded or whole) parameters from a diffusers ``transformer/`` folder, reading only the
     slices each rank holds; every parameter must be in the files, and the files must hold no other weights."""

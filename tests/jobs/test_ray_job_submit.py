@@ -47,5 +47,6 @@ def test_ray_job_submit(ray_job_address, tiny_store, tmp_path):
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert "[pretrain] done" in finished.stdout
     checkpoint = output / "tiny"
-    assert list(checkpoint.glob("ray/*/checkpoint_*/model/transformer/*.safetensors"))
+    assert list(checkpoint.glob("ray/*/checkpoint_*/dcp/*.distcp"))  # the training checkpoints (DCP shards)
+    assert list(checkpoint.glob("exports/*/transformer/*.safetensors"))  # and the phases' exports
     assert (checkpoint / "summary.json").is_file()
