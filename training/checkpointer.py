@@ -241,3 +241,27 @@ def write_pipeline_folder(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+FROZEN_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def ensure_base(
+    run_folder: str | pathlib.Path, preset: str, candidates: list[str | pathlib.Path | None]
+) -> pathlib.Path:
+    """The folder an export links its frozen parts to: the first of ``candidates`` that holds them all (the run's
+    ``weights_dir``, or the checkpoint it started from), else, for a preset that builds its parts (tiny),
+    ``<run_folder>/base``, written once with the parts the preset builds (the ones the producers encoded with)."""
+    from models.checkpoint import save_components
+    from models.presets import build_components, missing_parts
+
+    for candidate in candidates:
+        if candidate is not None and not missing_parts(candidate, FROZEN_PARTS):
+            return pathlib.Path(candidate).resolve()
+    if preset != "tiny":
+        named = [str(c) for c in candidates if c is not None]
+        raise ValueError(f"none of {named} holds {', '.join(p + '/' for p in FROZEN_PARTS)} for the exports to link")
+    folder = pathlib.Path(run_folder) / "base"
+    if not (folder / "model_index.json").is_file():
+        save_components(folder, build_components(preset, parts=FROZEN_PARTS))
+    return folder.resolve()

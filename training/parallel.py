@@ -39,6 +39,9 @@ class ParallelConfig(StrictModel):
     activation_checkpointing: int = pydantic.Field(default=0, ge=0)
     compile: bool = False  # torch.compile each block
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimiser states on host
+    # FSDP: free each block's gathered parameters after its forward and gather them again for the backward (least
+    # memory), or keep them to the backward (ZeRO-2: a third less communication, a block's full weights per block).
+    reshard_after_forward: bool = True
 
     @pydantic.model_validator(mode="after")
     def _sharded_only(self) -> ParallelConfig:
@@ -181,7 +184,14 @@ def apply_compile(model: QwenImageTransformer2DModel) -> None:
         block.compile()
 
 
-def apply_fsdp(model: QwenImageTransformer2DModel, dp_mesh, *, param_dtype: torch.dtype, cpu_offload: bool) -> None:
+def apply_fsdp(
+    model: QwenImageTransformer2DModel,
+    dp_mesh,
+    *,
+    param_dtype: torch.dtype,
+    cpu_offload: bool,
+    reshard_after_forward: bool = True,
+) -> None:
     """FSDP2 on each block, then the root; parameters gathered in ``param_dtype``, gradients reduced in fp32. On a
     2-D ``dp_mesh`` (replicate x shard) this is HSDP."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
@@ -195,7 +205,7 @@ def apply_fsdp(model: QwenImageTransformer2DModel, dp_mesh, *, param_dtype: torc
     blocks = list(model.transformer_blocks)
     for index, block in enumerate(blocks):
         # The last block's parameters are needed again at once by the backward pass: keep them gathered.
-        fully_shard(block, reshard_after_forward=index < len(blocks) - 1, **kwargs)
+        fully_shard(block, reshard_after_forward=reshard_after_forward and index < len(blocks) - 1, **kwargs)
     fully_shard(model, **kwargs)
 
 
@@ -309,6 +319,7 @@ def parallelize(
             parallel.dp_mesh,
             param_dtype=param_dtype,
             cpu_offload=config.cpu_offload,
+            reshard_after_forward=config.reshard_after_forward,
         )
         # With CPU offload the shards live on the host; FSDP moves each block's gathered parameters to the device.
         materialize_and_load(

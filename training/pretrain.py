@@ -112,20 +112,18 @@ def _streamed_phase(config: PretrainConfig, phase, curated: pathlib.Path):
 
 
 def write_base(config: PretrainConfig) -> pathlib.Path:
-    """The frozen parts the exports link to: ``weights_dir`` when it is complete, else ``<run>/base``, written once
-    with the parts the preset builds (the same the producers encoded the store with)."""
-    from models.checkpoint import save_components
-    from models.presets import ALL_PARTS, build_components, missing_parts
+    """The frozen parts every export links to (``training.checkpointer.ensure_base``): ``weights_dir``, which must
+    then hold them all, or ``<run>/base`` for the tiny preset."""
+    from models.presets import missing_parts
+    from training.checkpointer import FROZEN_PARTS, ensure_base
 
-    frozen = tuple(part for part in ALL_PARTS if part != "transformer")
-    folder = base_folder(config)
     if config.weights_dir:
-        missing = missing_parts(folder, frozen)
+        missing = missing_parts(config.weights_dir, FROZEN_PARTS)
         if missing:
-            raise ValueError(f"weights_dir {folder} lacks what every export links to: {', '.join(missing)}")
-        return folder
-    if not (folder / "model_index.json").is_file():
-        save_components(folder, build_components(config.preset, parts=frozen))
+            raise ValueError(f"weights_dir {config.weights_dir} lacks what every export links to: {', '.join(missing)}")
+    folder = ensure_base(_run_folder(config), config.preset, [config.weights_dir])
+    if folder != base_folder(config).resolve():
+        raise RuntimeError(f"the exports' base {folder} is not where the workers link to ({base_folder(config)})")
     return folder
 
 

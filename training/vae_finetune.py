@@ -16,8 +16,9 @@ Loss: ``l1_weight * L1 + perceptual.weight * perceptual`` on images in [-1, 1]. 
   term does, without learned features.
 
 Because the encoder is frozen and deterministic (posterior mode), every training image is encoded once up front.
-Checkpoints hold the whole VAE in the diffusers layout (``model/vae``, ``model_index.json``), so
-``TextToImage.from_checkpoint`` and the evaluation job open them, plus the optimiser and step in safetensors + JSON.
+Checkpoints hold the trained modules and the optimiser (DCP, ``training.checkpointer``); the run ends with an
+export of the whole VAE in the diffusers layout (``<run>/exports/step<N>-vae-decoder``: ``vae/``,
+``model_index.json``), which ``TextToImage.from_checkpoint`` and the evaluation job open.
 """
 
 from __future__ import annotations
@@ -43,13 +44,12 @@ from models.image_metrics import psnr, ssim, uint8_to_unit
 from models.imageio import save_png, to_grid
 from models.presets import Components, build_components
 from models.vae import images_to_tensor, tensor_to_images
+from training.checkpointer import load_checkpoint, save_checkpoint
 from training.evaluation.images import text_rich_images
 from training.progress import Progress
-from training.state_io import load_state, save_state
-from training.trainer import fit_trainer
+from training.trainer import RunSettings, fit_trainer
 
 logger = logging.getLogger(__name__)
-TRAIN_STATE = "train_state"
 TRAINED_MODULES: tuple[str, ...] = ("post_quant_conv", "decoder")
 HELDOUT_START = 1_000_000  # synthesiser rows of the held-out images: never among the training rows
 # torchvision's ImageNet normalisation, which VGG-16's weights expect.
@@ -72,7 +72,7 @@ class PerceptualConfig(StrictModel):
         return self
 
 
-class VaeFinetuneConfig(StrictModel):
+class VaeFinetuneConfig(RunSettings):
     """One decoder fine-tuning run."""
 
     preset: str = "tiny"
@@ -88,17 +88,14 @@ class VaeFinetuneConfig(StrictModel):
     lr: float = pydantic.Field(default=1e-4, gt=0)
     l1_weight: float = pydantic.Field(default=1.0, ge=0)
     perceptual: PerceptualConfig = PerceptualConfig()
-    seed: int = 0
-    log_every: int = pydantic.Field(default=10, ge=1)
-    checkpoint_every: int = pydantic.Field(default=100, ge=1)
-    keep_checkpoints: int = pydantic.Field(default=2, ge=1)
-    num_workers: int = pydantic.Field(default=1, ge=1)
-    cpus_per_worker: int = pydantic.Field(default=1, ge=1)
-    use_gpu: bool = False
-    # Custom node resources each train worker also requests, e.g. {"consumer": 0.01}: places the workers on the GPU
-    # nodes that platform/ gives that resource. Empty: anywhere (local runs).
-    worker_resources: dict[str, float] = {}
+    # Run settings (workers, checkpoints, logging: training.trainer.RunSettings); a failed group restarts once.
     max_failures: int = pydantic.Field(default=1, ge=0)
+
+    @pydantic.model_validator(mode="after")
+    def _data_parallel(self) -> VaeFinetuneConfig:
+        if self.parallel.strategy != "ddp":
+            raise ValueError("VAE fine-tuning trains with parallel.strategy=ddp (the decoder fits on every worker)")
+        return self
 
 
 # Build.
@@ -277,7 +274,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            step = _restore(pathlib.Path(folder), vae, optimizer)
+            info, _ = load_checkpoint(folder, model=vae, optimizer=optimizer, rank=rank, trainable_only=True)
+            step = int(info["step"])
     images = train_images(config)[rank::world]  # each rank trains on its own share
     latents = encode(vae, images).to(device)
     targets = images_to_tensor(images).to(device)
@@ -302,7 +300,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Metrics reach Ray Train with checkpoints only: every report is a barrier across the workers and waits for
         # the controller (about 2 s a step here); the CSV and TensorBoard get every logged step.
         if done % config.checkpoint_every == 0 or done == config.num_steps:
-            _report_checkpoint(vae, optimizer, done, config, row, rank)
+            if done == config.num_steps and rank == 0:
+                save_vae_export(export_folder(config), vae, done, config)
+            _report_checkpoint(vae, optimizer, done, config, row, rank, world)
 
     train_steps(model, optimizer, latents, targets, config, start=step, end=config.num_steps, on_step=on_step)
     if writer is not None:
@@ -315,32 +315,29 @@ def _metrics_writer(config: VaeFinetuneConfig):
     return MetricsWriter(pathlib.Path(config.output_dir) / config.run_name)
 
 
-def save_vae_checkpoint(folder: pathlib.Path, vae: AutoencoderKLQwenImage, step: int, config: VaeFinetuneConfig):
-    """``folder/model`` in the diffusers layout (the VAE only) with the run recorded in its metadata."""
+def export_folder(config: VaeFinetuneConfig) -> pathlib.Path:
+    return pathlib.Path(config.output_dir) / config.run_name / "exports" / f"step{config.num_steps:07d}-vae-decoder"
+
+
+def save_vae_export(folder: pathlib.Path, vae: AutoencoderKLQwenImage, step: int, config: VaeFinetuneConfig):
+    """The fine-tuned VAE in the diffusers layout (``vae/``, ``model_index.json``) with the run in its metadata."""
     metadata = {"step": step, "run": config.run_name, "finetuned": "vae_decoder"}
-    return save_components(folder / "model", Components(preset=config.preset, vae=vae), metadata=metadata)
+    return save_components(folder, Components(preset=config.preset, vae=vae), metadata=metadata)
 
 
-def _report_checkpoint(vae, optimizer, step: int, config: VaeFinetuneConfig, metrics: dict, rank: int) -> None:
+def _report_checkpoint(vae, optimizer, step: int, config: VaeFinetuneConfig, metrics: dict, rank: int, world: int):
+    """Every rank: the trained modules and the optimiser (DCP), with the step; the frozen encoder is not saved."""
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            save_vae_checkpoint(pathlib.Path(folder), vae, step, config)
-            save_state({"optimizer": optimizer.state_dict(), "step": step}, folder, TRAIN_STATE)
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _restore(folder: pathlib.Path, vae: AutoencoderKLQwenImage, optimizer: torch.optim.Optimizer) -> int:
-    from safetensors.torch import load_file
-
-    weights = {}
-    for path in sorted((folder / "model" / "vae").glob("*.safetensors")):
-        weights.update(load_file(str(path)))
-    vae.load_state_dict(weights)
-    saved = load_state(folder, TRAIN_STATE)
-    optimizer.load_state_dict(saved["optimizer"])
-    return int(saved["step"])
+        save_checkpoint(
+            folder,
+            model=vae,
+            optimizer=optimizer,
+            rank=rank,
+            world=world,
+            info={"step": step, "run": config.run_name},
+            trainable_only=True,
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def run_finetune(config: VaeFinetuneConfig) -> dict:
@@ -357,10 +354,8 @@ def run_finetune(config: VaeFinetuneConfig) -> dict:
     before = reconstruct(build_vae(config), heldout)
     print(f"[finetune_vae] {config.num_steps} steps on {config.num_train_images} text-rich images", flush=True)
     progress = Progress(folder / "metrics.csv", config.num_steps, "finetune_vae", ("loss", "l1", "perceptual"))
-    result = fit_trainer(
-        train_loop_per_worker, config, name=config.run_name, storage_path=folder / "ray", progress=progress
-    )
-    final = pathlib.Path(result.checkpoint.path) / "model"
+    fit_trainer(train_loop_per_worker, config, name=config.run_name, storage_path=folder / "ray", progress=progress)
+    final = export_folder(config)
     after = reconstruct(build_components(config.preset, weights_dir=final, parts=("vae",)).vae, heldout)
     scores = {"before": reconstruction_scores(heldout, before), "after": reconstruction_scores(heldout, after)}
     shown = min(8, len(heldout))

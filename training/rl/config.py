@@ -17,6 +17,7 @@ import pydantic
 from models.config import StrictModel
 from models.schedule import SigmaSampling
 from pipelines.pools import PoolConfig
+from training.trainer import RunSettings
 
 Predicate = tuple[str, str, float | int | str | list]
 
@@ -61,7 +62,7 @@ def resolve_checkpoint(path: str) -> str:
     raise ValueError(f"{path} is neither a checkpoint folder (model_index.json) nor a finished run (summary.json)")
 
 
-class RlBase(StrictModel):
+class RlBase(RunSettings):
     """What DPO and GRPO share: the start checkpoint, the trainer's resources, checkpoints and logging."""
 
     checkpoint: str  # a checkpoint folder, or a finished run's folder (its final checkpoint)
@@ -70,17 +71,19 @@ class RlBase(StrictModel):
     run_name: str
     lora: LoraSettings | None = None
     optim: RlOptim = RlOptim()
-    num_workers: int = pydantic.Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
-    # Custom node resources each train worker also requests, e.g. {"consumer": 0.01}: places the workers on the GPU
-    # nodes that platform/ gives that resource. Empty: anywhere (local runs).
-    worker_resources: dict[str, float] = {}
+    # Run settings (workers, parallelism, checkpoints, logging: training.trainer.RunSettings), with the
+    # defaults of short fine-tuning runs.
     checkpoint_every: int = pydantic.Field(default=50, ge=1)
-    keep_checkpoints: int = pydantic.Field(default=2, ge=1)
-    max_failures: int = pydantic.Field(default=2, ge=0)
     log_every: int = pydantic.Field(default=1, ge=1)
-    seed: int = 0
+
+    @pydantic.model_validator(mode="after")
+    def _data_parallel(self) -> RlBase:
+        if self.parallel.strategy != "ddp":
+            raise ValueError(
+                "DPO and GRPO train with parallel.strategy=ddp: every worker holds the policy (and its reference) "
+                "whole; sharded RL is not built yet"
+            )
+        return self
 
     @property
     def run_folder(self) -> pathlib.Path:

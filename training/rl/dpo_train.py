@@ -9,7 +9,6 @@ what was consumed and goes on.
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ from training.rl.config import DpoConfig
 from training.rl.curves import plot_curves
 from training.rl.dpo import dpo_step, evaluate_pairs
 from training.rl.pairs import build_pairs, num_batches, pair_batches, read_pairs, split_pairs, to_device
-from training.rl.runner import Worker, fit, with_absolute_paths
+from training.rl.runner import Worker, export_folder, fit, with_absolute_paths
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -101,6 +100,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 sums, count, started = {}, 0, time.perf_counter()
                 if writers is not None:
                     writers[0].write(row)
+                if last:
+                    worker.export(loop_config["base"], "dpo")
                 worker.report(row, checkpoint=checkpoint, algo="dpo")
             if last:
                 break
@@ -124,7 +125,7 @@ def run_dpo(config: DpoConfig) -> dict:
     print(f"[dpo] {pairs.num_rows} pairs at {config.resolution}px; training {config.num_steps} steps", flush=True)
     result = fit(train_loop_per_worker, config, {}, label="dpo", total_steps=config.num_steps, keys=("loss", "margin"))
     summary = {
-        "checkpoint": str(pathlib.Path(result.checkpoint.path) / "model"),
+        "checkpoint": str(export_folder(config, config.num_steps, "dpo")),
         "pairs": config.pairs_dir,
         "num_pairs": pairs.num_rows,
         "metrics": str(folder / "train.csv"),

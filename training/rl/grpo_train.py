@@ -10,7 +10,6 @@ at the end. Prompts are encoded once, on a Ray task, before anything starts.
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ from training.rl.config import GrpoConfig, prompt_list
 from training.rl.curves import plot_curves
 from training.rl.grpo import GrpoSettings, RolloutBatch, group_advantages, grpo_update
 from training.rl.rollout import RolloutWorker, prompt_rows
-from training.rl.runner import Worker, fit, with_absolute_paths
+from training.rl.runner import Worker, export_folder, fit, with_absolute_paths
 
 
 def make_rollout_actors(config: GrpoConfig, prompts: dict) -> list:
@@ -172,6 +171,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             writers[0].write(row)
             print(f"[grpo] iteration {worker.step}: reward {rewards['reward_mean']:.4f}", flush=True)
         checkpoint = worker.step % config.checkpoint_every == 0 or last
+        if last:
+            worker.export(loop_config["base"], "grpo")
         if worker.step % config.log_every == 0 or checkpoint:
             worker.report(row, checkpoint=checkpoint, algo="grpo")
     if writers is not None:
@@ -210,7 +211,7 @@ def run_grpo(config: GrpoConfig) -> dict:
         for actor in actors:
             ray.kill(actor)
     summary = {
-        "checkpoint": str(pathlib.Path(result.checkpoint.path) / "model"),
+        "checkpoint": str(export_folder(config, config.num_iterations, "grpo")),
         "metrics": str(folder / "train.csv"),
         "reward_curve": str(
             plot_curves(

@@ -1,10 +1,12 @@
-"""What the DPO and GRPO Ray Train runs share: the ``TorchTrainer`` run (``training.trainer``), the
-per-worker policy and optimiser,
-the learning rate, and checkpoints (report, restore).
+"""What the DPO and GRPO Ray Train runs share on top of the trainer skeleton (``training.trainer``): the per-worker
+policy and optimiser, the learning rate (``training.schedule``), checkpoints (``training.checkpointer``) and the
+final export.
 
-A checkpoint holds ``model/`` (the transformer, adapters merged, diffusers layout: what every role opens) and
-``rl_state`` (optimiser, step, LoRA adapters) in safetensors + JSON, no pickle. A restarted worker group resumes
-from the last one (``FailureConfig``); running the job again with the same ``output_dir`` and ``run_name`` resumes.
+A checkpoint holds the trained weights (the LoRA adapters, or every weight without LoRA) and the optimiser in DCP
+shards, with the step; a restarted worker group resumes from the last one (``FailureConfig``), and running the job
+again with the same ``output_dir`` and ``run_name`` resumes. The run ends with an export under ``<run>/exports/``: a
+complete pipeline folder whose transformer has the adapters merged (what every role opens) and whose frozen parts
+link to the start checkpoint's (or ``base_weights_dir``).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import ray.train
 import ray.train.torch
 import torch
 
+from models.checkpoint import read_metadata
+from training.checkpointer import ensure_base, load_checkpoint, save_checkpoint, write_pipeline_folder
 from training.progress import Progress
 from training.rl.config import RlBase, RlOptim
 from training.rl.policy import Policy
-from training.state_io import load_state, save_state
+from training.schedule import learning_rate, set_learning_rate
 from training.trainer import fit_trainer
-
-RL_STATE = "rl_state"
 
 
 def with_absolute_paths(config: RlBase, *fields: str) -> RlBase:
@@ -37,16 +39,23 @@ def fit(
     loop: Callable[[dict], None], config: RlBase, loop_config: dict, *, label: str, total_steps: int, keys: tuple
 ) -> ray.train.Result:
     """One ``TorchTrainer`` run of ``loop`` with the config's workers, checkpoints and failure policy; the driver
-    prints the progress of ``train.csv`` (``keys`` of each row) as ``[label]`` lines."""
+    prints the progress of ``train.csv`` (``keys`` of each row) as ``[label]`` lines. The workers get the folder
+    the export links its frozen parts to as ``loop_config["base"]``."""
+    preset = read_metadata(config.checkpoint).get("preset", "qwen-image")
+    base = ensure_base(config.run_folder, preset, [config.checkpoint, config.base_weights_dir])
     progress = Progress(config.run_folder / "train.csv", total_steps, label, keys)
     return fit_trainer(
         loop,
         config,
         name=config.run_name,
         storage_path=config.run_folder / "ray",
-        loop_config=loop_config,
+        loop_config={**loop_config, "base": str(base)},
         progress=progress,
     )
+
+
+def export_folder(config: RlBase, step: int, algo: str) -> pathlib.Path:
+    return config.run_folder / "exports" / f"step{step:07d}-{algo}"
 
 
 class Worker:
@@ -75,10 +84,12 @@ class Worker:
     def set_learning_rate(self) -> float:
         """Linear warm-up, then constant: fine-tuning runs are short."""
         optim = self.config.optim
-        lr = optim.lr * min(1.0, (self.step + 1) / optim.warmup_steps) if optim.warmup_steps else optim.lr
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+        return set_learning_rate(self.optimizer, learning_rate(self.step, lr=optim.lr, warmup_steps=optim.warmup_steps))
+
+    @property
+    def trainable_only(self) -> bool:
+        """With LoRA, checkpoints hold the adapters alone: the frozen base comes from the start checkpoint."""
+        return self.policy.lora is not None
 
     def restore(self) -> int:
         """The step to start from: 0, or the last checkpoint's after a restart."""
@@ -86,36 +97,42 @@ class Worker:
         if checkpoint is None:
             return 0
         with checkpoint.as_directory() as folder:
-            state = load_state(folder, RL_STATE)
-            if self.policy.lora is not None:
-                self.policy.load_trainable_state(state["trainable"])
-            else:
-                from safetensors.torch import load_file
-
-                weights = {}
-                for path in sorted((pathlib.Path(folder) / "model" / "transformer").glob("*.safetensors")):
-                    weights.update(load_file(str(path)))
-                self.policy.transformer.load_state_dict(weights)
-            self.optimizer.load_state_dict(state["optimizer"])
-            return int(state["step"])
+            info, _ = load_checkpoint(
+                folder, model=self.model, optimizer=self.optimizer, rank=self.rank, trainable_only=self.trainable_only
+            )
+        return int(info["step"])
 
     def report(self, metrics: dict, *, checkpoint: bool, algo: str) -> None:
-        """``ray.train.report`` from every rank with a checkpoint that rank 0 attaches; nothing without one.
+        """``ray.train.report`` from every rank with its part of a checkpoint; nothing without one.
 
         Metrics reach Ray Train with checkpoints only: every report is a barrier across the workers and waits for the
         controller (about 2 s a step here); the run's CSVs and TensorBoard get every logged row."""
         if not checkpoint:
             return
         with tempfile.TemporaryDirectory() as folder:
-            attached = None
-            if self.rank == 0:
-                folder = pathlib.Path(folder)
-                self.policy.save(
-                    folder / "model", metadata={"step": self.step, "run": self.config.run_name, "algo": algo}
-                )
-                state = {"optimizer": self.optimizer.state_dict(), "step": self.step}
-                if self.policy.lora is not None:
-                    state["trainable"] = self.policy.trainable_state()
-                save_state(state, folder, RL_STATE)
-                attached = ray.train.Checkpoint.from_directory(str(folder))
-            ray.train.report(metrics, checkpoint=attached)
+            save_checkpoint(
+                folder,
+                model=self.model,
+                optimizer=self.optimizer,
+                rank=self.rank,
+                world=self.world,
+                info={"step": self.step, "run": self.config.run_name, "algo": algo},
+                trainable_only=self.trainable_only,
+            )
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def export(self, base: str, algo: str) -> pathlib.Path | None:
+        """Rank 0: the complete pipeline folder of the current policy (adapters merged); every worker holds the
+        whole policy, so no other rank takes part."""
+        if self.rank != 0:
+            return None
+        target = export_folder(self.config, self.step, algo)
+        with tempfile.TemporaryDirectory(dir=target.parent.parent) as staging:
+            saved = self.policy.save(pathlib.Path(staging) / "model")
+            return write_pipeline_folder(
+                target,
+                transformer_folder=saved / "transformer",
+                base_folder=base,
+                preset=self.policy.preset,
+                metadata={"step": self.step, "run": self.config.run_name, "algo": algo},
+            )

@@ -14,7 +14,7 @@ from PIL import Image
 
 from jobs.rl import main
 from models.checkpoint import load_checkpoint, read_metadata
-from models.presets import build_components
+from models.presets import ALL_PARTS, build_components
 from pipelines.store.reader import read_table
 from training.rl.pairs import PREFERENCE_SOURCE, read_pairs
 
@@ -29,7 +29,9 @@ def _rows(path: str | pathlib.Path) -> list[dict]:
 
 def _check_outputs(summary: dict, *curves: str) -> None:
     checkpoint = pathlib.Path(summary["checkpoint"])
-    assert read_metadata(checkpoint)["parts"] == ["transformer"]
+    # A complete pipeline folder: the trained transformer, the frozen parts linked from the start checkpoint's base.
+    assert read_metadata(checkpoint)["parts"] == list(ALL_PARTS)
+    assert all((checkpoint / part).is_symlink() for part in ALL_PARTS if part != "transformer")
     # The tiny preset's architecture, with trained weights (not the preset's initialisation).
     trained = load_checkpoint(checkpoint, parts=("transformer",)).transformer.state_dict()
     initial = build_components("tiny", parts=("transformer",)).transformer.state_dict()
