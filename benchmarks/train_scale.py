@@ -36,16 +36,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from models.presets import QWEN_IMAGE_TRANSFORMER_CONFIG, TINY_TRANSFORMER_CONFIG  # noqa: E402
+from models.presets import MID_TRANSFORMER_CONFIG, QWEN_IMAGE_TRANSFORMER_CONFIG  # noqa: E402
 
-MID_CONFIG = {
-    **TINY_TRANSFORMER_CONFIG,
-    "num_layers": 4,
-    "num_attention_heads": 8,
-    "attention_head_dim": 64,
-    "joint_attention_dim": 512,
-    "axes_dims_rope": (16, 24, 24),
-}
 # Dense bf16 tensor-core peaks (no sparsity), by device name.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 
@@ -102,11 +94,14 @@ def _cpu_rank(rank: int, world: int, store: str, mode: str, steps: int, out: str
             from diffusers import QwenImageTransformer2DModel
 
             torch.manual_seed(0)
-            return QwenImageTransformer2DModel(**MID_CONFIG)
+            return QwenImageTransformer2DModel(**MID_TRANSFORMER_CONFIG)
 
-        model = parallelize(build_meta_transformer(MID_CONFIG), parallel, build_full=build).train()
+        model = parallelize(build_meta_transformer(MID_TRANSFORMER_CONFIG), parallel, build_full=build).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        batches = [_batch(MID_CONFIG, 2, 256, 32, seed=100 * step + rank, device="cpu") for step in range(steps + 2)]
+        batches = [
+            _batch(MID_TRANSFORMER_CONFIG, 2, 256, 32, seed=100 * step + rank, device="cpu")
+            for step in range(steps + 2)
+        ]
         times = _train(model, optimizer, batches, torch.device("cpu"))[2:]
         dist.barrier()
         if rank == 0:

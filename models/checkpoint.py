@@ -8,11 +8,13 @@ place, so a reader never sees half a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import diffusers
 
@@ -30,15 +32,35 @@ MODEL_INDEX = {
 METADATA_KEY = "_qwen_image_ray"
 
 
-def save_components(
-    folder: str | pathlib.Path, components: Components, *, metadata: dict | None = None
-) -> pathlib.Path:
-    """Write every part ``components`` holds into ``folder`` (replacing it); returns the folder."""
+@contextlib.contextmanager
+def staged_folder(folder: str | pathlib.Path) -> Iterator[pathlib.Path]:
+    """A temporary folder beside ``folder`` to write into; renamed into place (replacing ``folder``) when the block
+    ends, removed when it raises, so a reader never sees half a checkpoint."""
     folder = pathlib.Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is read by other users and services
     try:
+        yield staging
+        replace_dir(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_model_index(folder: pathlib.Path, preset: str, parts: list[str], metadata: dict | None = None) -> None:
+    """``model_index.json`` naming ``parts`` (diffusers reads it), with our metadata under ``METADATA_KEY``."""
+    index = {key: value for key, value in MODEL_INDEX.items() if key.startswith("_") or key in parts}
+    index["_diffusers_version"] = diffusers.__version__
+    index[METADATA_KEY] = {"preset": preset, "parts": parts, **(metadata or {})}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def save_components(
+    folder: str | pathlib.Path, components: Components, *, metadata: dict | None = None
+) -> pathlib.Path:
+    """Write every part ``components`` holds into ``folder`` (replacing it); returns the folder."""
+    with staged_folder(folder) as staging:
         saved = []
         for part in ALL_PARTS:
             module = getattr(components, part)
@@ -47,15 +69,8 @@ def save_components(
             kwargs = {"safe_serialization": True} if part in ("transformer", "vae", "text_encoder") else {}
             module.save_pretrained(staging / part, **kwargs)
             saved.append(part)
-        index = {key: value for key, value in MODEL_INDEX.items() if key.startswith("_") or key in saved}
-        index["_diffusers_version"] = diffusers.__version__
-        index[METADATA_KEY] = {"preset": components.preset, "parts": saved, **(metadata or {})}
-        (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        replace_dir(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+        write_model_index(staging, components.preset, saved, metadata)
+    return pathlib.Path(folder)
 
 
 def replace_dir(source: pathlib.Path, target: pathlib.Path) -> None:

@@ -70,6 +70,17 @@ TINY_TRANSFORMER_CONFIG: dict = {
     "axes_dims_rope": (8, 12, 12),
 }
 
+# mid: the tiny transformer's shape at 4 blocks of hidden 512 (8 heads of 64), about 38M parameters (151 MB in fp32):
+# large enough that memory and parallelism measurements on a CPU are about the model, not the interpreter.
+MID_TRANSFORMER_CONFIG: dict = {
+    **TINY_TRANSFORMER_CONFIG,
+    "num_layers": 4,
+    "num_attention_heads": 8,
+    "attention_head_dim": 64,
+    "joint_attention_dim": 512,
+    "axes_dims_rope": (16, 24, 24),
+}
+
 # tiny VAE: the Wan-2.1 architecture (8x spatial compression, 16 channels) at base_dim 32, one res block per level.
 TINY_VAE_CONFIG: dict = {"base_dim": 32, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1}
 

@@ -30,6 +30,7 @@ DCP_FOLDER = "dcp"
 RANK_STATE = "rank{rank:05d}"
 CHECKPOINT_INFO = "checkpoint.json"
 WEIGHTS_NAME = "diffusion_pytorch_model"
+FROZEN_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler")  # linked into every export, never trained here
 
 
 def _distributed() -> bool:
@@ -74,6 +75,16 @@ def save_checkpoint(
     save_state(rank_state or {}, folder, RANK_STATE.format(rank=rank))
     if rank == 0:
         (folder / CHECKPOINT_INFO).write_text(json.dumps({"world_size": world, **(info or {})}, indent=2) + "\n")
+
+
+def report_checkpoint(metrics: dict, **save_kwargs) -> None:
+    """Every rank: ``save_checkpoint(folder, **save_kwargs)`` into a temporary folder of its own, then
+    ``ray.train.report`` with it; Ray Train merges the ranks' folders into one checkpoint (file names differ by rank)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(folder, **save_kwargs)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def load_checkpoint(
@@ -216,34 +227,18 @@ def write_pipeline_folder(
     """A complete ``QwenImagePipeline`` folder at ``folder``: the exported ``transformer/`` moved in, and every frozen
     part (``vae/ text_encoder/ tokenizer/ scheduler/``) linked from ``base_folder``, the run's base weights, so no
     export copies them. Written under a temporary name and renamed into place."""
-    import diffusers
-
-    from models.checkpoint import METADATA_KEY, MODEL_INDEX, replace_dir
+    from models.checkpoint import staged_folder, write_model_index
     from models.presets import ALL_PARTS
 
-    folder, base = pathlib.Path(folder), pathlib.Path(base_folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is read by other users and services
-    try:
+    base = pathlib.Path(base_folder)
+    with staged_folder(folder) as staging:
         shutil.move(str(transformer_folder), staging / "transformer")
-        for part in ALL_PARTS:
-            if part != "transformer":
-                if not (base / part).is_dir():
-                    raise ValueError(f"the run's base {base} has no {part}/ to link into the export")
-                link_or_copy_part(base / part, staging / part)
-        index = dict(MODEL_INDEX)
-        index["_diffusers_version"] = diffusers.__version__
-        index[METADATA_KEY] = {"preset": preset, "parts": list(ALL_PARTS), **(metadata or {})}
-        (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        replace_dir(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
-
-
-FROZEN_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+        for part in FROZEN_PARTS:
+            if not (base / part).is_dir():
+                raise ValueError(f"the run's base {base} has no {part}/ to link into the export")
+            link_or_copy_part(base / part, staging / part)
+        write_model_index(staging, preset, list(ALL_PARTS), metadata)
+    return pathlib.Path(folder)
 
 
 def ensure_base(

@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import signal
-import tempfile
 import time
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
 from models.presets import build_components
-from training.checkpointer import export_transformer, load_checkpoint, save_checkpoint, write_pipeline_folder
+from training.checkpointer import export_transformer, load_checkpoint, report_checkpoint, write_pipeline_folder
 from training.config import PretrainConfig
 from training.data import DatasetStream, StoreStream
 from training.parallel import (
@@ -512,16 +511,13 @@ def _metrics_writer(config: PretrainConfig):
 
 
 def _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, world, positions) -> None:
-    """Every rank writes its shards into its own folder and reports it; Ray Train merges them into one checkpoint."""
-    with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(
-            folder,
-            model=model,
-            optimizer=optimizer,
-            rank=rank,
-            world=world,
-            extra={"ema": ema} if ema is not None else None,
-            rank_state=state.rank_state(),
-            info={"step": state.step, "run": config.run_name, "positions": positions, "ema": ema is not None},
-        )
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    report_checkpoint(
+        metrics,
+        model=model,
+        optimizer=optimizer,
+        rank=rank,
+        world=world,
+        extra={"ema": ema} if ema is not None else None,
+        rank_state=state.rank_state(),
+        info={"step": state.step, "run": config.run_name, "positions": positions, "ema": ema is not None},
+    )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import tempfile
 from collections.abc import Callable
 from typing import Literal
 
@@ -44,7 +43,7 @@ from models.image_metrics import psnr, ssim, uint8_to_unit
 from models.imageio import save_png, to_grid
 from models.presets import Components, build_components
 from models.vae import images_to_tensor, tensor_to_images
-from training.checkpointer import load_checkpoint, save_checkpoint
+from training.checkpointer import load_checkpoint, report_checkpoint
 from training.evaluation.images import text_rich_images
 from training.progress import Progress
 from training.trainer import RunSettings, fit_trainer
@@ -327,17 +326,8 @@ def save_vae_export(folder: pathlib.Path, vae: AutoencoderKLQwenImage, step: int
 
 def _report_checkpoint(vae, optimizer, step: int, config: VaeFinetuneConfig, metrics: dict, rank: int, world: int):
     """Every rank: the trained modules and the optimiser (DCP), with the step; the frozen encoder is not saved."""
-    with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(
-            folder,
-            model=vae,
-            optimizer=optimizer,
-            rank=rank,
-            world=world,
-            info={"step": step, "run": config.run_name},
-            trainable_only=True,
-        )
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    info = {"step": step, "run": config.run_name}
+    report_checkpoint(metrics, model=vae, optimizer=optimizer, rank=rank, world=world, info=info, trainable_only=True)
 
 
 def run_finetune(config: VaeFinetuneConfig) -> dict:

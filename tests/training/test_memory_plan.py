@@ -7,11 +7,9 @@ import torch
 
 from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
-from models.presets import QWEN_IMAGE_TRANSFORMER_CONFIG
+from models.presets import MID_TRANSFORMER_CONFIG, QWEN_IMAGE_TRANSFORMER_CONFIG
 from training.memory_plan import GIB, count_parameters, gpus_needed, plan_memory
 from training.parallel import apply_activation_checkpointing
-
-from .test_parallel import MID_CONFIG
 
 
 def _measured_peak(checkpointing: int, resolution: int, text_tokens: int, batch: int) -> dict:
@@ -21,7 +19,7 @@ def _measured_peak(checkpointing: int, resolution: int, text_tokens: int, batch:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     torch.manual_seed(0)
-    model = QwenImageTransformer2DModel(**MID_CONFIG).train()
+    model = QwenImageTransformer2DModel(**MID_TRANSFORMER_CONFIG).train()
     apply_activation_checkpointing(model, checkpointing)
     optimizer = torch.optim.AdamW(model.parameters())
     latents = torch.randn(batch, 16, resolution // 8, resolution // 8)
@@ -47,7 +45,7 @@ def test_memory_plan_matches_measured(checkpointing):
     resolution, text_tokens, batch = 384, 32, 2
     measured = _measured_peak(checkpointing, resolution, text_tokens, batch)
     plan = plan_memory(
-        MID_CONFIG,
+        MID_TRANSFORMER_CONFIG,
         resolution=resolution,
         world=1,
         batch_size=batch,

@@ -12,7 +12,7 @@ import torch
 
 from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
-from models.presets import TINY_TRANSFORMER_CONFIG, build_components
+from models.presets import MID_TRANSFORMER_CONFIG, TINY_TRANSFORMER_CONFIG, build_components
 from training.checkpointer import load_checkpoint, save_checkpoint
 from training.parallel import (
     ParallelConfig,
@@ -29,15 +29,6 @@ from ..distributed import reset_resident_peak, resident_now, resident_peak_since
 
 CPU = torch.device("cpu")
 SEED = 3
-# A mid-size transformer (4 blocks at hidden 512, 8 heads of 64): about 38M parameters, 151 MB in fp32.
-MID_CONFIG = {
-    **TINY_TRANSFORMER_CONFIG,
-    "num_layers": 4,
-    "num_attention_heads": 8,
-    "attention_head_dim": 64,
-    "joint_attention_dim": 512,
-    "axes_dims_rope": (16, 24, 24),
-}
 
 
 def _tiny() -> torch.nn.Module:
@@ -179,7 +170,7 @@ def _load_mid_model(rank: int, world: int, folder: str, results: str) -> None:
     before = resident_now()
     reset_resident_peak()
     parallel = build_mesh(ParallelConfig(strategy="fsdp"), CPU, world, rank)
-    model = parallelize(build_meta_transformer(MID_CONFIG), parallel, weights_folder=pathlib.Path(folder))
+    model = parallelize(build_meta_transformer(MID_TRANSFORMER_CONFIG), parallel, weights_folder=pathlib.Path(folder))
     peak = resident_peak_since_reset() - before
     local = sum(param.to_local().numel() * 4 for param in model.parameters())
     pathlib.Path(results, f"rank{rank}.json").write_text(json.dumps({"peak": peak, "local": local}))
@@ -197,7 +188,7 @@ def test_meta_init_loads_sharded_weights(tmp_path):
     from diffusers import QwenImageTransformer2DModel
 
     torch.manual_seed(0)
-    model = QwenImageTransformer2DModel(**MID_CONFIG)
+    model = QwenImageTransformer2DModel(**MID_TRANSFORMER_CONFIG)
     full_bytes = sum(param.numel() * 4 for param in model.parameters())
     model.save_pretrained(tmp_path / "transformer", max_shard_size="20MB", safe_serialization=True)
     del model

@@ -20,7 +20,7 @@ import ray.train.torch
 import torch
 
 from models.checkpoint import read_metadata
-from training.checkpointer import ensure_base, load_checkpoint, save_checkpoint, write_pipeline_folder
+from training.checkpointer import ensure_base, load_checkpoint, report_checkpoint, write_pipeline_folder
 from training.progress import Progress
 from training.rl.config import RlBase, RlOptim
 from training.rl.policy import Policy
@@ -109,17 +109,15 @@ class Worker:
         controller (about 2 s a step here); the run's CSVs and TensorBoard get every logged row."""
         if not checkpoint:
             return
-        with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(
-                folder,
-                model=self.model,
-                optimizer=self.optimizer,
-                rank=self.rank,
-                world=self.world,
-                info={"step": self.step, "run": self.config.run_name, "algo": algo},
-                trainable_only=self.trainable_only,
-            )
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        report_checkpoint(
+            metrics,
+            model=self.model,
+            optimizer=self.optimizer,
+            rank=self.rank,
+            world=self.world,
+            info={"step": self.step, "run": self.config.run_name, "algo": algo},
+            trainable_only=self.trainable_only,
+        )
 
     def export(self, base: str, algo: str) -> pathlib.Path | None:
         """Rank 0: the complete pipeline folder of the current policy (adapters merged); every worker holds the
