@@ -91,8 +91,8 @@ def build_model():
 
 
 def step(model, optimizer, batch: dict, seed: int) -> None:
-    from models.condition_encoder import PromptEmbeds
     from models.flow_matching import flow_matching_loss
+    from models.prompt_embeds import PromptEmbeds
 
     prompt = PromptEmbeds(batch["text_embeds"].float(), batch["text_mask"])
     out = flow_matching_loss(model, batch["latents"].float(), prompt, generator=torch.Generator().manual_seed(seed))

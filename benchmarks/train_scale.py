@@ -43,7 +43,7 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 
 def _batch(config: dict, batch: int, resolution: int, text_tokens: int, seed: int, device, dtype=torch.float32):
-    from models.condition_encoder import PromptEmbeds
+    from models.prompt_embeds import PromptEmbeds
 
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(batch, 16, resolution // 8, resolution // 8, generator=generator)

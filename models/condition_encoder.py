@@ -21,6 +21,9 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+# Prompt embeddings live in a module of their own (no transformers import) so that trainers import them cheaply.
+from models.prompt_embeds import PromptEmbeds, pad_prompt_embeds  # noqa: E402, F401
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptTemplate:
@@ -62,42 +65,6 @@ EDIT_TEMPLATE = PromptTemplate(
 TEMPLATES = {template.name: template for template in (T2I_TEMPLATE, EDIT_TEMPLATE)}
 # Prompt tokens kept after the drop (diffusers' tokenizer_max_length).
 MAX_PROMPT_TOKENS = 1024
-
-
-@dataclasses.dataclass
-class PromptEmbeds:
-    """``embeds: [B, L, D]`` zero-padded hidden states; ``mask: [B, L]`` int64, 1 on valid tokens."""
-
-    embeds: torch.Tensor
-    mask: torch.Tensor
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.mask.sum(dim=1).tolist()
-
-    def unpadded(self) -> list[torch.Tensor]:
-        """One ``[L_i, D]`` tensor per prompt: what the latent store keeps."""
-        return [embeds[:length] for embeds, length in zip(self.embeds, self.lengths, strict=True)]
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PromptEmbeds:
-        return PromptEmbeds(self.embeds.to(device=device, dtype=dtype), self.mask.to(device=device))
-
-    def repeat_interleave(self, repeats: int) -> PromptEmbeds:
-        """Each prompt ``repeats`` times in a row (several images per prompt)."""
-        return PromptEmbeds(self.embeds.repeat_interleave(repeats, 0), self.mask.repeat_interleave(repeats, 0))
-
-
-def pad_prompt_embeds(sequences: list[torch.Tensor]) -> PromptEmbeds:
-    """Zero-pad ``[L_i, D]`` tensors to the longest; the inverse of ``PromptEmbeds.unpadded``."""
-    if not sequences:
-        raise ValueError("no prompt embeddings to pad")
-    longest = max(sequence.shape[0] for sequence in sequences)
-    embeds = sequences[0].new_zeros(len(sequences), longest, sequences[0].shape[1])
-    mask = torch.zeros(len(sequences), longest, dtype=torch.long, device=sequences[0].device)
-    for row, sequence in enumerate(sequences):
-        embeds[row, : sequence.shape[0]] = sequence
-        mask[row, : sequence.shape[0]] = 1
-    return PromptEmbeds(embeds, mask)
 
 
 class ConditionEncoder:

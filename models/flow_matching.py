@@ -12,8 +12,8 @@ import dataclasses
 import torch
 from diffusers import QwenImageTransformer2DModel
 
-from models.condition_encoder import PromptEmbeds
 from models.packing import img_shapes, pack_latents, unpack_latents
+from models.prompt_embeds import PromptEmbeds
 from models.sampler import predict_velocity
 from models.schedule import LossWeighting, SigmaSampling, loss_weights, sample_training_sigmas
 

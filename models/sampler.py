@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 import torch
 from diffusers import QwenImageTransformer2DModel
 
-from models.condition_encoder import PromptEmbeds
 from models.packing import LATENT_CHANNELS, img_shapes, latent_size, pack_latents, unpack_latents
 from models.presets import QWEN_IMAGE_SCHEDULER_CONFIG
+from models.prompt_embeds import PromptEmbeds
 from models.schedule import inference_sigmas
 
 StepCallback = Callable[[int, int], None]

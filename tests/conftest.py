@@ -173,7 +173,7 @@ def tiny_store(tmp_path_factory) -> str:
 
 # The shared pretraining run: two workers with FSDP2 (half a CPU each), two phases (the second at a higher
 # resolution and stage), a constant learning rate after warm-up (so a run of the first phase alone takes the same
-# steps), a checkpoint every 10 steps, every step logged, exports in fp32. Tests that only read a trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
+# steps), a checkpoint every 20 steps, every step logged, exports in fp32. Tests that only read a trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
 # While phase 1 runs, the fixture commits 8 "late" rows to the run's store; phase 1 never reads them, phase 2 reads
 # only them: phase 2 can run only because a phase lists the shards committed before it starts.
 SHARED_RUN = "shared"
@@ -200,7 +200,7 @@ def shared_run_overrides(store: str, output: str, phases: list[dict]) -> list[st
         "optim.lr=0.0005",
         "optim.warmup_steps=5",
         "optim.schedule=constant",
-        "checkpoint_every=10",
+        "checkpoint_every=20",
         "log_every=1",
         "shuffle_buffer=16",
         "samples.num_steps=2",

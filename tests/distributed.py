@@ -2,7 +2,8 @@
 
 ``run_ranks(fn, world, *args)`` spawns ``world`` processes that join one process group through a file store and
 call ``fn(rank, world, *args)``; an assertion that fails on any rank fails the test with that rank's traceback.
-``fn`` must be a module-level function (the processes import it by name).
+``fn`` must be a module-level function (the processes import it by name). ``run_here(fn, *args)`` runs a world of
+one in the test's own process.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ def run_ranks(fn: Callable, world: int, *args) -> None:
     with tempfile.TemporaryDirectory() as folder:
         store = str(pathlib.Path(folder) / "store")
         mp.start_processes(_entry, args=(fn, world, store, args), nprocs=world, start_method="spawn", join=True)
+
+
+def run_here(fn: Callable, *args) -> None:
+    """``fn(0, 1, *args)`` in this process as a process group of one (no process start), the group removed after."""
+    import torch.distributed as dist
+
+    with tempfile.TemporaryDirectory() as folder:
+        dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=0, world_size=1)
+        try:
+            fn(0, 1, *args)
+        finally:
+            dist.destroy_process_group()
 
 
 def resident_peak_since_reset() -> int:

@@ -23,9 +23,9 @@ import ray.train
 import ray.train.torch
 import torch
 
-from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
 from models.presets import build_components
+from models.prompt_embeds import PromptEmbeds
 from training.checkpointer import export_transformer, load_checkpoint, report_checkpoint, write_pipeline_folder
 from training.config import PretrainConfig
 from training.data import DatasetStream, StoreStream
@@ -201,7 +201,7 @@ def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, s
 
 def _sample_prompts(transformer, vae, prompts: dict, config: PretrainConfig, size: int, device) -> np.ndarray:
     """The fixed prompts' images, uint8 ``[N, size, size, 3]``."""
-    from models.condition_encoder import pad_prompt_embeds
+    from models.prompt_embeds import pad_prompt_embeds
     from models.vae import tensor_to_images
 
     prompt = pad_prompt_embeds([torch.from_numpy(np.asarray(e, dtype=np.float32)) for e in prompts["embeds"]])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
 from models.presets import MID_TRANSFORMER_CONFIG, QWEN_IMAGE_TRANSFORMER_CONFIG
+from models.prompt_embeds import PromptEmbeds
 from training.memory_plan import GIB, count_parameters, gpus_needed, plan_memory
 from training.parallel import apply_activation_checkpointing
 

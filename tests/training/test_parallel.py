@@ -10,9 +10,9 @@ import pathlib
 import pytest
 import torch
 
-from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
 from models.presets import MID_TRANSFORMER_CONFIG, TINY_TRANSFORMER_CONFIG, build_components
+from models.prompt_embeds import PromptEmbeds
 from training.checkpointer import load_checkpoint, save_checkpoint
 from training.parallel import (
     ParallelConfig,
@@ -25,7 +25,7 @@ from training.parallel import (
     reduce_tensor_parallel_gradients,
 )
 
-from ..distributed import reset_resident_peak, resident_now, resident_peak_since_reset, run_ranks
+from ..distributed import reset_resident_peak, resident_now, resident_peak_since_reset, run_here, run_ranks
 
 CPU = torch.device("cpu")
 SEED = 3
@@ -62,10 +62,10 @@ def _tp_matches_single(rank: int, world: int) -> None:
 
     reference = _tiny()
     split = copy.deepcopy(reference)
-    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
+    mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "tp"))["tp"]  # pairs of processes
     apply_tensor_parallel(split, mesh)
     query = split.transformer_blocks[0].attn.to_q.weight
-    assert query.to_local().shape[0] == query.shape[0] // world  # each rank holds its heads only
+    assert query.to_local().shape[0] == query.shape[0] // 2  # each rank holds its heads only
     batch = _batch(seed=5)
     expected, actual = _loss(reference, batch), _loss(split, batch)
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-6), (float(actual), float(expected))
@@ -119,11 +119,37 @@ def _two_d_mesh_step_and_checkpoint(rank: int, world: int, folder: str) -> None:
             assert torch.equal(_full(saved[key]), _full(loaded[key])), (name, key)
 
 
+def _hsdp_step(rank: int, world: int) -> None:
+    """HSDP (2 replicas x 2 shards): the same batch everywhere gives the single process's loss and gradients."""
+    parallel = build_mesh(ParallelConfig(strategy="fsdp", replicate=2), CPU, world, rank)
+    assert parallel.dp_mesh.ndim == 2 and parallel.dp_world == 4 and parallel.tp_mesh is None
+    model = parallelize(build_meta_transformer(dict(TINY_TRANSFORMER_CONFIG)), parallel, build_full=_tiny)
+    model.train().requires_grad_(True)
+    weight = model.transformer_blocks[0].attn.to_q.weight
+    assert weight.to_local().shape[0] == weight.shape[0] // 2  # sharded within a replica, whole across them
+    reference = _tiny()
+    batch = _batch(seed=13)
+    loss, ref_loss = _loss(model, batch), _loss(reference, batch)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    loss.backward()
+    ref_loss.backward()
+    for (name, param), ref in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if ref.grad is not None:
+            assert torch.allclose(_full(param.grad), ref.grad, rtol=1e-5, atol=1e-6), name
+
+
 def test_tensor_parallel_matches_single(tmp_path):
     """2-way TP: loss and every gradient equal the unsharded model's (1e-5); then a 2-D mesh (TP 2 x FSDP 2, four
     processes) takes a training step equal to the single-process one and round-trips a checkpoint exactly."""
-    run_ranks(_tp_matches_single, 2)
-    run_ranks(_two_d_mesh_step_and_checkpoint, 4, str(tmp_path / "checkpoint"))
+    run_ranks(_four_processes, 4, str(tmp_path / "checkpoint"))
+
+
+def _four_processes(rank: int, world: int, folder: str) -> None:
+    """One start of four processes for every check (each start costs seconds of imports): 2-way TP in two pairs,
+    the 2-D mesh, HSDP."""
+    _tp_matches_single(rank, world)
+    _two_d_mesh_step_and_checkpoint(rank, world, folder)
+    _hsdp_step(rank, world)
 
 
 def _saved_activation_bytes(model, batch) -> tuple[torch.Tensor, int]:
@@ -252,7 +278,7 @@ def test_resume_on_other_world_size(tmp_path):
     EMA and optimiser states equal the saved ones, bit for bit; parameters that had no optimiser state get none."""
     folder = str(tmp_path / "checkpoint")
     run_ranks(_train_and_save, 2, folder)
-    run_ranks(_resume_alone, 1, folder)
+    run_here(_resume_alone, folder)  # one worker: this process, as a group of one
 
 
 def test_mesh_shape_and_config_errors():

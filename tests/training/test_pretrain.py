@@ -103,21 +103,21 @@ def _export_of_phase(run: str | pathlib.Path, index: int) -> pathlib.Path:
 
 
 def test_fsdp_resume_after_worker_kill(pretrain_run, pretrain_store, tmp_path):
-    """Two FSDP workers; rank 0's worker process is SIGKILLed at step 12, after the step-10 checkpoint; Ray Train
-    restarts the group, which reshards that checkpoint. The metrics show the second attempt starting at step 11
+    """Two FSDP workers; rank 0's worker process is SIGKILLed at step 22, after the step-20 checkpoint; Ray Train
+    restarts the group, which reshards that checkpoint. The metrics show the second attempt starting at step 21
     (nothing before it redone, which a restart from scratch would do, since noise and data are seeded by step), and
     the exported weights equal the uninterrupted shared run's at the end of the same phase."""
     from jobs.pretrain import main
 
     overrides = shared_run_overrides(pretrain_store, str(tmp_path), SHARED_PHASES[:1])
-    killed = main(["--config", str(RECIPE), *overrides, "fail_at_step=12"])
-    marker = (tmp_path / SHARED_RUN / ".failed-at-12").read_text()
+    killed = main(["--config", str(RECIPE), *overrides, "fail_at_step=22"])
+    marker = (tmp_path / SHARED_RUN / ".failed-at-22").read_text()
     pid = int(re.search(r"process (\d+) killed with SIGKILL", marker).group(1))
     assert not pathlib.Path(f"/proc/{pid}").exists()  # that worker process is gone
     attempts: dict[int, list[int]] = {}
     for row in read_metrics(killed["metrics"]):
         attempts.setdefault(int(row["restored_step"]), []).append(int(row["step"]))
-    assert attempts == {0: list(range(1, 12)), 10: list(range(11, 61))}
+    assert attempts == {0: list(range(1, 22)), 20: list(range(21, 61))}
     config = json.loads((tmp_path / SHARED_RUN / "config.json").read_text())
     assert (config["num_workers"], config["parallel"]["strategy"]) == (2, "fsdp")
     expected, actual = _weights(_export_of_phase(pretrain_run, 0)), _weights(killed["checkpoint"])
@@ -132,7 +132,7 @@ def test_fsdp_matches_ddp(pretrain_run, pretrain_store, tmp_path):
 
     phases = [{**SHARED_PHASES[0], "num_steps": 20}]
     overrides = shared_run_overrides(pretrain_store, str(tmp_path), phases)
-    ddp = main(["--config", str(RECIPE), *overrides, "parallel.strategy=ddp"])
+    ddp = main(["--config", str(RECIPE), *overrides, "parallel.strategy=ddp", "checkpoint_every=20"])
     fsdp_losses = {
         int(row["step"]): float(row["loss"]) for row in read_metrics(pathlib.Path(pretrain_run) / "metrics.csv")
     }

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from models.condition_encoder import PromptEmbeds
 from models.flow_matching import flow_matching_loss
+from models.prompt_embeds import PromptEmbeds
 from models.schedule import SigmaSampling, sample_training_sigmas
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.condition_encoder import PromptEmbeds
+from models.prompt_embeds import PromptEmbeds
 from training.rl.rollout import step_log_prob
 
 

@@ -17,7 +17,7 @@ import ray
 import torch
 
 from models.checkpoint import read_metadata
-from models.condition_encoder import PromptEmbeds
+from models.prompt_embeds import PromptEmbeds
 from training.metrics import MetricsWriter
 from training.pretrain import encode_sample_prompts
 from training.rl.config import GrpoConfig, prompt_list

@@ -24,7 +24,7 @@ import pyarrow as pa
 import ray.data
 import torch
 
-from models.condition_encoder import PromptEmbeds
+from models.prompt_embeds import PromptEmbeds
 from pipelines.pools import map_stage
 from pipelines.store import columns as C
 from pipelines.store.buckets import bucket_size, nearest_bucket

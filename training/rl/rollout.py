@@ -18,9 +18,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from models.condition_encoder import PromptEmbeds, pad_prompt_embeds
 from models.packing import img_shapes, latent_size, pack_latents, unpack_latents
 from models.presets import QWEN_IMAGE_SCHEDULER_CONFIG
+from models.prompt_embeds import PromptEmbeds, pad_prompt_embeds
 from models.sampler import initial_noise, predict_velocity, sde_step, true_cfg
 from models.schedule import inference_sigmas
 

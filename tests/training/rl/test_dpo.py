@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from models.condition_encoder import PromptEmbeds
 from models.presets import build_components
+from models.prompt_embeds import PromptEmbeds
 from training.rl.dpo import PairBatch, dpo_loss, dpo_step, evaluate_pairs
 
 STEPS = 60
