@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import diffusers
 
-from models.presets import ALL_PARTS, Components, build_components
+from models.presets import ALL_PARTS, Components, build_components, quiet_transformers_progress
 
 MODEL_INDEX = {
     "_class_name": "QwenImagePipeline",
@@ -67,7 +67,8 @@ def save_components(
             if module is None:
                 continue
             kwargs = {"safe_serialization": True} if part in ("transformer", "vae", "text_encoder") else {}
-            module.save_pretrained(staging / part, **kwargs)
+            with quiet_transformers_progress():  # its "Writing model shards" bar is noise in a job's output
+                module.save_pretrained(staging / part, **kwargs)
             saved.append(part)
         write_model_index(staging, components.preset, saved, metadata)
     return pathlib.Path(folder)

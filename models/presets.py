@@ -12,10 +12,11 @@ condition encoder or the VAE (``parts=("transformer", "scheduler")``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
@@ -112,6 +113,20 @@ TINY_TEXT_ENCODER_CONFIG: dict = {
         "temporal_patch_size": 2,
     },
 }
+
+
+@contextlib.contextmanager
+def quiet_transformers_progress() -> Iterator[None]:
+    """Without transformers' progress bars ("Loading weights", "Writing model shards"): noise in a job's output."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 class MissingWeightsError(ValueError):
@@ -286,9 +301,10 @@ def load_components(
     if "vae" in parts:
         components.vae = AutoencoderKLQwenImage.from_pretrained(root / "vae", torch_dtype=dtype, **local)
     if "text_encoder" in parts:
-        components.text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            root / "text_encoder", dtype=dtype, **local
-        )
+        with quiet_transformers_progress():
+            components.text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                root / "text_encoder", dtype=dtype, **local
+            )
     if "tokenizer" in parts:
         components.tokenizer = Qwen2Tokenizer.from_pretrained(root / "tokenizer", **local)
     if "scheduler" in parts:
