@@ -308,7 +308,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if writer is not None:
                     writer.write(metrics)
                 if config.export_every and state.step % config.export_every == 0 and not last:
-                    _export(model, config, state.step, phase.name, rank)
+                    _export(model, config, state.step, phase.name, rank, loop_config["base"])
                 # Metrics reach Ray Train with checkpoints only: every report is a barrier across the workers and
                 # waits for the controller (about 2 s a step here); metrics.csv and TensorBoard get every log step.
                 if state.step % config.checkpoint_every == 0 or last:
@@ -326,7 +326,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 f"this worker; lower batch_size or add data that reaches stage {phase.min_stage}"
             )
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    _export(model, config, state.step, phase.name, rank)
+    _export(model, config, state.step, phase.name, rank, loop_config["base"])
     _sample_grid(model, loop_config, config, state.step, phase.name, device, rank)
     if writer is not None:
         writer.close()
@@ -337,16 +337,9 @@ def export_folder(config: PretrainConfig, step: int, phase_name: str) -> pathlib
     return pathlib.Path(config.output_dir) / config.run_name / "exports" / f"step{step:07d}-{phase_name}"
 
 
-def base_folder(config: PretrainConfig) -> pathlib.Path:
-    """The frozen parts every export links to: ``weights_dir`` itself, or ``<run>/base`` (tiny, written once by the
-    driver, ``training.pretrain``)."""
-    if config.weights_dir:
-        return pathlib.Path(config.weights_dir)
-    return pathlib.Path(config.output_dir) / config.run_name / "base"
-
-
-def _export(model, config: PretrainConfig, step: int, phase_name: str, rank: int) -> None:
-    """Every rank: the complete pipeline folder of the current weights (a collective; rank 0 writes)."""
+def _export(model, config: PretrainConfig, step: int, phase_name: str, rank: int, base: str) -> None:
+    """Every rank: the complete pipeline folder of the current weights (a collective; rank 0 writes), its frozen
+    parts linked from ``base`` (the driver's ``training.pretrain.write_base``)."""
     target = export_folder(config, step, phase_name)
     staging = target.parent / f".{target.name}.transformer"
     exported = export_transformer(model, staging, rank=rank, dtype=getattr(torch, config.export_dtype))
@@ -354,7 +347,7 @@ def _export(model, config: PretrainConfig, step: int, phase_name: str, rank: int
         write_pipeline_folder(
             target,
             transformer_folder=exported,
-            base_folder=base_folder(config),
+            base_folder=base,
             preset=config.preset,
             metadata={"step": step, "run": config.run_name, "phase": phase_name},
         )

@@ -20,7 +20,7 @@ import numpy as np
 import ray
 
 from training.config import PretrainConfig
-from training.loop import base_folder, export_folder, train_loop_per_worker
+from training.loop import export_folder, train_loop_per_worker
 from training.metrics import plot_loss_curve
 from training.progress import Progress
 from training.trainer import fit_trainer
@@ -121,10 +121,7 @@ def write_base(config: PretrainConfig) -> pathlib.Path:
         missing = missing_parts(config.weights_dir, FROZEN_PARTS)
         if missing:
             raise ValueError(f"weights_dir {config.weights_dir} lacks what every export links to: {', '.join(missing)}")
-    folder = ensure_base(_run_folder(config), config.preset, [config.weights_dir])
-    if folder != base_folder(config).resolve():
-        raise RuntimeError(f"the exports' base {folder} is not where the workers link to ({base_folder(config)})")
-    return folder
+    return ensure_base(_run_folder(config), config.preset, [config.weights_dir])
 
 
 def run_pretraining(config: PretrainConfig) -> dict:
@@ -137,7 +134,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
     folder = _run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
-    write_base(config)
+    base = write_base(config)
     gpus = 1 if config.use_gpu else 0
     prompts = None  # no grids asked for (samples.prompts and samples.edits empty): no condition encoder is loaded
     if config.samples.prompts or config.samples.edits:
@@ -177,6 +174,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
                 "phase": phase.model_dump(mode="json"),
                 "init_checkpoint": init_checkpoint,
                 "sample_prompts": prompts,
+                "base": str(base),
             },
             datasets={"train": _streamed_phase(config, phase, curated)} if curated else None,
             progress=Progress(folder / "metrics.csv", config.total_steps, "pretrain", PROGRESS_KEYS),
