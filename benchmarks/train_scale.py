@@ -2,14 +2,16 @@
 real-width blocks against the memory plan.
 
     python benchmarks/train_scale.py                 # CPU: 2 gloo processes, a mid-size model
+    python benchmarks/train_scale.py --batch 4 --resolution 512 --modes ddp fsdp   # more tokens per step
     python benchmarks/train_scale.py --gpu-out OUT   # also the GPU part when CUDA is present, JSON copied to OUT
 
 CPU part: two processes (one thread each) train the same mid-size transformer (4 blocks at hidden 512) on the same
 batches with DDP, with FSDP2 (the default: each block's parameters gathered again for the backward pass), with FSDP2
 keeping them gathered to the backward (``parallel.reshard_after_forward=false``), and with FSDP2 plus activation
-checkpointing of every block; each is timed over ``--steps`` steps after two warm-up steps. ``fsdp_vs_ddp`` is
-FSDP's samples/s over DDP's (target >= 0.85), ``ac_overhead`` the extra step time that checkpointing costs
-(recomputing each block's forward). On gloo every collective is a copy through the loopback on the same two cores
+checkpointing of every block; each is timed over ``--steps`` steps after two warm-up steps, ``--batch`` samples
+per worker at ``--resolution`` (the tokens per step set how much compute each collective is set against).
+``fsdp_vs_ddp`` is FSDP's samples/s over DDP's (target >= 0.85), ``ac_overhead`` the extra step time that
+checkpointing costs (recomputing each block's forward). On gloo every collective is a copy through the loopback on the same two cores
 that compute, so communication costs far more here than over NVLink.
 
 GPU part (only with CUDA): real-width blocks (hidden 3072, 24 heads of 128, the published block) in bf16 under FSDP2
@@ -73,7 +75,7 @@ def _train(model, optimizer, batches, device) -> list[float]:
     return times
 
 
-def _cpu_rank(rank: int, world: int, store: str, mode: str, steps: int, out: str) -> None:
+def _cpu_rank(rank: int, world: int, store: str, mode: str, steps: int, batch: int, resolution: int, out: str) -> None:
     import torch.distributed as dist
 
     from training.parallel import ParallelConfig, build_mesh, build_meta_transformer, parallelize
@@ -99,7 +101,7 @@ def _cpu_rank(rank: int, world: int, store: str, mode: str, steps: int, out: str
         model = parallelize(build_meta_transformer(MID_TRANSFORMER_CONFIG), parallel, build_full=build).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batches = [
-            _batch(MID_TRANSFORMER_CONFIG, 2, 256, 32, seed=100 * step + rank, device="cpu")
+            _batch(MID_TRANSFORMER_CONFIG, batch, resolution, 32, seed=100 * step + rank, device="cpu")
             for step in range(steps + 2)
         ]
         times = _train(model, optimizer, batches, torch.device("cpu"))[2:]
@@ -110,7 +112,10 @@ def _cpu_rank(rank: int, world: int, store: str, mode: str, steps: int, out: str
         dist.destroy_process_group()
 
 
-def cpu_part(steps: int, modes=("ddp", "fsdp", "fsdp_keep", "fsdp_ac")) -> dict:
+CPU_MODES = ("ddp", "fsdp", "fsdp_keep", "fsdp_ac")
+
+
+def cpu_part(steps: int, batch: int = 2, resolution: int = 256, modes=CPU_MODES) -> dict:
     import torch.multiprocessing as mp
 
     results = {}
@@ -118,20 +123,26 @@ def cpu_part(steps: int, modes=("ddp", "fsdp", "fsdp_keep", "fsdp_ac")) -> dict:
         for mode in modes:
             out = str(pathlib.Path(folder) / f"{mode}.json")
             store = str(pathlib.Path(folder) / f"{mode}.store")
-            mp.start_processes(_cpu_rank, args=(2, store, mode, steps, out), nprocs=2, start_method="spawn")
+            arguments = (2, store, mode, steps, batch, resolution, out)
+            mp.start_processes(_cpu_rank, args=arguments, nprocs=2, start_method="spawn")
             timing = json.loads(pathlib.Path(out).read_text())
-            results[mode] = 2 * 2 * timing["steps"] / timing["seconds"]  # 2 workers x batch 2
+            results[mode] = 2 * batch * timing["steps"] / timing["seconds"]  # 2 workers x batch
             print(f"[train_scale] cpu {mode}: {results[mode]:.2f} samples/s", flush=True)
-    return {
-        "cpu_model": "4 blocks, hidden 512 (38M parameters), 256 px, batch 2 per worker, 2 gloo workers",
-        "ddp_sps": round(results["ddp"], 3),
-        "fsdp_sps": round(results["fsdp"], 3),
-        "fsdp_keep_gathered_sps": round(results["fsdp_keep"], 3),
-        "fsdp_ac_sps": round(results["fsdp_ac"], 3),
-        "fsdp_vs_ddp": round(results["fsdp"] / results["ddp"], 3),
-        "fsdp_keep_gathered_vs_ddp": round(results["fsdp_keep"] / results["ddp"], 3),
-        "ac_overhead": round(results["fsdp"] / results["fsdp_ac"] - 1, 3),
+    tokens = batch * ((resolution // 16) ** 2 + 32)
+    result = {
+        "cpu_model": f"4 blocks, hidden 512 (38M parameters), {resolution} px, batch {batch} per worker "
+        f"({tokens} tokens per worker and step), 2 gloo workers",
     }
+    names = {"ddp": "ddp", "fsdp": "fsdp", "fsdp_keep": "fsdp_keep_gathered", "fsdp_ac": "fsdp_ac"}
+    for mode in modes:
+        result[f"{names[mode]}_sps"] = round(results[mode], 3)
+    if "fsdp" in results and "ddp" in results:
+        result["fsdp_vs_ddp"] = round(results["fsdp"] / results["ddp"], 3)
+    if "fsdp_keep" in results and "ddp" in results:
+        result["fsdp_keep_gathered_vs_ddp"] = round(results["fsdp_keep"] / results["ddp"], 3)
+    if "fsdp_ac" in results and "fsdp" in results:
+        result["ac_overhead"] = round(results["fsdp"] / results["fsdp_ac"] - 1, 3)
+    return result
 
 
 def _model_flops(config: dict, layers: int, resolution: int, text_tokens: int, batch: int) -> float:
@@ -217,10 +228,13 @@ def gpu_part(steps: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per setting (after 2 warm-up steps)")
+    parser.add_argument("--batch", type=int, default=2, help="CPU part: samples per worker and step")
+    parser.add_argument("--resolution", type=int, default=256, help="CPU part: image side in pixels")
+    parser.add_argument("--modes", nargs="+", choices=CPU_MODES, default=list(CPU_MODES), help="CPU part: settings")
     parser.add_argument("--skip-cpu", action="store_true", help="only the GPU part")
     parser.add_argument("--gpu-out", help="also write the JSON here (a device run's $OUT)")
     args = parser.parse_args(argv)
-    result = {} if args.skip_cpu else cpu_part(args.steps)
+    result = {} if args.skip_cpu else cpu_part(args.steps, args.batch, args.resolution, tuple(args.modes))
     if torch.cuda.is_available():
         result.update(gpu_part(args.steps))
     else:

@@ -161,6 +161,35 @@ def _shard_plan(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list
     return files
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: gathered from its shards (a collective: every rank, in the same order) or as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _lora_layers(transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The transformer's peft LoRA layers by module name, those whose adapters are active."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, LoraLayer) and not module.disable_adapters:
+            if module.fan_in_fan_out:
+                raise ValueError(f"{name}: LoRA with fan_in_fan_out cannot be merged here")
+            layers[name] = module
+    return layers
+
+
+def _merged_delta(layer: torch.nn.Module, rank: int) -> torch.Tensor | None:
+    """Every rank: the layer's LoRA update ``scaling * B @ A`` summed over its active adapters, on rank 0 only."""
+    delta = None
+    for adapter in layer.active_adapters:
+        down, up = _full(layer.lora_A[adapter].weight), _full(layer.lora_B[adapter].weight)
+        if rank == 0:
+            update = (up.detach().float() @ down.detach().float()) * layer.scaling[adapter]
+            delta = update if delta is None else delta + update
+    return delta
+
+
 def export_transformer(
     model: torch.nn.Module,
     folder: str | pathlib.Path,
@@ -173,12 +202,17 @@ def export_transformer(
 
     Tensors are gathered in state-dict order, one at a time; rank 0 keeps them on the CPU until a file is full and
     writes it, the other ranks drop them. With several files, an index maps each tensor to its file (as diffusers
-    and ``from_pretrained`` expect). Returns the folder on rank 0, None elsewhere."""
+    and ``from_pretrained`` expect). LoRA adapters (peft) are merged into the weights they adapt, so the folder is
+    the plain transformer. Returns the folder on rank 0, None elsewhere."""
     from safetensors.torch import save_file
+
+    from training.parallel import stored_name
 
     transformer = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     state = transformer.state_dict()
-    sizes = [(name, tensor.numel() * dtype.itemsize) for name, tensor in state.items()]
+    lora = _lora_layers(transformer)
+    keys = {name: key for key in state if (name := stored_name(key)) is not None}
+    sizes = [(name, state[key].numel() * dtype.itemsize) for name, key in keys.items()]
     plan = _shard_plan(sizes, max_shard_bytes)
     folder = pathlib.Path(folder)
     if rank == 0:
@@ -193,11 +227,13 @@ def export_transformer(
         )
         tensors = {}
         for name in names:
-            tensor = state[name]
-            if hasattr(tensor, "full_tensor"):
-                tensor = tensor.full_tensor()  # a collective: every rank gathers, in the same order
+            key = keys[name]
+            tensor = _full(state[key])
+            layer = key.removesuffix(".base_layer.weight") if key.endswith(".base_layer.weight") else None
+            delta = _merged_delta(lora[layer], rank) if layer in lora else None
             if rank == 0:
-                tensors[name] = tensor.detach().to("cpu", dtype).contiguous()
+                tensor = tensor.detach().float() + delta if delta is not None else tensor.detach()
+                tensors[name] = tensor.to("cpu", dtype).contiguous()
                 weight_map[name] = filename
         if rank == 0:
             save_file(tensors, str(folder / filename), metadata={"format": "pt"})
@@ -206,6 +242,19 @@ def export_transformer(
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / f"{WEIGHTS_NAME}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return folder if rank == 0 else None
+
+
+def gather_trainable(model: torch.nn.Module, rank: int) -> dict[str, torch.Tensor] | None:
+    """Every rank: the trainable parameters whole, on the CPU of rank 0 (None elsewhere); a collective. What GRPO
+    pushes to its rollout actors: the adapters with LoRA, every weight without."""
+    transformer = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    gathered = {}
+    for name, param in transformer.named_parameters():
+        if param.requires_grad:
+            full = _full(param.detach())
+            if rank == 0:
+                gathered[name] = full.to("cpu", copy=True)
+    return gathered if rank == 0 else None
 
 
 def link_or_copy_part(source: pathlib.Path, target: pathlib.Path) -> None:
@@ -239,6 +288,30 @@ def write_pipeline_folder(
             link_or_copy_part(base / part, staging / part)
         write_model_index(staging, preset, list(ALL_PARTS), metadata)
     return pathlib.Path(folder)
+
+
+def export_pipeline(
+    model: torch.nn.Module,
+    target: str | pathlib.Path,
+    *,
+    rank: int,
+    dtype: torch.dtype,
+    base_folder: str | pathlib.Path,
+    preset: str,
+    metadata: dict | None = None,
+) -> pathlib.Path | None:
+    """Every rank (a collective): ``export_transformer`` then, on rank 0, ``write_pipeline_folder`` at ``target``
+    with the frozen parts linked from ``base_folder``. Returns the folder on rank 0, None elsewhere."""
+    target = pathlib.Path(target)
+    staging = target.parent / f".{target.name}.transformer"
+    if rank == 0 and staging.exists():  # left by an attempt that died while exporting
+        shutil.rmtree(staging)
+    exported = export_transformer(model, staging, rank=rank, dtype=dtype)
+    if rank != 0:
+        return None
+    return write_pipeline_folder(
+        target, transformer_folder=exported, base_folder=base_folder, preset=preset, metadata=metadata
+    )
 
 
 def ensure_base(

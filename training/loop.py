@@ -10,7 +10,6 @@ every line: checkpoints, exports and sample grids are collectives; rank 0 alone 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -26,14 +25,17 @@ import torch
 from models.flow_matching import flow_matching_loss
 from models.presets import build_components
 from models.prompt_embeds import PromptEmbeds
-from training.checkpointer import export_transformer, load_checkpoint, report_checkpoint, write_pipeline_folder
+from training.checkpointer import export_pipeline, load_checkpoint, report_checkpoint
 from training.config import PretrainConfig
 from training.data import DatasetStream, StoreStream
 from training.parallel import (
     Parallel,
+    autocast,
     build_mesh,
     build_meta_transformer,
     clip_grad_norm_,
+    compute_dtype,
+    gradient_sync,
     parallelize,
     reduce_tensor_parallel_gradients,
     unwrap,
@@ -90,17 +92,6 @@ def phase_learning_rate(step: int, config: PretrainConfig, lr_scale: float) -> f
     )
 
 
-def _use_bf16(config: PretrainConfig, device: torch.device) -> bool:
-    return config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and device.type == "cuda")
-
-
-def _autocast(config: PretrainConfig, device: torch.device):
-    """bf16 autocast for DDP; FSDP computes in the dtype it gathers parameters in (``parallelize``)."""
-    if config.parallel.strategy == "ddp" and _use_bf16(config, device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def build_model(config: PretrainConfig, parallel: Parallel, *, restoring: bool) -> torch.nn.Module:
     """The transformer built on the meta device, spread over the workers and filled: from ``init_transformer`` or
     ``weights_dir`` (each rank reading its slices), from the tiny preset's random weights (broadcast from rank 0),
@@ -122,8 +113,7 @@ def build_model(config: PretrainConfig, parallel: Parallel, *, restoring: bool) 
             fill["weights_folder"] = folder
         else:
             fill["build_full"] = lambda: build_components("tiny", parts=("transformer",), seed=config.seed).transformer
-    param_dtype = torch.bfloat16 if _use_bf16(config, parallel.device) else torch.float32
-    model = parallelize(model, parallel, param_dtype=param_dtype, **fill)
+    model = parallelize(model, parallel, param_dtype=compute_dtype(config.mixed_precision, parallel.device), **fill)
     model.train()
     unwrap(model).requires_grad_(True)
     return model
@@ -340,17 +330,15 @@ def export_folder(config: PretrainConfig, step: int, phase_name: str) -> pathlib
 def _export(model, config: PretrainConfig, step: int, phase_name: str, rank: int, base: str) -> None:
     """Every rank: the complete pipeline folder of the current weights (a collective; rank 0 writes), its frozen
     parts linked from ``base`` (the driver's ``training.pretrain.write_base``)."""
-    target = export_folder(config, step, phase_name)
-    staging = target.parent / f".{target.name}.transformer"
-    exported = export_transformer(model, staging, rank=rank, dtype=getattr(torch, config.export_dtype))
-    if rank == 0:
-        write_pipeline_folder(
-            target,
-            transformer_folder=exported,
-            base_folder=base,
-            preset=config.preset,
-            metadata={"step": step, "run": config.run_name, "phase": phase_name},
-        )
+    export_pipeline(
+        model,
+        export_folder(config, step, phase_name),
+        rank=rank,
+        dtype=getattr(torch, config.export_dtype),
+        base_folder=base,
+        preset=config.preset,
+        metadata={"step": step, "run": config.run_name, "phase": phase_name},
+    )
 
 
 def _restore(folder: pathlib.Path, model, optimizer, ema, rank: int) -> tuple[dict, dict | None]:
@@ -412,20 +400,11 @@ def _accumulate(batches, grad_accum: int, state: TrainState, meter: _Meter):
             group = []
 
 
-def _gradient_sync(model, enabled: bool):
-    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last micro-batch of a step."""
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(enabled)
-        return contextlib.nullcontext()
-    if enabled or not hasattr(model, "no_sync"):
-        return contextlib.nullcontext()
-    return model.no_sync()
-
-
 def _train_step(model, optimizer, group, state: TrainState, config: PretrainConfig, lr_scale: float, parallel):
     set_learning_rate(optimizer, phase_learning_rate(state.step, config, lr_scale))
     optimizer.zero_grad(set_to_none=True)
     device = parallel.device
+    dtype = compute_dtype(config.mixed_precision, device)
     losses = []
     for micro, batch in enumerate(group):
         latents = batch["latents"].to(device, torch.float32)
@@ -438,7 +417,7 @@ def _train_step(model, optimizer, group, state: TrainState, config: PretrainConf
         generator = torch.Generator().manual_seed(
             config.seed * 1_000_003 + state.step * 97 + micro * 7 + parallel.dp_rank
         )
-        with _gradient_sync(model, micro == len(group) - 1), _autocast(config, device):
+        with gradient_sync(model, micro == len(group) - 1), autocast(parallel, dtype):
             out = flow_matching_loss(
                 model,
                 latents,

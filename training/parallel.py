@@ -13,9 +13,11 @@ The device mesh has up to three dimensions, outermost first: ``dp_replicate`` (H
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import pathlib
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -106,6 +108,29 @@ def build_mesh(config: ParallelConfig, device: torch.device, world: int, rank: i
 
     mesh = init_device_mesh(device.type, config.mesh_shape(world), mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
     return Parallel(config, device, world, rank, mesh)
+
+
+def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the transformer computes in: ``auto`` is bf16 on GPU and fp32 on CPU."""
+    bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def autocast(parallel: Parallel, dtype: torch.dtype):
+    """The context of a forward pass: bf16 autocast for DDP; FSDP computes in the dtype it gathers in."""
+    if parallel.config.strategy == "ddp" and dtype != torch.float32:
+        return torch.autocast(parallel.device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def gradient_sync(model: torch.nn.Module, enabled: bool):
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last backward of a step."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+    if enabled or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 # Tensor parallel: Megatron's split of each block. Attention projections are split by heads (column-wise in, row-wise
@@ -270,9 +295,20 @@ def init_random_(model: torch.nn.Module, seed: int = 0) -> None:
                     param.fill_(1.0 if name == "weight" else 0.0)
 
 
+def stored_name(key: str) -> str | None:
+    """The name under which a diffusers ``transformer/`` folder holds the model's state-dict entry ``key``.
+
+    peft's LoRA wraps a target layer and keeps its weights under ``<layer>.base_layer``; the adapters themselves
+    (``lora_A``, ``lora_B``) are not in the base folder (None): they are initialised or restored separately."""
+    if ".lora_" in key:
+        return None
+    return key.replace(".base_layer.", ".")
+
+
 def load_diffusers_weights(model: torch.nn.Module, folder: str | pathlib.Path) -> None:
     """Fill the model's (sharded or whole) parameters from a diffusers ``transformer/`` folder, reading only the
-    slices each rank holds; every parameter must be in the files, and the files must hold no other weights."""
+    slices each rank holds, converted to each parameter's dtype; every parameter (adapters aside, ``stored_name``)
+    must be in the files, and the files must hold no other weights."""
     import torch.distributed.checkpoint as dcp
     from safetensors import safe_open
 
@@ -284,14 +320,28 @@ def load_diffusers_weights(model: torch.nn.Module, folder: str | pathlib.Path) -
     for path in files:
         with safe_open(str(path), framework="pt") as handle:
             stored.update(handle.keys())
-    state = model.state_dict()
+    state = {name: tensor for key, tensor in model.state_dict().items() if (name := stored_name(key)) is not None}
     missing, unexpected = sorted(set(state) - stored), sorted(stored - set(state))
     if missing or unexpected:
         raise ValueError(
             f"{folder} does not match the model: missing {missing[:3]} ({len(missing)}), "
             f"unexpected {unexpected[:3]} ({len(unexpected)})"
         )
-    dcp.load(state, storage_reader=dcp.HuggingFaceStorageReader(str(folder)), no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():  # one process on purpose: DCP's warning that it assumes so is noise
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=dcp.HuggingFaceStorageReader(str(folder)), no_dist=not dist.is_initialized())
+
+
+def fill_from_full_(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy the whole tensor ``full`` (the same on every rank) into ``param``, whole or this rank's shard of it."""
+    with torch.no_grad():
+        if hasattr(param, "device_mesh"):  # a DTensor: keep the local slice, no communication
+            from torch.distributed.tensor import distribute_tensor
+
+            full = distribute_tensor(
+                full.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None
+            )
+        param.copy_(full)
 
 
 def parallelize(
@@ -301,16 +351,19 @@ def parallelize(
     param_dtype: torch.dtype = torch.float32,
     weights_folder=None,
     build_full=None,
+    frozen: bool = False,
 ) -> torch.nn.Module:
     """The whole sequence for a meta-device model: TP, activation checkpointing, compile, FSDP2, then materialise
     and load. DDP: the model is materialised whole and wrapped (``DistributedDataParallel`` when there are several
-    workers). ``param_dtype``: the dtype FSDP gathers parameters in for compute (the shards stay fp32). With neither
+    workers). ``param_dtype``: the dtype FSDP gathers parameters in for compute (each shard keeps its own: fp32, or
+    bf16 for weights that do not train). With neither
     ``weights_folder`` nor ``build_full`` the parameters are only allocated (a checkpoint is restored into them).
-    Returns the module to train."""
+    ``frozen``: a model that is only evaluated (an RL reference), sharded like a trained one but never wrapped in
+    DDP. Returns the module to run."""
     config = parallel.config
     if parallel.tp_mesh is not None:
         apply_tensor_parallel(model, parallel.tp_mesh)
-    apply_activation_checkpointing(model, config.activation_checkpointing)
+    apply_activation_checkpointing(model, 0 if frozen else config.activation_checkpointing)
     if config.compile:
         apply_compile(model)
     if config.strategy == "fsdp":
@@ -330,7 +383,7 @@ def parallelize(
         )
         return model
     materialize_and_load(model, parallel.device, weights_folder=weights_folder, build_full=build_full)
-    if parallel.world > 1:
+    if parallel.world > 1 and not frozen:
         device_ids = [parallel.device.index] if parallel.device.type == "cuda" else None
         # static_graph: the same parameters get gradients every step, and some never do (the last block's
         # text-stream output feeds nothing), which plain DDP takes for an error.

@@ -189,8 +189,8 @@ def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: path
     from training.metrics import read_metrics
     from training.pretrain import run_pretraining
 
-    curation = placed_curation(work, num_samples=12)
-    pretraining = placed_pretraining(work, num_steps=48, checkpoint_every=4)
+    curation = placed_curation(work, num_samples=8)
+    pretraining = placed_pretraining(work, num_steps=24, checkpoint_every=4)
     run_dir = work / "pretrain" / "t"
     producer, consumer = InThread(run_curation, curation), None
     overlap = False

@@ -154,6 +154,7 @@ def test_manifests_are_consistent():
     flags_pretrain, overrides = split_arguments(arguments)
     pretrain = load_config(PretrainConfig, flags_pretrain["--config"], overrides)
     assert pretrain.use_gpu and pretrain.worker_resources and set(pretrain.worker_resources) <= gpu_resources
+    assert (pretrain.parallel.strategy, pretrain.parallel.activation_checkpointing) == ("fsdp", 1)
     # Both jobs' --help at once (each imports the whole stack).
     jobs = ((script, flags), (script_pretrain, flags_pretrain))
     helps = [

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
+import torch
 
 from models.config import StrictModel
 from models.schedule import SigmaSampling
@@ -76,14 +77,34 @@ class RlBase(RunSettings):
     checkpoint_every: int = pydantic.Field(default=50, ge=1)
     log_every: int = pydantic.Field(default=1, ge=1)
 
+    # auto: bf16 on GPU, fp32 on CPU. Under DDP it is autocast; under FSDP, the dtype parameters are gathered in
+    # (gradients are reduced, and the optimiser steps, in fp32).
+    mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # The weights that do not train (the base under LoRA, a full fine-tune's reference) are stored in this dtype.
+    # auto: under FSDP the compute dtype (bf16 on GPU: half the memory), under DDP fp32.
+    frozen_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    # The final export's transformer (adapters merged) is saved in this dtype; the released weights are bf16.
+    export_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+
     @pydantic.model_validator(mode="after")
-    def _data_parallel(self) -> RlBase:
-        if self.parallel.strategy != "ddp":
+    def _parallel(self) -> RlBase:
+        if self.parallel.tensor_parallel > 1:
             raise ValueError(
-                "DPO and GRPO train with parallel.strategy=ddp: every worker holds the policy (and its reference) "
-                "whole; sharded RL is not built yet"
+                "DPO and GRPO shard with FSDP (parallel.strategy=fsdp, replicate for HSDP): tensor_parallel is not "
+                "built for LoRA-wrapped layers"
+            )
+        if self.parallel.strategy == "ddp" and self.frozen_dtype == "bfloat16":
+            raise ValueError(
+                "frozen_dtype=bfloat16 needs parallel.strategy=fsdp (which gathers frozen weights in the compute "
+                "dtype; it runs on one worker too): DDP computes with the stored weights"
             )
         return self
+
+    def frozen_torch_dtype(self, compute: torch.dtype) -> torch.dtype:
+        """The dtype of the frozen weights when the model computes in ``compute``."""
+        if self.frozen_dtype == "auto":
+            return compute if self.parallel.strategy == "fsdp" else torch.float32
+        return getattr(torch, self.frozen_dtype)
 
     @property
     def run_folder(self) -> pathlib.Path:

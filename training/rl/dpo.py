@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from models.flow_matching import flow_matching_loss
 from models.prompt_embeds import PromptEmbeds
 from models.schedule import SigmaSampling, sample_training_sigmas
+from training.parallel import clip_grad_norm_
 
 
 @dataclasses.dataclass
@@ -129,8 +130,7 @@ def dpo_step(
     out.loss.backward()
     grad_norm = 0.0
     if grad_clip is not None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        grad_norm = clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     optimizer.step()
     return {
         "loss": float(out.loss.detach()),

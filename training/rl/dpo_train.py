@@ -1,8 +1,8 @@
 """DPO on Ray Train: pairs built (optionally) by Ray Data jobs, then one ``TorchTrainer`` run of ``dpo_step``.
 
 Each worker reads the committed pairs, keeps the held-out ones aside (by pair id), trains on every ``world``-th of
-the rest in shuffled single-shape batches, and rank 0 measures held-out pair accuracy and margin every
-``eval_every`` steps and at the end. The data order is a pure function of (seed, epoch, rank), so a restart skips
+the rest in shuffled single-shape batches; every ``eval_every`` steps and at the end the workers measure held-out
+pair accuracy and margin together (rank 0 writes them). The data order is a pure function of (seed, epoch, rank), so a restart skips
 what was consumed and goes on.
 """
 
@@ -35,13 +35,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             f"worker {worker.rank} has {mine.num_rows} training pairs, no full batch of {config.batch_size} in one "
             "bucket: lower batch_size or build more pairs"
         )
-    held_batches = []
-    if worker.rank == 0 and held.num_rows:
-        rng = np.random.default_rng(0)
-        held_batches = [
-            to_device(batch, worker.device)
-            for batch in pair_batches(held, config.batch_size, config.resolution, rng=rng, drop_last=False)
-        ]
+    # Every rank evaluates the same held-out pairs together (under FSDP a forward pass is a collective); rank 0
+    # writes the result.
+    rng = np.random.default_rng(0)
+    held_batches = [
+        to_device(batch, worker.device)
+        for batch in pair_batches(held, config.batch_size, config.resolution, rng=rng, drop_last=False)
+    ]
     writers = (
         (MetricsWriter(config.run_folder, "train"), MetricsWriter(config.run_folder, "eval"))
         if worker.rank == 0
@@ -49,21 +49,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
     )
 
     def evaluate() -> None:
-        if writers is None or not held_batches:
+        if not held_batches:
             return
         worker.model.eval()
-        metrics = evaluate_pairs(
-            worker.policy.transformer,
-            worker.policy.reference,
-            held_batches,
-            beta=config.beta,
-            num_draws=config.eval_draws,
-            sigma_sampling=config.sigma_sampling,
-            seed=config.seed,
-        )
+        with worker.autocast():
+            metrics = evaluate_pairs(
+                worker.policy.transformer,
+                worker.policy.reference,
+                held_batches,
+                beta=config.beta,
+                num_draws=config.eval_draws,
+                sigma_sampling=config.sigma_sampling,
+                seed=config.seed,
+            )
         worker.model.train()
-        writers[1].write({"step": worker.step, **metrics})
-        print(f"[dpo] step {worker.step}: held-out {json.dumps(metrics)}", flush=True)
+        if writers is not None:
+            writers[1].write({"step": worker.step, **metrics})
+            print(f"[dpo] step {worker.step}: held-out {json.dumps(metrics)}", flush=True)
 
     if worker.step == 0:
         evaluate()
@@ -75,16 +77,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
             lr = worker.set_learning_rate()
             # Sigmas and noise depend on (seed, step, rank) only: a resumed run draws the same ones.
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + worker.step * 97 + worker.rank)
-            metrics = dpo_step(
-                worker.model,
-                worker.optimizer,
-                worker.policy.reference,
-                to_device(batch, worker.device),
-                beta=config.beta,
-                sigma_sampling=config.sigma_sampling,
-                grad_clip=config.optim.grad_clip,
-                generator=generator,
-            )
+            with worker.autocast():
+                metrics = dpo_step(
+                    worker.model,
+                    worker.optimizer,
+                    worker.policy.reference,
+                    to_device(batch, worker.device),
+                    beta=config.beta,
+                    sigma_sampling=config.sigma_sampling,
+                    grad_clip=config.optim.grad_clip,
+                    generator=generator,
+                )
             worker.step += 1
             count += 1
             for key, value in metrics.items():

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 
 from models.prompt_embeds import PromptEmbeds
+from training.parallel import clip_grad_norm_, gradient_sync
 from training.rl.rollout import step_log_prob
 
 
@@ -126,8 +127,7 @@ def grpo_update(
                 "true_cfg_scale": settings.true_cfg_scale,
             }
             last = j == settings.train_steps - 1
-            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
+            with gradient_sync(model, last):
                 log_prob, mean, std = step_log_prob(
                     model, latents, next_latents, sigma, sigma_next, part.prompt, **kwargs
                 )
@@ -148,7 +148,8 @@ def grpo_update(
             outside = (ratio.detach() - 1).abs() > settings.clip_range
             totals["clip_fraction"] += float(outside.float().mean()) / settings.train_steps
         if settings.grad_clip is not None:
-            params = [p for p in model.parameters() if p.requires_grad]
-            totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+            totals["grad_norm"] += clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], settings.grad_clip
+            )
         optimizer.step()
     return {key: value / len(minibatches) for key, value in totals.items()}

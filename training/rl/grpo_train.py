@@ -1,8 +1,9 @@
 """GRPO on Ray: rollout actors (``RolloutWorker``) beside a ``TorchTrainer`` whose workers run ``grpo_update``.
 
-Per iteration, each train worker: pushes the policy weights to the actors when they changed (rank 0 sends them,
-every rank waits), asks the actors for ``group_size`` SDE rollouts of each of its ``prompts_per_iteration``
-prompts (scored by the actors), normalises rewards per group, and runs ``num_minibatches`` optimiser steps.
+Per iteration, each train worker: pushes the policy weights to the actors when they changed (every rank gathers
+them whole, rank 0 sends them), asks the actors for ``group_size`` SDE rollouts of each of its
+``prompts_per_iteration`` prompts (scored by the actors), normalises rewards per group, and runs
+``num_minibatches`` optimiser steps; under FSDP the ranks step together.
 Rank 0 evaluates the policy with the ODE sampler on fixed seeds at the start, every ``eval_every`` iterations and
 at the end. Prompts are encoded once, on a Ray task, before anything starts.
 """
@@ -106,12 +107,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     pushed = None
 
     def push_weights() -> float:
-        """Rank 0 sends the trainable weights to every actor once per version; all ranks wait for it."""
+        """Every rank gathers the trainable weights (a collective under FSDP) and rank 0 sends them whole to every
+        actor, once per version; all ranks wait for it."""
         nonlocal pushed
         started = time.perf_counter()
         if pushed != worker.step:
+            state = worker.policy.trainable_state()
             if worker.rank == 0:
-                state = ray.put(worker.policy.trainable_state())
+                state = ray.put(state)
                 ray.get([actor.set_weights.remote(state, worker.step) for actor in actors])
             if worker.world > 1:
                 torch.distributed.barrier()
@@ -148,9 +151,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         lr = worker.set_learning_rate()
         updated = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + worker.step * 97 + worker.rank)
-        update = grpo_update(
-            worker.model, worker.optimizer, batch, settings, reference=worker.policy.reference, generator=generator
-        )
+        with worker.autocast():
+            update = grpo_update(
+                worker.model, worker.optimizer, batch, settings, reference=worker.policy.reference, generator=generator
+            )
         worker.step += 1
         row = {
             "step": worker.step,

@@ -1,28 +1,45 @@
-"""The model RL trains: the transformer from a checkpoint, optional LoRA adapters, the frozen reference, saving.
+"""The model RL trains: the transformer from a checkpoint, optional LoRA adapters, the frozen reference.
 
-With LoRA (peft, through diffusers' ``add_adapter``) only the adapters train and the reference is the same module
-with adapters disabled: no second copy of the weights. Without LoRA the reference is a frozen copy of the start
-checkpoint. Checkpoints hold the transformer in the diffusers layout with adapters merged, so every role opens
-them as it opens a pretraining checkpoint; the adapter weights are also kept on their own for resuming.
+The policy is built as pretraining builds its model (``training.parallel``): on the meta device, LoRA adapters added
+there, spread over the workers (DDP, or FSDP2 sharding) and only then materialised, each rank reading its slices of
+the start checkpoint's safetensors. With LoRA (peft, through diffusers' ``add_adapter``) only the adapters train,
+the frozen base is kept in ``frozen_dtype`` (bf16 under FSDP), and the reference is the same module with adapters
+disabled: no second copy of the weights. Without LoRA the reference is a frozen copy of the start checkpoint,
+sharded like the policy. Exports hold the transformer with adapters merged (``training.checkpointer``), so every
+role opens them as it opens a pretraining export.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import json
 import pathlib
 from collections.abc import Iterator
 
 import torch
 from diffusers import QwenImageTransformer2DModel
 
-from models.checkpoint import load_checkpoint, read_metadata, save_components
-from models.presets import Components
+from models.checkpoint import load_checkpoint, read_metadata
+from training.checkpointer import gather_trainable
+from training.parallel import (
+    Parallel,
+    ParallelConfig,
+    build_meta_transformer,
+    fill_from_full_,
+    parallelize,
+    unwrap,
+)
 from training.rl.config import LoraSettings
 
 
+def single_process(device: torch.device | str = "cpu") -> Parallel:
+    """One worker, no process group: the policy whole on ``device`` (tests, notebooks)."""
+    return Parallel(ParallelConfig(), torch.device(device), world=1, rank=0)
+
+
 class Policy:
-    """The trained transformer and its reference."""
+    """The trained transformer (``model``: what the optimiser steps, wrapped for DDP when there are several
+    workers; ``transformer``: the module inside) and its reference."""
 
     def __init__(
         self,
@@ -30,27 +47,42 @@ class Policy:
         *,
         lora: LoraSettings | None,
         need_reference: bool,
-        device: torch.device | str = "cpu",
+        parallel: Parallel | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+        frozen_dtype: torch.dtype = torch.float32,
         seed: int = 0,
     ):
+        self.parallel = parallel or single_process()
         self.preset = read_metadata(checkpoint).get("preset", "qwen-image")
-        self.transformer = load_transformer(checkpoint, device)
+        folder = transformer_folder(checkpoint)
+        config = json.loads((folder / "config.json").read_text())
         self.lora = lora
-        self.frozen_reference = None
+        model = build_meta_transformer(config)
         if lora is not None:
-            add_lora(self.transformer, lora, seed)
-        elif need_reference:
-            self.frozen_reference = copy.deepcopy(self.transformer).eval().requires_grad_(False)
-        if lora is None:
+            add_lora(model, lora)
+            _cast_frozen(model, frozen_dtype)
+        self.model = parallelize(model, self.parallel, param_dtype=compute_dtype, weights_folder=folder)
+        self.transformer = unwrap(self.model)
+        if lora is not None:
+            init_lora_(self.transformer, seed)
+        else:
             self.transformer.requires_grad_(True)
-        self.transformer.train()
+        self.frozen_reference = None
+        if need_reference and lora is None:
+            reference = build_meta_transformer(config).requires_grad_(False)
+            _cast_frozen(reference, frozen_dtype)
+            self.frozen_reference = parallelize(
+                reference, self.parallel, param_dtype=compute_dtype, weights_folder=folder, frozen=True
+            ).eval()
+        self.model.train()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [param for param in self.transformer.parameters() if param.requires_grad]
+        return [param for param in self.model.parameters() if param.requires_grad]
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator[QwenImageTransformer2DModel]:
-        """The reference model for the duration of the block (adapters disabled, or the frozen copy)."""
+    def reference(self) -> Iterator[torch.nn.Module]:
+        """The reference model for the duration of the block (adapters disabled, or the frozen copy). Under FSDP
+        every rank must run it together, as the policy."""
         if self.frozen_reference is not None:
             yield self.frozen_reference
             return
@@ -62,41 +94,31 @@ class Policy:
         finally:
             self.transformer.enable_adapters()
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What changes in training, on the CPU: the adapters with LoRA, every weight without. This is what is
-        pushed to the rollout actors after each update."""
-        return {
-            name: param.detach().cpu().clone()
-            for name, param in self.transformer.named_parameters()
-            if param.requires_grad
-        }
+    def trainable_state(self) -> dict[str, torch.Tensor] | None:
+        """Every rank: what changes in training, whole and on the CPU of rank 0 (None on the others): the adapters
+        with LoRA, every weight without. This is what is pushed to the rollout actors after each update."""
+        return gather_trainable(self.model, self.parallel.rank)
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        load_trainable_state(self.transformer, state)
 
-    def save(self, folder: str | pathlib.Path, metadata: dict | None = None) -> pathlib.Path:
-        """The transformer (adapters merged) as a diffusers-layout checkpoint folder."""
-        transformer = self.transformer
-        if self.lora is not None:
-            with torch.device("meta"):
-                transformer = QwenImageTransformer2DModel.from_config(self.transformer.config)
-            transformer.load_state_dict(merged_state_dict(self.transformer), assign=True)
-        return save_components(folder, Components(preset=self.preset, transformer=transformer), metadata=metadata)
+def transformer_folder(checkpoint: str | pathlib.Path) -> pathlib.Path:
+    folder = pathlib.Path(checkpoint) / "transformer"
+    if not folder.is_dir():
+        raise ValueError(f"checkpoint {checkpoint} has no transformer/ folder (expected a checkpoint's model/ folder)")
+    return folder
 
 
 def load_transformer(checkpoint: str | pathlib.Path, device: torch.device | str = "cpu") -> QwenImageTransformer2DModel:
     """The transformer of a checkpoint folder we wrote (its preset is read from ``model_index.json``)."""
-    if not (pathlib.Path(checkpoint) / "transformer").is_dir():
-        raise ValueError(f"checkpoint {checkpoint} has no transformer/ folder (expected a checkpoint's model/ folder)")
+    transformer_folder(checkpoint)
     return load_checkpoint(checkpoint, parts=("transformer",), device=device).transformer
 
 
-def add_lora(transformer: QwenImageTransformer2DModel, settings: LoraSettings, seed: int = 0) -> None:
-    """Freeze the base weights and add trainable LoRA adapters (B starts at zero: the model is unchanged)."""
+def add_lora(transformer: QwenImageTransformer2DModel, settings: LoraSettings) -> None:
+    """Freeze the base weights and add trainable LoRA adapters, on whatever device the model is (meta included);
+    ``init_lora_`` draws their weights."""
     from peft import LoraConfig
 
     transformer.requires_grad_(False)
-    torch.manual_seed(seed)
     transformer.add_adapter(
         LoraConfig(
             r=settings.rank,
@@ -108,6 +130,27 @@ def add_lora(transformer: QwenImageTransformer2DModel, settings: LoraSettings, s
     )
 
 
+def init_lora_(transformer: torch.nn.Module, seed: int) -> None:
+    """peft's gaussian initialisation, drawn whole from ``seed`` in module order (the same on every rank and for
+    any number of workers): A ~ N(0, 1/r^2), B = 0, so the adapted model starts as the base."""
+    from peft.tuners.lora import LoraLayer
+
+    generator = torch.Generator().manual_seed(seed)
+    for module in transformer.modules():
+        if isinstance(module, LoraLayer):
+            for adapter, down in module.lora_A.items():
+                weight = down.weight
+                fill_from_full_(weight, torch.randn(weight.shape, generator=generator) / module.r[adapter])
+                fill_from_full_(module.lora_B[adapter].weight, torch.zeros(module.lora_B[adapter].weight.shape))
+
+
+def _cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Parameters that do not train are stored in ``dtype`` (on the meta device: nothing is allocated)."""
+    for param in model.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(dtype)
+
+
 def load_trainable_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy ``state`` (from ``Policy.trainable_state``) into ``transformer``; every name must exist."""
     params = dict(transformer.named_parameters())
@@ -117,20 +160,3 @@ def load_trainable_state(transformer: torch.nn.Module, state: dict[str, torch.Te
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(torch.as_tensor(value).to(params[name].device, params[name].dtype))
-
-
-def merged_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The plain transformer's state dict with every active LoRA delta added to its base weight."""
-    from peft.tuners.lora import LoraLayer
-
-    state = {
-        key.replace(".base_layer.", "."): value.detach().clone()
-        for key, value in transformer.state_dict().items()
-        if "lora_" not in key
-    }
-    with torch.no_grad():
-        for name, module in transformer.named_modules():
-            if isinstance(module, LoraLayer) and not module.disable_adapters:
-                for adapter in module.active_adapters:
-                    state[f"{name}.weight"] += module.get_delta_weight(adapter).to(state[f"{name}.weight"].dtype)
-    return state

@@ -12,7 +12,6 @@ link to the start checkpoint's (or ``base_weights_dir``).
 from __future__ import annotations
 
 import pathlib
-import tempfile
 from collections.abc import Callable
 
 import ray.train
@@ -20,7 +19,13 @@ import ray.train.torch
 import torch
 
 from models.checkpoint import read_metadata
-from training.checkpointer import ensure_base, load_checkpoint, report_checkpoint, write_pipeline_folder
+from training.checkpointer import (
+    ensure_base,
+    export_pipeline,
+    load_checkpoint,
+    report_checkpoint,
+)
+from training.parallel import autocast, build_mesh, compute_dtype
 from training.progress import Progress
 from training.rl.config import RlBase, RlOptim
 from training.rl.policy import Policy
@@ -59,18 +64,26 @@ def export_folder(config: RlBase, step: int, algo: str) -> pathlib.Path:
 
 
 class Worker:
-    """A train worker's rank, device, policy (wrapped for DDP when there are several workers) and optimiser."""
+    """A train worker's rank, device, policy (spread over the workers as ``config.parallel`` says) and optimiser."""
 
     def __init__(self, config: RlBase, *, need_reference: bool):
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         self.config = config
+        self.parallel = build_mesh(config.parallel, self.device, self.world, self.rank)
+        self.dtype = compute_dtype(config.mixed_precision, self.device)
         torch.manual_seed(config.seed + self.rank)
         self.policy = Policy(
-            config.checkpoint, lora=config.lora, need_reference=need_reference, device=self.device, seed=config.seed
+            config.checkpoint,
+            lora=config.lora,
+            need_reference=need_reference,
+            parallel=self.parallel,
+            compute_dtype=self.dtype,
+            frozen_dtype=config.frozen_torch_dtype(self.dtype),
+            seed=config.seed,
         )
-        self.model = ray.train.torch.prepare_model(self.policy.transformer, move_to_device=False)
+        self.model = self.policy.model
         optim: RlOptim = config.optim
         self.optimizer = torch.optim.AdamW(
             self.policy.trainable_parameters(),
@@ -80,6 +93,10 @@ class Worker:
             eps=optim.eps,
         )
         self.step = self.restore()
+
+    def autocast(self):
+        """The context of every forward pass (``training.parallel.autocast``)."""
+        return autocast(self.parallel, self.dtype)
 
     def set_learning_rate(self) -> float:
         """Linear warm-up, then constant: fine-tuning runs are short."""
@@ -92,7 +109,7 @@ class Worker:
         return self.policy.lora is not None
 
     def restore(self) -> int:
-        """The step to start from: 0, or the last checkpoint's after a restart."""
+        """The step to start from: 0, or the last checkpoint's after a restart (on any number of workers)."""
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return 0
@@ -120,17 +137,14 @@ class Worker:
         )
 
     def export(self, base: str, algo: str) -> pathlib.Path | None:
-        """Rank 0: the complete pipeline folder of the current policy (adapters merged); every worker holds the
-        whole policy, so no other rank takes part."""
-        if self.rank != 0:
-            return None
-        target = export_folder(self.config, self.step, algo)
-        with tempfile.TemporaryDirectory(dir=target.parent.parent) as staging:
-            saved = self.policy.save(pathlib.Path(staging) / "model")
-            return write_pipeline_folder(
-                target,
-                transformer_folder=saved / "transformer",
-                base_folder=base,
-                preset=self.policy.preset,
-                metadata={"step": self.step, "run": self.config.run_name, "algo": algo},
-            )
+        """Every rank (a collective): the complete pipeline folder of the current policy, adapters merged, gathered
+        tensor by tensor and written by rank 0 (its path there, None elsewhere)."""
+        return export_pipeline(
+            self.model,
+            export_folder(self.config, self.step, algo),
+            rank=self.rank,
+            dtype=getattr(torch, self.config.export_dtype),
+            base_folder=base,
+            preset=self.policy.preset,
+            metadata={"step": self.step, "run": self.config.run_name, "algo": algo},
+        )

@@ -1,5 +1,6 @@
-"""jobs/rl.py end to end on Ray, from the shared pretraining run (``pretrain_run``, tests/conftest.py): SFT (Ray Train), DPO (pairs built by Ray Data from a
-reward and from a human label file, then Ray Train) and GRPO (rollout actors beside Ray Train, LoRA, KL)."""
+"""jobs/rl.py end to end on Ray, from the shared pretraining run (``pretrain_run``, tests/conftest.py): SFT (Ray
+Train), DPO (pairs built by Ray Data from a reward and from a human label file, then two FSDP workers) and GRPO
+(rollout actors beside two FSDP workers, LoRA, KL)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from training.rl.pairs import PREFERENCE_SOURCE, read_pairs
 
 pytestmark = pytest.mark.slow
 CONFIGS = pathlib.Path(__file__).resolve().parents[3] / "configs"
+# DPO (a full fine-tune: its reference is a frozen copy) and GRPO (LoRA: adapters gathered for each push, merged in
+# the export) train on two FSDP workers, the policy and reference sharded between them.
+TWO_FSDP_WORKERS = ("num_workers=2", "cpus_per_worker=0.5", "parallel.strategy=fsdp")
 
 
 def _rows(path: str | pathlib.Path) -> list[dict]:
@@ -87,6 +91,7 @@ def test_dpo_from_reward_and_label_pairs(pretrain_run, tmp_path):
             f"from_labels.path={tmp_path / 'labels.jsonl'}",
             "batch_size=2",
             "eval_fraction=0.3",
+            *TWO_FSDP_WORKERS,
         ]
     )
     sources = read_pairs(tmp_path / "pairs", 64).column(PREFERENCE_SOURCE).to_pylist()
@@ -110,6 +115,8 @@ def test_grpo_with_rollout_actors_lora_and_kl(pretrain_run, tmp_path):
             "num_steps=4",
             "train_steps=2",
             "eval_images_per_prompt=1",
+            "prompts_per_iteration=1",
+            *TWO_FSDP_WORKERS,
         ]
     )
     _check_outputs(summary, "reward_curve", "eval_curve")
