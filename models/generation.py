@@ -32,18 +32,6 @@ from models.vae import LatentVAE, tensor_to_images
 DEFAULT_STEPS = 50
 DEFAULT_TRUE_CFG = 4.0
 DEFAULT_NEGATIVE_PROMPT = " "
-# Aspect ratio -> (width, height) at the published 1328 resolution (docs/qwen_image.md §5).
-INFERENCE_SIZES: dict[str, tuple[int, int]] = {
-    "1:1": (1328, 1328),
-    "16:9": (1664, 928),
-    "9:16": (928, 1664),
-    "4:3": (1472, 1104),
-    "3:4": (1104, 1472),
-    "3:2": (1584, 1056),
-    "2:3": (1056, 1584),
-}
-
-
 # QwenImageEditPipeline: the source image (and, unless told otherwise, the size of the output) at this area.
 DIFFUSERS_EDIT_AREA = 1024 * 1024
 

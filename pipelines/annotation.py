@@ -22,12 +22,8 @@ from typing import Literal
 
 import numpy as np
 import pydantic
-import torch
-from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-from models.condition_encoder import build_vl_processor
 from models.config import StrictModel
-from models.presets import build_components
 from pipelines import schema
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.pools import PoolConfig
@@ -205,6 +201,13 @@ class Captioner:
     """Ray Data actor: image bytes -> annotation columns. Greedy decoding, so reruns give the same annotation."""
 
     def __init__(self, config: CaptionerConfig):
+        # The model stack is imported here, in the actor: the module's configs are read by every curation driver.
+        import torch
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+        from models.condition_encoder import build_vl_processor
+        from models.presets import build_components
+
         self.config = config
         device = "cuda" if config.pool.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -227,9 +230,14 @@ class Captioner:
         self.processor = build_vl_processor(self.tokenizer, max_pixels=config.max_pixels)
         self.decode_config = DecodeConfig(analysis_short_side=max(56, int(config.max_pixels**0.5)))
 
-    @torch.no_grad()
     def generate(self, images: list[np.ndarray]) -> list[str]:
         """One answer per image (greedy)."""
+        import torch
+
+        with torch.no_grad():
+            return self._generate(images)
+
+    def _generate(self, images: list[np.ndarray]) -> list[str]:
         inputs = self.processor(
             text=[CHAT_TEMPLATE.format(ANNOTATION_INSTRUCTION)] * len(images),
             images=images,

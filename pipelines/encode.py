@@ -20,22 +20,21 @@ recaption) with the edit template and the input image through the vision tower, 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pydantic
-import torch
 
-from models.condition_encoder import ConditionEncoder
 from models.config import StrictModel
-from models.generation import edit_source_size, resize_lanczos
-from models.presets import build_components
-from models.vae import LatentVAE, images_to_tensor
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.pools import PoolConfig
 from pipelines.schema import SOURCE_IMAGE_BYTES
 from pipelines.store import columns as C
 from pipelines.store.buckets import RESOLUTIONS, bucket_size, nearest_bucket, upscale_factor
+
+if TYPE_CHECKING:
+    import torch
 
 ENCODE_ERROR = "encode_error"
 CAPTION_COLUMNS = {"raw": "caption_raw", "recaption": "caption_recaption", "fused": "caption_fused"}
@@ -76,6 +75,8 @@ class EncodeConfig(StrictModel):
         return weights
 
     def device(self, pool: PoolConfig) -> tuple[str, torch.dtype]:
+        import torch
+
         if pool.num_gpus > 0 and torch.cuda.is_available():
             return "cuda", torch.bfloat16
         return "cpu", torch.float32
@@ -117,6 +118,9 @@ class VaeEncodeStage:
     """Ray Data actor: image bytes -> bucket and normalised latents per resolution (float16 bytes)."""
 
     def __init__(self, config: EncodeConfig):
+        from models.presets import build_components
+        from models.vae import LatentVAE
+
         self.config = config
         device, dtype = config.device(config.vae_pool)
         components = build_components(
@@ -159,6 +163,8 @@ class VaeEncodeStage:
                 group.append((row, False, cover_and_crop(image, width, height)))
                 if source is not None:
                     group.append((row, True, cover_and_crop(source, width, height)))
+        from models.vae import images_to_tensor
+
         for (resolution, height, width), members in groups.items():
             pixels = images_to_tensor(np.stack([image for _, _, image in members]))
             encoded = self.vae.encode(pixels).float().cpu().numpy()
@@ -178,6 +184,9 @@ class TextEncodeStage:
     """Ray Data actor: captions -> chosen caption, its kind, and the condition hidden states (float16 bytes)."""
 
     def __init__(self, config: EncodeConfig):
+        from models.condition_encoder import ConditionEncoder
+        from models.presets import build_components
+
         self.config = config
         device, dtype = config.device(config.text_pool)
         components = build_components(
@@ -199,6 +208,8 @@ class TextEncodeStage:
         if not decoded.ok:  # the VAE stage has recorded the error; the row is not stored
             return None
         image = Image.fromarray(np.ascontiguousarray(decoded.image))
+        from models.generation import edit_source_size, resize_lanczos
+
         return resize_lanczos(image, *edit_source_size(self.config.edit_vision_area, *image.size))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -172,8 +172,9 @@ def tiny_store(tmp_path_factory) -> str:
 
 
 # The shared pretraining run: two workers with FSDP2 (half a CPU each), two phases (the second at a higher
-# resolution and stage), a constant learning rate after warm-up (so a run of the first phase alone takes the same
-# steps), a checkpoint every 20 steps, every step logged, exports in fp32. Tests that only read a trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
+# resolution and stage), a constant learning rate after warm-up (so a shorter run of the first phase takes the same
+# steps), a checkpoint and an export every 20 steps, every step logged, exports in fp32. Tests that only read a
+# trained run's outputs share it: each TorchTrainer start costs tens of seconds here.
 # While phase 1 runs, the fixture commits 8 "late" rows to the run's store; phase 1 never reads them, phase 2 reads
 # only them: phase 2 can run only because a phase lists the shards committed before it starts.
 SHARED_RUN = "shared"
@@ -201,6 +202,7 @@ def shared_run_overrides(store: str, output: str, phases: list[dict]) -> list[st
         "optim.warmup_steps=5",
         "optim.schedule=constant",
         "checkpoint_every=20",
+        "export_every=20",  # exports at steps 20 and 40 too, besides the phases' ends
         "log_every=1",
         "shuffle_buffer=16",
         "samples.num_steps=2",

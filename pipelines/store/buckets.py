@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-from models.generation import INFERENCE_SIZES
-
 # docs/qwen_image.md §1: the nine aspect ratios (width:height).
 BUCKET_RATIOS: dict[str, tuple[int, int]] = {
     "1x1": (1, 1),
@@ -26,7 +24,15 @@ BUCKET_RATIOS: dict[str, tuple[int, int]] = {
 }
 RESOLUTIONS: tuple[int, ...] = (256, 640, 1328)
 # docs/qwen_image.md §5: the published inference sizes at 1328, (width, height), named like the buckets ("16x9").
-PUBLISHED_1328: dict[str, tuple[int, int]] = {ratio.replace(":", "x"): size for ratio, size in INFERENCE_SIZES.items()}
+PUBLISHED_1328: dict[str, tuple[int, int]] = {
+    "1x1": (1328, 1328),
+    "16x9": (1664, 928),
+    "9x16": (928, 1664),
+    "4x3": (1472, 1104),
+    "3x4": (1104, 1472),
+    "3x2": (1584, 1056),
+    "2x3": (1056, 1584),
+}
 SIDE_MULTIPLE = 16
 
 
