@@ -1,8 +1,8 @@
 """Training at scale: what FSDP2 and activation checkpointing cost, and (on a GPU) MFU and peak memory of
 real-width blocks against the memory plan.
 
-    python benchmarks/train_scale.py                 # CPU: 2 gloo processes, a mid-size model
-    python benchmarks/train_scale.py --batch 4 --resolution 512 --modes ddp fsdp   # more tokens per step
+    python benchmarks/train_scale.py                 # CPU: 2 gloo processes, a mid-size model, 512 px, batch 4
+    python benchmarks/train_scale.py --batch 2 --resolution 256   # fewer tokens per step: communication weighs more
     python benchmarks/train_scale.py --gpu-out OUT   # also the GPU part when CUDA is present, JSON copied to OUT
 
 CPU part: two processes (one thread each) train the same mid-size transformer (4 blocks at hidden 512) on the same
@@ -115,7 +115,7 @@ def _cpu_rank(rank: int, world: int, store: str, mode: str, steps: int, batch: i
 CPU_MODES = ("ddp", "fsdp", "fsdp_keep", "fsdp_ac")
 
 
-def cpu_part(steps: int, batch: int = 2, resolution: int = 256, modes=CPU_MODES) -> dict:
+def cpu_part(steps: int, batch: int = 4, resolution: int = 512, modes=CPU_MODES) -> dict:
     import torch.multiprocessing as mp
 
     results = {}
@@ -228,8 +228,9 @@ def gpu_part(steps: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per setting (after 2 warm-up steps)")
-    parser.add_argument("--batch", type=int, default=2, help="CPU part: samples per worker and step")
-    parser.add_argument("--resolution", type=int, default=256, help="CPU part: image side in pixels")
+    # 4 x 512 px: 4,224 tokens per worker and step, a few thousand as a real worker's step has.
+    parser.add_argument("--batch", type=int, default=4, help="CPU part: samples per worker and step")
+    parser.add_argument("--resolution", type=int, default=512, help="CPU part: image side in pixels")
     parser.add_argument("--modes", nargs="+", choices=CPU_MODES, default=list(CPU_MODES), help="CPU part: settings")
     parser.add_argument("--skip-cpu", action="store_true", help="only the GPU part")
     parser.add_argument("--gpu-out", help="also write the JSON here (a device run's $OUT)")
