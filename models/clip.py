@@ -12,7 +12,6 @@ import functools
 import pathlib
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 
@@ -23,8 +22,13 @@ _CONFIG_DIR = pathlib.Path(__file__).parent / "clip_configs"
 
 
 @functools.cache
-def _register_configs() -> None:
+def _open_clip():
+    """open_clip with the project's model configs registered (``tiny-clip``), imported on first use (4 s of CPU), so
+    that modules which only read CLIP configs (every curation driver and its tasks) do not pay for it."""
+    import open_clip
+
     open_clip.add_model_config(_CONFIG_DIR)
+    return open_clip
 
 
 class ClipConfig(StrictModel):
@@ -37,7 +41,7 @@ class ClipModel:
     """An open_clip model with its preprocessing and tokenizer; embeddings are L2-normalised."""
 
     def __init__(self, config: ClipConfig, device: str | torch.device = "cpu"):
-        _register_configs()
+        open_clip = _open_clip()
         if config.model_name not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model {config.model_name!r}; see open_clip.list_models()")
         if config.weights_path is None and config.model_name != TINY_CLIP:
