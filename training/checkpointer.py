@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from training.parallel import stored_name, unwrap
 from training.state_io import load_state, save_state
 
 DCP_FOLDER = "dcp"
@@ -206,9 +207,7 @@ def export_transformer(
     the plain transformer. Returns the folder on rank 0, None elsewhere."""
     from safetensors.torch import save_file
 
-    from training.parallel import stored_name
-
-    transformer = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    transformer = unwrap(model)
     state = transformer.state_dict()
     lora = _lora_layers(transformer)
     keys = {name: key for key in state if (name := stored_name(key)) is not None}
@@ -247,7 +246,7 @@ def export_transformer(
 def gather_trainable(model: torch.nn.Module, rank: int) -> dict[str, torch.Tensor] | None:
     """Every rank: the trainable parameters whole, on the CPU of rank 0 (None elsewhere); a collective. What GRPO
     pushes to its rollout actors: the adapters with LoRA, every weight without."""
-    transformer = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    transformer = unwrap(model)
     gathered = {}
     for name, param in transformer.named_parameters():
         if param.requires_grad:
