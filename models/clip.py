@@ -4,18 +4,24 @@ Used by the producers (image-text alignment, NSFW and aesthetic heads), the eval
 ``tiny-clip`` is a randomly initialised small ViT / text transformer for tests (real architecture and the real CLIP
 BPE vocabulary that open_clip ships); any other open_clip model name needs ``weights_path``, a local weights file
 (open_clip's ``pretrained=<file>``). Nothing is downloaded.
+
+torch and open_clip are imported when a model is built: the modules that only read a ``ClipConfig`` (every curation
+and evaluation config, their Ray tasks and actors) do not pay for them.
 """
 
 from __future__ import annotations
 
 import functools
 import pathlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models.config import StrictModel
+
+if TYPE_CHECKING:
+    import torch
 
 TINY_CLIP = "tiny-clip"
 _CONFIG_DIR = pathlib.Path(__file__).parent / "clip_configs"
@@ -41,6 +47,8 @@ class ClipModel:
     """An open_clip model with its preprocessing and tokenizer; embeddings are L2-normalised."""
 
     def __init__(self, config: ClipConfig, device: str | torch.device = "cpu"):
+        import torch
+
         open_clip = _open_clip()
         if config.model_name not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model {config.model_name!r}; see open_clip.list_models()")
@@ -64,21 +72,25 @@ class ClipModel:
     def embed_dim(self) -> int:
         return self.model.text_projection.shape[1] if hasattr(self.model, "text_projection") else self.model.embed_dim
 
-    @torch.no_grad()
     def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
         """uint8 ``[H, W, 3]`` RGB images -> ``[N, D]`` unit vectors (float32, CPU)."""
+        import torch
+
         if not images:
             return torch.zeros(0, self.embed_dim)
         pixels = torch.stack([self.preprocess(Image.fromarray(image)) for image in images]).to(self.device)
-        return torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1).cpu()
+        with torch.no_grad():
+            return torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1).cpu()
 
-    @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Texts -> ``[N, D]`` unit vectors (float32, CPU); texts past the context length are truncated."""
+        import torch
+
         if not texts:
             return torch.zeros(0, self.embed_dim)
         tokens = self.tokenizer(texts).to(self.device)
-        return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+        with torch.no_grad():
+            return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
 
     def similarity(self, images: list[np.ndarray], texts: list[str]) -> np.ndarray:
         """Cosine similarity of each image with its own text, ``[N]`` in [-1, 1]."""

@@ -11,22 +11,22 @@ out, the funnel says so). ``clip: {model_name: <open_clip name>, weights_path: <
 ``clip: {model_name: tiny-clip}`` (random weights) is for tests and the demo, which ask for it by name.
 
 Heads are small MLPs read from a local safetensors file (``layers.{i}.weight`` / ``layers.{i}.bias``, ReLU
-between layers; see ``EmbeddingHead``), so published predictors can be converted once and loaded offline. A head
+between layers; see ``models.embedding_head.EmbeddingHead``), so published predictors can be converted once and loaded offline. A head
 that is not configured is disabled with one logged warning: its column is NaN and its check is left out of the
 stage computation (``clip_checks``), so nothing is silently dropped by it.
+
+torch, open_clip and the heads (``models.embedding_head``) are imported by the ``ClipScores`` actor only: a run without
+a CLIP model, and the tasks that import this module for ``disabled_clip_columns``, never load them.
 """
 
 from __future__ import annotations
 
 import logging
-import pathlib
 
 import numpy as np
 import pydantic
-import torch
-from safetensors.torch import load_file, save_file
 
-from models.clip import ClipConfig, ClipModel
+from models.clip import ClipConfig
 from models.config import StrictModel
 from pipelines import schema
 from pipelines.decode import DecodeConfig, decode_image
@@ -39,45 +39,6 @@ SCORE_CLIP_ALIGNMENT = "score_clip_alignment"
 SCORE_NSFW = "score_nsfw"
 SCORE_AESTHETIC = "score_aesthetic"
 CLIP_EMBEDDING = "clip_embedding"  # kept for retrieval (S6) and balance (S7); float16 [D]
-
-
-class EmbeddingHead(torch.nn.Module):
-    """Linear layers with ReLU between them, over an L2-normalised embedding; one output."""
-
-    def __init__(self, sizes: list[int]):
-        super().__init__()
-        if len(sizes) < 2 or sizes[-1] != 1:
-            raise ValueError(f"head sizes must run from the embedding size to 1, got {sizes}")
-        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        hidden = embeddings
-        for index, layer in enumerate(self.layers):
-            hidden = layer(hidden)
-            if index < len(self.layers) - 1:
-                hidden = torch.relu(hidden)
-        return hidden.squeeze(-1)
-
-    @classmethod
-    def load(cls, path: str | pathlib.Path, embed_dim: int) -> EmbeddingHead:
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise ValueError(f"head weights {path} do not exist")
-        tensors = load_file(str(path))
-        num_layers = len([key for key in tensors if key.endswith(".weight")])
-        if num_layers == 0:
-            raise ValueError(f"{path} holds no layers.{{i}}.weight tensors")
-        sizes = [tensors["layers.0.weight"].shape[1]] + [
-            tensors[f"layers.{i}.weight"].shape[0] for i in range(num_layers)
-        ]
-        if sizes[0] != embed_dim:
-            raise ValueError(f"head {path} expects {sizes[0]}-d embeddings but the CLIP model gives {embed_dim}")
-        head = cls(sizes)
-        head.load_state_dict(tensors)
-        return head.eval().requires_grad_(False)
-
-    def save(self, path: str | pathlib.Path) -> None:
-        save_file({key: value.contiguous() for key, value in self.state_dict().items()}, str(path))
 
 
 class ClipScoresConfig(StrictModel):
@@ -117,6 +78,11 @@ class ClipScores:
     def __init__(self, config: ClipScoresConfig):
         if config.clip is None:
             raise ValueError(config.disabled_note())
+        import torch
+
+        from models.clip import ClipModel
+        from models.embedding_head import EmbeddingHead
+
         self.config = config
         device = "cuda" if config.pool.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.clip = ClipModel(config.clip, device=device)
@@ -148,6 +114,8 @@ class ClipScores:
             if tasks is not None:
                 alignment[[row for row in rows if tasks[row] != schema.T2I]] = np.nan
             embeddings[rows] = image_embeds.numpy().astype(np.float16)
+            import torch
+
             with torch.no_grad():
                 if self.nsfw is not None:
                     nsfw[rows] = torch.sigmoid(self.nsfw(image_embeds)).numpy()

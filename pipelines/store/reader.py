@@ -7,6 +7,9 @@ manifest (never the folders), apply the row filter (``stage`` and predicates ove
 ``(column, operator, value)`` triples that a YAML config can hold) with Parquet statistics skipping row groups that
 cannot match, and read only the projected columns: the chosen resolution's latents, never the others.
 ``iter_bucketed_batches`` turns a stream of mixed-bucket rows into batches of one shape.
+
+torch is imported by ``decode_batch`` only (the training side): the producers, which list and filter the store, do
+not load it.
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ import pathlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import torch
 
 from pipelines.store import columns as C
 from pipelines.store.writer import MANIFEST_DIR
+
+if TYPE_CHECKING:
+    import torch
 
 # Columns a training batch needs besides the latents of its resolution.
 TRAINING_COLUMNS: tuple[str, ...] = (C.SAMPLE_ID, C.BUCKET, C.CAPTION, C.TEXT_EMBEDS, C.TEXT_LEN, C.TEXT_DIM)
@@ -332,6 +338,8 @@ def decode_batch(batch: pa.Table | dict[str, np.ndarray], resolution: int) -> di
     """Rows of one bucket -> ``latents [B, 16, h, w]`` float16, ``text_embeds [B, L, D]`` float16 zero-padded and
     ``text_mask [B, L]`` int64 (the layout of ``models.condition_encoder.PromptEmbeds``). Each tensor is copied
     once, straight from the Arrow buffers into the batch."""
+    import torch
+
     if isinstance(batch, dict):
         batch = pa.table(
             {key: list(value) if np.asarray(value).dtype == object else value for key, value in batch.items()}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models.clip import ClipConfig
+from models.embedding_head import EmbeddingHead
 from pipelines.operators.caption import (
     CAPTION_FUSED,
     CAPTION_INVALID_REASON,
@@ -23,7 +24,6 @@ from pipelines.operators.clip_scores import (
     SCORE_NSFW,
     ClipScores,
     ClipScoresConfig,
-    EmbeddingHead,
     clip_checks,
 )
 
