@@ -14,7 +14,9 @@ Ray Train's console loggers show warnings and errors only.
 On a local Ray, Ray Train's controller polls its workers every 0.25 s instead of every 2 s
 (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, which Ray Train passes from the driver to its controller; an operator's
 value wins). Every ``ray.train.report`` with a checkpoint waits for that poll, and on one machine a poll is cheap: a
-run with six checkpoints took 9 s instead of 22 (docs/costs.md §3). On a cluster, Ray's default stands.
+run with six checkpoints took 9 s instead of 22 (docs/costs.md §3). Nor does a local Ray start Ray Train's preemption
+watcher (``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``): it polls for nodes being drained (spot reclaims), which one
+machine does not have, and costs a process start per run. On a cluster, Ray's defaults stand.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 _AUTH_NOTICE = "Token authentication is enabled for this Ray cluster."
 TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
-def use_local_train_polling() -> None:
-    """Ray Train's controllers started from this process poll their workers every 0.25 s (see the module's doc)."""
+def use_local_train_settings() -> None:
+    """Ray Train's controllers started from this process poll their workers every 0.25 s and start no preemption
+    watcher (see the module's doc); a value the operator set wins."""
     os.environ.setdefault(TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S)
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
 
 
 def _drop_auth_notice(record: logging.LogRecord) -> bool:
@@ -55,7 +60,7 @@ def init_ray(num_cpus: int | None = None) -> dict:
             # of Ray's notice that it chose it. (Setting RAY_AUTH_MODE here would be too late: Ray reads it when
             # imported, and a driver and a GCS that disagree cannot talk.)
             logging.getLogger(_AUTH_LOGGER).addFilter(_drop_auth_notice)
-            use_local_train_polling()
+            use_local_train_settings()
             # address="local": start our own, never attach to a Ray another process left running on this machine.
             # The oversubscribed pools start many workers at once on purpose: the raylet may start as many workers
             # concurrently as there are logical CPUs (else it warns at 4x the physical cores, over and over).

@@ -20,7 +20,7 @@ recaption) with the edit template and the input image through the vision tower, 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
@@ -50,6 +50,9 @@ class EncodeConfig(StrictModel):
     caption_weights: dict[str, float] = {"raw": 0.2, "recaption": 0.3, "fused": 0.5}
     max_pixels: int = pydantic.Field(default=4096 * 4096, gt=0)
     vae_pool: PoolConfig = PoolConfig(batch_size=8)
+    # "2d": the VAE's causal 3D convolutions run as the 2D ones they reduce to for an image (one frame): a third of the
+    # work, latents equal to diffusers' to float rounding. "3d": diffusers' computation, bit for bit (models/vae.py).
+    vae_frame_convs: Literal["2d", "3d"] = "2d"
     text_pool: PoolConfig = PoolConfig(batch_size=16)
     rows_per_shard: int = pydantic.Field(default=1000, ge=1)
     seed: int = 0
@@ -126,7 +129,7 @@ class VaeEncodeStage:
         components = build_components(
             config.preset, weights_dir=config.weights_dir, parts=("vae",), device=device, dtype=dtype
         )
-        self.vae = LatentVAE(components.vae)
+        self.vae = LatentVAE(components.vae, frame_convs=config.vae_frame_convs)
         self.decode_config = DecodeConfig(analysis_short_side=1 << 20, max_pixels=config.max_pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -14,11 +14,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from models.ray_runtime import use_local_train_polling  # noqa: E402
+from models.ray_runtime import use_local_train_settings  # noqa: E402
 
-# Ray Train's controllers poll their workers every 0.25 s, as in a job's local Ray; the variable reaches every Ray
-# this session starts and every process it spawns (job drivers, the multi-node scenarios).
-use_local_train_polling()
+# Ray Train's controllers poll their workers every 0.25 s and start no preemption watcher, as in a job's local Ray;
+# the variables reach every Ray this session starts and every process it spawns (job drivers, the multi-node
+# scenarios).
+use_local_train_settings()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

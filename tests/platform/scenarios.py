@@ -27,7 +27,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors, list_tasks  # noqa: E402
 
-from models.ray_runtime import use_local_train_polling  # noqa: E402
+from models.ray_runtime import use_local_train_settings  # noqa: E402
 from pipelines.curation import LABELS_FILE, CurationConfig, run_curation  # noqa: E402
 from pipelines.pools import PoolConfig  # noqa: E402
 
@@ -41,7 +41,7 @@ ENCODE = {"resolutions": [256], "min_stage": 1, "rows_per_shard": 4, "vae_pool":
 @contextlib.contextmanager
 def start_cluster(num_producers: int, num_consumers: int) -> Iterator[tuple[Cluster, dict[str, list]]]:
     """Head (the driver's node, no pool resource) plus producer and consumer nodes, shut down on exit."""
-    use_local_train_polling()  # one machine: Ray Train's controller polls its workers every 0.25 s, as locally
+    use_local_train_settings()  # one machine: Ray Train's controller polls every 0.25 s, no preemption watcher
     cluster = Cluster(
         initialize_head=True,
         head_node_args={

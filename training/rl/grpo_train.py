@@ -88,7 +88,8 @@ def rollout_batch(results: list[dict], prompts: dict, config: GrpoConfig, device
 
 def train_loop_per_worker(loop_config: dict) -> None:
     config = GrpoConfig.model_validate(loop_config["config"])
-    actors, prompts = loop_config["actors"], loop_config["prompts"]
+    actors = ray.get(loop_config["actors"])
+    prompts = loop_config["prompts"]
     worker = Worker(config, need_reference=config.kl_beta > 0)
     settings = GrpoSettings(
         train_steps=config.train_steps,
@@ -206,7 +207,9 @@ def run_grpo(config: GrpoConfig) -> dict:
         result = fit(
             train_loop_per_worker,
             config,
-            {"actors": actors, "prompts": prompts},
+            # The handles travel as an object reference: Ray Train's controller, which holds the loop config, would
+            # otherwise import the actors' module (the model stack) to unpickle them.
+            {"actors": ray.put(actors), "prompts": prompts},
             label="grpo",
             total_steps=config.num_iterations,
             keys=("reward_mean", "kl"),

@@ -136,7 +136,7 @@ class LabelPairStage:
         from models.vae import LatentVAE
 
         components = build_components(preset, weights_dir=base_weights_dir, parts=("vae", "text_encoder", "tokenizer"))
-        self.vae = LatentVAE(components.vae)
+        self.vae = LatentVAE(components.vae, frame_convs="2d")  # as the producers encode (models/vae.py)
         self.encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
         self.resolution, self.source = resolution, source
 
