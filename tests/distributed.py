@@ -35,7 +35,10 @@ def _entry(rank: int, fn: Callable, world: int, store: str, args: tuple) -> None
 PRELOAD = ("torch", "torch.distributed", "training.parallel", "training.checkpointer", "models.presets", "peft")
 
 
-def run_ranks(fn: Callable, world: int, *args) -> None:
+def run_ranks(fn: Callable, world: int, *args, start_method: str = "forkserver") -> None:
+    """``start_method="spawn"``: ranks that import everything themselves, for a test that measures a rank's resident
+    memory (a forked rank maps the forkserver's libraries lazily, so running torch code there faults library pages
+    into its resident size, tens of MB that are not data)."""
     import multiprocessing
 
     import torch.multiprocessing as mp
@@ -43,7 +46,7 @@ def run_ranks(fn: Callable, world: int, *args) -> None:
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(PRELOAD))  # takes effect at its start
     with tempfile.TemporaryDirectory() as folder:
         store = str(pathlib.Path(folder) / "store")
-        mp.start_processes(_entry, args=(fn, world, store, args), nprocs=world, start_method="forkserver", join=True)
+        mp.start_processes(_entry, args=(fn, world, store, args), nprocs=world, start_method=start_method, join=True)
 
 
 def run_here(fn: Callable, *args) -> None:
