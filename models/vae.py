@@ -74,14 +74,8 @@ def _install_one_frame_path() -> None:
 _install_one_frame_path()
 
 
-def _check_frame_convs(mode: str) -> None:
-    if mode not in ("3d", "2d"):
-        raise ValueError(f"frame_convs must be '3d' or '2d', got {mode!r}")
-
-
 @contextlib.contextmanager
 def _frame_convs(mode: FrameConvs) -> Iterator[None]:
-    _check_frame_convs(mode)
     token = _ONE_FRAME_AS_2D.set(mode == "2d")
     try:
         yield
@@ -97,7 +91,8 @@ class LatentVAE:
     """
 
     def __init__(self, vae: AutoencoderKLQwenImage, *, frame_convs: FrameConvs = "3d"):
-        _check_frame_convs(frame_convs)
+        if frame_convs not in ("3d", "2d"):
+            raise ValueError(f"frame_convs must be '3d' or '2d', got {frame_convs!r}")
         self.vae = vae
         self.frame_convs = frame_convs
         channels = vae.config.z_dim
