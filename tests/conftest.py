@@ -128,6 +128,8 @@ def ray_job_address(ray_session) -> str:
     return address
 
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
 # The random tiny captioner and CLIP make data decisions only when asked for by name, as here.
 TINY_MODELS = {"annotation": {"preset": "tiny", "max_new_tokens": 12, "max_pixels": 112 * 112}, "clip": {"clip": {}}}
 
@@ -213,6 +215,46 @@ def shared_run_overrides(store: str, output: str, phases: list[dict]) -> list[st
 
 
 @pytest.fixture(scope="session")
+def submitted_ddp_run(ray_job_address, tiny_store, tmp_path_factory):
+    """``ray job submit`` of ``jobs/pretrain.py`` to the session's Ray (its head runs the job agent), as an operator
+    submits to a cluster: the shared run's first 20 steps with DDP in place of FSDP, on the same rows (``tiny_store``
+    is what the shared run's first phase reads), without sample grids. Token authentication is on (Ray's default),
+    so the client sets ``RAY_AUTH_MODE=token``. Returns ``(the finished ray job submit, the run folder)``."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    output = tmp_path_factory.mktemp("ddp")
+    phases = [{**SHARED_PHASES[0], "num_steps": 20}]
+    command = [
+        str(pathlib.Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        f"--address={ray_job_address}",
+        f"--working-dir={REPO}",
+        "--",
+        "python",
+        "jobs/pretrain.py",
+        "--config",
+        "configs/pretrain_tiny.yaml",
+        *shared_run_overrides(tiny_store, str(output), phases),
+        "parallel.strategy=ddp",
+        "samples.prompts=[]",
+    ]
+    # A fresh head answers "No available agent to submit job" until its job agent registers: seconds when the
+    # machine is idle, over a minute on 2 loaded cores.
+    deadline = time.time() + 240
+    while True:
+        finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in finished.stdout + finished.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
+    return finished, output / SHARED_RUN
+
+
+@pytest.fixture(scope="session")
 def pretrain_store(tiny_store, tmp_path_factory) -> str:
     """The shared run's own store: a copy of ``tiny_store`` (the run appends to it)."""
     import shutil
@@ -246,7 +288,7 @@ def pretrain_run(ray_session, pretrain_store, tmp_path_factory) -> str:
 
     committer = threading.Thread(target=commit_once_training_runs, daemon=True)
     committer.start()
-    recipe = pathlib.Path(__file__).resolve().parents[1] / "configs" / "pretrain_tiny.yaml"
+    recipe = REPO / "configs" / "pretrain_tiny.yaml"
     main(["--config", str(recipe), *shared_run_overrides(pretrain_store, str(output), SHARED_PHASES)])
     committer.join(timeout=60)
     assert committed.is_set(), "the late rows were never committed"

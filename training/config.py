@@ -79,8 +79,8 @@ class EditSample(StrictModel):
 
 
 class SampleConfig(StrictModel):
-    """Sample grids from fixed prompts: rank 0 decodes them with the VAE (the condition encoder runs once, on
-    the driver, before training starts: consumers never load it). ``edits`` add a grid of edits (input | result)."""
+    """Sample grids from fixed prompts: rank 0 decodes them with the VAE (the condition encoder runs once, in a
+    task of its own while the run starts: consumers never load it). ``edits`` add a grid of edits (input | result)."""
 
     every_steps: int = pydantic.Field(default=0, ge=0)  # 0: only at the end of each phase
     prompts: list[str] = ["a red apple on a wooden table", 'a shop sign that reads "OPEN"', "一只橘猫在雪地里"]

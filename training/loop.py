@@ -133,7 +133,7 @@ def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 
 def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, phase_name: str, device, rank) -> None:
     """Every rank (the sharded model's forward is a collective): images for the fixed prompts and edits, whose
-    condition embeddings were computed on the driver; rank 0 writes the grids."""
+    condition embeddings a task of the driver's computed; rank 0 writes the grids."""
     from models.imageio import save_png, to_grid
     from models.vae import LatentVAE
 
@@ -201,7 +201,7 @@ def _sample_prompts(transformer, vae, prompts: dict, config: PretrainConfig, siz
 
 
 def _single_prompt(embeds, device) -> PromptEmbeds:
-    """One prompt's unpadded ``[L, D]`` embeddings (as the driver sent them) as a batch of one."""
+    """One prompt's unpadded ``[L, D]`` embeddings (as the prompt task encoded them) as a batch of one."""
     tensor = torch.from_numpy(np.asarray(embeds, dtype=np.float32))[None].to(device)
     return PromptEmbeds(tensor, torch.ones(1, tensor.shape[1], dtype=torch.long, device=device))
 
@@ -258,6 +258,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     elif init_checkpoint:
         _restore(pathlib.Path(init_checkpoint), model, optimizer, ema, rank)
     restored_step = state.step  # where this attempt starts: the phase start, or the restored checkpoint's step
+    if isinstance(loop_config.get("sample_prompts"), ray.ObjectRef):  # encoded by a task while this group started
+        loop_config = {**loop_config, "sample_prompts": ray.get(loop_config["sample_prompts"])}
 
     # Train.
     if config.feed == "stream":

@@ -16,7 +16,6 @@ import json
 import logging
 import pathlib
 
-import numpy as np
 import ray
 
 from training.config import PretrainConfig
@@ -29,12 +28,21 @@ logger = logging.getLogger(__name__)
 PROGRESS_KEYS = ("phase", "loss", "samples_per_s")
 
 
+def read_edit_image(path: str):
+    """A sample edit's input image as RGB (EXIF orientation applied); one that cannot be read is a ``ValueError``."""
+    from PIL import Image, ImageOps
+
+    try:
+        return ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    except OSError as error:
+        raise ValueError(f"samples.edits: cannot read image {path!r}: {error}") from None
+
+
 @ray.remote
 def encode_sample_prompts(preset: str, weights_dir: str | None, samples: list[str] | dict) -> dict:
     """Condition embeddings of prompts (a list), or of a ``SampleConfig``'s prompts and edits (its dump: each edit's
     instruction with the input image through the vision tower), computed once, away from the train workers."""
     import numpy as np
-    from PIL import Image, ImageOps
 
     from models.condition_encoder import ConditionEncoder
     from models.generation import edit_source_size, resize_lanczos
@@ -50,10 +58,7 @@ def encode_sample_prompts(preset: str, weights_dir: str | None, samples: list[st
     out = {"texts": prompts, "embeds": embeds, "negative": negative, "edits": []}
     edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
     for edit in samples["edits"]:
-        try:
-            image = ImageOps.exif_transpose(Image.open(edit["image"])).convert("RGB")
-        except OSError as error:
-            raise ValueError(f"samples.edits: cannot read image {edit['image']!r}: {error}") from None
+        image = read_edit_image(edit["image"])
         vision = resize_lanczos(image, *edit_source_size(samples["edit_vision_area"], *image.size))
         out["edits"].append(
             {
@@ -131,23 +136,20 @@ def run_pretraining(config: PretrainConfig) -> dict:
     if config.store_dir:
         update["store_dir"] = str(pathlib.Path(config.store_dir).resolve())
     config = config.model_copy(update=update)
+    for edit in config.samples.edits:  # an unreadable image is an error before anything starts
+        read_edit_image(edit.image)
+    gpus = 1 if config.use_gpu else 0
+    prompts = None  # no grids asked for (samples.prompts and samples.edits empty): no condition encoder is loaded
+    if config.samples.prompts or config.samples.edits:
+        # Encoded by a task of its own while the run starts; the workers fetch the embeddings before their first
+        # step (training.loop), so neither waits for the other.
+        prompts = encode_sample_prompts.options(num_gpus=gpus, resources=config.worker_resources).remote(
+            config.preset, config.weights_dir, config.samples.model_dump(mode="json")
+        )
     folder = _run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
     base = write_base(config)
-    gpus = 1 if config.use_gpu else 0
-    prompts = None  # no grids asked for (samples.prompts and samples.edits empty): no condition encoder is loaded
-    if config.samples.prompts or config.samples.edits:
-        encoded = ray.get(
-            encode_sample_prompts.options(num_gpus=gpus, resources=config.worker_resources).remote(
-                config.preset, config.weights_dir, config.samples.model_dump(mode="json")
-            )
-        )
-        prompts = {
-            **encoded,
-            "embeds": [e.tolist() for e in encoded["embeds"]],
-            "negative": np.asarray(encoded["negative"]).tolist(),
-        }
     curated = _curate_in_job(config) if config.feed == "stream" else None
     init_checkpoint = export = None
     for index, phase in enumerate(config.phases):

@@ -1,6 +1,6 @@
 """Multi-node scenarios for tests/platform: a ``ray.cluster_utils.Cluster`` of producer and consumer nodes.
 
-    python tests/platform/scenarios.py producers_and_consumers <work_dir>
+    python tests/platform/scenarios.py producers_and_consumers <work_dir> <latent_store>
 
 A scenario runs in a process of its own (a ``Cluster`` cannot share a process with the session's local Ray),
 places the producer pools and the train workers with the custom resources that ``platform/`` gives its node groups,
@@ -108,14 +108,10 @@ def place_pools(model, resources: dict[str, float]):
     return model.model_copy(update=update)
 
 
-def placed_pretraining(work: pathlib.Path, num_steps: int, checkpoint_every: int):
-    """A tiny pretraining run on a store built without Ray, its workers placed on consumer nodes."""
-    from pipelines.sample_data import encoded_sample_table
-    from pipelines.store.writer import commit_table
+def placed_pretraining(work: pathlib.Path, store: pathlib.Path, num_steps: int, checkpoint_every: int):
+    """A tiny pretraining run on ``store`` (the test session's latent store), its workers placed on consumer nodes."""
     from training.config import PretrainConfig
 
-    store = work / "train_store"
-    commit_table(store, encoded_sample_table(16, seed=21))
     return PretrainConfig.model_validate(
         {
             "store_dir": str(store),
@@ -179,7 +175,7 @@ def kept_ids(curated: pathlib.Path) -> list[str]:
     return [sample for sample, stage in zip(labels["sample_id"], labels["stage"], strict=True) if stage >= 1]
 
 
-def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: pathlib.Path) -> dict:
+def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: pathlib.Path, store: pathlib.Path) -> dict:
     """The producer job and a pretraining job at once, each on its own node group, and one node of each group lost.
 
     Training starts once the producer job's actors are up. The consumer node running the train worker is removed
@@ -190,7 +186,7 @@ def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: path
     from training.pretrain import run_pretraining
 
     curation = placed_curation(work, num_samples=8)
-    pretraining = placed_pretraining(work, num_steps=24, checkpoint_every=4)
+    pretraining = placed_pretraining(work, store, num_steps=24, checkpoint_every=4)
     run_dir = work / "pretrain" / "t"
     producer, consumer = InThread(run_curation, curation), None
     overlap = False
@@ -270,5 +266,5 @@ SCENARIOS = {"producers_and_consumers": (producers_and_consumers, 2, 2)}
 if __name__ == "__main__":
     scenario, num_producers, num_consumers = SCENARIOS[sys.argv[1]]
     with start_cluster(num_producers, num_consumers) as (cluster, nodes):
-        facts = scenario(cluster, nodes, pathlib.Path(sys.argv[2]))
+        facts = scenario(cluster, nodes, *map(pathlib.Path, sys.argv[2:]))
     print(json.dumps(facts, default=str), flush=True)

@@ -23,15 +23,15 @@ ROOT = SCENARIOS.parents[2]
 pytestmark = pytest.mark.slow
 
 
-def run_scenario(name: str, work: pathlib.Path) -> dict:
+def run_scenario(name: str, *args: str | pathlib.Path) -> dict:
     with kept_ray_address_file():  # the scenario's Cluster names itself the latest cluster, then dies
-        return _run_scenario(name, work)
+        return _run_scenario(name, *args)
 
 
-def _run_scenario(name: str, work: pathlib.Path) -> dict:
+def _run_scenario(name: str, *args: str | pathlib.Path) -> dict:
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     process = subprocess.Popen(
-        [sys.executable, str(SCENARIOS), name, str(work)],
+        [sys.executable, str(SCENARIOS), name, *map(str, args)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -54,10 +54,11 @@ def train_workers(facts: dict) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def facts(tmp_path_factory) -> dict:
+def facts(tmp_path_factory, tiny_store) -> dict:
     """One cluster (head, two producer nodes, two consumer nodes) for the three tests: the producer job and a
-    pretraining job run at once, and one node of each group is lost mid-run (tests/platform/scenarios.py)."""
-    return run_scenario("producers_and_consumers", tmp_path_factory.mktemp("cluster"))
+    pretraining job (on the session's latent store, which it only reads) run at once, and one node of each group is
+    lost mid-run (tests/platform/scenarios.py)."""
+    return run_scenario("producers_and_consumers", tmp_path_factory.mktemp("cluster"), tiny_store)
 
 
 def test_producer_and_consumer_on_separate_nodes(facts):

@@ -103,41 +103,41 @@ def _export_of_phase(run: str | pathlib.Path, index: int) -> pathlib.Path:
 
 
 def test_fsdp_resume_after_worker_kill(pretrain_run, pretrain_store, tmp_path):
-    """Two FSDP workers; rank 0's worker process is SIGKILLed at step 22, after the step-20 checkpoint; Ray Train
-    restarts the group, which reshards that checkpoint. The metrics show the second attempt starting at step 21
+    """Two FSDP workers; rank 0's worker process is SIGKILLed at step 12, after the step-10 checkpoint; Ray Train
+    restarts the group, which reshards that checkpoint. The metrics show the second attempt starting at step 11
     (nothing before it redone, which a restart from scratch would do, since noise and data are seeded by step), and
-    the final weights (step 40) equal the uninterrupted shared run's export at step 40 (``export_every``)."""
+    the final weights (step 20) equal the uninterrupted shared run's export at step 20 (``export_every``)."""
     from jobs.pretrain import main
 
-    overrides = shared_run_overrides(pretrain_store, str(tmp_path), [{**SHARED_PHASES[0], "num_steps": 40}])
-    killed = main(["--config", str(RECIPE), *overrides, "fail_at_step=22"])
-    marker = (tmp_path / SHARED_RUN / ".failed-at-22").read_text()
+    overrides = shared_run_overrides(pretrain_store, str(tmp_path), [{**SHARED_PHASES[0], "num_steps": 20}])
+    no_grid = "samples.prompts=[]"  # the weights are compared, not pictures
+    killed = main(["--config", str(RECIPE), *overrides, "checkpoint_every=10", "fail_at_step=12", no_grid])
+    marker = (tmp_path / SHARED_RUN / ".failed-at-12").read_text()
     pid = int(re.search(r"process (\d+) killed with SIGKILL", marker).group(1))
     assert not pathlib.Path(f"/proc/{pid}").exists()  # that worker process is gone
     attempts: dict[int, list[int]] = {}
     for row in read_metrics(killed["metrics"]):
         attempts.setdefault(int(row["restored_step"]), []).append(int(row["step"]))
-    assert attempts == {0: list(range(1, 22)), 20: list(range(21, 41))}
+    assert attempts == {0: list(range(1, 12)), 10: list(range(11, 21))}
     config = json.loads((tmp_path / SHARED_RUN / "config.json").read_text())
     assert (config["num_workers"], config["parallel"]["strategy"]) == (2, "fsdp")
-    uninterrupted = pathlib.Path(pretrain_run) / "exports" / "step0000040-low"
+    uninterrupted = pathlib.Path(pretrain_run) / "exports" / "step0000020-low"
     expected, actual = _weights(uninterrupted), _weights(killed["checkpoint"])
     assert expected.keys() == actual.keys()
     assert all(torch.equal(actual[name], expected[name]) for name in expected)  # bit for bit
 
 
-def test_fsdp_matches_ddp(pretrain_run, pretrain_store, tmp_path):
-    """The loss-parity rule for any change to parallelism: 2-worker DDP gives the 2-worker FSDP run's losses (fp32
-    on CPU) for its first 20 steps, within 1e-5 relative."""
-    from jobs.pretrain import main
-
-    phases = [{**SHARED_PHASES[0], "num_steps": 20}]
-    overrides = shared_run_overrides(pretrain_store, str(tmp_path), phases)
-    ddp = main(["--config", str(RECIPE), *overrides, "parallel.strategy=ddp", "checkpoint_every=20"])
+def test_fsdp_matches_ddp(pretrain_run, submitted_ddp_run):
+    """The loss-parity rule for any change to parallelism: 2-worker DDP (the session's ``ray job submit`` run) gives
+    the 2-worker FSDP shared run's losses (fp32 on CPU) for its first 20 steps, within 1e-5 relative."""
+    finished, ddp_run = submitted_ddp_run
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    config = json.loads((ddp_run / "config.json").read_text())
+    assert (config["num_workers"], config["parallel"]["strategy"]) == (2, "ddp")
     fsdp_losses = {
         int(row["step"]): float(row["loss"]) for row in read_metrics(pathlib.Path(pretrain_run) / "metrics.csv")
     }
-    ddp_losses = {int(row["step"]): float(row["loss"]) for row in read_metrics(ddp["metrics"])}
+    ddp_losses = {int(row["step"]): float(row["loss"]) for row in read_metrics(ddp_run / "metrics.csv")}
     assert sorted(ddp_losses) == list(range(1, 21))
     for step, loss in ddp_losses.items():
         assert loss == pytest.approx(fsdp_losses[step], rel=1e-5), step
@@ -235,6 +235,19 @@ def test_streaming_feed_trains_without_a_store(curated_corpus, tmp_path):
     written = yaml.safe_load((tmp_path / "curated" / "curation_config.yaml").read_text())
     assert written["encode"]["resolutions"] == [256] and written["encode"]["store_dir"] is None  # the job's own
     assert not list(tmp_path.rglob("_manifest"))  # nothing went through a store
+
+
+def test_unreadable_sample_edit_image_fails_before_anything_starts(tmp_path):
+    (tmp_path / "edit.png").write_bytes(b"not an image")
+    config = _config(
+        str(tmp_path / "store"),
+        tmp_path / "out",
+        [{"name": "p", "num_steps": 1}],
+        samples={"prompts": [], "edits": [{"image": str(tmp_path / "edit.png"), "instruction": "make it red"}]},
+    )
+    with pytest.raises(ValueError, match="samples.edits: cannot read image"):
+        run_pretraining(config)
+    assert not (tmp_path / "out").exists()  # no run folder, no task, no workers
 
 
 def test_feed_config_names_what_is_missing():
