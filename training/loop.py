@@ -133,7 +133,7 @@ def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 
 def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, phase_name: str, device, rank) -> None:
     """Every rank (the sharded model's forward is a collective): images for the fixed prompts and edits, whose
-    condition embeddings a task of the driver's computed; rank 0 writes the grids."""
+    condition embeddings the run's prompt task computed (``encode_sample_prompts``); rank 0 writes the grids."""
     from models.imageio import save_png, to_grid
     from models.vae import LatentVAE
 

@@ -142,7 +142,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
     prompts = None  # no grids asked for (samples.prompts and samples.edits empty): no condition encoder is loaded
     if config.samples.prompts or config.samples.edits:
         # Encoded by a task of its own while the run starts; the workers fetch the embeddings before their first
-        # step (training.loop), so neither waits for the other.
+        # step (training.loop), so the encoder's load and the worker group's start overlap.
         prompts = encode_sample_prompts.options(num_gpus=gpus, resources=config.worker_resources).remote(
             config.preset, config.weights_dir, config.samples.model_dump(mode="json")
         )
