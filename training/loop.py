@@ -258,7 +258,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     elif init_checkpoint:
         _restore(pathlib.Path(init_checkpoint), model, optimizer, ema, rank)
     restored_step = state.step  # where this attempt starts: the phase start, or the restored checkpoint's step
-    if isinstance(loop_config.get("sample_prompts"), ray.ObjectRef):  # encoded by a task while this group started
+    if loop_config.get("sample_prompts") is not None:  # the prompt task's reference: it ran while this group started
         loop_config = {**loop_config, "sample_prompts": ray.get(loop_config["sample_prompts"])}
 
     # Train.
