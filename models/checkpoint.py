@@ -97,3 +97,82 @@ def load_checkpoint(folder: str | pathlib.Path, *, parts=ALL_PARTS, **kwargs) ->
     """Open a checkpoint folder (ours or a released one) with the preset recorded in it."""
     preset = read_metadata(folder).get("preset", "qwen-image")
     return build_components(preset, weights_dir=folder, parts=parts, **kwargs)
+
+
+# What each part of a pipeline folder must hold: the class named in model_index.json and in the part's config.
+PART_CLASSES = {part: MODEL_INDEX[part][1] for part in ALL_PARTS}
+
+
+def _part_class_problem(root: pathlib.Path, part: str) -> str | None:
+    """Why the part's own config does not describe the class this stack loads (None when it does or says nothing)."""
+    config_path = root / part / "config.json"
+    if part not in ("transformer", "vae", "text_encoder") or not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as error:
+        return f"{part}/config.json is not JSON ({error})"
+    expected = PART_CLASSES[part]
+    named = config.get("_class_name") or next(iter(config.get("architectures") or []), None)
+    if named is not None and named != expected:
+        return f"{part}/config.json describes {named}, not {expected}"
+    return None
+
+
+def check_model_folder(folder: str | pathlib.Path) -> tuple[str, tuple[str, ...]]:
+    """``(preset, parts)`` of a folder a training job starts from (its ``init``): a checkpoint or export we wrote
+    (our metadata lists its parts), or a diffusers pipeline folder as the published ``Qwen/Qwen-Image`` and
+    ``Qwen/Qwen-Image-Edit`` repositories lay it out (``model_index.json``, each part's config and safetensors,
+    sharded with an index or not, ``tokenizer/``, ``scheduler/``), which must hold every part. Anything missing or
+    of another class is a ``MissingWeightsError`` naming each part concerned."""
+    from models.presets import MissingWeightsError, missing_parts
+
+    root = pathlib.Path(folder)
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        problem = "does not exist" if not root.exists() else "has no model_index.json"
+        raise MissingWeightsError(
+            f"{root} {problem}: give a diffusers pipeline folder (model_index.json, transformer/, vae/, "
+            "text_encoder/, tokenizer/, scheduler/, as Qwen/Qwen-Image is published) or a checkpoint we wrote"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except ValueError as error:
+        raise MissingWeightsError(f"{index_path} is not JSON: {error}") from None
+    ours = index.get(METADATA_KEY)
+    problems = []
+    if ours:
+        preset, parts = ours.get("preset", "qwen-image"), tuple(ours.get("parts", ALL_PARTS))
+    else:
+        preset, parts = "qwen-image", ALL_PARTS
+        for part in ALL_PARTS:
+            entry = index.get(part)
+            if not entry or entry[0] is None:
+                problems.append(f"{part} (not named in model_index.json)")
+            elif entry[1] != PART_CLASSES[part]:
+                problems.append(f"{part} (model_index.json names {entry[1]}, this stack loads {PART_CLASSES[part]})")
+    problems += missing_parts(root, parts)
+    problems += [problem for part in parts if (problem := _part_class_problem(root, part))]
+    if problems:
+        raise MissingWeightsError(
+            f"model folder {root} cannot be trained from; missing or wrong: {'; '.join(problems)}"
+        )
+    return preset, parts
+
+
+def resolve_init(path: str | pathlib.Path) -> str:
+    """The model folder a job starts from, absolute and checked (``check_model_folder``): ``path`` itself, or,
+    for a finished run's folder, the final export its ``summary.json`` names (pretraining, SFT, DPO and GRPO all
+    write one)."""
+    folder = pathlib.Path(path).resolve()
+    summary = folder / "summary.json"
+    if not (folder / "model_index.json").is_file() and summary.is_file():
+        run = json.loads(summary.read_text())
+        if not run.get("checkpoint"):
+            raise ValueError(
+                f"run {folder} trained a LoRA adapter ({run.get('adapter')}) and exported no merged model: start "
+                f"from its base ({run.get('base')}) with the adapter, or run it again with lora.merge=true"
+            )
+        return resolve_init(run["checkpoint"])
+    check_model_folder(folder)
+    return str(folder)

@@ -83,6 +83,44 @@ class TextToImage:
         self.edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
         self.vae = LatentVAE(components.vae)
         self.scheduler_config = dict(components.scheduler.config)
+        self.adapters: dict[str, float] = {}  # LoRA adapters loaded by name, with their scales
+        self._active: str | None = None
+
+    def load_adapter(self, name: str, path: str | pathlib.Path, scale: float = 1.0) -> None:
+        """Add the LoRA adapter file at ``path`` (diffusers' format: ours or another tool's) as ``name``; the base
+        weights are not touched, and generation uses the adapter only when asked (``adapter=name``)."""
+        from models.lora import load_adapter
+
+        if name in self.adapters:
+            raise ValueError(f"an adapter named {name!r} is already loaded")
+        load_adapter(self.components.transformer, path, name)
+        self.adapters[name] = float(scale)
+        self._active = "?"  # loading activates the new adapter: set the state again before the next call
+        self.use_adapter(None)
+
+    def unload_adapter(self, name: str) -> None:
+        """Take the adapter ``name`` out of the transformer (its layers return to the bare base layers)."""
+        if name not in self.adapters:
+            raise ValueError(f"no adapter named {name!r} is loaded (loaded: {sorted(self.adapters)})")
+        self.components.transformer.delete_adapters(name)
+        del self.adapters[name]
+        self._active = "?"
+        self.use_adapter(None)
+
+    def use_adapter(self, name: str | None) -> None:
+        """Generate with the adapter ``name`` from now on, or with the base alone (None)."""
+        if name == self._active:
+            return
+        transformer = self.components.transformer
+        if name is None:
+            if self.adapters:
+                transformer.disable_lora()
+        else:
+            if name not in self.adapters:
+                raise ValueError(f"no adapter named {name!r} is loaded (loaded: {sorted(self.adapters)})")
+            transformer.enable_lora()
+            transformer.set_adapters([name], [self.adapters[name]])
+        self._active = name
 
     @classmethod
     def from_preset(

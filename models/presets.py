@@ -254,6 +254,23 @@ def _has_weights(folder: pathlib.Path) -> bool:
     return any(folder.glob("*.safetensors"))
 
 
+def _missing_shards(folder: pathlib.Path, part: str) -> list[str]:
+    """The files a sharded part's index lists that are not there (a download or copy that stopped half-way)."""
+    import json
+
+    missing = []
+    for index in folder.glob("*.safetensors.index.json"):
+        try:
+            files = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError) as error:
+            missing.append(f"{part}/{index.name} (unreadable: {type(error).__name__})")
+            continue
+        missing += [
+            f"{part}/{name} (listed in {index.name})" for name in sorted(files) if not (folder / name).is_file()
+        ]
+    return missing
+
+
 def missing_parts(weights_dir: str | pathlib.Path, parts: Iterable[str] = ALL_PARTS) -> list[str]:
     """What ``weights_dir`` lacks for ``parts``, one readable line each; empty when it is complete."""
     root = pathlib.Path(weights_dir)
@@ -269,6 +286,7 @@ def missing_parts(weights_dir: str | pathlib.Path, parts: Iterable[str] = ALL_PA
                 missing.append(f"{part}/config.json")
             if not _has_weights(folder):
                 missing.append(f"{part}/*.safetensors (weights)")
+            missing += _missing_shards(folder, part)
         elif part == "tokenizer":
             if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
                 missing.append("tokenizer/tokenizer.json (or vocab.json + merges.txt)")

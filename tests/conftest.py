@@ -158,6 +158,20 @@ def curated_corpus(ray_session, tmp_path_factory):
     return config, run_curation(config)
 
 
+@pytest.fixture(scope="session")
+def released_folder(tmp_path_factory) -> str:
+    """The tiny preset (seed 0) written by diffusers' own ``QwenImagePipeline.save_pretrained`` as the published
+    Qwen/Qwen-Image repository is laid out: ``model_index.json`` without our metadata, the transformer and the
+    condition encoder in several safetensors files with an index, ``tokenizer/``, ``scheduler/``."""
+    from models.presets import build_components, quiet_transformers_progress
+
+    folder = tmp_path_factory.mktemp("released") / "Qwen-Image-tiny"
+    with quiet_transformers_progress():
+        build_components("tiny").diffusers_pipeline().save_pretrained(folder, max_shard_size="2MB")
+    assert len(list((folder / "transformer").glob("*.safetensors"))) > 1  # sharded, as released
+    return str(folder)
+
+
 # The resolutions of the tests' latent store: two, so that a curriculum can change resolution.
 STORE_RESOLUTIONS = (256, 384)
 

@@ -256,6 +256,24 @@ def gather_trainable(model: torch.nn.Module, rank: int) -> dict[str, torch.Tenso
     return gathered if rank == 0 else None
 
 
+def export_adapter(model: torch.nn.Module, folder: str | pathlib.Path, *, rank: int) -> pathlib.Path | None:
+    """Every rank (a collective): the LoRA adapters gathered whole and written by rank 0 as
+    ``folder/pytorch_lora_weights.safetensors`` in diffusers' format (``models.lora.save_adapter``), under a
+    temporary name and renamed into place. Returns the file on rank 0, None elsewhere."""
+    from models.checkpoint import staged_folder
+    from models.lora import ADAPTER_FILE, adapter_metadata, adapter_state, save_adapter
+
+    transformer = unwrap(model)
+    gathered = gather_trainable(model, rank)
+    if rank != 0:
+        return None
+    if not gathered or not all(".lora_" in name for name in gathered):
+        raise ValueError("export_adapter: the model trains weights other than LoRA adapters")
+    with staged_folder(folder) as staging:
+        save_adapter(staging, adapter_state(transformer, gathered), adapter_metadata(transformer))
+    return pathlib.Path(folder) / ADAPTER_FILE
+
+
 def link_or_copy_part(source: pathlib.Path, target: pathlib.Path) -> None:
     """``target`` becomes a relative symbolic link to ``source`` (a copy where links are not supported)."""
     try:

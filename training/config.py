@@ -10,9 +10,12 @@ from typing import Literal
 
 import pydantic
 
+from models.checkpoint import check_model_folder, resolve_init
 from models.config import StrictModel
+from models.lora import LoraSettings
 from models.schedule import LossWeighting, SigmaSampling
 from pipelines.curation import CurationConfig
+from training.parallel import FrozenDtype, check_frozen_dtype
 from training.trainer import RunSettings
 
 
@@ -104,10 +107,19 @@ class PretrainConfig(RunSettings):
     output_dir: str = "outputs/pretrain"
     run_name: str = "pretrain"
     preset: str = "tiny"
-    weights_dir: str | None = None  # initial weights (a diffusers-layout folder); random tiny weights when None
-    # A checkpoint folder whose transformer/ training starts from (SFT from a pretrained checkpoint); the other parts
-    # (the VAE and condition encoder of the sample grids) still come from preset / weights_dir. None: weights_dir.
-    init_transformer: str | None = None
+    # Where training starts: a diffusers pipeline folder as Qwen/Qwen-Image (or -Edit) is published, a checkpoint
+    # or export we wrote, or a finished run's folder (its final export); checked part by part
+    # (models.checkpoint.check_model_folder). Its transformer is the start; when it holds the frozen parts (VAE,
+    # condition encoder, tokenizer, scheduler) they are the run's base too (sample grids, exports' links), unless
+    # weights_dir names another folder. None: weights_dir's transformer, or the tiny preset's random weights.
+    init: str | None = None
+    weights_dir: str | None = None  # the frozen parts (a diffusers-layout folder); the tiny preset's when None
+    # LoRA: adapters train, the base (from init or weights_dir) stays frozen in frozen_dtype; checkpoints hold the
+    # adapters (and their optimiser) only, and each export is the adapter file in diffusers' format
+    # (pytorch_lora_weights.safetensors), plus the merged pipeline when lora.merge is set.
+    lora: LoraSettings | None = None
+    # The frozen base's dtype. auto: the compute dtype under FSDP (bf16 on GPU), fp32 under DDP.
+    frozen_dtype: FrozenDtype = "auto"
     phases: list[PhaseConfig] = pydantic.Field(min_length=1)
     batch_size: int = pydantic.Field(default=8, ge=1)  # per data-parallel worker, per micro-batch
     # auto: bf16 on GPU, fp32 on CPU. With DDP it is autocast; with FSDP, the dtype parameters are gathered in
@@ -125,6 +137,34 @@ class PretrainConfig(RunSettings):
     # Failure injection for tests: the first time this step is reached, the rank-0 training worker process kills
     # itself with SIGKILL (a dead worker, as a lost node or an OOM kill leaves it), and Ray Train restarts the group.
     fail_at_step: int | None = None
+
+    @pydantic.field_validator("init")
+    @classmethod
+    def _init(cls, path: str | None) -> str | None:
+        return None if path is None else resolve_init(path)
+
+    @pydantic.model_validator(mode="after")
+    def _model_source(self) -> PretrainConfig:
+        from models.presets import missing_parts
+        from training.checkpointer import FROZEN_PARTS
+
+        if self.init is not None:
+            preset, parts = check_model_folder(self.init)
+            if "transformer" not in parts:
+                raise ValueError(f"init {self.init} holds no transformer to train")
+            if "preset" in self.model_fields_set and self.preset != preset:
+                raise ValueError(f"preset {self.preset!r} differs from init's ({preset!r}, {self.init}): leave it out")
+            if self.preset != preset:
+                self.preset = preset  # assignment validates again; then equal
+            if self.weights_dir is None and not missing_parts(self.init, FROZEN_PARTS):
+                self.weights_dir = self.init  # the released folder or an export: its frozen parts are the base
+        if self.lora is not None:
+            if self.init is None and self.weights_dir is None:
+                raise ValueError("lora adapts trained weights: set init (the folder to fine-tune) or weights_dir")
+            if self.parallel.tensor_parallel > 1:
+                raise ValueError("lora: tensor_parallel is not built for LoRA-wrapped layers; shard with fsdp")
+        check_frozen_dtype(self.frozen_dtype, self.parallel.strategy)
+        return self
 
     @pydantic.model_validator(mode="after")
     def _feed_has_its_source(self) -> PretrainConfig:

@@ -25,7 +25,7 @@ import torch
 from models.flow_matching import flow_matching_loss
 from models.presets import build_components
 from models.prompt_embeds import PromptEmbeds
-from training.checkpointer import export_pipeline, load_checkpoint, report_checkpoint
+from training.checkpointer import export_adapter, export_pipeline, load_checkpoint, report_checkpoint
 from training.config import PretrainConfig
 from training.data import DatasetStream, StoreStream
 from training.parallel import (
@@ -33,8 +33,10 @@ from training.parallel import (
     autocast,
     build_mesh,
     build_meta_transformer,
+    cast_frozen_,
     clip_grad_norm_,
     compute_dtype,
+    frozen_weights_dtype,
     gradient_sync,
     parallelize,
     reduce_tensor_parallel_gradients,
@@ -93,12 +95,15 @@ def phase_learning_rate(step: int, config: PretrainConfig, lr_scale: float) -> f
 
 
 def build_model(config: PretrainConfig, parallel: Parallel, *, restoring: bool) -> torch.nn.Module:
-    """The transformer built on the meta device, spread over the workers and filled: from ``init_transformer`` or
+    """The transformer built on the meta device, spread over the workers and filled: from ``init`` or
     ``weights_dir`` (each rank reading its slices), from the tiny preset's random weights (broadcast from rank 0),
-    or not at all when a checkpoint is about to be restored into it."""
+    or not at all when a checkpoint is about to be restored into it. With LoRA the adapters are added on the meta
+    device, the base is always read from its folder (checkpoints hold the adapters only) and stored in
+    ``frozen_dtype``, and only the adapters require gradients."""
+    from models.lora import add_lora, init_lora_
     from models.presets import TINY_TRANSFORMER_CONFIG
 
-    source = config.init_transformer or config.weights_dir
+    source = config.init or config.weights_dir
     if source is not None:
         folder = pathlib.Path(source) / "transformer"
         transformer_config = json.loads((folder / "config.json").read_text())
@@ -107,21 +112,35 @@ def build_model(config: PretrainConfig, parallel: Parallel, *, restoring: bool) 
     else:
         raise ValueError(f"preset {config.preset!r} needs weights_dir (a diffusers folder with transformer/)")
     model = build_meta_transformer(transformer_config)
+    dtype = compute_dtype(config.mixed_precision, parallel.device)
+    if config.lora is not None:
+        add_lora(model, config.lora)
+        cast_frozen_(model, frozen_weights_dtype(config.frozen_dtype, config.parallel.strategy, dtype))
     fill = {}
-    if not restoring:
+    if not restoring or config.lora is not None:
         if folder is not None:
             fill["weights_folder"] = folder
         else:
             fill["build_full"] = lambda: build_components("tiny", parts=("transformer",), seed=config.seed).transformer
-    model = parallelize(model, parallel, param_dtype=compute_dtype(config.mixed_precision, parallel.device), **fill)
+    model = parallelize(model, parallel, param_dtype=dtype, **fill)
     model.train()
-    unwrap(model).requires_grad_(True)
+    if config.lora is None:
+        unwrap(model).requires_grad_(True)
+    elif not restoring:
+        init_lora_(unwrap(model), config.seed)
     return model
 
 
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What the optimiser steps: every weight, or the adapters alone with LoRA."""
+    return [param for param in model.parameters() if param.requires_grad]
+
+
 def new_ema(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Exponential moving average of the weights: fp32 copies on the device, sharded like the parameters."""
-    return {name: param.detach().float().clone() for name, param in unwrap(model).named_parameters()}
+    """Exponential moving average of the trained weights (the adapters with LoRA): fp32 copies on the device,
+    sharded like the parameters."""
+    named = unwrap(model).named_parameters()
+    return {name: param.detach().float().clone() for name, param in named if param.requires_grad}
 
 
 def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
@@ -241,7 +260,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     init_checkpoint = loop_config.get("init_checkpoint")
     model = build_model(config, parallel, restoring=checkpoint is not None or bool(init_checkpoint))
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        trainable_parameters(model),
         lr=config.optim.lr,
         betas=config.optim.betas,
         weight_decay=config.optim.weight_decay,
@@ -253,10 +272,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Restore: this phase's latest checkpoint (a restart), else the previous phase's final one.
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            info, mine = _restore(pathlib.Path(folder), model, optimizer, ema, rank)
+            info, mine = _restore(pathlib.Path(folder), model, optimizer, ema, rank, config)
         state.restore(info, mine)
     elif init_checkpoint:
-        _restore(pathlib.Path(init_checkpoint), model, optimizer, ema, rank)
+        _restore(pathlib.Path(init_checkpoint), model, optimizer, ema, rank, config)
     restored_step = state.step  # where this attempt starts: the phase start, or the restored checkpoint's step
     if loop_config.get("sample_prompts") is not None:  # the prompt task's reference: it ran while this group started
         loop_config = {**loop_config, "sample_prompts": ray.get(loop_config["sample_prompts"])}
@@ -325,29 +344,44 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def export_folder(config: PretrainConfig, step: int, phase_name: str) -> pathlib.Path:
-    """Where the export of ``step`` goes: ``<output_dir>/<run_name>/exports/step<step>-<phase>``."""
+    """Where the export of ``step`` goes: ``<output_dir>/<run_name>/exports/step<step>-<phase>``: the pipeline
+    folder, or with LoRA the adapter's folder (the merged pipeline, when asked for, beside it with ``-merged``)."""
     return pathlib.Path(config.output_dir) / config.run_name / "exports" / f"step{step:07d}-{phase_name}"
+
+
+def merged_folder(adapter_folder: pathlib.Path) -> pathlib.Path:
+    return adapter_folder.with_name(f"{adapter_folder.name}-merged")
 
 
 def _export(model, config: PretrainConfig, step: int, phase_name: str, rank: int, base: str) -> None:
     """Every rank: the complete pipeline folder of the current weights (a collective; rank 0 writes), its frozen
-    parts linked from ``base`` (the driver's ``training.pretrain.write_base``)."""
+    parts linked from ``base`` (the driver's ``training.pretrain.write_base``). With LoRA: the adapter file in
+    diffusers' format, and the merged pipeline when ``lora.merge`` is set."""
+    folder = export_folder(config, step, phase_name)
+    metadata = {"step": step, "run": config.run_name, "phase": phase_name}
+    if config.lora is not None:
+        export_adapter(model, folder, rank=rank)
+        if not config.lora.merge:
+            return
+        folder = merged_folder(folder)
     export_pipeline(
         model,
-        export_folder(config, step, phase_name),
+        folder,
         rank=rank,
         dtype=getattr(torch, config.export_dtype),
         base_folder=base,
         preset=config.preset,
-        metadata={"step": step, "run": config.run_name, "phase": phase_name},
+        metadata=metadata,
     )
 
 
-def _restore(folder: pathlib.Path, model, optimizer, ema, rank: int) -> tuple[dict, dict | None]:
-    """Load a training checkpoint (any number of workers wrote it); an EMA the checkpoint lacks starts afresh."""
+def _restore(folder: pathlib.Path, model, optimizer, ema, rank: int, config) -> tuple[dict, dict | None]:
+    """Load a training checkpoint (any number of workers wrote it); an EMA the checkpoint lacks starts afresh.
+    With LoRA it holds the adapters and their optimiser states only (the base comes from its folder)."""
     info = json.loads((folder / "checkpoint.json").read_text())
     extra = {"ema": ema} if ema is not None and info.get("ema") else None
-    return load_checkpoint(folder, model=model, optimizer=optimizer, rank=rank, extra=extra)
+    lora = config.lora is not None
+    return load_checkpoint(folder, model=model, optimizer=optimizer, rank=rank, extra=extra, trainable_only=lora)
 
 
 class _Meter:
@@ -434,7 +468,7 @@ def _train_step(model, optimizer, group, state: TrainState, config: PretrainConf
             (out.loss / len(group)).backward()
         losses.append(float(out.loss.detach()))
     reduce_tensor_parallel_gradients(model, parallel.tp_mesh)
-    grad_norm = clip_grad_norm_(list(model.parameters()), config.optim.grad_clip)
+    grad_norm = clip_grad_norm_(trainable_parameters(model), config.optim.grad_clip)
     optimizer.step()
     state.step += 1
     return sum(losses) / len(losses), grad_norm
@@ -494,4 +528,5 @@ def _report_checkpoint(model, optimizer, ema, state, config, metrics, rank, worl
         extra={"ema": ema} if ema is not None else None,
         rank_state=state.rank_state(),
         info={"step": state.step, "run": config.run_name, "positions": positions, "ema": ema is not None},
+        trainable_only=config.lora is not None,
     )

@@ -116,6 +116,33 @@ def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bf16 else torch.float32
 
 
+FrozenDtype = Literal["auto", "bfloat16", "float32"]
+
+
+def frozen_weights_dtype(setting: FrozenDtype, strategy: str, compute: torch.dtype) -> torch.dtype:
+    """The dtype of the weights that do not train (a LoRA base, an RL reference) when the model computes in
+    ``compute``: ``auto`` is the compute dtype under FSDP (bf16 on GPU: half the memory), fp32 under DDP, which
+    computes with the stored weights; bf16 under DDP is refused when the config is read (``check_frozen_dtype``)."""
+    if setting == "auto":
+        return compute if strategy == "fsdp" else torch.float32
+    return getattr(torch, setting)
+
+
+def check_frozen_dtype(setting: FrozenDtype, strategy: str) -> None:
+    if strategy == "ddp" and setting == "bfloat16":
+        raise ValueError(
+            "frozen_dtype=bfloat16 needs parallel.strategy=fsdp (which gathers frozen weights in the compute "
+            "dtype; it runs on one worker too): DDP computes with the stored weights"
+        )
+
+
+def cast_frozen_(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Parameters that do not train are stored in ``dtype`` (on the meta device: nothing is allocated)."""
+    for param in model.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(dtype)
+
+
 def autocast(parallel: Parallel, dtype: torch.dtype):
     """The context of a forward pass: bf16 autocast for DDP; FSDP computes in the dtype it gathers in."""
     if parallel.config.strategy == "ddp" and dtype != torch.float32:

@@ -19,7 +19,7 @@ import pathlib
 import ray
 
 from training.config import PretrainConfig
-from training.loop import export_folder, train_loop_per_worker
+from training.loop import export_folder, merged_folder, train_loop_per_worker
 from training.metrics import plot_loss_curve
 from training.progress import Progress
 from training.trainer import fit_trainer
@@ -186,8 +186,18 @@ def run_pretraining(config: PretrainConfig) -> dict:
         marker.write_text(json.dumps({"checkpoint": init_checkpoint, "export": export, "metrics": result.metrics}))
     final = pathlib.Path(export)
     curve = plot_loss_curve(folder / "metrics.csv", folder / "loss_curve.png")
+    model = {"checkpoint": str(final)}
+    if config.lora is not None:  # the adapter alone, on its base; the merged pipeline only when asked for
+        from models.lora import ADAPTER_FILE
+
+        merged = merged_folder(final)
+        model = {
+            "checkpoint": str(merged) if config.lora.merge else None,
+            "adapter": str(final / ADAPTER_FILE),
+            "base": str(pathlib.Path(config.init or config.weights_dir).resolve()),
+        }
     summary = {
-        "checkpoint": str(final),
+        **model,
         "metrics": str(folder / "metrics.csv"),
         "loss_curve": str(curve),
         "samples": str(folder / "samples"),

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLQwenImage
 
-from models.checkpoint import read_metadata, save_components
+from models.checkpoint import check_model_folder, read_metadata, resolve_init, save_components
 from models.config import StrictModel
 from models.image_metrics import psnr, ssim, uint8_to_unit
 from models.imageio import save_png, to_grid
@@ -75,6 +75,9 @@ class VaeFinetuneConfig(RunSettings):
     """One decoder fine-tuning run."""
 
     preset: str = "tiny"
+    # The start: a diffusers pipeline folder as Qwen/Qwen-Image is published, or a checkpoint we wrote (an earlier
+    # fine-tuning's included), checked part by part; its vae/ is fine-tuned. Sets weights_dir and preset.
+    init: str | None = None
     weights_dir: str | None = None  # a diffusers folder with vae/ (qwen-image, or an earlier fine-tuning checkpoint)
     output_dir: str = "outputs/finetune_vae"
     run_name: str = "vae-decoder"
@@ -89,6 +92,25 @@ class VaeFinetuneConfig(RunSettings):
     perceptual: PerceptualConfig = PerceptualConfig()
     # Run settings (workers, checkpoints, logging: training.trainer.RunSettings); a failed group restarts once.
     max_failures: int = pydantic.Field(default=1, ge=0)
+
+    @pydantic.model_validator(mode="after")
+    def _init(self) -> VaeFinetuneConfig:
+        if self.init is None:
+            return self
+        init = resolve_init(self.init)
+        preset, parts = check_model_folder(init)
+        if "vae" not in parts:
+            raise ValueError(f"init {init} holds no vae/ to fine-tune")
+        if self.weights_dir is not None and pathlib.Path(self.weights_dir).resolve() != pathlib.Path(init):
+            raise ValueError("give the start folder once: init or weights_dir")
+        # Each assignment validates the model again; a field already equal is left alone, so that ends.
+        if self.init != init:
+            self.init = init
+        if self.weights_dir != init:
+            self.weights_dir = init
+        if self.preset != preset:
+            self.preset = preset
+        return self
 
     @pydantic.model_validator(mode="after")
     def _data_parallel(self) -> VaeFinetuneConfig:

@@ -8,16 +8,18 @@ encoded the store with them. Defaults that the report does not publish say where
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Literal
 
 import pydantic
 import torch
 
+from models.checkpoint import resolve_init
 from models.config import StrictModel
+from models.lora import LoraSettings
 from models.schedule import SigmaSampling
 from pipelines.pools import PoolConfig
+from training.parallel import FrozenDtype, check_frozen_dtype, frozen_weights_dtype
 from training.trainer import RunSettings
 
 Predicate = tuple[str, str, float | int | str | list]
@@ -32,16 +34,6 @@ class RewardSpec(StrictModel):
     options: dict[str, Any] = {}
 
 
-class LoraSettings(StrictModel):
-    """LoRA adapters (peft) on the transformer; the reference model is the same model with adapters disabled."""
-
-    rank: int = pydantic.Field(default=16, ge=1)
-    alpha: float = pydantic.Field(default=16.0, gt=0)
-    dropout: float = pydantic.Field(default=0.0, ge=0, lt=1)
-    # The attention projections, as diffusers' train_dreambooth_lora_qwen_image.py targets by default.
-    target_modules: list[str] = ["to_k", "to_q", "to_v", "to_out.0"]
-
-
 class RlOptim(StrictModel):
     lr: float = pydantic.Field(default=1e-5, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -51,22 +43,22 @@ class RlOptim(StrictModel):
     grad_clip: float | None = pydantic.Field(default=1.0, gt=0)
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint folder (``model_index.json`` + ``transformer/``), or a finished run's folder whose
-    ``summary.json`` names its final checkpoint (pretraining, SFT, DPO, GRPO all write one); returned absolute."""
-    folder = pathlib.Path(path).resolve()
-    if (folder / "model_index.json").is_file():
-        return str(folder)
-    summary = folder / "summary.json"
-    if summary.is_file():
-        return resolve_checkpoint(json.loads(summary.read_text())["checkpoint"])
-    raise ValueError(f"{path} is neither a checkpoint folder (model_index.json) nor a finished run (summary.json)")
+def init_from_legacy_key(data: Any) -> Any:
+    """Configs written before ``init`` named the start folder ``checkpoint``: both are read, one may be given."""
+    if isinstance(data, dict) and "checkpoint" in data:
+        if "init" in data:
+            raise ValueError("give the start folder once: init (checkpoint is its older name)")
+        data = {**data, "init": data["checkpoint"]}
+        del data["checkpoint"]
+    return data
 
 
 class RlBase(RunSettings):
     """What DPO and GRPO share: the start checkpoint, the trainer's resources, checkpoints and logging."""
 
-    checkpoint: str  # a checkpoint folder, or a finished run's folder (its final checkpoint)
+    # The start: a checkpoint or export we wrote, a finished run's folder (its final export), or a diffusers
+    # pipeline folder as Qwen/Qwen-Image is published (models.checkpoint.check_model_folder). ``checkpoint``: older name.
+    init: str
     base_weights_dir: str | None = None  # the parts the checkpoint lacks (vae/, text_encoder/...) for qwen-image
     output_dir: str = "outputs/rl"
     run_name: str
@@ -82,9 +74,14 @@ class RlBase(RunSettings):
     mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
     # The weights that do not train (the base under LoRA, a full fine-tune's reference) are stored in this dtype.
     # auto: under FSDP the compute dtype (bf16 on GPU: half the memory), under DDP fp32.
-    frozen_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    frozen_dtype: FrozenDtype = "auto"
     # The final export's transformer (adapters merged) is saved in this dtype; the released weights are bf16.
     export_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        return init_from_legacy_key(data)
 
     @pydantic.model_validator(mode="after")
     def _parallel(self) -> RlBase:
@@ -93,27 +90,21 @@ class RlBase(RunSettings):
                 "DPO and GRPO shard with FSDP (parallel.strategy=fsdp, replicate for HSDP): tensor_parallel is not "
                 "built for LoRA-wrapped layers"
             )
-        if self.parallel.strategy == "ddp" and self.frozen_dtype == "bfloat16":
-            raise ValueError(
-                "frozen_dtype=bfloat16 needs parallel.strategy=fsdp (which gathers frozen weights in the compute "
-                "dtype; it runs on one worker too): DDP computes with the stored weights"
-            )
+        check_frozen_dtype(self.frozen_dtype, self.parallel.strategy)
         return self
 
     def frozen_torch_dtype(self, compute: torch.dtype) -> torch.dtype:
         """The dtype of the frozen weights when the model computes in ``compute``."""
-        if self.frozen_dtype == "auto":
-            return compute if self.parallel.strategy == "fsdp" else torch.float32
-        return getattr(torch, self.frozen_dtype)
+        return frozen_weights_dtype(self.frozen_dtype, self.parallel.strategy, compute)
 
     @property
     def run_folder(self) -> pathlib.Path:
         return (pathlib.Path(self.output_dir) / self.run_name).resolve()
 
-    @pydantic.field_validator("checkpoint")
+    @pydantic.field_validator("init")
     @classmethod
-    def _checkpoint(cls, path: str) -> str:
-        return resolve_checkpoint(path)
+    def _init(cls, path: str) -> str:
+        return resolve_init(path)
 
 
 class RewardPairsConfig(StrictModel):
@@ -197,7 +188,7 @@ class SftConfig(StrictModel):
     """SFT: one phase of the pretraining loop on a curated subset, a lower learning rate, from a checkpoint."""
 
     store_dir: str
-    checkpoint: str  # a checkpoint folder, or a finished run's folder (its final checkpoint)
+    init: str  # as RlBase.init: ours, a finished run, or a released diffusers folder (``checkpoint``: older name)
     base_weights_dir: str | None = None
     output_dir: str = "outputs/sft"
     run_name: str = "sft"
@@ -215,13 +206,19 @@ class SftConfig(StrictModel):
     num_workers: int = pydantic.Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
+    lora: LoraSettings | None = None  # LoRA SFT: adapters train, the base stays frozen
     # Any other training.config.PretrainConfig key (ema_decay, loss, samples, checkpoint_every, ...).
     pretrain: dict[str, Any] = {}
 
-    @pydantic.field_validator("checkpoint")
+    @pydantic.field_validator("init")
     @classmethod
-    def _checkpoint(cls, path: str) -> str:
-        return resolve_checkpoint(path)
+    def _init(cls, path: str) -> str:
+        return resolve_init(path)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        return init_from_legacy_key(data)
 
     @pydantic.model_validator(mode="after")
     def _curated(self) -> SftConfig:

@@ -121,7 +121,7 @@ def run_dpo(config: DpoConfig) -> dict:
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
     marker = folder / "pairs.done.json"
     if (config.from_reward or config.from_labels) and not marker.exists():
-        preset = read_metadata(config.checkpoint).get("preset", "qwen-image")
+        preset = read_metadata(config.init).get("preset", "qwen-image")
         print(f"[dpo] building preference pairs into {config.pairs_dir}", flush=True)
         marker.write_text(json.dumps({"submitted": build_pairs(config, preset)}))
     pairs = read_pairs(config.pairs_dir, config.resolution)

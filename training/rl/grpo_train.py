@@ -39,7 +39,7 @@ def make_rollout_actors(config: GrpoConfig, prompts: dict) -> list:
         remote.options(
             name=f"{config.run_name}-rollout-{index}", num_cpus=config.rollout_cpus, num_gpus=config.rollout_gpus
         ).remote(
-            config.checkpoint,
+            config.init,
             config.base_weights_dir,
             lora,
             rewards,
@@ -192,7 +192,7 @@ def run_grpo(config: GrpoConfig) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(config.model_dump_json(indent=2))
     texts = prompt_list(config.prompts, config.prompts_file)
-    preset = read_metadata(config.checkpoint).get("preset", "qwen-image")
+    preset = read_metadata(config.init).get("preset", "qwen-image")
     encoded = ray.get(
         encode_sample_prompts.options(num_gpus=config.rollout_gpus).remote(preset, config.base_weights_dir, texts)
     )

@@ -206,7 +206,7 @@ def build_pairs(config: DpoConfig, preset: str) -> int:
             ray.data.from_items(items),
             RewardPairStage,
             config.from_reward.pool,
-            checkpoint=config.checkpoint,
+            checkpoint=config.init,
             base_weights_dir=config.base_weights_dir,
             settings=config.from_reward.model_dump(mode="json"),
             resolution=config.resolution,

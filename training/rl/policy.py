@@ -20,16 +20,16 @@ import torch
 from diffusers import QwenImageTransformer2DModel
 
 from models.checkpoint import load_checkpoint, read_metadata
+from models.lora import LoraSettings, add_lora, init_lora_
 from training.checkpointer import gather_trainable
 from training.parallel import (
     Parallel,
     ParallelConfig,
     build_meta_transformer,
-    fill_from_full_,
+    cast_frozen_,
     parallelize,
     unwrap,
 )
-from training.rl.config import LoraSettings
 
 
 def single_process(device: torch.device | str = "cpu") -> Parallel:
@@ -60,7 +60,7 @@ class Policy:
         model = build_meta_transformer(config)
         if lora is not None:
             add_lora(model, lora)
-            _cast_frozen(model, frozen_dtype)
+            cast_frozen_(model, frozen_dtype)
         self.model = parallelize(model, self.parallel, param_dtype=compute_dtype, weights_folder=folder)
         self.transformer = unwrap(self.model)
         if lora is not None:
@@ -70,7 +70,7 @@ class Policy:
         self.frozen_reference = None
         if need_reference and lora is None:
             reference = build_meta_transformer(config).requires_grad_(False)
-            _cast_frozen(reference, frozen_dtype)
+            cast_frozen_(reference, frozen_dtype)
             self.frozen_reference = parallelize(
                 reference, self.parallel, param_dtype=compute_dtype, weights_folder=folder, frozen=True
             ).eval()
@@ -111,44 +111,6 @@ def load_transformer(checkpoint: str | pathlib.Path, device: torch.device | str 
     """The transformer of a checkpoint folder we wrote (its preset is read from ``model_index.json``)."""
     transformer_folder(checkpoint)
     return load_checkpoint(checkpoint, parts=("transformer",), device=device).transformer
-
-
-def add_lora(transformer: QwenImageTransformer2DModel, settings: LoraSettings) -> None:
-    """Freeze the base weights and add trainable LoRA adapters, on whatever device the model is (meta included);
-    ``init_lora_`` draws their weights."""
-    from peft import LoraConfig
-
-    transformer.requires_grad_(False)
-    transformer.add_adapter(
-        LoraConfig(
-            r=settings.rank,
-            lora_alpha=settings.alpha,
-            lora_dropout=settings.dropout,
-            target_modules=list(settings.target_modules),
-            init_lora_weights="gaussian",
-        )
-    )
-
-
-def init_lora_(transformer: torch.nn.Module, seed: int) -> None:
-    """peft's gaussian initialisation, drawn whole from ``seed`` in module order (the same on every rank and for
-    any number of workers): A ~ N(0, 1/r^2), B = 0, so the adapted model starts as the base."""
-    from peft.tuners.lora import LoraLayer
-
-    generator = torch.Generator().manual_seed(seed)
-    for module in transformer.modules():
-        if isinstance(module, LoraLayer):
-            for adapter, down in module.lora_A.items():
-                weight = down.weight
-                fill_from_full_(weight, torch.randn(weight.shape, generator=generator) / module.r[adapter])
-                fill_from_full_(module.lora_B[adapter].weight, torch.zeros(module.lora_B[adapter].weight.shape))
-
-
-def _cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Parameters that do not train are stored in ``dtype`` (on the meta device: nothing is allocated)."""
-    for param in model.parameters():
-        if not param.requires_grad:
-            param.data = param.data.to(dtype)
 
 
 def load_trainable_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -151,10 +151,10 @@ class RolloutWorker:
         num_threads: int = 1,
     ):
         from models.checkpoint import read_metadata
+        from models.lora import LoraSettings, add_lora
         from models.presets import build_components
         from models.vae import LatentVAE
-        from training.rl.config import LoraSettings
-        from training.rl.policy import add_lora, load_transformer
+        from training.rl.policy import load_transformer
         from training.rl.rewards import build_reward
 
         torch.set_num_threads(num_threads)

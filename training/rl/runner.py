@@ -46,8 +46,8 @@ def fit(
     """One ``TorchTrainer`` run of ``loop`` with the config's workers, checkpoints and failure policy; the driver
     prints the progress of ``train.csv`` (``keys`` of each row) as ``[label]`` lines. The workers get the folder
     the export links its frozen parts to as ``loop_config["base"]``."""
-    preset = read_metadata(config.checkpoint).get("preset", "qwen-image")
-    base = ensure_base(config.run_folder, preset, [config.checkpoint, config.base_weights_dir])
+    preset = read_metadata(config.init).get("preset", "qwen-image")
+    base = ensure_base(config.run_folder, preset, [config.init, config.base_weights_dir])
     progress = Progress(config.run_folder / "train.csv", total_steps, label, keys)
     return fit_trainer(
         loop,
@@ -75,7 +75,7 @@ class Worker:
         self.dtype = compute_dtype(config.mixed_precision, self.device)
         torch.manual_seed(config.seed + self.rank)
         self.policy = Policy(
-            config.checkpoint,
+            config.init,
             lora=config.lora,
             need_reference=need_reference,
             parallel=self.parallel,

@@ -2,15 +2,17 @@
 the store (hand-picked ``sample_id``s and/or predicates over stored scores and annotation), with a lower learning rate,
 starting from a checkpoint. Checkpoints, metrics, the loss curve and sample grids are pretraining's.
 
-The checkpoint's transformer is the starting point (``PretrainConfig.init_transformer``); the VAE and condition
-encoder of the sample grids come from the checkpoint's preset, or from ``base_weights_dir`` for ``qwen-image``.
+The ``init`` folder's transformer is the starting point (``PretrainConfig.init``: a checkpoint we wrote, or the
+released diffusers folder); with ``lora`` only adapters train. The VAE and condition encoder of the sample grids come
+from the ``init`` folder when it holds them (an export, the released folder), else from ``base_weights_dir`` or the
+tiny preset.
 """
 
 from __future__ import annotations
 
 import pathlib
 
-from models.checkpoint import read_metadata
+from models.checkpoint import check_model_folder
 from pipelines.store import columns as C
 from pipelines.store.reader import read_table
 from training.config import PretrainConfig
@@ -24,7 +26,8 @@ OWN_KEYS = (
     "run_name",
     "preset",
     "weights_dir",
-    "init_transformer",
+    "init",
+    "lora",
     "phases",
     "batch_size",
     "num_workers",
@@ -44,14 +47,9 @@ def sft_pretrain_config(config: SftConfig) -> PretrainConfig:
     clashes = sorted(set(config.pretrain) & set(OWN_KEYS))
     if clashes:
         raise ValueError(f"sft: set {clashes} at the top level of the SFT config, not under 'pretrain'")
-    metadata = read_metadata(config.checkpoint)
-    if not metadata:
-        raise ValueError(
-            f"{config.checkpoint} is not a checkpoint folder we wrote (no model_index.json with our metadata)"
-        )
-    if "transformer" not in metadata.get("parts", ["transformer"]):
-        raise ValueError(f"checkpoint {config.checkpoint} holds no transformer to fine-tune")
-    preset = metadata.get("preset", "qwen-image")
+    preset, parts = check_model_folder(config.init)
+    if "transformer" not in parts:
+        raise ValueError(f"{config.init} holds no transformer to fine-tune")
     phase = {
         "name": "sft",
         "num_steps": config.num_steps,
@@ -68,7 +66,8 @@ def sft_pretrain_config(config: SftConfig) -> PretrainConfig:
             "run_name": config.run_name,
             "preset": preset,
             "weights_dir": config.base_weights_dir,
-            "init_transformer": str(pathlib.Path(config.checkpoint).resolve()),
+            "init": str(pathlib.Path(config.init).resolve()),
+            "lora": config.lora.model_dump() if config.lora else None,
             "phases": [phase],
             "batch_size": config.batch_size,
             "num_workers": config.num_workers,
