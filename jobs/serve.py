@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--checkpoint", help="checkpoint folder written by training (diffusers layout)")
     parser.add_argument("--preset", help="preset to serve when no checkpoint is given (the config's, else tiny)")
     parser.add_argument("--weights-dir", help="local weights folder for presets that read one (qwen-image)")
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve a LoRA adapter (diffusers format) as <model name>:NAME; repeat for more (added to the config's)",
+    )
     parser.add_argument("--host", help="HTTP host (the config's http_options.host by default)")
     parser.add_argument("--port", type=int, help="HTTP port (the config's http_options.port by default)")
     args = parser.parse_args(argv)
@@ -48,6 +55,13 @@ def main(argv: list[str] | None = None) -> str:
     for key, value in (("preset", args.preset), ("weights_dir", args.weights_dir)):
         if value:
             model[key] = value
+    for spec in args.adapter:
+        name, _, path = spec.partition("=")
+        if not name or not path:
+            parser.error(f"--adapter takes NAME=PATH, got {spec!r}")
+        model["adapters"].append({"name": name, "path": path})
+    for adapter in model["adapters"]:  # replicas run in other directories
+        adapter["path"] = str(pathlib.Path(adapter["path"]).resolve())
     served.settings = parse_settings({**served.settings.model_dump(), "model": model})
     for key, value in (("host", args.host), ("port", args.port)):
         if value:
@@ -57,6 +71,8 @@ def main(argv: list[str] | None = None) -> str:
     url = deploy(served)
     source = model["checkpoint"] or f"preset {model['preset']}"
     print(f"[serve] {source} as {model['name']!r} at {url}/ (web page), {url}/v1/images/generations", flush=True)
+    for adapter in model["adapters"]:
+        print(f"[serve] adapter {adapter['path']} as {model['name']}:{adapter['name']!s}", flush=True)
     print(
         f"[serve] try: curl {url}/v1/images/generations -H 'Content-Type: application/json' "
         f"""-d '{{"prompt": "a red fox", "size": "256x256", "seed": 0}}' | python -c """

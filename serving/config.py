@@ -21,9 +21,21 @@ from models.config import ConfigError, StrictModel
 from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG
 from serving.sizes import parse_size
 
+ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class AdapterSettings(StrictModel):
+    """A LoRA adapter served beside the base: clients ask for it as ``model: "<model.name>:<name>"``."""
+
+    name: str = pydantic.Field(pattern=ADAPTER_NAME)
+    # pytorch_lora_weights.safetensors in diffusers' format (what our trainers export, or another tool's), or a
+    # folder holding it.
+    path: str
+    scale: float = 1.0
+
 
 class ModelSettings(StrictModel):
-    """What the generator loads: a training checkpoint folder when given, else the preset."""
+    """What the generator loads: a training checkpoint folder when given, else the preset; then the adapters."""
 
     preset: str = "tiny"
     checkpoint: str | None = None
@@ -34,6 +46,30 @@ class ModelSettings(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # Seed of the tiny preset's random weights (ignored by presets that read weights).
     seed: int = 0
+    # LoRA adapters loaded into the one base model of each generator replica; requests pick one by ``model``.
+    adapters: list[AdapterSettings] = []
+
+    @pydantic.field_validator("adapters")
+    @classmethod
+    def _unique(cls, adapters: list[AdapterSettings]) -> list[AdapterSettings]:
+        names = [adapter.name for adapter in adapters]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"adapter names must be unique; repeated: {repeated}")
+        return adapters
+
+    def model_ids(self) -> list[str]:
+        """What ``GET /v1/models`` lists and ``model`` may name: the base, then ``<name>:<adapter>`` for each."""
+        return [self.name] + [f"{self.name}:{adapter.name}" for adapter in self.adapters]
+
+    def adapter_of(self, model_id: str) -> str | None:
+        """The adapter ``model_id`` names (None: the base); ``KeyError`` when it names nothing served."""
+        if model_id == self.name:
+            return None
+        base, _, adapter = model_id.partition(":")
+        if base == self.name and adapter in {a.name for a in self.adapters}:
+            return adapter
+        raise KeyError(model_id)
 
 
 class Limits(StrictModel):

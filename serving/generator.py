@@ -31,18 +31,22 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def load_model(settings: ModelSettings) -> TextToImage:
-    """The checkpoint when one is given, else the preset, on the configured device."""
+    """The checkpoint when one is given, else the preset, on the configured device, with the adapters loaded."""
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = _DTYPES[settings.dtype]
     if settings.checkpoint:
-        return TextToImage.from_checkpoint(
+        model = TextToImage.from_checkpoint(
             settings.checkpoint, weights_dir=settings.weights_dir, device=device, dtype=dtype
         )
-    return TextToImage.from_preset(
-        settings.preset, weights_dir=settings.weights_dir, device=device, dtype=dtype, seed=settings.seed
-    )
+    else:
+        model = TextToImage.from_preset(
+            settings.preset, weights_dir=settings.weights_dir, device=device, dtype=dtype, seed=settings.seed
+        )
+    for adapter in settings.adapters:  # into the one base: an adapter costs its own tensors only
+        model.load_adapter(adapter.name, adapter.path, adapter.scale)
+    return model
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -58,8 +62,10 @@ def count_images(jobs: list[GenerationJob]) -> int:
 
 
 def generate_group(model: TextToImage, jobs: list[GenerationJob]) -> np.ndarray:
-    """One sampler call for jobs that share a ``batch_key``: uint8 ``[num_images, H, W, 3]`` in job order."""
+    """One sampler call for jobs that share a ``batch_key`` (one adapter, or the base): uint8
+    ``[num_images, H, W, 3]`` in job order."""
     first = jobs[0]
+    model.use_adapter(first.adapter)
     prompts = [job.prompt for job in jobs for _ in job.seeds]
     kwargs = dict(
         height=first.height,

@@ -16,6 +16,7 @@ valid one can get 503. An edit's body may be ``edit.max_upload_bytes`` (the gene
 # resolve the string annotation ``Request`` and took ``request`` for a required query parameter.
 import asyncio
 import base64
+import dataclasses
 import hmac
 import logging
 import os
@@ -215,17 +216,21 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict:
+        """The base model and each served adapter (``<name>:<adapter>``)."""
         self.authorize(request)
-        entry = {"id": self.settings.model.name, "object": "model", "created": self.created, "owned_by": "local"}
-        return {"object": "list", "data": [entry]}
+        entries = [
+            {"id": model_id, "object": "model", "created": self.created, "owned_by": "local"}
+            for model_id in self.settings.model.model_ids()
+        ]
+        return {"object": "list", "data": entries}
 
     @app.post("/v1/images/generations")
     async def generations(self, request: Request, response: Response) -> dict:
         self.authorize(request)
         body = parse_body(await read_body(request, self.settings.limits.max_body_bytes))
-        self.check_model(body.model)
+        adapter = self.check_model(body.model)
         job = check_request(body, self.settings.limits, self.settings.defaults, self.count_tokens)
-        return await self.answer(job, response)
+        return await self.answer(dataclasses.replace(job, adapter=adapter), response)
 
     @app.post("/v1/images/edits")
     async def edits(self, request: Request, response: Response) -> dict:
@@ -235,19 +240,25 @@ class Ingress:
             raise ApiError(404, "image editing is turned off on this server", code="not_found")
         fields, files = await read_form(request, edit.max_upload_bytes, self.settings.limits.max_body_bytes)
         body, image = parse_edit_form(fields, files)
-        self.check_model(body.model)
+        adapter = self.check_model(body.model)
         # Decoding a large photo takes a while: off the event loop, which serves every other request meanwhile.
         source_size = await asyncio.to_thread(check_source, image, edit)
         job = check_edit_request(
             body, image, source_size, self.settings.limits, self.settings.defaults, edit, self.count_tokens
         )
-        return await self.answer(job, response)
+        return await self.answer(dataclasses.replace(job, adapter=adapter), response)
 
-    def check_model(self, model: str | None) -> None:
-        served = self.settings.model.name
-        if model is not None and model != served:
-            message = f"model {model!r} does not exist; this server serves {served!r}"
-            raise ApiError(404, message, param="model", code="model_not_found")
+    def check_model(self, model: str | None) -> str | None:
+        """The adapter ``model`` names (None: the base, also when ``model`` is left out); 404 when it names
+        nothing served."""
+        if model is None:
+            return None
+        try:
+            return self.settings.model.adapter_of(model)
+        except KeyError:
+            served = ", ".join(repr(m) for m in self.settings.model.model_ids())
+            message = f"model {model!r} does not exist; this server serves {served}"
+            raise ApiError(404, message, param="model", code="model_not_found") from None
 
     async def answer(self, job: GenerationJob, response: Response) -> dict:
         """Queue ``job`` (503 when full) and answer with its images, base64 PNGs with their seeds; the

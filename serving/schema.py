@@ -113,10 +113,12 @@ class GenerationJob:
     num_steps: int
     true_cfg_scale: float
     seeds: tuple[int, ...]
+    # The LoRA adapter the request's ``model`` names ("<served name>:<adapter>"); None: the base model.
+    adapter: str | None = dataclasses.field(default=None, kw_only=True)
 
     def batch_key(self) -> tuple:
-        """Jobs with equal keys can share one sampler call."""
-        return (self.width, self.height, self.num_steps, self.true_cfg_scale, self.negative_prompt)
+        """Jobs with equal keys can share one sampler call (one adapter, or the base, per call)."""
+        return (self.adapter, self.width, self.height, self.num_steps, self.true_cfg_scale, self.negative_prompt)
 
 
 def _reject_constant(name: str) -> float:

@@ -41,6 +41,25 @@ def tiny_settings(**sections) -> ServeSettings:
     return ServeSettings.model_validate(base)
 
 
+def write_adapter(folder, seed: int, targets: list[str]) -> str:
+    """A LoRA adapter for the tiny preset's transformer (seed 0) with random non-zero weights, written as our
+    trainers export one (``pytorch_lora_weights.safetensors``, diffusers' format); returns the folder."""
+    import torch
+
+    from models.lora import LoraSettings, adapter_metadata, adapter_state, add_lora, save_adapter
+    from models.presets import build_components
+
+    transformer = build_components("tiny", parts=("transformer",)).transformer
+    add_lora(transformer, LoraSettings(rank=4, alpha=4, target_modules=targets))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in transformer.parameters():
+            if param.requires_grad:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    save_adapter(folder, adapter_state(transformer), adapter_metadata(transformer))
+    return str(folder)
+
+
 def start_serve(
     settings: ServeSettings, deployment_options: dict | None = None, *, name: str, route_prefix: str = "/"
 ) -> str:

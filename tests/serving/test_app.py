@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from .conftest import decode_png, start_serve, tiny_settings
+from .conftest import decode_png, start_serve, tiny_settings, write_adapter
 
 API_KEY = "test-key-7f3a"
 KEY_ENV = "SERVING_TEST_API_KEY"
@@ -20,10 +20,20 @@ MAX_IN_FLIGHT = 3
 
 
 @pytest.fixture(scope="module")
-def server(ray_session):
+def server(ray_session, tmp_path_factory):
     from ray import serve
 
-    settings = tiny_settings(api_key_env=KEY_ENV, queue={"max_in_flight": MAX_IN_FLIGHT, "retry_after_s": 3})
+    # Two LoRA adapters beside the base, asked for as "qwen-image-tiny:a" and "qwen-image-tiny:b".
+    folder = tmp_path_factory.mktemp("adapters")
+    adapters = [
+        {"name": "a", "path": write_adapter(folder / "a", 1, ["to_q", "to_v", "img_mlp.net.2"])},
+        {"name": "b", "path": write_adapter(folder / "b", 2, ["img_mlp.net.0.proj", "to_out.0"]), "scale": 0.8},
+    ]
+    settings = tiny_settings(
+        model={"adapters": adapters},
+        api_key_env=KEY_ENV,
+        queue={"max_in_flight": MAX_IN_FLIGHT, "retry_after_s": 3},
+    )
     # The key reaches the ingress replicas as an environment variable, as it would from a secret on a cluster.
     options = {"Ingress": {"ray_actor_options": {"num_cpus": 0.5, "runtime_env": {"env_vars": {KEY_ENV: API_KEY}}}}}
     # Under a route prefix, as behind a shared gateway: the page must find the API there too.
@@ -59,7 +69,7 @@ def test_generation_endpoint(server):
 def test_openai_client(server):
     openai = pytest.importorskip("openai", reason="the official client is in the test extras: pip install openai")
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
-    assert [model.id for model in client.models.list()] == ["qwen-image-tiny"]
+    assert [model.id for model in client.models.list()] == ["qwen-image-tiny", "qwen-image-tiny:a", "qwen-image-tiny:b"]
     result = client.images.generate(
         model="qwen-image-tiny",
         prompt="a lighthouse at dusk",
@@ -72,6 +82,41 @@ def test_openai_client(server):
         client.images.generate(model="qwen-image-tiny", prompt="x", size="100x100", response_format="b64_json")
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_serve_adapter_by_model_name(server):
+    """The base and two adapters from one replica: the model field picks one, the same seed gives each its own
+    image, each the same whether asked alone or together with the others (batched per adapter), and an adapter
+    that is not served is a 404 naming ``model``."""
+    openai = pytest.importorskip("openai", reason="the official client is in the test extras: pip install openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    models = ["qwen-image-tiny", "qwen-image-tiny:a", "qwen-image-tiny:b"]
+
+    def draw(model: str) -> np.ndarray:
+        result = client.images.generate(
+            model=model,
+            prompt="a lighthouse at dusk",
+            size="64x64",
+            response_format="b64_json",
+            extra_body={"seed": 11, "num_inference_steps": 2},
+        )
+        return decode_png(result.data[0].b64_json).astype(int)
+
+    alone = {model: draw(model) for model in models}
+    for first, second in [(0, 1), (0, 2), (1, 2)]:
+        assert np.abs(alone[models[first]] - alone[models[second]]).max() > 10, (models[first], models[second])
+    together: dict[str, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda m=m: together.update({m: draw(m)})) for m in models * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(np.abs(together[model] - alone[model]).max() <= 1 for model in models)
+
+    with pytest.raises(openai.NotFoundError) as error:
+        client.images.generate(model="qwen-image-tiny:c", prompt="x", size="64x64", response_format="b64_json")
+    assert error.value.status_code == 404 and error.value.body["param"] == "model"
+    assert "qwen-image-tiny:a" in error.value.body["message"]
 
 
 def _chunks(total: int):

@@ -153,22 +153,27 @@ class _RecordingModel:
     """Stands in for ``TextToImage``: records each sampler call and returns black images."""
 
     def __init__(self):
-        self.calls: list[tuple[str, int, set]] = []
+        self.calls: list[tuple] = []
+        self.adapter = None
+
+    def use_adapter(self, name):
+        self.adapter = name
 
     def _images(self, prompts: list[str], height: int, width: int) -> np.ndarray:
         return np.zeros((len(prompts), height, width, 3), np.uint8)
 
     def __call__(self, prompts, *, height, width, **kwargs):
-        self.calls.append(("t2i", len(prompts), set()))
+        self.calls.append(("t2i", len(prompts), set(), self.adapter))
         return self._images(prompts, height, width)
 
     def edit(self, prompts, images, *, height, width, **kwargs):
-        self.calls.append(("edit", len(prompts), {image.shape for image in images}))
+        self.calls.append(("edit", len(prompts), {image.shape for image in images}, self.adapter))
         return self._images(prompts, height, width)
 
 
 def test_generate_jobs_groups_edits_by_source_size():
-    """One sampler call per compatible group: text-to-image apart from edits, edits apart by source size."""
+    """One sampler call per compatible group: text-to-image apart from edits, edits apart by source size, and
+    each LoRA adapter (or the base) apart from the others."""
     common = dict(prompt="p", negative_prompt=" ", width=64, height=64, num_steps=2, true_cfg_scale=4.0)
 
     def edit_job(width: int, height: int, seeds: tuple[int, ...]) -> EditJob:
@@ -189,13 +194,15 @@ def test_generate_jobs_groups_edits_by_source_size():
         edit_job(96, 64, (0,)),
         edit_job(64, 64, (2,)),
         GenerationJob(**common, seeds=(1,)),
+        GenerationJob(**common, seeds=(2,), adapter="style"),
+        edit_job(64, 64, (3,)).__class__(**{**vars(edit_job(64, 64, (3,))), "adapter": "style"}),
     ]
     model = _RecordingModel()
     results = generate_jobs(model, jobs)
-    assert [len(pngs) for pngs in results] == [1, 2, 1, 1, 1]
-    assert sorted(model.calls, key=str) == sorted(
-        [("t2i", 2, set()), ("edit", 3, {(64, 64, 3)}), ("edit", 1, {(64, 96, 3)})], key=str
-    )
+    assert [len(pngs) for pngs in results] == [1, 2, 1, 1, 1, 1, 1]
+    expected = [("t2i", 2, set(), None), ("edit", 3, {(64, 64, 3)}, None), ("edit", 1, {(64, 96, 3)}, None)]
+    expected += [("t2i", 1, set(), "style"), ("edit", 1, {(64, 64, 3)}, "style")]
+    assert sorted(model.calls, key=str) == sorted(expected, key=str)
 
 
 # (id, image bytes or None, form fields, headers (None: the key), expected status, "param" or None, message fragment)
