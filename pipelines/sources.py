@@ -68,6 +68,9 @@ class SourceConfig(StrictModel):
     # "t2i": image-caption pairs. "edit" / "depth" / "novel_view": (source image, instruction, target) triplets.
     task: Task = "t2i"
     source_image_column: str | None = None  # parquet triplets: the input image (detected when not given)
+    # Put before every caption of this source, e.g. a LoRA's trigger word ("sks dog, "); sample ids keep hashing
+    # the file's own caption, so a changed prefix does not make new samples of the same files.
+    caption_prefix: str = ""
 
     @property
     def is_edit(self) -> bool:
@@ -372,6 +375,16 @@ def read_folder_source(config: SourceConfig) -> ray.data.Dataset:
 
 
 def read_source(config: SourceConfig) -> ray.data.Dataset:
-    """The source as a Ray Dataset of ``SOURCE_COLUMNS``."""
+    """The source as a Ray Dataset of ``SOURCE_COLUMNS`` (captions behind ``caption_prefix`` when it is set)."""
     readers = {"parquet": read_parquet_source, "webdataset": read_webdataset_source, "folder": read_folder_source}
-    return readers[config.kind](config)
+    dataset = readers[config.kind](config)
+    if not config.caption_prefix:
+        return dataset
+    prefix = config.caption_prefix
+
+    def prefixed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        captions = np.empty(len(batch[schema.CAPTION]), dtype=object)
+        captions[:] = [(prefix + (caption or "")).strip() for caption in batch[schema.CAPTION]]
+        return {**batch, schema.CAPTION: captions}
+
+    return dataset.map_batches(prefixed, batch_format="numpy")

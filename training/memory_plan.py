@@ -16,6 +16,10 @@ Everything is counted on the meta device, so the plan for the published 20B mode
 The peak of a step is the states plus the larger of (activations of the batch plus gathered blocks) and (all
 gradients plus the optimiser's temporaries). ``tests/training/test_memory_plan.py`` checks it against peaks
 measured on CPU; ``benchmarks/train_scale.py`` against a GPU's when one is lent.
+
+``plan_lora_memory`` plans LoRA training on one GPU the same way (the frozen base whole, in bf16, fp32 or a
+weight-only quantised form; the adapters' states; activations counted on the model with its adapters);
+``benchmarks/lora_memory.py`` reports it for the published model.
 """
 
 from __future__ import annotations
@@ -45,12 +49,20 @@ def _is_tp_split(shape: tuple[int, ...], heads: int, ffn: int) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _saved_bytes(config_items: tuple, layers: int, resolution: int, text_tokens: int, dtype, tp: int) -> int:
+def _saved_bytes(
+    config_items: tuple, layers: int, resolution: int, text_tokens: int, dtype, tp: int, lora: str | None = None
+) -> int:
+    """``lora``: a ``LoraSettings`` as JSON, to count the model with those adapters and its base frozen."""
     from diffusers import QwenImageTransformer2DModel
 
     config = {**dict(config_items), "num_layers": layers}
     with torch.device("meta"):
-        model = QwenImageTransformer2DModel.from_config(config).to(dtype)
+        model = QwenImageTransformer2DModel.from_config(config)
+    if lora is not None:
+        from models.lora import LoraSettings, add_lora
+
+        add_lora(model, LoraSettings.model_validate_json(lora))
+    model = model.to(dtype)
     params = {id(param) for param in model.parameters()}
     heads = config["num_attention_heads"]
     head_dim = config["attention_head_dim"]
@@ -95,11 +107,16 @@ def _saved_bytes(config_items: tuple, layers: int, resolution: int, text_tokens:
     return total + layers * (out + logsumexp)
 
 
-def count_activations(config: dict, resolution: int, text_tokens: int, *, dtype=torch.bfloat16, tp: int = 1):
-    """``ActivationCount`` for one sample of ``resolution``² with ``text_tokens`` prompt tokens."""
+def count_activations(
+    config: dict, resolution: int, text_tokens: int, *, dtype=torch.bfloat16, tp: int = 1, lora=None
+) -> ActivationCount:
+    """``ActivationCount`` for one sample of ``resolution``² with ``text_tokens`` prompt tokens; with ``lora`` (a
+    ``LoraSettings``), of the model with those adapters and its base frozen (nothing is kept for the frozen
+    weights' gradients, and nothing at all before the first adapted layer)."""
     items = tuple(sorted((key, tuple(v) if isinstance(v, list) else v) for key, v in config.items()))
-    one = _saved_bytes(items, 1, resolution, text_tokens, dtype, tp)
-    two = _saved_bytes(items, 2, resolution, text_tokens, dtype, tp)
+    key = None if lora is None else lora.model_dump_json()
+    one = _saved_bytes(items, 1, resolution, text_tokens, dtype, tp, key)
+    two = _saved_bytes(items, 2, resolution, text_tokens, dtype, tp, key)
     side = resolution // 16
     width = config["num_attention_heads"] * config["attention_head_dim"]
     inputs = (side * side + text_tokens) * width * dtype.itemsize  # the image and text streams entering the block
@@ -285,3 +302,188 @@ def gpus_needed(config: dict, *, resolution: int, gpu_bytes: int, max_gpus: int 
         if world <= max_gpus and plan_memory(config, resolution=resolution, world=world, **kwargs).max_batch(gpu_bytes):
             return world
     return None
+
+
+# LoRA: the base frozen, whole on one GPU, and only the adapters trained.
+#
+# The frozen base is stored as the loop stores it (``frozen_dtype``: bf16 under FSDP, fp32 under DDP) or, for the
+# ``int8`` / ``float8`` rows, as a weight-only quantised base would be (one byte per element of every linear
+# layer's weight plus an fp32 scale per output row; biases and norm scales in bf16), which the loop does not build
+# today: those rows say what such a base would take. The adapters train in fp32 (weights, gradients, two AdamW
+# moments: 16 bytes each). Activations are counted as for full training (``count_activations``) on the model with
+# its adapters: the frozen layers keep nothing for their weights' gradients and nothing before the first adapted
+# layer needs a gradient at all, but every input of an adapted layer (its down projection's gradient) and what
+# the backward pass needs to reach the earlier blocks is kept, so they are the same order as full training's.
+# Covered: the transformer only; the condition encoder and the VAE never run in training (latents and prompt
+# embeddings come from the store).
+
+BASE_DTYPES = ("float32", "bfloat16", "int8", "float8")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraParameterCount:
+    base: int  # every parameter of the base model
+    linear_weights: int  # elements of the base's linear-layer weights (what weight-only quantisation stores)
+    linear_rows: int  # their output rows (one quantisation scale each)
+    largest_linear: int  # elements of the largest linear weight
+    per_block: int  # base parameters of one block
+    adapters: int  # the trainable LoRA parameters
+    adapters_per_block: int  # the largest block's
+
+
+def count_lora_parameters(config: dict, lora=None) -> LoraParameterCount:
+    """The base's and the adapters' parameters of ``config`` with ``lora`` (a ``LoraSettings``; its defaults when
+    None), counted on the meta device with ``models.lora.add_lora``, as the training loop adds them."""
+    from models.lora import LoraSettings
+
+    lora = lora or LoraSettings()
+    items = tuple(sorted((key, tuple(v) if isinstance(v, list) else v) for key, v in config.items()))
+    return _count_lora_parameters(items, lora.model_dump_json())
+
+
+@functools.lru_cache(maxsize=16)
+def _count_lora_parameters(config_items: tuple, lora: str) -> LoraParameterCount:
+    from diffusers import QwenImageTransformer2DModel
+
+    from models.lora import LoraSettings, add_lora
+
+    with torch.device("meta"):
+        model = QwenImageTransformer2DModel.from_config(dict(config_items))
+    add_lora(model, LoraSettings.model_validate_json(lora))
+    base = sum(param.numel() for param in model.parameters() if not param.requires_grad)
+    adapters = sum(param.numel() for param in model.parameters() if param.requires_grad)
+    linear = [
+        module.weight
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad  # the adapters' own are not
+    ]
+    blocks = [
+        (
+            sum(p.numel() for p in block.parameters() if not p.requires_grad),
+            sum(p.numel() for p in block.parameters() if p.requires_grad),
+        )
+        for block in model.transformer_blocks
+    ]
+    return LoraParameterCount(
+        base=base,
+        linear_weights=sum(weight.numel() for weight in linear),
+        linear_rows=sum(weight.shape[0] for weight in linear),
+        largest_linear=max(weight.numel() for weight in linear),
+        per_block=max(block[0] for block in blocks),
+        adapters=adapters,
+        adapters_per_block=max(block[1] for block in blocks),
+    )
+
+
+@dataclasses.dataclass
+class LoraMemoryPlan:
+    """One GPU's memory of LoRA training, in bytes (parameter counts where named so)."""
+
+    resolution: int
+    text_tokens: int
+    base_dtype: str
+    strategy: str
+    rank: int
+    activation_checkpointing: int
+    base_parameter_count: int
+    lora_parameter_count: int
+    base_weights: int
+    lora_states: int  # fp32 adapters, their gradients and two AdamW moments
+    # bf16 / fp32 base: FSDP's gathered blocks (this one and the prefetched next, in the compute dtype, and the
+    # gathered block's adapter gradients), or under DDP autocast's compute-dtype copy of the weights; quantised
+    # base: one linear weight dequantised to the compute dtype (the largest).
+    workspace: int
+    activations_per_sample: int  # kept from the forward to the backward pass (checkpointed blocks: their inputs)
+    activations_per_sample_no_checkpointing: int
+    recompute_per_sample: int  # one block's activations, rebuilt in the backward pass (with checkpointing)
+    batch_size: int
+
+    @property
+    def activations(self) -> int:
+        return (self.activations_per_sample + self.recompute_per_sample) * self.batch_size
+
+    @property
+    def peak(self) -> int:
+        """Everything at once at the start of the backward pass: base, adapter states (gradients counted as if
+        alive all step), workspace, the batch's kept activations and one block rebuilt."""
+        return self.base_weights + self.lora_states + self.workspace + self.activations
+
+    def max_batch(self, gpu_bytes: int, reserve: float = 0.1) -> int:
+        """The largest batch whose peak stays under ``gpu_bytes`` less ``reserve`` (allocator slack)."""
+        usable = gpu_bytes * (1 - reserve)
+        batch = 0
+        while dataclasses.replace(self, batch_size=batch + 1).peak <= usable:
+            batch += 1
+        return batch
+
+    def fits(self, gpu_bytes: int, reserve: float = 0.1) -> bool:
+        """Whether this plan's batch fits ``gpu_bytes`` less ``reserve``."""
+        return self.peak <= gpu_bytes * (1 - reserve)
+
+    def as_dict(self, gpu_bytes: int | None = None) -> dict:
+        row = dataclasses.asdict(self)
+        row["activations"] = self.activations
+        row["peak"] = self.peak
+        if gpu_bytes is not None:
+            row["max_batch"] = self.max_batch(gpu_bytes)
+        return row
+
+
+def plan_lora_memory(
+    config: dict,
+    *,
+    resolution: int,
+    lora=None,
+    batch_size: int = 1,
+    text_tokens: int = 256,
+    base_dtype: str = "bfloat16",
+    strategy: str = "fsdp",
+    activation_checkpointing: int = 1,
+    compute_dtype: torch.dtype = torch.bfloat16,
+) -> LoraMemoryPlan:
+    """The ``LoraMemoryPlan`` of training ``lora`` adapters (a ``LoraSettings``; its defaults when None) on
+    ``config`` on one GPU at ``resolution``, the base stored in ``base_dtype`` (one of ``BASE_DTYPES``)."""
+    from models.lora import LoraSettings
+
+    if base_dtype not in BASE_DTYPES:
+        raise ValueError(f"base_dtype {base_dtype!r} is not one of {BASE_DTYPES}")
+    lora = lora or LoraSettings()
+    params = count_lora_parameters(config, lora)
+    itemsize = compute_dtype.itemsize
+    if base_dtype in ("int8", "float8"):
+        others = params.base - params.linear_weights  # biases and norm scales, in bf16
+        base_weights = params.linear_weights + 4 * params.linear_rows + 2 * others
+        workspace = params.largest_linear * itemsize
+    else:
+        base_weights = params.base * getattr(torch, base_dtype).itemsize
+        if strategy == "fsdp":
+            block = params.per_block + params.adapters_per_block
+            workspace = 2 * block * itemsize + params.adapters_per_block * 4
+        else:
+            workspace = (params.base + params.adapters) * itemsize if compute_dtype != torch.float32 else 0
+    counted = count_activations(config, resolution, text_tokens, dtype=compute_dtype, lora=lora)
+    layers = config["num_layers"]
+    full = counted.outside + layers * counted.per_block
+    if activation_checkpointing:
+        checkpointed = math.ceil(layers / activation_checkpointing)
+        kept = counted.outside + (layers - checkpointed) * counted.per_block + checkpointed * counted.per_block_inputs
+        recompute = counted.per_block
+    else:
+        kept, recompute = full, 0
+    return LoraMemoryPlan(
+        resolution=resolution,
+        text_tokens=text_tokens,
+        base_dtype=base_dtype,
+        strategy=strategy,
+        rank=lora.rank,
+        activation_checkpointing=activation_checkpointing,
+        base_parameter_count=params.base,
+        lora_parameter_count=params.adapters,
+        base_weights=base_weights,
+        lora_states=params.adapters * 16,
+        workspace=workspace,
+        activations_per_sample=kept,
+        activations_per_sample_no_checkpointing=full,
+        recompute_per_sample=recompute,
+        batch_size=batch_size,
+    )

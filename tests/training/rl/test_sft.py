@@ -33,12 +33,12 @@ def test_sft_recipe_selects_the_curated_subset(tiny_checkpoint, tmp_path):
     assert phase.num_steps == 7 and phase.predicates[-1][0] == "sample_id"
     assert pretrain.optim.lr == 2e-5 and pretrain.optim.schedule == "cosine" and pretrain.ema_decay == 0.99
     assert pretrain.preset == "tiny" and pretrain.weights_dir is None
-    assert pathlib.Path(pretrain.init_transformer) == pathlib.Path(tiny_checkpoint).resolve()
+    assert pathlib.Path(pretrain.init) == pathlib.Path(tiny_checkpoint).resolve()
     # What the training loop builds from it (training.loop): the checkpoint's transformer, not the preset's.
     other = tmp_path / "other" / "model"
     save_components(other, build_components("tiny", parts=("transformer",), seed=5))
-    pretrain = sft_pretrain_config(config.model_copy(update={"checkpoint": str(other)}))
-    start = build_components("tiny", weights_dir=pretrain.init_transformer, parts=("transformer",)).transformer
+    pretrain = sft_pretrain_config(config.model_copy(update={"init": str(other)}))
+    start = build_components("tiny", weights_dir=pretrain.init, parts=("transformer",)).transformer
     preset = build_components("tiny", parts=("transformer",)).transformer
     saved = build_components("tiny", parts=("transformer",), seed=5).transformer
     pairs = list(zip(start.state_dict().values(), saved.state_dict().values(), strict=True))
