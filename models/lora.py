@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pathlib
 import warnings
+from typing import Literal
 
 import pydantic
 import torch
@@ -38,6 +39,10 @@ class LoraSettings(StrictModel):
     # peft's own patterns (regular expressions over module names -> rank / alpha), for finer control.
     rank_pattern: dict[str, pydantic.PositiveInt] = {}
     alpha_pattern: dict[str, pydantic.PositiveFloat] = {}
+    # Weight-only quantisation of the frozen base's block linear layers (torchao): int8 (per-row scales) or float8
+    # (e4m3), half the bf16 base's memory; the adapters stay in full precision. One worker per model (DDP with one
+    # worker, not FSDP). float8 needs a CPU, or a GPU of compute capability 8.9 or later (Ada, Hopper).
+    quantize: Literal["none", "int8", "float8"] = "none"
     # Pretraining, SFT and fine-tuning export the adapter file alone; merge: also the merged pipeline folder (the
     # whole model's size: 41 GB in bf16 for the published one). DPO and GRPO always export the merged pipeline.
     merge: bool = False
@@ -156,3 +161,45 @@ def load_adapter(transformer: torch.nn.Module, path: str | pathlib.Path, adapter
     with warnings.catch_warnings():  # several adapters in one model is what serving by name does
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         transformer.load_lora_adapter(state, adapter_name=adapter_name, metadata=metadata, prefix=PREFIX.rstrip("."))
+
+
+def check_quantize(kind: str, device: torch.device) -> None:
+    """Whether ``kind`` weight-only quantisation can run on ``device``; an error that says why not."""
+    if kind == "none":
+        return
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ValueError(f"lora.quantize={kind} needs torchao (pip install torchao)") from None
+    if kind == "float8" and device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability < (8, 9):
+            raise ValueError(
+                f"lora.quantize=float8 needs a GPU of compute capability 8.9 or later (Ada, Hopper); "
+                f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}: use int8"
+            )
+
+
+def quantize_base_(transformer: torch.nn.Module, kind: str) -> int:
+    """Replace the weights of the frozen linear layers inside the transformer's blocks (each LoRA layer's base, and
+    the layers LoRA does not adapt) with torchao's weight-only quantised tensors, in place; returns how many layers.
+    Layers outside the blocks (embeddings, the output projection) are small and stay as they are."""
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    config = {"int8": Int8WeightOnlyConfig, "float8": Float8WeightOnlyConfig}[kind]()
+    blocks = transformer.transformer_blocks
+    chosen = {
+        id(module) for module in blocks.modules() if type(module) is torch.nn.Linear and not module.weight.requires_grad
+    }
+    with warnings.catch_warnings():  # torchao's deprecation notices about torch.compile registrations are noise here
+        warnings.simplefilter("ignore")
+        quantize_(blocks, config, filter_fn=lambda module, _name: id(module) in chosen)
+    return len(chosen)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds, a quantised tensor subclass (its data and scales) included."""
+    if not hasattr(tensor, "__tensor_flatten__"):
+        return tensor.numel() * tensor.element_size()
+    names, _ = tensor.__tensor_flatten__()
+    return sum(tensor_bytes(getattr(tensor, name)) for name in names)

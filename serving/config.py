@@ -34,6 +34,34 @@ class AdapterSettings(StrictModel):
     scale: float = 1.0
 
 
+class GeneratorUserConfig(StrictModel):
+    """The ``ImageGenerator`` deployment's ``user_config``: what Serve changes in running replicas."""
+
+    adapters: list[AdapterSettings] = []
+
+    @pydantic.field_validator("adapters")
+    @classmethod
+    def _unique(cls, adapters: list[AdapterSettings]) -> list[AdapterSettings]:
+        return unique_adapters(adapters)
+
+
+def unique_adapters(adapters: list[AdapterSettings]) -> list[AdapterSettings]:
+    names = [adapter.name for adapter in adapters]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"adapter names must be unique; repeated: {repeated}")
+    return adapters
+
+
+def parse_adapters(user_config: dict) -> list[AdapterSettings]:
+    """The adapters of a generator ``user_config``; ``ConfigError`` names every bad key."""
+    try:
+        return GeneratorUserConfig.model_validate(user_config or {}).adapters
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"invalid ImageGenerator user_config: {problems}") from None
+
+
 class ModelSettings(StrictModel):
     """What the generator loads: a training checkpoint folder when given, else the preset; then the adapters."""
 
@@ -52,24 +80,7 @@ class ModelSettings(StrictModel):
     @pydantic.field_validator("adapters")
     @classmethod
     def _unique(cls, adapters: list[AdapterSettings]) -> list[AdapterSettings]:
-        names = [adapter.name for adapter in adapters]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"adapter names must be unique; repeated: {repeated}")
-        return adapters
-
-    def model_ids(self) -> list[str]:
-        """What ``GET /v1/models`` lists and ``model`` may name: the base, then ``<name>:<adapter>`` for each."""
-        return [self.name] + [f"{self.name}:{adapter.name}" for adapter in self.adapters]
-
-    def adapter_of(self, model_id: str) -> str | None:
-        """The adapter ``model_id`` names (None: the base); ``KeyError`` when it names nothing served."""
-        if model_id == self.name:
-            return None
-        base, _, adapter = model_id.partition(":")
-        if base == self.name and adapter in {a.name for a in self.adapters}:
-            return adapter
-        raise KeyError(model_id)
+        return unique_adapters(adapters)
 
 
 class Limits(StrictModel):

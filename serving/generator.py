@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 from collections import defaultdict
 
 import numpy as np
@@ -22,7 +23,7 @@ from PIL import Image
 from ray import serve
 
 from models.generation import TextToImage
-from serving.config import ModelSettings, ServeSettings
+from serving.config import AdapterSettings, ModelSettings, ServeSettings, parse_adapters
 from serving.schema import EditJob, GenerationJob
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,7 @@ def load_model(settings: ModelSettings) -> TextToImage:
         model = TextToImage.from_preset(
             settings.preset, weights_dir=settings.weights_dir, device=device, dtype=dtype, seed=settings.seed
         )
-    for adapter in settings.adapters:  # into the one base: an adapter costs its own tensors only
-        model.load_adapter(adapter.name, adapter.path, adapter.scale)
+    set_adapters(model, {}, settings.adapters)  # into the one base: an adapter costs its own tensors only
     return model
 
 
@@ -100,20 +100,63 @@ def generate_jobs(model: TextToImage, jobs: list[GenerationJob]) -> list[list[by
     return results
 
 
+def set_adapters(model: TextToImage, loaded: dict[str, AdapterSettings], wanted: list[AdapterSettings]) -> None:
+    """Make ``model`` serve exactly ``wanted``: unload the adapters no longer listed (or listed with another path or
+    scale), load the new ones; ``loaded`` (name -> settings) is updated. The base is never reloaded."""
+    wanted_by_name = {adapter.name: adapter for adapter in wanted}
+    for name in [name for name, adapter in loaded.items() if wanted_by_name.get(name) != adapter]:
+        model.unload_adapter(name)
+        del loaded[name]
+        logger.info("adapter %r unloaded", name)
+    for name, adapter in wanted_by_name.items():
+        if name not in loaded:
+            model.load_adapter(name, adapter.path, adapter.scale)
+            loaded[name] = adapter
+            logger.info("adapter %r loaded from %s", name, adapter.path)
+
+
 @serve.deployment(name="ImageGenerator", max_ongoing_requests=16, ray_actor_options={"num_cpus": 1})
 class ImageGenerator:
-    """Holds the pipeline; ``generate(job)`` returns one PNG per seed of the job (an ``EditJob``: edited images)."""
+    """Holds the pipeline; ``generate(job)`` returns one PNG per seed of the job (an ``EditJob``: edited images), or
+    ``{"unknown_adapter": name}`` when the job's adapter is not loaded here.
+
+    The adapters are ``model.adapters`` at start; the deployment's ``user_config`` ``{"adapters": [...]}``, when
+    set, replaces them, and Serve applies a changed ``user_config`` (``serve deploy`` of an edited config file) to
+    the running replicas through ``reconfigure``: adapters are loaded and unloaded, the base stays in memory."""
 
     def __init__(self, settings: ServeSettings):
-        self.model = load_model(settings.model)
+        self.lock = threading.Lock()  # adapters change only between sampler calls
+        self.model = load_model(settings.model.model_copy(update={"adapters": []}))
+        self.loaded: dict[str, AdapterSettings] = {}
+        set_adapters(self.model, self.loaded, settings.model.adapters)
         self.generate.set_max_batch_size(settings.batching.max_batch_images)
         self.generate.set_batch_wait_timeout_s(settings.batching.wait_timeout_s)
         logger.info(
             "generator ready on %s (batches up to %d images)", self.model.device, settings.batching.max_batch_images
         )
 
+    async def reconfigure(self, user_config: dict) -> None:
+        """Serve: after ``__init__`` when ``user_config`` is set, and whenever it changes."""
+        adapters = parse_adapters(user_config)
+
+        def apply() -> None:
+            with self.lock:
+                set_adapters(self.model, self.loaded, adapters)
+
+        await asyncio.to_thread(apply)
+
+    async def adapters(self) -> list[str]:
+        """The names of the adapters this replica serves."""
+        return sorted(self.loaded)
+
+    def _generate(self, jobs: list[GenerationJob]) -> list:
+        with self.lock:
+            known = [job for job in jobs if job.adapter is None or job.adapter in self.loaded]
+            images = iter(generate_jobs(self.model, known)) if known else iter(())
+            return [next(images) if job in known else {"unknown_adapter": job.adapter} for job in jobs]
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=count_images)
-    async def generate(self, jobs: list[GenerationJob]) -> list[list[bytes]]:
+    async def generate(self, jobs: list[GenerationJob]) -> list:
         # A sampler call takes seconds: run in a worker thread, it leaves the replica's event loop free to collect
         # the next batch and answer health checks meanwhile.
-        return await asyncio.to_thread(generate_jobs, self.model, jobs)
+        return await asyncio.to_thread(self._generate, jobs)

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
 # Every answered generation or edit says how many times the ingress retried it on another generator replica.
 RETRIES_HEADER = "X-Generator-Retries"
+# How long the ingress keeps the generator's list of adapters before asking again.
+ADAPTER_LIST_TTL_S = 1.0
 
 app = FastAPI(title="Qwen-Image", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -176,6 +178,8 @@ class Ingress:
             logger.warning("no API key set (%s): every route is open", settings.api_key_env)
         self.num_in_flight = 0
         self.created = int(time.time())
+        self.adapter_names: list[str] | None = None  # the generator's, asked again after ADAPTER_LIST_TTL_S
+        self.adapters_asked = 0.0
 
     def authorize(self, request: Request) -> None:
         if not self.api_key:
@@ -214,13 +218,23 @@ class Ingress:
             max_steps=self.settings.limits.max_steps,
         )
 
+    async def model_ids(self) -> list[str]:
+        """The base's id, then ``<name>:<adapter>`` for each adapter the generator serves (asked at most every
+        ``ADAPTER_LIST_TTL_S``: a ``user_config`` change reaches clients within that)."""
+        now = time.monotonic()
+        if self.adapter_names is None or now - self.adapters_asked > ADAPTER_LIST_TTL_S:
+            self.adapter_names = await self.generator.adapters.remote()
+            self.adapters_asked = now
+        name = self.settings.model.name
+        return [name] + [f"{name}:{adapter}" for adapter in self.adapter_names]
+
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict:
         """The base model and each served adapter (``<name>:<adapter>``)."""
         self.authorize(request)
         entries = [
             {"id": model_id, "object": "model", "created": self.created, "owned_by": "local"}
-            for model_id in self.settings.model.model_ids()
+            for model_id in await self.model_ids()
         ]
         return {"object": "list", "data": entries}
 
@@ -228,7 +242,7 @@ class Ingress:
     async def generations(self, request: Request, response: Response) -> dict:
         self.authorize(request)
         body = parse_body(await read_body(request, self.settings.limits.max_body_bytes))
-        adapter = self.check_model(body.model)
+        adapter = await self.check_model(body.model)
         job = check_request(body, self.settings.limits, self.settings.defaults, self.count_tokens)
         return await self.answer(dataclasses.replace(job, adapter=adapter), response)
 
@@ -240,7 +254,7 @@ class Ingress:
             raise ApiError(404, "image editing is turned off on this server", code="not_found")
         fields, files = await read_form(request, edit.max_upload_bytes, self.settings.limits.max_body_bytes)
         body, image = parse_edit_form(fields, files)
-        adapter = self.check_model(body.model)
+        adapter = await self.check_model(body.model)
         # Decoding a large photo takes a while: off the event loop, which serves every other request meanwhile.
         source_size = await asyncio.to_thread(check_source, image, edit)
         job = check_edit_request(
@@ -248,17 +262,19 @@ class Ingress:
         )
         return await self.answer(dataclasses.replace(job, adapter=adapter), response)
 
-    def check_model(self, model: str | None) -> str | None:
+    async def check_model(self, model: str | None) -> str | None:
         """The adapter ``model`` names (None: the base, also when ``model`` is left out); 404 when it names
         nothing served."""
-        if model is None:
+        if model is None or model == self.settings.model.name:
             return None
-        try:
-            return self.settings.model.adapter_of(model)
-        except KeyError:
-            served = ", ".join(repr(m) for m in self.settings.model.model_ids())
-            message = f"model {model!r} does not exist; this server serves {served}"
-            raise ApiError(404, message, param="model", code="model_not_found") from None
+        served = await self.model_ids()
+        if model in served:
+            return model.partition(":")[2]
+        raise self.unknown_model(model, served)
+
+    def unknown_model(self, model: str, served: list[str]) -> ApiError:
+        message = f"model {model!r} does not exist; this server serves {', '.join(repr(m) for m in served)}"
+        return ApiError(404, message, param="model", code="model_not_found")
 
     async def answer(self, job: GenerationJob, response: Response) -> dict:
         """Queue ``job`` (503 when full) and answer with its images, base64 PNGs with their seeds; the
@@ -270,6 +286,9 @@ class Ingress:
             images, retries = await self.generate(job)
         finally:
             self.num_in_flight -= 1
+        if isinstance(images, dict):  # the replica asked does not serve the adapter (a user_config change)
+            name = self.settings.model.name
+            raise self.unknown_model(f"{name}:{images['unknown_adapter']}", await self.model_ids())
         response.headers[RETRIES_HEADER] = str(retries)
         data = [
             {"b64_json": base64.b64encode(png).decode("ascii"), "seed": seed}

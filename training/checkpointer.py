@@ -217,6 +217,11 @@ def export_transformer(
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         transformer.save_config(folder)
+        # FSDP2 swaps the module's class for a subclass named FSDP<class>: the config names the model's own class.
+        config_path = folder / "config.json"
+        config = json.loads(config_path.read_text())
+        config["_class_name"] = next(c.__name__ for c in type(transformer).__mro__ if not c.__name__.startswith("FSDP"))
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     weight_map = {}
     for index, names in enumerate(plan):
         filename = (
@@ -231,6 +236,8 @@ def export_transformer(
             layer = key.removesuffix(".base_layer.weight") if key.endswith(".base_layer.weight") else None
             delta = _merged_delta(lora[layer], rank) if layer in lora else None
             if rank == 0:
+                if hasattr(tensor, "dequantize"):  # a quantised frozen base (torchao): its dequantised values
+                    tensor = tensor.dequantize()
                 tensor = tensor.detach().float() + delta if delta is not None else tensor.detach()
                 tensors[name] = tensor.to("cpu", dtype).contiguous()
                 weight_map[name] = filename

@@ -163,7 +163,13 @@ class PretrainConfig(RunSettings):
                 raise ValueError("lora adapts trained weights: set init (the folder to fine-tune) or weights_dir")
             if self.parallel.tensor_parallel > 1:
                 raise ValueError("lora: tensor_parallel is not built for LoRA-wrapped layers; shard with fsdp")
-        check_frozen_dtype(self.frozen_dtype, self.parallel.strategy)
+            if self.lora.quantize != "none" and (self.parallel.strategy != "ddp" or self.num_workers != 1):
+                raise ValueError(
+                    f"lora.quantize={self.lora.quantize} trains on one worker (parallel.strategy=ddp, num_workers=1): "
+                    "a quantised base is for fine-tuning on one GPU; on more, shard a bf16 base with fsdp"
+                )
+        gpu_autocast = self.use_gpu and self.mixed_precision != "fp32"
+        check_frozen_dtype(self.frozen_dtype, self.parallel.strategy, autocast=gpu_autocast)
         return self
 
     @pydantic.model_validator(mode="after")

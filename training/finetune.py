@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 
@@ -36,6 +36,9 @@ class ImageFolder(StrictModel):
     manifest: str | None = None  # a JSONL of {"image", "caption"} instead of sidecar .txt files
     caption_prefix: str = ""  # the trigger word(s), put before every caption of the folder, e.g. "sks dog, "
     repeats: float = pydantic.Field(default=1.0, gt=0)  # weight relative to the other folders
+    # "edit": (source image, instruction, target) triplets for an edit LoRA, from a JSONL manifest of
+    # {"source_image", "image", "instruction"}; they train as the pretraining loop trains edits.
+    task: Literal["t2i", "edit"] = "t2i"
 
 
 class FinetuneConfig(RunSettings):
@@ -97,6 +100,7 @@ def curation_config(config: FinetuneConfig, init: str):
             "paths": [str(pathlib.Path(folder.path).resolve())],
             "manifest": str(pathlib.Path(folder.manifest).resolve()) if folder.manifest else None,
             "caption_prefix": folder.caption_prefix,
+            "task": folder.task,
         }
         for index, folder in enumerate(config.images)
     ]

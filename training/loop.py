@@ -122,6 +122,12 @@ def build_model(config: PretrainConfig, parallel: Parallel, *, restoring: bool) 
             fill["weights_folder"] = folder
         else:
             fill["build_full"] = lambda: build_components("tiny", parts=("transformer",), seed=config.seed).transformer
+    quantize = config.lora.quantize if config.lora is not None else "none"
+    if quantize != "none":
+        from models.lora import check_quantize, quantize_base_
+
+        check_quantize(quantize, parallel.device)
+        fill["prepare"] = lambda loaded: quantize_base_(loaded, quantize)
     model = parallelize(model, parallel, param_dtype=dtype, **fill)
     model.train()
     if config.lora is None:

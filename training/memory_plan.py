@@ -35,6 +35,16 @@ from training.parallel import tensor_parallel_plan
 GIB = 2**30
 
 
+def largest_batch(plan, gpu_bytes: int, reserve: float) -> int:
+    """The largest ``batch_size`` for which the (frozen dataclass) ``plan``'s peak stays under ``gpu_bytes`` less
+    ``reserve``."""
+    usable = gpu_bytes * (1 - reserve)
+    batch = 0
+    while dataclasses.replace(plan, batch_size=batch + 1).peak <= usable:
+        batch += 1
+    return batch
+
+
 @dataclasses.dataclass(frozen=True)
 class ActivationCount:
     """Bytes kept for the backward pass, per sample: in one block, and outside the blocks."""
@@ -212,11 +222,7 @@ class MemoryPlan:
 
     def max_batch(self, gpu_bytes: int, reserve: float = 0.1) -> int:
         """The largest batch per GPU whose peak stays under ``gpu_bytes`` less ``reserve`` (allocator slack)."""
-        usable = gpu_bytes * (1 - reserve)
-        batch = 0
-        while dataclasses.replace(self, batch_size=batch + 1).peak <= usable:
-            batch += 1
-        return batch
+        return largest_batch(self, gpu_bytes, reserve)
 
     def as_dict(self, gpu_bytes: int | None = None) -> dict:
         row = {key: value for key, value in dataclasses.asdict(self).items()}
@@ -410,11 +416,7 @@ class LoraMemoryPlan:
 
     def max_batch(self, gpu_bytes: int, reserve: float = 0.1) -> int:
         """The largest batch whose peak stays under ``gpu_bytes`` less ``reserve`` (allocator slack)."""
-        usable = gpu_bytes * (1 - reserve)
-        batch = 0
-        while dataclasses.replace(self, batch_size=batch + 1).peak <= usable:
-            batch += 1
-        return batch
+        return largest_batch(self, gpu_bytes, reserve)
 
     def fits(self, gpu_bytes: int, reserve: float = 0.1) -> bool:
         """Whether this plan's batch fits ``gpu_bytes`` less ``reserve``."""

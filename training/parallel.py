@@ -128,8 +128,9 @@ def frozen_weights_dtype(setting: FrozenDtype, strategy: str, compute: torch.dty
     return getattr(torch, setting)
 
 
-def check_frozen_dtype(setting: FrozenDtype, strategy: str) -> None:
-    if strategy == "ddp" and setting == "bfloat16":
+def check_frozen_dtype(setting: FrozenDtype, strategy: str, *, autocast: bool = False) -> None:
+    """bf16 frozen weights under DDP only where the forward runs under bf16 autocast (a GPU), which casts them."""
+    if strategy == "ddp" and setting == "bfloat16" and not autocast:
         raise ValueError(
             "frozen_dtype=bfloat16 needs parallel.strategy=fsdp (which gathers frozen weights in the compute "
             "dtype; it runs on one worker too): DDP computes with the stored weights"
@@ -379,6 +380,7 @@ def parallelize(
     weights_folder=None,
     build_full=None,
     frozen: bool = False,
+    prepare: Callable[[torch.nn.Module], object] | None = None,
 ) -> torch.nn.Module:
     """The whole sequence for a meta-device model: TP, activation checkpointing, compile, FSDP2, then materialise
     and load. DDP: the model is materialised whole and wrapped (``DistributedDataParallel`` when there are several
@@ -386,7 +388,8 @@ def parallelize(
     bf16 for weights that do not train). With neither
     ``weights_folder`` nor ``build_full`` the parameters are only allocated (a checkpoint is restored into them).
     ``frozen``: a model that is only evaluated (an RL reference), sharded like a trained one but never wrapped in
-    DDP. Returns the module to run."""
+    DDP. ``prepare``: DDP only, a function applied to the loaded model before it moves to the device and is
+    wrapped (quantising a frozen base); the model is then loaded on the CPU first. Returns the module to run."""
     config = parallel.config
     if parallel.tp_mesh is not None:
         apply_tensor_parallel(model, parallel.tp_mesh)
@@ -394,6 +397,8 @@ def parallelize(
     if config.compile:
         apply_compile(model)
     if config.strategy == "fsdp":
+        if prepare is not None:
+            raise ValueError("a model prepared after loading (a quantised base) is built with DDP, not FSDP")
         apply_fsdp(
             model,
             parallel.dp_mesh,
@@ -409,7 +414,12 @@ def parallelize(
             build_full=build_full,
         )
         return model
-    materialize_and_load(model, parallel.device, weights_folder=weights_folder, build_full=build_full)
+    if prepare is None:
+        materialize_and_load(model, parallel.device, weights_folder=weights_folder, build_full=build_full)
+    else:  # loaded whole on the host, prepared there, and only then moved: the device never holds the unprepared model
+        materialize_and_load(model, torch.device("cpu"), weights_folder=weights_folder, build_full=build_full)
+        prepare(model)
+        model.to(parallel.device)
     if parallel.world > 1 and not frozen:
         device_ids = [parallel.device.index] if parallel.device.type == "cuda" else None
         # static_graph: the same parameters get gradients every step, and some never do (the last block's

@@ -17,6 +17,7 @@ API_KEY = "test-key-7f3a"
 KEY_ENV = "SERVING_TEST_API_KEY"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_IN_FLIGHT = 3
+DEPLOYMENT: dict = {}  # what the module's app was deployed with, for the test that updates it in place
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,8 @@ def server(ray_session, tmp_path_factory):
         api_key_env=KEY_ENV,
         queue={"max_in_flight": MAX_IN_FLIGHT, "retry_after_s": 3},
     )
+    c = {"name": "c", "path": write_adapter(folder / "c", 3, ["to_v", "img_mlp.net.2"])}
+    DEPLOYMENT["adapters"] = adapters + [c]
     # The key reaches the ingress replicas as an environment variable, as it would from a secret on a cluster.
     options = {"Ingress": {"ray_actor_options": {"num_cpus": 0.5, "runtime_env": {"env_vars": {KEY_ENV: API_KEY}}}}}
     # Under a route prefix, as behind a shared gateway: the page must find the API there too.
@@ -117,6 +120,30 @@ def test_serve_adapter_by_model_name(server):
         client.images.generate(model="qwen-image-tiny:c", prompt="x", size="64x64", response_format="b64_json")
     assert error.value.status_code == 404 and error.value.body["param"] == "model"
     assert "qwen-image-tiny:a" in error.value.body["message"]
+
+    # The in-place update: the generator replica's reconfigure, which Serve calls with a deployment's new
+    # user_config (serve deploy of an edited config file), unloads "b" and loads "c" in the running replica: the
+    # same actor, the base not reloaded.
+    import time
+
+    from ray import serve
+    from ray.util.state import list_actors
+
+    def generator_actors() -> set[str]:
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        return {actor.actor_id for actor in alive if "ImageGenerator" in actor.class_name}
+
+    before = generator_actors()
+    adapters = [DEPLOYMENT["adapters"][0], DEPLOYMENT["adapters"][2]]
+    serve.get_deployment_handle("ImageGenerator", "api-test").reconfigure.remote({"adapters": adapters}).result()
+    time.sleep(1.5)  # the ingress asks the generator for its adapters again after ADAPTER_LIST_TTL_S
+    assert [model.id for model in client.models.list()] == ["qwen-image-tiny", "qwen-image-tiny:a", "qwen-image-tiny:c"]
+    assert generator_actors() == before and len(before) == 1  # the same replica
+    assert np.abs(draw("qwen-image-tiny:a") - alone["qwen-image-tiny:a"]).max() <= 1
+    assert np.abs(draw("qwen-image-tiny") - alone["qwen-image-tiny"]).max() <= 1  # the base as it was
+    assert np.abs(draw("qwen-image-tiny:c") - alone["qwen-image-tiny"]).max() > 10
+    with pytest.raises(openai.NotFoundError):
+        draw("qwen-image-tiny:b")
 
 
 def _chunks(total: int):

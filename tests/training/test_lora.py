@@ -269,3 +269,75 @@ def test_finetune_from_released_layout(released_folder, tiny_components, tmp_pat
     next((broken / "transformer").glob("*-00002-of-*.safetensors")).unlink()
     with pytest.raises(ValueError, match=r"transformer/diffusion_pytorch_model-00002-of-\d+\.safetensors \(listed"):
         jobs["sft"](broken)
+
+
+@pytest.mark.parametrize("kind", ["int8", "float8"])
+def test_lora_on_a_quantised_base(released_folder, memorized, kind):
+    """lora.quantize: the blocks' frozen linear layers hold torchao's weight-only quantised tensors (about a quarter
+    of their fp32 bytes), the model computes what the full-precision one computes to within the quantisation error,
+    only the adapters train, and the adapter exports as from a full-precision base."""
+    from models.lora import tensor_bytes
+
+    plain = build_model(_lora_config(released_folder), single_process(), restoring=False)
+    config = _lora_config(released_folder, quantize=kind)
+    model = build_model(config, single_process(), restoring=False)
+    blocks = dict(model.transformer_blocks.named_parameters())
+    frozen = [name for name, param in blocks.items() if param.ndim == 2 and not param.requires_grad]
+    assert frozen and all(hasattr(blocks[name], "dequantize") for name in frozen)
+    plain_blocks = dict(plain.transformer_blocks.named_parameters())
+    full = sum(tensor_bytes(plain_blocks[name]) for name in frozen)
+    assert sum(tensor_bytes(blocks[name]) for name in frozen) < 0.3 * full
+
+    targets = memorized["targets"]
+    prompt = torch.randn(2, 6, 64, generator=torch.Generator().manual_seed(2))
+    batch = {"latents": targets, "text_embeds": prompt, "text_mask": torch.ones(2, 6, dtype=torch.long)}
+    from models.packing import img_shapes, pack_latents
+    from models.sampler import predict_velocity
+
+    tokens, sigma = pack_latents(targets), torch.tensor([0.5, 0.5])
+    embeds = PromptEmbeds(prompt, batch["text_mask"])
+    with torch.no_grad():
+        reference = predict_velocity(plain, tokens, sigma, embeds, img_shapes(2, 8, 8))
+        quantised = predict_velocity(model, tokens, sigma, embeds, img_shapes(2, 8, 8))
+    assert (quantised - reference).abs().max() < 0.05 * reference.abs().max()
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-2)
+    before = {name: blocks[name].dequantize().clone() for name in frozen}
+    state = TrainState()
+    for _ in range(3):
+        _train_step(model, optimizer, [batch], state, config, 1.0, single_process())
+    assert all(torch.equal(blocks[name].dequantize(), before[name]) for name in frozen)
+    assert any(float(p.abs().max()) > 0 for n, p in model.named_parameters() if ".lora_B." in n)
+    assert export_adapter(model, pathlib.Path(memorized["adapter"]).parent / f"adapter-{kind}", rank=0).is_file()
+    with pytest.raises(ValueError, match="one worker"):
+        PretrainConfig.model_validate({**config.model_dump(), "num_workers": 2})
+
+
+def test_lora_recipes_and_edit_batches(released_folder, tmp_path):
+    """The one-GPU recipe of the published model reads and becomes a pretraining config (LoRA, checkpointing every
+    block, the frozen base in bf16 under FSDP on one worker); an edit batch (source latents) trains the adapters as a
+    text-to-image batch does."""
+    from models.config import load_config
+    from training.finetune import FinetuneConfig, pretrain_config
+
+    recipe = pathlib.Path(__file__).resolve().parents[2] / "configs" / "lora_qwen_image.yaml"
+    config = load_config(FinetuneConfig, recipe, [f"init={released_folder}", f"output_dir={tmp_path}"])
+    pretrain = pretrain_config(config, config.init, ["a prompt"])
+    assert pretrain.lora.rank == 16 and not pretrain.lora.merge and pretrain.phases[0].resolution == 1328
+    assert pretrain.parallel.strategy == "fsdp" and pretrain.parallel.activation_checkpointing == 1
+    assert pretrain.frozen_dtype == "bfloat16" and pretrain.use_gpu
+    with pytest.raises(ValueError, match="one worker"):
+        pretrain_config(
+            config.model_copy(update={"lora": config.lora.model_copy(update={"quantize": "int8"})}), config.init, []
+        )
+
+    model = build_model(_lora_config(released_folder), single_process(), restoring=False)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-2)
+    generator = torch.Generator().manual_seed(4)
+    latents, source = torch.randn(2, 16, 8, 8, generator=generator), torch.randn(2, 16, 8, 8, generator=generator)
+    edit = {"latents": latents, "source_latents": source, "text_embeds": torch.randn(2, 5, 64, generator=generator)}
+    edit["text_mask"] = torch.ones(2, 5, dtype=torch.long)
+    loss, grad_norm = _train_step(
+        model, optimizer, [edit], TrainState(), _lora_config(released_folder), 1.0, single_process()
+    )
+    assert torch.isfinite(torch.tensor(loss)) and grad_norm > 0
+    assert any(float(p.abs().max()) > 0 for n, p in model.named_parameters() if ".lora_B." in n)

@@ -170,6 +170,10 @@ def test_pretrain_export_opens_in_diffusers(pretrain_run):
 
     export = pathlib.Path(json.loads((pathlib.Path(pretrain_run) / "summary.json").read_text())["checkpoint"])
     assert all((export / part).is_symlink() for part in ("vae", "text_encoder", "tokenizer", "scheduler"))
+    # Written by two FSDP workers, it names the model's own class (not FSDP2's wrapper class): other tools read it.
+    assert (
+        json.loads((export / "transformer" / "config.json").read_text())["_class_name"] == "QwenImageTransformer2DModel"
+    )
     pipe = QwenImagePipeline.from_pretrained(export, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     call = {"height": 64, "width": 64, "true_cfg_scale": 4.0, "generator": torch.Generator().manual_seed(3)}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 
 import training.trainer
@@ -13,18 +11,19 @@ from training.trainer import fit_trainer, run_config, scaling_config
 from training.vae_finetune import VaeFinetuneConfig
 
 
-def _dpo_config(tmp_path: pathlib.Path, **fields) -> DpoConfig:
-    checkpoint = tmp_path / "checkpoint"
-    checkpoint.mkdir()
-    (checkpoint / "model_index.json").write_text("{}")
-    return DpoConfig(checkpoint=str(checkpoint), run_name="dpo", pairs_dir="pairs", num_steps=1, **fields)
-
-
-def test_scaling_config_requests_worker_resources_on_every_config(tmp_path):
+def test_scaling_config_requests_worker_resources_on_every_config(released_folder):
     consumer = {"consumer": 0.01}
     configs = [
         PretrainConfig(store_dir="store", phases=[{"name": "p", "num_steps": 1}], worker_resources=consumer),
-        _dpo_config(tmp_path, worker_resources=consumer, num_workers=3, cpus_per_worker=2.5),
+        DpoConfig(
+            init=released_folder,
+            run_name="dpo",
+            pairs_dir="pairs",
+            num_steps=1,
+            worker_resources=consumer,
+            num_workers=3,
+            cpus_per_worker=2.5,
+        ),
         VaeFinetuneConfig(worker_resources=consumer, num_workers=2, cpus_per_worker=4),
     ]
     got = [scaling_config(config) for config in configs]

@@ -21,7 +21,7 @@ from training.rl.config import DpoConfig
 from training.rl.curves import plot_curves
 from training.rl.dpo import dpo_step, evaluate_pairs
 from training.rl.pairs import build_pairs, num_batches, pair_batches, read_pairs, split_pairs, to_device
-from training.rl.runner import Worker, export_folder, fit, with_absolute_paths
+from training.rl.runner import Worker, adapter_summary, export_folder, fit, with_absolute_paths
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -129,6 +129,7 @@ def run_dpo(config: DpoConfig) -> dict:
     result = fit(train_loop_per_worker, config, {}, label="dpo", total_steps=config.num_steps, keys=("loss", "margin"))
     summary = {
         "checkpoint": str(export_folder(config, config.num_steps, "dpo")),
+        **adapter_summary(config, config.num_steps, "dpo"),
         "pairs": config.pairs_dir,
         "num_pairs": pairs.num_rows,
         "metrics": str(folder / "train.csv"),

@@ -25,7 +25,7 @@ from training.rl.config import GrpoConfig, prompt_list
 from training.rl.curves import plot_curves
 from training.rl.grpo import GrpoSettings, RolloutBatch, group_advantages, grpo_update
 from training.rl.rollout import RolloutWorker, prompt_rows
-from training.rl.runner import Worker, export_folder, fit, with_absolute_paths
+from training.rl.runner import Worker, adapter_summary, export_folder, fit, with_absolute_paths
 
 
 def make_rollout_actors(config: GrpoConfig, prompts: dict) -> list:
@@ -219,6 +219,7 @@ def run_grpo(config: GrpoConfig) -> dict:
             ray.kill(actor)
     summary = {
         "checkpoint": str(export_folder(config, config.num_iterations, "grpo")),
+        **adapter_summary(config, config.num_iterations, "grpo"),
         "metrics": str(folder / "train.csv"),
         "reward_curve": str(
             plot_curves(

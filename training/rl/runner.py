@@ -21,6 +21,7 @@ import torch
 from models.checkpoint import read_metadata
 from training.checkpointer import (
     ensure_base,
+    export_adapter,
     export_pipeline,
     load_checkpoint,
     report_checkpoint,
@@ -61,6 +62,18 @@ def fit(
 
 def export_folder(config: RlBase, step: int, algo: str) -> pathlib.Path:
     return config.run_folder / "exports" / f"step{step:07d}-{algo}"
+
+
+def adapter_folder(config: RlBase, step: int, algo: str) -> pathlib.Path:
+    """Where a LoRA run's adapter file (``pytorch_lora_weights.safetensors``) of ``step`` goes."""
+    return export_folder(config, step, algo).with_name(f"step{step:07d}-{algo}-adapter")
+
+
+def adapter_summary(config: RlBase, step: int, algo: str) -> dict:
+    """The summary's ``adapter`` entry of a LoRA run (the adapter file), empty without LoRA."""
+    from models.lora import ADAPTER_FILE
+
+    return {"adapter": str(adapter_folder(config, step, algo) / ADAPTER_FILE)} if config.lora is not None else {}
 
 
 class Worker:
@@ -138,7 +151,10 @@ class Worker:
 
     def export(self, base: str, algo: str) -> pathlib.Path | None:
         """Every rank (a collective): the complete pipeline folder of the current policy, adapters merged, gathered
-        tensor by tensor and written by rank 0 (its path there, None elsewhere)."""
+        tensor by tensor and written by rank 0 (its path there, None elsewhere); with LoRA, first the adapter alone
+        in diffusers' format (``adapter_folder``)."""
+        if self.config.lora is not None:
+            export_adapter(self.model, adapter_folder(self.config, self.step, algo), rank=self.rank)
         return export_pipeline(
             self.model,
             export_folder(self.config, self.step, algo),

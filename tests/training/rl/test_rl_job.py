@@ -132,3 +132,8 @@ def test_grpo_with_rollout_actors_lora_and_kl(pretrain_run, tmp_path):
     trained = load_checkpoint(summary["checkpoint"], parts=("transformer",)).transformer.state_dict()
     changed = [name for name, value in start.transformer.state_dict().items() if not value.equal(trained[name])]
     assert changed and all(name.split(".")[-2] in ("to_q", "to_k", "to_v", "0") for name in changed)
+    # The adapter alone too, in diffusers' format.
+    from models.lora import read_adapter
+
+    tensors, _ = read_adapter(summary["adapter"])
+    assert tensors and all(key.startswith("transformer.") and ".lora_" in key for key in tensors)
