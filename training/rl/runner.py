@@ -36,7 +36,7 @@ from training.trainer import fit_trainer
 
 def with_absolute_paths(config: RlBase, *fields: str) -> RlBase:
     """Workers run in their own directories: every path they get must be absolute."""
-    names = ("checkpoint", "base_weights_dir", "output_dir", *fields)
+    names = ("init", "base_weights_dir", "output_dir", *fields)
     update = {name: str(pathlib.Path(getattr(config, name)).resolve()) for name in names if getattr(config, name)}
     return config.model_copy(update=update)
 
