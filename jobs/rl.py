@@ -1,8 +1,8 @@
 """Fine-tuning job: SFT, DPO or GRPO from a checkpoint (docs/qwen_image.md §5, §8), on Ray.
 
-    python jobs/rl.py --algo sft --config configs/rl_sft_tiny.yaml checkpoint=<pretrain>/checkpoint_*/model
-    python jobs/rl.py --algo dpo --config configs/rl_dpo_tiny.yaml checkpoint=... beta=500
-    python jobs/rl.py --algo grpo --config configs/rl_grpo_tiny.yaml checkpoint=... --max-steps 2   # smoke run
+    python jobs/rl.py --algo sft --config configs/rl_sft_tiny.yaml init=<pretraining run folder or export>
+    python jobs/rl.py --algo dpo --config configs/rl_dpo_tiny.yaml init=... beta=500
+    python jobs/rl.py --algo grpo --config configs/rl_grpo_tiny.yaml init=... --max-steps 2   # smoke run
     RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python jobs/rl.py --algo grpo --config my_grpo.yaml num_workers=8 use_gpu=true num_rollout_actors=8
 

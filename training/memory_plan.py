@@ -313,9 +313,9 @@ def gpus_needed(config: dict, *, resolution: int, gpu_bytes: int, max_gpus: int 
 # LoRA: the base frozen, whole on one GPU, and only the adapters trained.
 #
 # The frozen base is stored as the loop stores it (``frozen_dtype``: bf16 under FSDP, fp32 under DDP) or, for the
-# ``int8`` / ``float8`` rows, as a weight-only quantised base would be (one byte per element of every linear
-# layer's weight plus an fp32 scale per output row; biases and norm scales in bf16), which the loop does not build
-# today: those rows say what such a base would take. The adapters train in fp32 (weights, gradients, two AdamW
+# ``int8`` / ``float8`` rows, as ``lora.quantize`` stores it (torchao's weight-only tensors: one byte per element
+# of every linear layer's weight plus a scale per output row; biases and norm scales in bf16; the layers outside
+# the blocks, a small share, are counted as quantised too). The adapters train in fp32 (weights, gradients, two AdamW
 # moments: 16 bytes each). Activations are counted as for full training (``count_activations``) on the model with
 # its adapters: the frozen layers keep nothing for their weights' gradients and nothing before the first adapted
 # layer needs a gradient at all, but every input of an adapted layer (its down projection's gradient) and what
