@@ -13,6 +13,7 @@ from PIL import Image
 from jobs.finetune import main
 from models.lora import read_adapter
 from pipelines.sample_data import photo_like
+from pipelines.store.reader import read_table
 from training.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -50,5 +51,7 @@ def test_finetune_job_on_image_folder(ray_session, released_folder, tmp_path):
     rows = read_metrics(summary["metrics"])
     assert int(rows[-1]["step"]) == 20 and all(row["phase"] == "finetune" for row in rows)
     (grid,) = pathlib.Path(summary["samples"]).glob("*.png")
-    assert "sks garden, a photo of my garden" in json.dumps(summary) or np.asarray(Image.open(grid)).std() > 1
-    assert np.asarray(Image.open(summary["loss_curve"])).std() > 1
+    assert np.asarray(Image.open(grid)).std() > 1 and np.asarray(Image.open(summary["loss_curve"])).std() > 1
+    # The trigger word leads every stored caption (and so the sample grid's prompts, the data's first captions).
+    captions = read_table(summary["store"], 128).column("caption").to_pylist()
+    assert len(captions) == 12 and all(caption.startswith("sks garden, a photo of my garden") for caption in captions)

@@ -329,6 +329,11 @@ def test_lora_recipes_and_edit_batches(released_folder, tmp_path):
         pretrain_config(
             config.model_copy(update={"lora": config.lora.model_copy(update={"quantize": "int8"})}), config.init, []
         )
+    # Repeats per folder weigh the folders' stored source names against each other (the phase's mixture).
+    folders = [{"path": "/data/a", "repeats": 2}, {"path": "/data/b"}]
+    two = load_config(FinetuneConfig, recipe, [f"init={released_folder}", f"images={json.dumps(folders)}"])
+    mixture = pretrain_config(two, two.init, ["p"]).phases[0].mixture
+    assert mixture == {"source": {"folder0-a": 2.0, "folder1-b": 1.0}}
 
     model = build_model(_lora_config(released_folder), single_process(), restoring=False)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-2)
