@@ -161,10 +161,9 @@ def check_model_folder(folder: str | pathlib.Path) -> tuple[str, tuple[str, ...]
     return preset, parts
 
 
-def resolve_init(path: str | pathlib.Path) -> str:
-    """The model folder a job starts from, absolute and checked (``check_model_folder``): ``path`` itself, or,
-    for a finished run's folder, the final export its ``summary.json`` names (pretraining, SFT, DPO and GRPO all
-    write one)."""
+def follow_run(path: str | pathlib.Path) -> str:
+    """``path`` absolute, or, for a finished run's folder, the final export its ``summary.json`` names
+    (pretraining, SFT, DPO and GRPO all write one); not checked (``check_model_folder``)."""
     folder = pathlib.Path(path).resolve()
     summary = folder / "summary.json"
     if not (folder / "model_index.json").is_file() and summary.is_file():
@@ -174,6 +173,12 @@ def resolve_init(path: str | pathlib.Path) -> str:
                 f"run {folder} trained a LoRA adapter ({run.get('adapter')}) and exported no merged model: start "
                 f"from its base ({run.get('base')}) with the adapter, or run it again with lora.merge=true"
             )
-        return resolve_init(run["checkpoint"])
-    check_model_folder(folder)
+        return follow_run(run["checkpoint"])
     return str(folder)
+
+
+def resolve_init(path: str | pathlib.Path) -> str:
+    """The model folder a job starts from (``follow_run``), checked (``check_model_folder``)."""
+    folder = follow_run(path)
+    check_model_folder(folder)
+    return folder

@@ -71,8 +71,13 @@ def load_config(
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded
     data = _merge(data, parse_overrides(overrides or []))
+    return validate_config(cls, data)
+
+
+def validate_config(cls: type[Config], data: dict, what: str | None = None) -> Config:
+    """``cls`` from ``data``; a ``ConfigError`` naming every bad key (``what``: how the message names the config)."""
     try:
         return cls.model_validate(data)
     except pydantic.ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"invalid {cls.__name__}: {problems}") from None
+        raise ConfigError(f"invalid {what or cls.__name__}: {problems}") from None

@@ -84,40 +84,42 @@ class TextToImage:
         self.vae = LatentVAE(components.vae)
         self.scheduler_config = dict(components.scheduler.config)
         self.adapters: dict[str, float] = {}  # LoRA adapters loaded by name, with their scales
-        self._active: str | None = None
+        self._active: str | None = None  # the adapter generation uses (None: the base)
 
     def load_adapter(self, name: str, path: str | pathlib.Path, scale: float = 1.0) -> None:
         """Add the LoRA adapter file at ``path`` (diffusers' format: ours or another tool's) as ``name``; the base
-        weights are not touched, and generation uses the adapter only when asked (``adapter=name``)."""
+        weights are not touched, and generation uses the adapter only once ``use_adapter(name)`` is called."""
         from models.lora import load_adapter
 
         if name in self.adapters:
             raise ValueError(f"an adapter named {name!r} is already loaded")
-        load_adapter(self.components.transformer, path, name)
+        load_adapter(self.components.transformer, path, name)  # which makes it the active one: set ours again
         self.adapters[name] = float(scale)
-        self._active = "?"  # loading activates the new adapter: set the state again before the next call
-        self.use_adapter(None)
+        self._activate(self._active)
 
     def unload_adapter(self, name: str) -> None:
         """Take the adapter ``name`` out of the transformer (its layers return to the bare base layers)."""
-        if name not in self.adapters:
-            raise ValueError(f"no adapter named {name!r} is loaded (loaded: {sorted(self.adapters)})")
+        self._check_loaded(name)
         self.components.transformer.delete_adapters(name)
         del self.adapters[name]
-        self._active = "?"
-        self.use_adapter(None)
+        self._activate(None if self._active == name else self._active)
 
     def use_adapter(self, name: str | None) -> None:
         """Generate with the adapter ``name`` from now on, or with the base alone (None)."""
-        if name == self._active:
-            return
+        if name != self._active:
+            self._activate(name)
+
+    def _check_loaded(self, name: str) -> None:
+        if name not in self.adapters:
+            raise ValueError(f"no adapter named {name!r} is loaded (loaded: {sorted(self.adapters)})")
+
+    def _activate(self, name: str | None) -> None:
         transformer = self.components.transformer
         if name is None:
             if self.adapters:
                 transformer.disable_lora()
         else:
-            if name not in self.adapters:
-                raise ValueError(f"no adapter named {name!r} is loaded (loaded: {sorted(self.adapters)})")
+            self._check_loaded(name)
             transformer.enable_lora()
             transformer.set_adapters([name], [self.adapters[name]])
         self._active = name

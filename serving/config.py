@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
 import yaml
 
 from models.condition_encoder import MAX_PROMPT_TOKENS
-from models.config import ConfigError, StrictModel
+from models.config import ConfigError, StrictModel, validate_config
 from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG
 from serving.sizes import parse_size
 
@@ -34,18 +34,7 @@ class AdapterSettings(StrictModel):
     scale: float = 1.0
 
 
-class GeneratorUserConfig(StrictModel):
-    """The ``ImageGenerator`` deployment's ``user_config``: what Serve changes in running replicas."""
-
-    adapters: list[AdapterSettings] = []
-
-    @pydantic.field_validator("adapters")
-    @classmethod
-    def _unique(cls, adapters: list[AdapterSettings]) -> list[AdapterSettings]:
-        return unique_adapters(adapters)
-
-
-def unique_adapters(adapters: list[AdapterSettings]) -> list[AdapterSettings]:
+def _unique_names(adapters: list[AdapterSettings]) -> list[AdapterSettings]:
     names = [adapter.name for adapter in adapters]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -53,13 +42,18 @@ def unique_adapters(adapters: list[AdapterSettings]) -> list[AdapterSettings]:
     return adapters
 
 
+Adapters = Annotated[list[AdapterSettings], pydantic.AfterValidator(_unique_names)]
+
+
+class GeneratorUserConfig(StrictModel):
+    """The ``ImageGenerator`` deployment's ``user_config``: what Serve changes in running replicas."""
+
+    adapters: Adapters = []
+
+
 def parse_adapters(user_config: dict) -> list[AdapterSettings]:
     """The adapters of a generator ``user_config``; ``ConfigError`` names every bad key."""
-    try:
-        return GeneratorUserConfig.model_validate(user_config or {}).adapters
-    except pydantic.ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"invalid ImageGenerator user_config: {problems}") from None
+    return validate_config(GeneratorUserConfig, user_config or {}, "ImageGenerator user_config").adapters
 
 
 class ModelSettings(StrictModel):
@@ -75,12 +69,7 @@ class ModelSettings(StrictModel):
     # Seed of the tiny preset's random weights (ignored by presets that read weights).
     seed: int = 0
     # LoRA adapters loaded into the one base model of each generator replica; requests pick one by ``model``.
-    adapters: list[AdapterSettings] = []
-
-    @pydantic.field_validator("adapters")
-    @classmethod
-    def _unique(cls, adapters: list[AdapterSettings]) -> list[AdapterSettings]:
-        return unique_adapters(adapters)
+    adapters: Adapters = []
 
 
 class Limits(StrictModel):
@@ -182,11 +171,7 @@ class ServeSettings(StrictModel):
 
 def parse_settings(args: dict) -> ServeSettings:
     """``ServeSettings`` from a config's ``args``; ``ConfigError`` names every bad key."""
-    try:
-        return ServeSettings.model_validate(args)
-    except pydantic.ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"invalid serving settings: {problems}") from None
+    return validate_config(ServeSettings, args, "serving settings")
 
 
 @dataclasses.dataclass

@@ -126,9 +126,8 @@ class ImageGenerator:
 
     def __init__(self, settings: ServeSettings):
         self.lock = threading.Lock()  # adapters change only between sampler calls
-        self.model = load_model(settings.model.model_copy(update={"adapters": []}))
-        self.loaded: dict[str, AdapterSettings] = {}
-        set_adapters(self.model, self.loaded, settings.model.adapters)
+        self.model = load_model(settings.model)
+        self.loaded = {adapter.name: adapter for adapter in settings.model.adapters}
         self.generate.set_max_batch_size(settings.batching.max_batch_images)
         self.generate.set_batch_wait_timeout_s(settings.batching.wait_timeout_s)
         logger.info(
@@ -151,9 +150,11 @@ class ImageGenerator:
 
     def _generate(self, jobs: list[GenerationJob]) -> list:
         with self.lock:
-            known = [job for job in jobs if job.adapter is None or job.adapter in self.loaded]
-            images = iter(generate_jobs(self.model, known)) if known else iter(())
-            return [next(images) if job in known else {"unknown_adapter": job.adapter} for job in jobs]
+            served = [job.adapter is None or job.adapter in self.loaded for job in jobs]
+            images = iter(generate_jobs(self.model, [job for job, ok in zip(jobs, served, strict=True) if ok]))
+            return [
+                next(images) if ok else {"unknown_adapter": job.adapter} for job, ok in zip(jobs, served, strict=True)
+            ]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=count_images)
     async def generate(self, jobs: list[GenerationJob]) -> list:

@@ -10,7 +10,7 @@ from typing import Literal
 
 import pydantic
 
-from models.checkpoint import check_model_folder, resolve_init
+from models.checkpoint import check_model_folder, follow_run
 from models.config import StrictModel
 from models.lora import LoraSettings
 from models.schedule import LossWeighting, SigmaSampling
@@ -141,7 +141,7 @@ class PretrainConfig(RunSettings):
     @pydantic.field_validator("init")
     @classmethod
     def _init(cls, path: str | None) -> str | None:
-        return None if path is None else resolve_init(path)
+        return None if path is None else follow_run(path)  # checked once, in _model_source
 
     @pydantic.model_validator(mode="after")
     def _model_source(self) -> PretrainConfig:

@@ -73,26 +73,26 @@ def source_name(index: int, folder: ImageFolder) -> str:
     return f"folder{index}-{pathlib.Path(folder.path).name}"
 
 
-def base_model(config: FinetuneConfig) -> str:
-    """The ``init`` folder, checked; without one, the tiny preset written once as a complete pipeline folder."""
-    from models.checkpoint import resolve_init, save_components
+def base_model(config: FinetuneConfig) -> tuple[str, str]:
+    """``(folder, preset)`` of the ``init`` folder, checked; without one, the tiny preset written once as a complete
+    pipeline folder."""
+    from models.checkpoint import check_model_folder, follow_run, save_components
     from models.presets import build_components
 
     if config.init is not None:
-        return resolve_init(config.init)
-    folder = config.run_folder / "base"
-    if not (folder / "model_index.json").is_file():
-        save_components(folder, build_components("tiny", seed=config.seed))
-    return str(folder)
+        folder = follow_run(config.init)
+    else:
+        folder = str(config.run_folder / "base")
+        if not (pathlib.Path(folder) / "model_index.json").is_file():
+            save_components(folder, build_components("tiny", seed=config.seed))
+    return folder, check_model_folder(folder)[0]
 
 
-def curation_config(config: FinetuneConfig, init: str):
+def curation_config(config: FinetuneConfig, init: str, preset: str):
     """The producer config for the folders: the user's overrides, the folders as sources, encoding into the run's
-    store with the model's own VAE and condition encoder at the training resolution."""
-    from models.checkpoint import check_model_folder
+    store with the ``init`` model's own VAE and condition encoder (of ``preset``) at the training resolution."""
     from pipelines.curation import CurationConfig
 
-    preset, _ = check_model_folder(init)
     sources = [
         {
             "name": source_name(index, folder),
@@ -170,9 +170,9 @@ def run_finetune(config: FinetuneConfig) -> dict:
     from pipelines.curation import run_curation
 
     config.run_folder.mkdir(parents=True, exist_ok=True)
-    init = base_model(config)
+    init, preset = base_model(config)
     print(f"[finetune] model {init}; {len(config.images)} image folder(s)", flush=True)
-    curated = run_curation(curation_config(config, init))
+    curated = run_curation(curation_config(config, init, preset))
     store = config.run_folder / "store"
     prompts = first_captions(store, config.resolution) if store.is_dir() else []
     if not prompts:

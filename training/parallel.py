@@ -122,7 +122,7 @@ FrozenDtype = Literal["auto", "bfloat16", "float32"]
 def frozen_weights_dtype(setting: FrozenDtype, strategy: str, compute: torch.dtype) -> torch.dtype:
     """The dtype of the weights that do not train (a LoRA base, an RL reference) when the model computes in
     ``compute``: ``auto`` is the compute dtype under FSDP (bf16 on GPU: half the memory), fp32 under DDP, which
-    computes with the stored weights; bf16 under DDP is refused when the config is read (``check_frozen_dtype``)."""
+    computes with the stored weights; bf16 under DDP only under GPU autocast (``check_frozen_dtype``)."""
     if setting == "auto":
         return compute if strategy == "fsdp" else torch.float32
     return getattr(torch, setting)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLQwenImage
 
-from models.checkpoint import check_model_folder, read_metadata, resolve_init, save_components
+from models.checkpoint import check_model_folder, follow_run, read_metadata, save_components
 from models.config import StrictModel
 from models.image_metrics import psnr, ssim, uint8_to_unit
 from models.imageio import save_png, to_grid
@@ -97,7 +97,7 @@ class VaeFinetuneConfig(RunSettings):
     def _init(self) -> VaeFinetuneConfig:
         if self.init is None:
             return self
-        init = resolve_init(self.init)
+        init = follow_run(self.init)
         preset, parts = check_model_folder(init)
         if "vae" not in parts:
             raise ValueError(f"init {init} holds no vae/ to fine-tune")

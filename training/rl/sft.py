@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pathlib
 
-from models.checkpoint import check_model_folder
 from pipelines.store import columns as C
 from pipelines.store.reader import read_table
 from training.config import PretrainConfig
@@ -43,13 +42,11 @@ def curated_predicates(config: SftConfig) -> list:
 
 
 def sft_pretrain_config(config: SftConfig) -> PretrainConfig:
-    """The pretraining config SFT runs: one phase named ``sft`` over the curated subset, from the checkpoint."""
+    """The pretraining config SFT runs: one phase named ``sft`` over the curated subset, from ``init`` (whose
+    preset it takes, and which must hold a transformer: ``PretrainConfig`` checks)."""
     clashes = sorted(set(config.pretrain) & set(OWN_KEYS))
     if clashes:
         raise ValueError(f"sft: set {clashes} at the top level of the SFT config, not under 'pretrain'")
-    preset, parts = check_model_folder(config.init)
-    if "transformer" not in parts:
-        raise ValueError(f"{config.init} holds no transformer to fine-tune")
     phase = {
         "name": "sft",
         "num_steps": config.num_steps,
@@ -64,7 +61,6 @@ def sft_pretrain_config(config: SftConfig) -> PretrainConfig:
             "store_dir": config.store_dir,
             "output_dir": config.output_dir,
             "run_name": config.run_name,
-            "preset": preset,
             "weights_dir": config.base_weights_dir,
             "init": str(pathlib.Path(config.init).resolve()),
             "lora": config.lora.model_dump() if config.lora else None,
