@@ -36,7 +36,7 @@ import yaml
 
 from models.config import StrictModel
 from pipelines import schema
-from pipelines.annotation import ANN_RAW, Captioner, CaptionerConfig
+from pipelines.annotation import ANN_RAW, CaptionerConfig, annotate
 from pipelines.encode import EncodeConfig
 from pipelines.funnel import write_funnel_report
 from pipelines.operators import columns as operator_columns
@@ -172,7 +172,7 @@ def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
     else:
         dataset = map_stage(dataset, ClipScores, config.clip.pool, config=config.clip)
     if config.annotation.active:
-        dataset = map_stage(dataset, Captioner, config.annotation.pool, config=config.annotation)
+        dataset = annotate(dataset, config.annotation)  # the configured backend: transformers actors or vLLM
     dataset = map_stage(dataset, OcrScores, config.ocr.pool, config=config.ocr)  # reads the watermark list
     dataset = map_stage(dataset, FaceScores, config.faces.pool, config=config.faces)  # reads OCR and annotation
     dataset = dataset.map_batches(balance_columns, batch_format="numpy")
