@@ -1,20 +1,41 @@
 """Encoding kept samples for the latent store: resolution buckets, VAE latents, condition-encoder hidden states.
 
-Two actor pools, so each scales on its own (the condition encoder is the 7B model, the VAE far smaller):
+Three pools, so each scales on its own (the condition encoder is the 7B model, the VAE far smaller, and decoding is
+CPU work that should not hold a GPU):
 
-- ``VaeEncodeStage``: decode the image at full size (EXIF applied), pick the aspect-ratio bucket nearest to the
-  source, and for each training resolution resize to cover the bucket's size and centre-crop; a source that would
-  need more than ``max_upscale`` enlargement gets a null there. Rows are encoded in groups of one shape, so a
-  batch costs one VAE call per (resolution, bucket) it holds.
+- ``PreparePixels`` (CPU pool, no model): decode the image at full size (EXIF applied), pick the aspect-ratio bucket
+  nearest to the source, and for each training resolution resize to cover the bucket's size and centre-crop; a
+  source that would need more than ``max_upscale`` enlargement gets no crop there (a null in the store). A decode
+  failure is recorded in ``encode_error`` (``decode:<reason>``, ``decode_source_image:<reason>``), never raised. The
+  image bytes are dropped here: what leaves is uint8 pixels.
+- ``VaeEncodeStage`` (VAE pool, a GPU at scale): encodes the prepared crops with one VAE call per distinct
+  (height, width) in its batch, across buckets, resolutions and edit sources alike, so a GPU never waits on a JPEG
+  decoder and its calls are as full as the batch allows.
 - ``TextEncodeStage``: choose the caption kind per sample (raw / recaption / fused, by configured weights,
   deterministic in ``sample_id``), encode the batch, keep the hidden states after the drop unpadded.
 
-Both store half precision (float16) and drop what the store does not keep (image bytes).
+How pixels travel between the pools: each crop is a plain Arrow ``binary`` value holding its uint8 ``[H, W, 3]`` bytes
+in C order (``pixels_<res>``, ``source_pixels_<res>``), its shape in the store's own ``height_<res>`` /
+``width_<res>`` columns, ``b""`` and -1 where there is none. Ray Data's tensor extension types were the other
+candidate and are fragile exactly where this data is irregular: a column of arrays with a missing value falls back to
+pickled Python objects, and blocks whose column is a tensor in one and pickled or all-null in another fail to
+concatenate. Binary values have none of that, and ``pixels`` turns one back into an array without copying. The price
+of shipping pixels rather than compressed bytes is object-store traffic (about 5 MB per 1328 px crop); it buys a VAE
+actor that only encodes.
 
-Edit triplets (``task`` other than ``t2i``): the VAE stage also encodes the input image, cropped to the target's
-bucket size at each resolution, into ``source_latents_<res>``; the text stage encodes the instruction (never a
-recaption) with the edit template and the input image through the vision tower, resized to
-``edit_vision_area`` pixels (the serving config must use the same area).
+Rows reach the VAE stage grouped by shape where that is free: ``PreparePixels(group_by_shape=True)`` (what
+``pipelines.produce`` uses) orders the rows of each of its batches by their crop shapes, so the VAE batches cut from
+one prepared block are mostly one shape when the prepare batch is a few times the VAE batch. A dataset-wide sort would
+group fully, but it is an all-to-all barrier: nothing would be stored, or streamed to training, until every sample
+was decoded.
+
+The two encoders store half precision (float16) and drop what the store does not keep (pixels).
+
+Edit triplets (``task`` other than ``t2i``): the input image is cropped to the target's bucket size at each
+resolution and encoded into ``source_latents_<res>`` in the same VAE calls as targets of that shape; the text stage
+encodes the instruction (never a recaption) with the edit template and the input image through the vision tower,
+resized to ``edit_vision_area`` pixels by ``PreparePixels`` (``vision_pixels``; the serving config must use the same
+area).
 """
 
 from __future__ import annotations
@@ -29,15 +50,28 @@ import pydantic
 from models.config import StrictModel
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.pools import PoolConfig
-from pipelines.schema import SOURCE_IMAGE_BYTES
+from pipelines.schema import IMAGE_BYTES, SOURCE_IMAGE_BYTES
 from pipelines.store import columns as C
 from pipelines.store.buckets import RESOLUTIONS, bucket_size, nearest_bucket, upscale_factor
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 ENCODE_ERROR = "encode_error"
 CAPTION_COLUMNS = {"raw": "caption_raw", "recaption": "caption_recaption", "fused": "caption_fused"}
+# An edit triplet's input image as the vision tower sees it (``edit_vision_area`` pixels), uint8 bytes and shape.
+VISION_PIXELS, VISION_HEIGHT, VISION_WIDTH = "vision_pixels", "vision_height", "vision_width"
+
+
+def pixels_column(resolution: int) -> str:
+    """``pixels_<res>``: the target cropped to its bucket's size at ``res``, uint8 [H, W, 3] bytes; ``b""`` if none."""
+    return f"pixels_{resolution}"
+
+
+def source_pixels_column(resolution: int) -> str:
+    """``source_pixels_<res>``: an edit triplet's input image cropped like its target; ``b""`` on other rows."""
+    return f"source_pixels_{resolution}"
 
 
 class EncodeConfig(StrictModel):
@@ -49,6 +83,9 @@ class EncodeConfig(StrictModel):
     min_stage: int = pydantic.Field(default=1, ge=0, le=7)  # encode samples that pass at least this stage
     caption_weights: dict[str, float] = {"raw": 0.2, "recaption": 0.3, "fused": 0.5}
     max_pixels: int = pydantic.Field(default=4096 * 4096, gt=0)
+    # Decoding, bucketing and cropping on CPUs (PreparePixels). Its batches are a few VAE batches, so that ordering
+    # each by crop shape hands the VAE stage batches that are mostly one shape.
+    prepare_pool: PoolConfig = PoolConfig(batch_size=32)
     vae_pool: PoolConfig = PoolConfig(batch_size=8)
     # "2d": the VAE's causal 3D convolutions run as the 2D ones they reduce to for an image (one frame): a third of the
     # work, latents equal to diffusers' to float rounding. "3d": diffusers' computation, bit for bit (models/vae.py).
@@ -117,8 +154,139 @@ def choose_caption(
     return available[-1][0], captions[available[-1][0]]
 
 
+def pixels_bytes(image: np.ndarray) -> bytes:
+    """A uint8 ``[H, W, 3]`` image as it travels between pools: its bytes in C order (the shape travels beside it)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
+    return np.ascontiguousarray(image).tobytes()
+
+
+def pixels(data: bytes, height: int, width: int) -> np.ndarray:
+    """Inverse of ``pixels_bytes``: a read-only uint8 ``[height, width, 3]`` view of ``data`` (no copy)."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    if height <= 0 or width <= 0 or array.size != height * width * 3:
+        raise ValueError(f"{array.size} bytes are not a {height}x{width} RGB image")
+    return array.reshape(height, width, 3)
+
+
+def _present(value: object) -> bytes | None:
+    """Non-empty bytes, else None: a column Ray Data saw only nulls in arrives as float NaN, not None."""
+    if isinstance(value, bytes | bytearray | memoryview) and len(value):
+        return bytes(value)
+    return None
+
+
+class PreparePixels:
+    """Ray Data stage on the CPU pool: image bytes -> bucket and uint8 crops per resolution (module docstring).
+
+    A light actor (no model) so that its pool is sized and placed like the others (``EncodeConfig.prepare_pool``).
+    Output: the input columns less the image bytes, plus ``bucket``, ``encode_error``, ``height_<res>`` /
+    ``width_<res>`` (-1 where there is no crop), ``pixels_<res>``, ``source_pixels_<res>`` and, for edit rows,
+    ``vision_pixels`` / ``vision_height`` / ``vision_width``.
+    """
+
+    def __init__(self, config: EncodeConfig, group_by_shape: bool = False):
+        self.config = config
+        self.group_by_shape = group_by_shape
+        self.decode_config = DecodeConfig(analysis_short_side=1 << 20, max_pixels=config.max_pixels)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(batch[C.SAMPLE_ID])
+        resolutions = self.config.resolutions
+        out = {key: value for key, value in batch.items() if key not in (IMAGE_BYTES, SOURCE_IMAGE_BYTES)}
+        buckets = np.full(count, "", dtype=object)
+        errors = np.array(batch.get(ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
+        crops = {r: np.full(count, b"", dtype=object) for r in resolutions}
+        source_crops = {r: np.full(count, b"", dtype=object) for r in resolutions}
+        heights = {r: np.full(count, -1, dtype=np.int64) for r in resolutions}
+        widths = {r: np.full(count, -1, dtype=np.int64) for r in resolutions}
+        vision = np.full(count, b"", dtype=object)
+        vision_heights, vision_widths = np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64)
+        tasks = batch.get(C.TASK, np.full(count, "t2i", dtype=object))
+        sources = batch.get(SOURCE_IMAGE_BYTES, np.full(count, b"", dtype=object))
+        for row in range(count):
+            if errors[row]:
+                continue
+            decoded = decode_image(_present(batch[IMAGE_BYTES][row]) or b"", self.decode_config)
+            if not decoded.ok:
+                errors[row] = f"decode:{decoded.drop_reason}"
+                continue
+            image, source, source_data = decoded.image, None, _present(sources[row])
+            if source_data is not None:
+                decoded_source = decode_image(source_data, self.decode_config)
+                if not decoded_source.ok:
+                    errors[row] = f"decode_source_image:{decoded_source.drop_reason}"
+                    continue
+                source = decoded_source.image
+            bucket = nearest_bucket(image.shape[1], image.shape[0])
+            buckets[row] = bucket
+            smallest = image if source is None else min(image, source, key=lambda a: a.shape[0] * a.shape[1])
+            for resolution in resolutions:
+                width, height = bucket_size(bucket, resolution)
+                if upscale_factor(smallest.shape[1], smallest.shape[0], (width, height)) > self.config.max_upscale:
+                    continue  # too small for this resolution: null there
+                heights[resolution][row], widths[resolution][row] = height, width
+                crops[resolution][row] = pixels_bytes(cover_and_crop(image, width, height))
+                if source is not None:
+                    source_crops[resolution][row] = pixels_bytes(cover_and_crop(source, width, height))
+            if source is not None and tasks[row] != "t2i":
+                seen = self.vision_image(source)
+                vision[row], vision_heights[row], vision_widths[row] = pixels_bytes(seen), *seen.shape[:2]
+        out[C.BUCKET], out[ENCODE_ERROR] = buckets, errors
+        for resolution in resolutions:
+            out[C.height_column(resolution)], out[C.width_column(resolution)] = heights[resolution], widths[resolution]
+            out[pixels_column(resolution)] = crops[resolution]
+            out[source_pixels_column(resolution)] = source_crops[resolution]
+        out[VISION_PIXELS], out[VISION_HEIGHT], out[VISION_WIDTH] = vision, vision_heights, vision_widths
+        if self.group_by_shape:
+            keys = [tuple((heights[r][row], widths[r][row]) for r in resolutions) for row in range(count)]
+            order = np.array(sorted(range(count), key=keys.__getitem__), dtype=np.int64)  # stable: ties keep order
+            out = {key: np.asarray(value)[order] for key, value in out.items()}
+        return out
+
+    def vision_image(self, source: np.ndarray) -> np.ndarray:
+        """The input image of a triplet as the vision tower sees it: ``edit_vision_area`` pixels, aspect kept."""
+        from PIL import Image
+
+        from models.generation import edit_source_size, resize_lanczos
+
+        image = Image.fromarray(np.ascontiguousarray(source))
+        seen = resize_lanczos(image, *edit_source_size(self.config.edit_vision_area, *image.size))
+        return np.asarray(seen.convert("RGB"))
+
+
+def shape_groups(batch: dict[str, np.ndarray], resolutions: list[int]) -> dict[tuple[int, int], list[tuple]]:
+    """``(height, width) -> [(row, resolution, is_source), ...]``: every crop of a prepared batch by shape, the VAE
+    calls ``VaeEncodeStage`` makes (one per key). Rows with an ``encode_error`` have none."""
+    count = len(batch[C.SAMPLE_ID])
+    errors = batch.get(ENCODE_ERROR, np.full(count, "", dtype=object))
+    groups: dict[tuple[int, int], list[tuple]] = {}
+    for row in range(count):
+        if errors[row]:
+            continue
+        for resolution in resolutions:
+            height, width = int(batch[C.height_column(resolution)][row]), int(batch[C.width_column(resolution)][row])
+            if height < 0:
+                continue
+            group = groups.setdefault((height, width), [])
+            group.append((row, resolution, False))
+            if _present(batch[source_pixels_column(resolution)][row]) is not None:
+                group.append((row, resolution, True))
+    return groups
+
+
+def _missing_prepared(batch: dict[str, np.ndarray], columns: list[str], stage: str) -> None:
+    missing = [column for column in columns if column not in batch]
+    if missing:
+        raise ValueError(
+            f"{stage} takes rows prepared by PreparePixels (pipelines.encode); the batch lacks {missing}"
+            + (" and still holds image bytes" if IMAGE_BYTES in batch else "")
+        )
+
+
 class VaeEncodeStage:
-    """Ray Data actor: image bytes -> bucket and normalised latents per resolution (float16 bytes)."""
+    """Ray Data actor: prepared uint8 crops -> normalised latents per resolution (float16 bytes), one VAE call per
+    distinct crop shape in the batch (``shape_groups``). Drops the pixel columns; keeps every other column."""
 
     def __init__(self, config: EncodeConfig):
         from models.presets import build_components
@@ -130,56 +298,35 @@ class VaeEncodeStage:
             config.preset, weights_dir=config.weights_dir, parts=("vae",), device=device, dtype=dtype
         )
         self.vae = LatentVAE(components.vae, frame_convs=config.vae_frame_convs)
-        self.decode_config = DecodeConfig(analysis_short_side=1 << 20, max_pixels=config.max_pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        count = len(batch[C.SAMPLE_ID])
-        out = {key: value for key, value in batch.items() if key != "image_bytes"}
-        buckets, errors = np.full(count, "", dtype=object), np.full(count, "", dtype=object)
-        latents = {r: np.full(count, None, dtype=object) for r in self.config.resolutions}
-        source_latents = {r: np.full(count, None, dtype=object) for r in self.config.resolutions}
-        heights = {r: np.full(count, -1, dtype=np.int64) for r in self.config.resolutions}
-        widths = {r: np.full(count, -1, dtype=np.int64) for r in self.config.resolutions}
-        # (resolution, height, width) -> [(row, is_source, pixels)]: one VAE call per shape, sources included.
-        groups: dict[tuple[int, int, int], list[tuple[int, bool, np.ndarray]]] = {}
-        sources = batch.get(SOURCE_IMAGE_BYTES, np.full(count, b"", dtype=object))
-        for row, data in enumerate(batch["image_bytes"]):
-            decoded = decode_image(bytes(data), self.decode_config)
-            if not decoded.ok:
-                errors[row] = f"decode:{decoded.drop_reason}"
-                continue
-            image, source = decoded.image, None
-            if sources[row] is not None and len(sources[row]):
-                decoded_source = decode_image(bytes(sources[row]), self.decode_config)
-                if not decoded_source.ok:
-                    errors[row] = f"decode_source_image:{decoded_source.drop_reason}"
-                    continue
-                source = decoded_source.image
-            bucket = nearest_bucket(image.shape[1], image.shape[0])
-            buckets[row] = bucket
-            for resolution in self.config.resolutions:
-                width, height = bucket_size(bucket, resolution)
-                smallest = image if source is None else min(image, source, key=lambda a: a.shape[0] * a.shape[1])
-                if upscale_factor(smallest.shape[1], smallest.shape[0], (width, height)) > self.config.max_upscale:
-                    continue  # too small for this resolution: null there
-                group = groups.setdefault((resolution, height, width), [])
-                group.append((row, False, cover_and_crop(image, width, height)))
-                if source is not None:
-                    group.append((row, True, cover_and_crop(source, width, height)))
         from models.vae import images_to_tensor
 
-        for (resolution, height, width), members in groups.items():
-            pixels = images_to_tensor(np.stack([image for _, _, image in members]))
-            encoded = self.vae.encode(pixels).float().cpu().numpy()
-            for (row, is_source, _), tensor in zip(members, encoded, strict=True):
+        resolutions = self.config.resolutions
+        needed = [C.BUCKET, ENCODE_ERROR]
+        for resolution in resolutions:
+            needed += [C.height_column(resolution), C.width_column(resolution)]
+            needed += [pixels_column(resolution), source_pixels_column(resolution)]
+        _missing_prepared(batch, needed, "VaeEncodeStage")
+        count = len(batch[C.SAMPLE_ID])
+        latents = {r: np.full(count, None, dtype=object) for r in resolutions}
+        source_latents = {r: np.full(count, None, dtype=object) for r in resolutions}
+        for (height, width), members in shape_groups(batch, resolutions).items():
+            columns = [(source_pixels_column if is_source else pixels_column)(r) for _, r, is_source in members]
+            stacked = np.stack(
+                [
+                    pixels(batch[column][row], height, width)
+                    for (row, _, _), column in zip(members, columns, strict=True)
+                ]
+            )
+            encoded = self.vae.encode(images_to_tensor(stacked)).float().cpu().numpy()
+            for (row, resolution, is_source), tensor in zip(members, encoded, strict=True):
                 (source_latents if is_source else latents)[resolution][row] = C.tensor_bytes(tensor)
-                heights[resolution][row], widths[resolution][row] = height, width
-        out[C.BUCKET], out[ENCODE_ERROR] = buckets, errors
-        for resolution in self.config.resolutions:
+        dropped = {pixels_column(r) for r in resolutions} | {source_pixels_column(r) for r in resolutions}
+        out = {key: value for key, value in batch.items() if key not in dropped}
+        for resolution in resolutions:
             out[C.latents_column(resolution)] = latents[resolution]
             out[C.source_latents_column(resolution)] = source_latents[resolution]
-            out[C.height_column(resolution)] = heights[resolution]
-            out[C.width_column(resolution)] = widths[resolution]
         return out
 
 
@@ -198,22 +345,21 @@ class TextEncodeStage:
             parts=("text_encoder", "tokenizer"),
             device=device,
             dtype=dtype,
+            lm_head=False,  # hidden states only: the 7B model's head is 1.1 GB in bf16 that a GPU would hold
         )
         self.encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
         self.edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
-        self.decode_config = DecodeConfig(analysis_short_side=1 << 20, max_pixels=config.max_pixels)
 
-    def _vision_image(self, data: bytes):
-        """The input image of a triplet as the vision tower sees it: ``edit_vision_area`` pixels, aspect kept."""
+    @staticmethod
+    def _vision_image(batch: dict[str, np.ndarray], row: int) -> Image.Image | None:
+        """The input image of a triplet as ``PreparePixels`` sized it for the vision tower; None where it has none
+        (the prepare stage has recorded why, or the triplet came without an input image)."""
         from PIL import Image
 
-        decoded = decode_image(bytes(data), self.decode_config)
-        if not decoded.ok:  # the VAE stage has recorded the error; the row is not stored
+        data = _present(batch[VISION_PIXELS][row])
+        if data is None:
             return None
-        image = Image.fromarray(np.ascontiguousarray(decoded.image))
-        from models.generation import edit_source_size, resize_lanczos
-
-        return resize_lanczos(image, *edit_source_size(self.config.edit_vision_area, *image.size))
+        return Image.fromarray(pixels(data, int(batch[VISION_HEIGHT][row]), int(batch[VISION_WIDTH][row])))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch[C.SAMPLE_ID])
@@ -237,7 +383,9 @@ class TextEncodeStage:
             for row, sequence in zip(pairs, self.encoder.encode([captions[r] for r in pairs]).unpadded(), strict=True):
                 sequences[row] = sequence
         triplets = [row for row in range(count) if tasks[row] != "t2i"]
-        images = {row: self._vision_image(batch[SOURCE_IMAGE_BYTES][row]) for row in triplets}
+        if triplets:
+            _missing_prepared(batch, [VISION_PIXELS, VISION_HEIGHT, VISION_WIDTH], "TextEncodeStage")
+        images = {row: self._vision_image(batch, row) for row in triplets}
         triplets = [row for row in triplets if images[row] is not None]
         # One vision-tower call per image size (the processor batches images of one patch grid most cheaply).
         by_size: dict[tuple[int, int], list[int]] = {}
@@ -247,7 +395,8 @@ class TextEncodeStage:
             embeds = self.edit_encoder.encode_edit([captions[r] for r in rows], [images[r] for r in rows])
             for row, sequence in zip(rows, embeds.unpadded(), strict=True):
                 sequences[row] = sequence
-        out = {key: value for key, value in batch.items() if key != SOURCE_IMAGE_BYTES}
+        dropped = {SOURCE_IMAGE_BYTES, VISION_PIXELS, VISION_HEIGHT, VISION_WIDTH}
+        out = {key: value for key, value in batch.items() if key not in dropped}
         errors = np.array(out.get(ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
         for row in range(count):
             if sequences[row] is None and not errors[row]:

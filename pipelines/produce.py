@@ -1,7 +1,8 @@
-"""The encoding pass of the producer job: kept samples -> encoders -> committed latent-store shards.
+"""The encoding pass of the producer job: kept samples -> pixels (CPU pool) -> encoders -> latent-store shards.
 
 Reads the scored shards of a curation run, keeps the samples whose ``stage`` reaches ``EncodeConfig.min_stage``
-and that the store does not hold yet (a re-run resumes), encodes them (``pipelines.encode``) and commits them
+and that the store does not hold yet (a re-run resumes), decodes and crops them on the CPU pool, encodes the pixels
+(``pipelines.encode``) and commits them
 (``pipelines.store.writer.LatentStoreSink``). Shard ids are derived from their rows, so a write task that Ray
 retries after a failure commits the same shard id again and is skipped: no sample is stored twice.
 """
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipelines import schema
-from pipelines.encode import ENCODE_ERROR, EncodeConfig, TextEncodeStage, VaeEncodeStage
+from pipelines.encode import ENCODE_ERROR, EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage
 from pipelines.parquet import read_parquet
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.store import columns as C
@@ -95,6 +96,9 @@ def encoded_dataset(scored_dir: str | pathlib.Path, keep: dict[str, int], config
     # larger batch would merge the stream's blocks, and the store would only grow at the end of a small run.
     pool = {key: getattr(config.vae_pool, key) for key in ("batch_size", "resources", "label_selector")}
     dataset = map_stage(dataset, KeepSamples, PoolConfig(**pool), keep=keep)
+    # Decoding and cropping on the CPU pool; the VAE actors receive uint8 crops, each prepared batch ordered by crop
+    # shape (pipelines.encode's docstring: how pixels travel, why no dataset-wide sort).
+    dataset = map_stage(dataset, PreparePixels, config.prepare_pool, config=config, group_by_shape=True)
     dataset = map_stage(dataset, VaeEncodeStage, config.vae_pool, config=config)
     dataset = map_stage(dataset, TextEncodeStage, config.text_pool, config=config)
     return dataset.map_batches(to_store_table, fn_kwargs={"resolutions": config.resolutions}, batch_format="numpy")

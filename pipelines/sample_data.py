@@ -181,7 +181,7 @@ def encoded_sample_table(
     Stages cycle through 1..7 and categories alternate, so filters have something to select; no Ray, no
     curation: for tests and benchmarks of the consumers.
     """
-    from pipelines.encode import EncodeConfig, TextEncodeStage, VaeEncodeStage
+    from pipelines.encode import EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage
     from pipelines.produce import to_store_table
     from pipelines.sources import make_batch
 
@@ -199,7 +199,8 @@ def encoded_sample_table(
         ["text_rendering" if i % 3 == 0 else "general" for i in range(len(pairs))], dtype=object
     )
     config = EncodeConfig(resolutions=list(resolutions), max_upscale=max_upscale)
-    return to_store_table(TextEncodeStage(config)(VaeEncodeStage(config)(batch)), list(resolutions))
+    encoded = TextEncodeStage(config)(VaeEncodeStage(config)(PreparePixels(config)(batch)))
+    return to_store_table(encoded, list(resolutions))
 
 
 def encoded_triplet_table(
@@ -214,7 +215,7 @@ def encoded_triplet_table(
     """(source image, instruction, target image) triplets (uint8 RGB arrays) encoded as edit rows of a latent-store
     table, through the producers' encoding stages: source latents beside target latents, the instruction with the
     edit template and the source image through the vision tower. No Ray, no curation: for tests and benchmarks."""
-    from pipelines.encode import EncodeConfig, TextEncodeStage, VaeEncodeStage
+    from pipelines.encode import EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage
     from pipelines.produce import to_store_table
     from pipelines.sources import make_batch
 
@@ -232,7 +233,8 @@ def encoded_triplet_table(
     batch["stage"] = np.full(len(triplets), 7, dtype=np.int8)
     batch["category"] = np.full(len(triplets), "general", dtype=object)
     config = EncodeConfig(resolutions=list(resolutions), max_upscale=max_upscale, edit_vision_area=edit_vision_area)
-    return to_store_table(TextEncodeStage(config)(VaeEncodeStage(config)(batch)), list(resolutions))
+    encoded = TextEncodeStage(config)(VaeEncodeStage(config)(PreparePixels(config)(batch)))
+    return to_store_table(encoded, list(resolutions))
 
 
 def png_bytes(image: np.ndarray) -> bytes:
