@@ -7,8 +7,10 @@ each generation, so it is not behind the key either).
 
 Order of checks on a generation or an edit: API key (401) -> body size (413, from Content-Length before any byte is
 read, and from the bytes read) -> JSON or form and field types (400) -> model (404) -> limits and, for an edit, the
-image (400) -> queue (503 + Retry-After). A request that is wrong is told so even while the server is busy; only a
-valid one can get 503. An edit's body may be ``edit.max_upload_bytes`` (the generations route keeps
+image (400) -> the client's rate (429 + Retry-After, ``rate_limit.images``) -> queue (503 + Retry-After). A request
+that is wrong is told so even while the server is busy or the client over its rate; only a valid one can get 429 or
+503, and only a valid one is counted against the client's rate. The client is the key when one is set, else the
+address (``serving.ratelimit``). An edit's body may be ``edit.max_upload_bytes`` (the generations route keeps
 ``limits.max_body_bytes``); its text fields are held to ``limits.max_body_bytes`` each.
 """
 
@@ -17,9 +19,7 @@ valid one can get 503. An edit's body may be ``edit.max_upload_bytes`` (the gene
 import asyncio
 import base64
 import dataclasses
-import hmac
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 
@@ -37,6 +37,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from models.tokenizer import build_qwen2_tokenizer
 from serving.config import ServeSettings
 from serving.page import render_page
+from serving.ratelimit import BearerKey, InFlight, RateLimiter, busy, client_id
 from serving.schema import (
     ApiError,
     GenerationJob,
@@ -173,33 +174,25 @@ class Ingress:
         self.generator = generator
         # The real Qwen2 vocabulary: prompt token caps count what the condition encoder will see.
         self.tokenizer = build_qwen2_tokenizer()
-        self.api_key = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
-        if not self.api_key:
+        self.key = BearerKey(settings.api_key_env)
+        if not self.key.required:
             logger.warning("no API key set (%s): every route is open", settings.api_key_env)
-        self.num_in_flight = 0
+        limits = settings.rate_limit
+        self.image_rate = RateLimiter(limits.images, what="image requests per client", max_clients=limits.max_clients)
+        self.in_flight = InFlight(settings.queue.max_in_flight, settings.queue.retry_after_s)
         self.created = int(time.time())
         self.adapter_names: list[str] | None = None  # the generator's, asked again after ADAPTER_LIST_TTL_S
         self.adapters_asked = 0.0
 
-    def authorize(self, request: Request) -> None:
-        if not self.api_key:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
-            raise ApiError(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    def authorize(self, request: Request) -> str:
+        """401 unless the request carries the key (when one is set); the client the request counts against."""
+        return client_id(request, self.key, self.settings.rate_limit)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def busy(self, message: str) -> ApiError:
-        return ApiError(
-            503, message, code="server_busy", headers={"Retry-After": str(self.settings.queue.retry_after_s)}
-        )
+        return busy(message, self.settings.queue.retry_after_s)
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -240,15 +233,15 @@ class Ingress:
 
     @app.post("/v1/images/generations")
     async def generations(self, request: Request, response: Response) -> dict:
-        self.authorize(request)
+        client = self.authorize(request)
         body = parse_body(await read_body(request, self.settings.limits.max_body_bytes))
         adapter = await self.check_model(body.model)
         job = check_request(body, self.settings.limits, self.settings.defaults, self.count_tokens)
-        return await self.answer(dataclasses.replace(job, adapter=adapter), response)
+        return await self.answer(dataclasses.replace(job, adapter=adapter), response, client)
 
     @app.post("/v1/images/edits")
     async def edits(self, request: Request, response: Response) -> dict:
-        self.authorize(request)
+        client = self.authorize(request)
         edit = self.settings.edit
         if not edit.enabled:
             raise ApiError(404, "image editing is turned off on this server", code="not_found")
@@ -260,7 +253,7 @@ class Ingress:
         job = check_edit_request(
             body, image, source_size, self.settings.limits, self.settings.defaults, edit, self.count_tokens
         )
-        return await self.answer(dataclasses.replace(job, adapter=adapter), response)
+        return await self.answer(dataclasses.replace(job, adapter=adapter), response, client)
 
     async def check_model(self, model: str | None) -> str | None:
         """The adapter ``model`` names (None: the base, also when ``model`` is left out); 404 when it names
@@ -276,16 +269,13 @@ class Ingress:
         message = f"model {model!r} does not exist; this server serves {', '.join(repr(m) for m in served)}"
         return ApiError(404, message, param="model", code="model_not_found")
 
-    async def answer(self, job: GenerationJob, response: Response) -> dict:
-        """Queue ``job`` (503 when full) and answer with its images, base64 PNGs with their seeds; the
-        ``X-Generator-Retries`` header counts the retries on another replica it took."""
-        if self.num_in_flight >= self.settings.queue.max_in_flight:
-            raise self.busy(f"server busy: {self.num_in_flight} requests in flight; retry later")
-        self.num_in_flight += 1
-        try:
+    async def answer(self, job: GenerationJob, response: Response, client: str) -> dict:
+        """Count ``job`` against ``client``'s rate (429 when over), queue it (503 when full) and answer with its
+        images, base64 PNGs with their seeds; the ``X-Generator-Retries`` header counts the retries on another
+        replica it took."""
+        self.image_rate.admit(client)
+        with self.in_flight.slot():
             images, retries = await self.generate(job)
-        finally:
-            self.num_in_flight -= 1
         if isinstance(images, dict):  # the replica asked does not serve the adapter (a user_config change)
             name = self.settings.model.name
             raise self.unknown_model(f"{name}:{images['unknown_adapter']}", await self.model_ids())

@@ -14,10 +14,17 @@ Routes under the arena's route prefix (``/arena``):
 - ``GET /leaderboard``: JSON (Bradley-Terry rating, interval, Elo, counts per model); ``GET /votes.csv``.
 
 A voter is the ``X-Voter-Id`` header, else the ``arena_voter`` cookie, which the page and ``POST /rounds`` set
-when a client has neither. Errors use the generation API's shape, ``{"error": {"message", "type", "param",
-"code"}}``. Rounds and votes live in SQLite (``serving.arena.store``); the leaderboard is recomputed from the
-stored votes whenever they change, so a restarted server shows the same one. Keep ``ArenaIngress`` on the node
-that holds the database file (one replica is plenty: it does no model work).
+when a client has neither; the store keeps only a salted hash of it. Errors use the generation API's shape,
+``{"error": {"message", "type", "param", "code"}}``. Rounds and votes live in SQLite (``serving.arena.store``); the
+leaderboard is recomputed from the stored votes whenever they change, so a restarted server shows the same one.
+Keep ``ArenaIngress`` on the node that holds the database file (one replica is plenty: it does no model work).
+
+Every round draws two images, so rounds, PNGs and votes pass abuse limits (``serving.ratelimit``, in the replica's
+memory). A key is needed when ``api_key_env`` names one (off by default: an open arena, limited per address); 401
+without it. Then, once a request is otherwise valid: per-client rates for rounds and PNGs (``rate_limit.rounds``)
+and for votes (``rate_limit.votes``), then per-voter caps over an hour (``rate_limit.voter_rounds``,
+``rate_limit.voter_votes``), each 429 with ``Retry-After``; then at most ``queue.max_in_flight`` requests drawing
+images at once, the next 503 with ``Retry-After``.
 """
 
 # No ``from __future__ import annotations``, as in serving/ingress.py: FastAPI (through Serve's class-based ingress)
@@ -53,6 +60,7 @@ from serving.arena.page import render_arena_page, render_leaderboard_page
 from serving.arena.ratings import CHOICES, Comparison, Standing, elo_history, leaderboard
 from serving.arena.store import AlreadyVoted, ArenaStore, Round, RoundExpired, RoundNotFound, votes_csv
 from serving.ingress import REPLICA_GONE, install_error_handlers, read_body
+from serving.ratelimit import BearerKey, InFlight, RateLimiter, busy, client_id
 from serving.schema import MAX_SEED, ApiError, GenerationJob
 from serving.sizes import parse_size
 
@@ -137,12 +145,26 @@ class ArenaIngress:
         self.random = random.SystemRandom()
         self.board_lock = threading.Lock()
         self.board: Board | None = None
+        self.key = BearerKey(settings.api_key_env)
+        limits = settings.rate_limit
+        self.round_rate = RateLimiter(limits.rounds, what="rounds or images per client", max_clients=limits.max_clients)
+        self.vote_rate = RateLimiter(limits.votes, what="votes per client", max_clients=limits.max_clients)
+        # Keyed by the voter's hash, as stored: no raw voter id is kept in memory either.
+        self.voter_round_rate = RateLimiter(
+            limits.voter_rounds, what="rounds per voter", max_clients=limits.max_clients
+        )
+        self.voter_vote_rate = RateLimiter(limits.voter_votes, what="votes per voter", max_clients=limits.max_clients)
+        self.in_flight = InFlight(settings.queue.max_in_flight, settings.queue.retry_after_s)
         num_rounds, num_votes, _ = self.store.counts()
         logger.info(
             "arena on %s: %d models, %d rounds, %d votes", settings.database, len(self.names), num_rounds, num_votes
         )
 
-    # Voters and prompts.
+    # Clients, voters and prompts.
+
+    def client(self, request: Request) -> str:
+        """401 unless the request carries the arena's key (when one is set); the client it counts against."""
+        return client_id(request, self.key, self.settings.rate_limit)
 
     def voter(self, request: Request, response: Response) -> str:
         """The request's voter id; a new one (set as a cookie on ``response``) when it has none."""
@@ -175,9 +197,7 @@ class ArenaIngress:
         try:
             return await self.models.generate.remote(name, job)
         except (BackPressureError, *REPLICA_GONE) as error:
-            raise ApiError(
-                503, f"no model replica answered: {error}", code="server_busy", headers={"Retry-After": "2"}
-            ) from None
+            raise busy(f"no model replica answered: {error}", self.settings.queue.retry_after_s) from None
 
     def job(self, shown: Round) -> GenerationJob:
         return GenerationJob(
@@ -200,7 +220,10 @@ class ArenaIngress:
     async def page(self, request: Request) -> HTMLResponse:
         root_path = request.scope.get("root_path", "")
         body = render_arena_page(
-            title=self.settings.title, root_path=root_path, max_prompt_chars=self.settings.max_prompt_chars
+            title=self.settings.title,
+            root_path=root_path,
+            max_prompt_chars=self.settings.max_prompt_chars,
+            needs_key=self.key.required,
         )
         response = HTMLResponse(body)
         self.voter(request, response)
@@ -208,9 +231,12 @@ class ArenaIngress:
 
     @app.post("/rounds")
     async def new_round(self, request: Request, response: Response) -> dict:
+        client = self.client(request)
         body = parse_json(await read_body(request, MAX_BODY_BYTES), RoundRequest)
         voter = self.voter(request, response)
         prompt, source = self.prompt(body.prompt)
+        self.round_rate.admit(client)
+        self.voter_round_rate.admit(self.store.voter_hash(voter))
         left, right = self.random.sample(self.names, 2)
         generation = self.settings.generation
         draft = Round(
@@ -230,7 +256,8 @@ class ArenaIngress:
             voter_id=voter,
         )
         job = self.job(draft)
-        images = await asyncio.gather(self.draw(left, job), self.draw(right, job))
+        with self.in_flight.slot():
+            images = await asyncio.gather(self.draw(left, job), self.draw(right, job))
         # The voter's time starts when the images exist, not when they were asked for.
         now = time.time()
         shown = dataclasses.replace(draft, created_at=now, expires_at=now + self.settings.round_ttl_s)
@@ -245,11 +272,14 @@ class ArenaIngress:
         }
 
     @app.get("/rounds/{round_id}/{side}.png")
-    async def image(self, round_id: str, side: str) -> Response:
+    async def image(self, round_id: str, side: str, request: Request) -> Response:
+        client = self.client(request)
         if side not in SIDES:
             raise ApiError(404, f"side must be 'left' or 'right', got {side!r}", param="side", code="not_found")
         shown = await self.find(round_id)
-        png = await self.draw(shown.model_left if side == "left" else shown.model_right, self.job(shown))
+        self.round_rate.admit(client)
+        with self.in_flight.slot():
+            png = await self.draw(shown.model_left if side == "left" else shown.model_right, self.job(shown))
         return Response(png, media_type="image/png")
 
     async def find(self, round_id: str) -> Round:
@@ -260,6 +290,7 @@ class ArenaIngress:
 
     @app.post("/rounds/{round_id}/vote")
     async def vote(self, round_id: str, request: Request) -> dict:
+        client = self.client(request)
         body = parse_json(await read_body(request, MAX_BODY_BYTES), VoteRequest)
         if body.choice not in CHOICES:
             message = f"choice: must be one of {', '.join(CHOICES)}; got {body.choice[:40]!r}"
@@ -268,6 +299,8 @@ class ArenaIngress:
         if voter is None:
             message = f"no voter id: send the {VOTER_HEADER} header or the {VOTER_COOKIE} cookie that POST rounds set"
             raise ApiError(400, message, param="voter_id", code="missing_voter")
+        self.vote_rate.admit(client)
+        self.voter_vote_rate.admit(self.store.voter_hash(voter))
         try:
             vote = await asyncio.to_thread(self.store.add_vote, round_id, voter, body.choice)
         except RoundNotFound as error:

@@ -23,6 +23,7 @@ import yaml
 from models.config import ConfigError, StrictModel, parse_overrides
 from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG
 from serving.config import ModelSettings, ServeFile, parse_settings
+from serving.ratelimit import ClientLimits, Rate
 from serving.sizes import parse_size
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -63,6 +64,31 @@ class RatingSettings(StrictModel):
     confidence: float = pydantic.Field(default=0.95, gt=0.0, lt=1.0)
 
 
+class ArenaQueue(StrictModel):
+    """Back-pressure in ``ArenaIngress``: requests that draw images (new rounds, a round's PNG) held at once."""
+
+    # The next one gets 503 with Retry-After at once: a round is two images, and a long queue only times clients out.
+    max_in_flight: pydantic.PositiveInt = 16
+    retry_after_s: pydantic.PositiveInt = 5
+
+
+class ArenaRateLimit(ClientLimits):
+    """Per-client and per-voter rates in ``ArenaIngress`` (``serving.ratelimit``); ``null`` turns one off.
+
+    A client is the arena's key when one is set (``api_key_env``), else the address. ``rounds`` counts new rounds
+    and round PNGs (each draws images), ``votes`` counts votes; ``voter_rounds`` and ``voter_votes`` cap one voter
+    id (the ``X-Voter-Id`` header or the cookie) over an hour. Voter ids are made by clients, so the per-client rates
+    are what bound a flood; the per-voter caps bound what one voter adds to the leaderboard. Only requests that passed
+    every other check are counted. The defaults let a person vote at any pace a person votes.
+    """
+
+    rounds: Rate | None = Rate(requests=30, period_s=60.0, burst=10)
+    votes: Rate | None = Rate(requests=120, period_s=60.0, burst=60)
+    # One round or vote every 10 s over an hour, 60 in a row.
+    voter_rounds: Rate | None = Rate(requests=360, period_s=3600.0, burst=60)
+    voter_votes: Rate | None = Rate(requests=360, period_s=3600.0, burst=60)
+
+
 class ArenaSettings(StrictModel):
     """The arena application's ``args`` in a Serve config file."""
 
@@ -79,6 +105,12 @@ class ArenaSettings(StrictModel):
     generation: RoundGeneration = RoundGeneration()
     rating: RatingSettings = RatingSettings()
     title: str = "Qwen-Image arena"
+    queue: ArenaQueue = ArenaQueue()
+    rate_limit: ArenaRateLimit = ArenaRateLimit()
+    # Name of the environment variable (in the ArenaIngress replica) holding the arena's key. Off by default (an open
+    # arena, limited per address); when set and not empty, new rounds, round PNGs and votes need
+    # 'Authorization: Bearer <key>' (the page asks for it); the pages, the leaderboard and votes.csv stay open.
+    api_key_env: str | None = None
 
     @pydantic.field_validator("models")
     @classmethod

@@ -2,7 +2,8 @@
 
 The voting page is static HTML plus a little JavaScript that calls the JSON API like any client: ``POST rounds``
 for two anonymous images, ``POST rounds/{id}/vote`` with the choice; the models' names are shown only once the
-vote is in. The leaderboard page is rendered on the server (table and inline SVG charts), so it needs no script
+vote is in. When the arena has a key the page shows a field for it and sends it with each call (it keeps it
+nowhere else). The leaderboard page is rendered on the server (table and inline SVG charts), so it needs no script
 and nothing from the internet.
 """
 
@@ -44,6 +45,7 @@ _ARENA = """<!doctype html>
 <p>Two anonymous models draw the same prompt from the same seed. Which image is better?</p>
 <form id="round-form">
   <input id="prompt" maxlength="__MAX_CHARS__" placeholder="type a prompt, or leave empty for one from the list">
+  <input id="key" type="password" placeholder="arena key" autocomplete="off"__KEY_HIDDEN__>
   <button id="new-round" type="submit">new round</button>
 </form>
 <p>Prompt: <q id="round-prompt"></q></p>
@@ -62,6 +64,7 @@ _ARENA = """<!doctype html>
 const ROOT = __ROOT__;
 const status = document.getElementById("status");
 const buttons = Array.from(document.querySelectorAll("#choices button"));
+const keyField = document.getElementById("key");
 let roundId = null;
 
 function say(text, isError) {
@@ -70,9 +73,9 @@ function say(text, isError) {
 }
 
 async function call(path, body) {
-  const response = await fetch(ROOT + path, {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
-  });
+  const headers = {"Content-Type": "application/json"};
+  if (keyField.value) headers["Authorization"] = "Bearer " + keyField.value;
+  const response = await fetch(ROOT + path, {method: "POST", headers, body: JSON.stringify(body)});
   const answer = await response.json();
   if (!response.ok) throw new Error(answer.error ? answer.error.message : response.statusText);
   return answer;
@@ -118,7 +121,7 @@ async function vote(choice) {
 
 buttons.forEach((button) => button.addEventListener("click", () => vote(button.dataset.choice)));
 document.getElementById("round-form").addEventListener("submit", (event) => { event.preventDefault(); newRound(); });
-newRound();
+if (keyField.hidden) newRound(); else say("This arena needs a key: type it, then press 'new round'.", false);
 </script>
 </body>
 </html>
@@ -154,8 +157,9 @@ def _fill(page: str, values: dict[str, str]) -> str:
     return re.sub(r"__[A-Z_]+__", lambda match: values.get(match.group(0), match.group(0)), page)
 
 
-def render_arena_page(*, title: str, root_path: str, max_prompt_chars: int) -> str:
-    """The voting page, calling the API under ``root_path`` (the arena's route prefix)."""
+def render_arena_page(*, title: str, root_path: str, max_prompt_chars: int, needs_key: bool = False) -> str:
+    """The voting page, calling the API under ``root_path`` (the arena's route prefix); with ``needs_key`` it has a
+    field for the arena's key, sent with each round and vote."""
     root = root_path.rstrip("/")
     return _fill(
         _ARENA,
@@ -166,6 +170,7 @@ def render_arena_page(*, title: str, root_path: str, max_prompt_chars: int) -> s
             # A JavaScript string literal; "<" escaped so that no prefix can close the script element.
             "__ROOT__": json.dumps(root).replace("<", "\\u003c"),
             "__MAX_CHARS__": str(max_prompt_chars),
+            "__KEY_HIDDEN__": "" if needs_key else " hidden",
         },
     )
 

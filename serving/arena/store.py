@@ -6,6 +6,15 @@ round's expiry inside one ``BEGIN IMMEDIATE`` transaction, so two racing votes c
 on one machine may open the same file (the server, a test, ``sqlite3`` for a look); a network file system may not
 (SQLite's locks do not hold there).
 
+Voter ids are never stored: the store keeps ``hmac:`` plus the first 32 hex digits of HMAC-SHA256(salt, voter id).
+The same voter gets the same value, so a second vote by one voter is still recognised and ``votes.csv`` can still
+be grouped by voter, but the value cannot be turned back into the cookie or header that was sent, nor checked
+against a guessed id without the salt. The salt is made once (32 random bytes) and kept beside the database in
+``<database>.salt`` (mode 0600), never in the database or ``votes.csv``. Keep the salt file with the database: a
+new salt makes every voter new (ratings do not use voter ids). A database written before hashing (schema version
+1, raw ids) has its ids hashed in place the first time it is opened (schema version 2); ``votes.csv`` files
+exported before that keep what they hold.
+
     store = ArenaStore("outputs/arena/arena.sqlite")
     store.add_round(Round(...)); store.add_vote(round_id, voter_id, "left"); store.votes()
 """
@@ -15,15 +24,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import hashlib
+import hmac
 import io
+import os
 import pathlib
+import secrets
 import sqlite3
 import threading
 import time
 
 from serving.arena.ratings import CHOICES
 
-SCHEMA_VERSION = 1
+# 2: voter ids hashed (version 1 held them as sent).
+SCHEMA_VERSION = 2
+VOTER_HASH_PREFIX = "hmac:"
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS rounds (
@@ -40,12 +55,12 @@ CREATE TABLE IF NOT EXISTS rounds (
     num_steps INTEGER NOT NULL,
     true_cfg_scale REAL NOT NULL,
     negative_prompt TEXT NOT NULL,
-    voter_id TEXT
+    voter_id TEXT  -- the voter's hash (``voter_hash``), as in votes
 );
 CREATE TABLE IF NOT EXISTS votes (
     vote_id INTEGER PRIMARY KEY AUTOINCREMENT,
     round_id TEXT NOT NULL UNIQUE REFERENCES rounds (round_id),
-    voter_id TEXT NOT NULL,
+    voter_id TEXT NOT NULL,  -- the voter's hash
     choice TEXT NOT NULL CHECK (choice IN ({", ".join(f"'{choice}'" for choice in CHOICES)})),
     voted_at REAL NOT NULL
 );
@@ -102,6 +117,7 @@ class Round:
     num_steps: int
     true_cfg_scale: float
     negative_prompt: str
+    # The voter who drew the round: as sent on the way in, its hash (``ArenaStore.voter_hash``) on the way out.
     voter_id: str | None = None
 
 
@@ -111,6 +127,7 @@ class Vote:
 
     vote_id: int
     voted_at: float
+    # The voter's hash (``ArenaStore.voter_hash``), never the id sent.
     voter_id: str
     choice: str
     round: Round
@@ -128,12 +145,42 @@ class Vote:
 _ROUND_FIELDS = [field.name for field in dataclasses.fields(Round)]
 
 
+def salt_path(database: str | pathlib.Path) -> pathlib.Path:
+    """Where the voter-hash salt of ``database`` lives: beside it, ``<database>.salt``."""
+    database = pathlib.Path(database)
+    return database.with_name(database.name + ".salt")
+
+
+def load_salt(path: pathlib.Path) -> bytes:
+    """The salt in ``path``, made (32 random bytes, hex, mode 0600) when missing. Several processes may open one
+    database at once: the file appears whole or not at all (written aside, then linked into place), and whoever
+    loses the race reads the winner's."""
+    if not path.exists():
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    salt = path.read_text().strip()
+    if len(salt) < 32:
+        raise RuntimeError(f"{path}: the voter-hash salt is missing or too short; restore it from a backup")
+    return salt.encode()
+
+
 class ArenaStore:
     """Rounds and votes in a SQLite file; safe to share between threads of one process."""
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.salt = load_salt(salt_path(self.path))
         # Autocommit (isolation_level=None): transactions are explicit, BEGIN IMMEDIATE where a read decides a write.
         self.connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self.lock = threading.Lock()
@@ -144,16 +191,48 @@ class ArenaStore:
             self.connection.execute("PRAGMA synchronous=FULL")
             self.connection.execute("PRAGMA foreign_keys=ON")
             version = self.connection.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise RuntimeError(f"{self.path} has arena schema version {version}; this code reads {SCHEMA_VERSION}")
             self.connection.executescript(_SCHEMA)
+            if version == 1:
+                self._hash_stored_voters()
             self.connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def voter_hash(self, voter_id: str) -> str:
+        """What the store keeps for a voter id: ``hmac:`` and 32 hex digits of HMAC-SHA256(salt, id)."""
+        digest = hmac.new(self.salt, voter_id.encode(), hashlib.sha256).hexdigest()
+        return VOTER_HASH_PREFIX + digest[:32]
+
+    def _hash_stored_voters(self) -> None:
+        """Schema 1 -> 2: hash the raw voter ids in place (a voter id cannot hold ':', a hash starts with 'hmac:'),
+        overwriting the freed pages too, in one transaction."""
+        self.connection.create_function("voter_hash", 1, self.voter_hash, deterministic=True)
+        self.connection.execute("PRAGMA secure_delete=ON")
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("rounds", "votes"):
+                self.connection.execute(
+                    f"UPDATE {table} SET voter_id = voter_hash(voter_id) "
+                    "WHERE voter_id IS NOT NULL AND instr(voter_id, ':') = 0"
+                )
+            self.connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.connection.execute("COMMIT")
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        finally:
+            self.connection.execute("PRAGMA secure_delete=OFF")
+        # The old values may still sit in the write-ahead log: fold it into the database and empty it.
+        self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self.lock:
             self.connection.close()
 
     def add_round(self, shown: Round) -> None:
+        """Store a round; its ``voter_id`` (as sent) is kept as its hash."""
+        if shown.voter_id is not None:
+            shown = dataclasses.replace(shown, voter_id=self.voter_hash(shown.voter_id))
         values = dataclasses.astuple(shown)
         placeholders = ", ".join("?" for _ in values)
         with self.lock:
@@ -169,10 +248,12 @@ class ArenaStore:
         return Round(*row)
 
     def add_vote(self, round_id: str, voter_id: str, choice: str, now: float | None = None) -> Vote:
-        """Store the round's one vote; ``RoundNotFound``, ``RoundExpired`` or ``AlreadyVoted`` when it cannot."""
+        """Store the round's one vote (``voter_id`` as sent, kept as its hash); ``RoundNotFound``, ``RoundExpired`` or
+        ``AlreadyVoted`` when it cannot."""
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
         now = time.time() if now is None else now
+        voter_id = self.voter_hash(voter_id)
         with self.lock:
             self.connection.execute("BEGIN IMMEDIATE")
             try:

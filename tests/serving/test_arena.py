@@ -1,6 +1,7 @@
 """The arena on a live Serve instance started by ``jobs/arena.py`` from ``configs/arena_tiny.yaml`` (the generation
 API at /, the arena at /arena; tiny presets, 64x64, two steps): a round voted in headless Chromium, rejected votes,
-votes kept across a restart. The SQLite store and the config file are also checked without Ray.
+a flood of rounds and votes bounded, votes kept across a restart. The SQLite store (voter ids kept as salted hashes
+only) and the config file are also checked without Ray.
 
 Some rounds are written straight into the arena's database and only their votes go through the API: drawing a
 pair of images takes seconds on two cores, and these tests are about votes, not images.
@@ -17,6 +18,7 @@ import os
 import pathlib
 import random
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -29,7 +31,8 @@ from PIL import Image
 
 from models.config import ConfigError
 from serving.arena.config import load_arena_file
-from serving.arena.store import AlreadyVoted, ArenaStore, Round, RoundExpired
+from serving.arena.ratings import Comparison, leaderboard
+from serving.arena.store import AlreadyVoted, ArenaStore, Round, RoundExpired, salt_path, votes_csv
 
 from .conftest import free_port
 
@@ -38,7 +41,22 @@ CONFIG = REPO / "configs" / "arena_tiny.yaml"
 # The README's picture of the leaderboard. The test writes it to its own folder; with UPDATE_DOCS_IMAGES=1 it also
 # replaces the README's copy (a test run leaves the checkout as it found it otherwise).
 DOCS_SCREENSHOT = REPO / "docs" / "images" / "arena_leaderboard.png"
-OVERRIDES = ["generation.size=64x64", "generation.num_inference_steps=2", "rating.num_bootstrap=100"]
+# Abuse limits set here rather than taken from the defaults: one request drawing images at a time; per address 4
+# rounds at once then one every 10 s, and votes enough for the vote plan cast twice within seconds; per voter 20
+# votes in a row. The test client plays one trusted proxy, so X-Forwarded-For names the client (requests without
+# it count against 127.0.0.1, which the other tests stay well within).
+ROUNDS_BURST = 4
+VOTER_BURST = 20
+OVERRIDES = [
+    "generation.size=64x64",
+    "generation.num_inference_steps=2",
+    "rating.num_bootstrap=100",
+    "queue.max_in_flight=1",
+    f"rate_limit.rounds={{requests: 6, period_s: 60, burst: {ROUNDS_BURST}}}",
+    "rate_limit.votes={requests: 600, period_s: 60, burst: 100}",
+    f"rate_limit.voter_votes={{requests: 360, period_s: 3600, burst: {VOTER_BURST}}}",
+    "rate_limit.trusted_proxies=1",
+]
 MODELS = ["tiny-seed0", "tiny-seed1", "tiny-seed2"]
 STRENGTHS = {"tiny-seed0": 1100.0, "tiny-seed1": 1000.0, "tiny-seed2": 900.0}
 
@@ -106,8 +124,9 @@ def vote(url: str, round_id: str, choice: object, voter: str | None = "voter-tes
 
 
 def cast_plan(arena: Arena) -> None:
-    for left, right, choice in VOTE_PLAN:
-        response = vote(arena.url, stored_round(arena.database, left, right), choice)
+    """The plan's votes, each from its own voter."""
+    for index, (left, right, choice) in enumerate(VOTE_PLAN):
+        response = vote(arena.url, stored_round(arena.database, left, right), choice, voter=f"plan-voter-{index}")
         assert response.status_code == 200, response.text
 
 
@@ -154,13 +173,14 @@ def test_arena_round_and_vote(arena, browser, tmp_path):
     assert {left_name, right_name} <= set(MODELS) and left_name != right_name
     assert browser.find_element(By.ID, "status").text.startswith("vote recorded: left")
 
-    # Stored: this round, this choice, the browser's voter cookie, the models in the order shown.
+    # Stored: this round, this choice, the browser's voter cookie (as its salted hash), the models in the order shown.
     store = ArenaStore(arena.database)
     last = store.votes()[-1]
+    cookie = browser.get_cookie("arena_voter")["value"]
+    assert last.voter_id == store.voter_hash(cookie) != cookie
     store.close()
     assert (last.round.round_id, last.choice, last.winner) == (round_id, "left", left_name)
     assert (last.round.model_left, last.round.model_right) == (left_name, right_name)
-    assert last.voter_id == browser.get_cookie("arena_voter")["value"]
 
     after = board(arena)
     assert after["num_votes"] == before["num_votes"] + 1
@@ -234,9 +254,14 @@ def test_rejects_double_and_expired_votes(arena):
 
     # Only the one accepted vote counts, and the CSV holds it with its round.
     assert board(arena)["num_votes"] == start + 1
-    rows = list(csv.DictReader(io.StringIO(requests.get(f"{url}/votes.csv", timeout=60).text)))
+    text = requests.get(f"{url}/votes.csv", timeout=60).text
+    rows = list(csv.DictReader(io.StringIO(text)))
     row = next(row for row in rows if row["round_id"] == round_id)
-    assert (row["choice"], row["voter_id"], row["winner"]) == ("right", cookie, row["model_right"])
+    store = ArenaStore(arena.database)
+    hashed = store.voter_hash(cookie)
+    store.close()
+    assert (row["choice"], row["voter_id"], row["winner"]) == ("right", hashed, row["model_right"])
+    assert cookie not in text and "plan-voter-" not in text  # no raw voter id, only their hashes
     assert row["prompt"] == "a red fox in the snow" and row["prompt_source"] == "user"
     assert expired not in {row["round_id"] for row in rows}
 
@@ -247,6 +272,63 @@ def test_both_applications_in_one_serve(arena):
     assert "/v1/images/generations" in requests.get(f"{arena.generation_url}/", timeout=30).text
     page = requests.get(f"{arena.url}/", timeout=30)
     assert "vote-both_bad" in page.text and page.cookies.get("arena_voter")
+
+
+def test_arena_round_flood_is_bounded(arena):
+    """Twelve rounds at once from one address: at most the burst get past the rate (one at a time past the in-flight
+    bound, the rest 503), the others 429 with Retry-After; that client stays refused while another address gets its
+    round. One voter id voting from four addresses is capped per voter."""
+    url = arena.url
+    flooder = {"X-Forwarded-For": "198.51.100.1"}
+    num_requests = 12
+    start = threading.Barrier(num_requests)
+    responses: list[requests.Response] = []
+
+    def one() -> None:
+        start.wait()
+        responses.append(requests.post(f"{url}/rounds", json={}, headers=flooder, timeout=120))
+
+    threads = [threading.Thread(target=one) for _ in range(num_requests)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    elapsed = time.monotonic() - started
+    statuses = [response.status_code for response in responses]
+    assert len(statuses) == num_requests and set(statuses) <= {200, 429, 503}, statuses
+    # The burst, plus one round per 10 s the flood lasted, got past the rate; one at a time past the in-flight bound.
+    admitted = statuses.count(200) + statuses.count(503)
+    assert statuses.count(200) >= 1 and admitted <= ROUNDS_BURST + elapsed / 10 + 1, statuses
+    limited = [response for response in responses if response.status_code == 429]
+    assert limited
+    for response in limited:
+        # One round every 10 s: the wait rounded up, less the moments since the last round was admitted.
+        assert 1 <= int(response.headers["Retry-After"]) <= 10, response.headers
+        error = response.json()["error"]
+        assert error["code"] == "rate_limit_exceeded" and error["param"] is None and "rounds" in error["message"]
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] == "5" and response.json()["error"]["code"] == "server_busy"
+
+    again = requests.post(f"{url}/rounds", json={}, headers=flooder, timeout=120)
+    assert again.status_code == 429, again.text
+    other = requests.post(f"{url}/rounds", json={}, headers={"X-Forwarded-For": "198.51.100.2"}, timeout=120)
+    assert other.status_code == 200, other.text
+    assert set(other.json()["images"]) == {"left", "right"}
+
+    # Per voter: VOTER_BURST votes in a row, whatever address they come from; votes on unknown rounds count too
+    # (checked before the store), so nothing lands on the leaderboard.
+    def ballot(index: int) -> requests.Response:
+        headers = {"X-Voter-Id": "stuffer", "X-Forwarded-For": f"198.51.100.{10 + index % 4}"}
+        return requests.post(
+            f"{url}/rounds/{uuid.uuid4().hex}/vote", json={"choice": "left"}, headers=headers, timeout=60
+        )
+
+    ballots = [ballot(index) for index in range(VOTER_BURST + 2)]
+    assert [b.status_code for b in ballots] == [404] * VOTER_BURST + [429] * 2
+    assert "votes per voter" in ballots[-1].json()["error"]["message"]
+    assert int(ballots[-1].headers["Retry-After"]) == 10  # 360 an hour: one every 10 s
 
 
 def test_votes_survive_restart(arena):
@@ -306,6 +388,67 @@ def test_store_one_vote_per_round_under_races(tmp_path):
         store.add_vote(stored_round(database, "a", "b"), "voter-x", "tie", now=time.time() + 901)
     with pytest.raises(ValueError, match="choice"):
         store.add_vote(round_id, "voter-x", "middle")
+
+
+def test_votes_csv_holds_voter_hashes_only(tmp_path):
+    """Voter ids go into the store (and so into votes.csv) only as salted hashes; the salt lives beside the database
+    and nowhere else; a second vote by one voter is still recognised; ratings come out as before; a database from
+    before hashing (raw ids, schema 1) is hashed in place when opened."""
+    database = tmp_path / "arena.sqlite"
+    round_id = stored_round(database, "a", "b")
+    store = ArenaStore(database)
+    hashed = store.voter_hash("alice-raw-voter")
+    assert hashed.startswith("hmac:") and len(hashed) == len("hmac:") + 32
+    assert store.add_vote(round_id, "alice-raw-voter", "left").voter_id == hashed
+    with pytest.raises(AlreadyVoted) as again:
+        store.add_vote(round_id, "alice-raw-voter", "tie")
+    assert again.value.same_voter  # recognised through the hash
+    now = time.time()
+    drawn = Round(
+        uuid.uuid4().hex, now, now + 900.0, "a prompt", "user", 3, "b", "a", 64, 64, 2, 4.0, " ", "bob-raw-voter"
+    )
+    store.add_round(drawn)
+    assert store.get_round(drawn.round_id).voter_id == store.voter_hash("bob-raw-voter")
+    store.add_vote(drawn.round_id, "bob-raw-voter", "right")
+
+    text = votes_csv(store.votes())
+    assert hashed in text and store.voter_hash("bob-raw-voter") in text
+    store.close()
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("arena.sqlite*") if path.suffix != ".salt")
+    assert "raw-voter" not in text and b"raw-voter" not in stored
+    salt = salt_path(database)
+    assert salt.stat().st_mode & 0o777 == 0o600
+    assert salt.read_text().strip() not in text and salt.read_bytes().strip() not in stored
+    assert ArenaStore(database).voter_hash("alice-raw-voter") == hashed  # stable across opens (and restarts)
+    other = ArenaStore(tmp_path / "other.sqlite")
+    assert other.voter_hash("alice-raw-voter") != hashed  # another arena, another salt
+
+    # Ratings read models and choices, never voters: the same board from the hashed store.
+    comparisons = [Comparison(v.round.model_left, v.round.model_right, v.choice) for v in ArenaStore(database).votes()]
+    board = leaderboard(comparisons, ["a", "b"], num_bootstrap=10)
+    assert [standing.name for standing in board] == ["a", "b"] and board[0].wins == 2
+
+    # A database written before hashing: raw ids in both tables, schema version 1.
+    legacy = tmp_path / "legacy.sqlite"
+    old_round = stored_round(legacy, "a", "b")
+    connection = sqlite3.connect(legacy)
+    connection.execute("UPDATE rounds SET voter_id = 'carol-raw-voter'")
+    connection.execute(
+        "INSERT INTO votes (round_id, voter_id, choice, voted_at) VALUES (?, 'carol-raw-voter', 'left', 0)",
+        (old_round,),
+    )
+    connection.execute("PRAGMA user_version=1")
+    connection.commit()
+    connection.close()
+    migrated = ArenaStore(legacy)
+    (old,) = migrated.votes()
+    assert old.voter_id == old.round.voter_id == migrated.voter_hash("carol-raw-voter")
+    assert migrated.connection.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert "carol-raw-voter" not in votes_csv(migrated.votes())
+    migrated.close()
+    for leftover in (legacy, legacy.with_name(legacy.name + "-wal")):  # overwritten, not just unlinked
+        assert not leftover.exists() or b"carol-raw-voter" not in leftover.read_bytes()
+    assert ArenaStore(legacy).votes() == [old]  # opened again: nothing hashed twice
 
 
 def test_arena_config_file():
