@@ -5,12 +5,20 @@
     python benchmarks/train_overhead.py | tee train.txt
     python jobs/plan.py --producer-cpu producer_cpu.txt --encode encode.txt --train train.txt --target-sps 2000
     python jobs/plan.py ... --encode encode_gpu.txt --encode-per gpu --epochs 4 --keep-fraction 0.3
+    python jobs/plan.py --serve-config configs/serve_qwen_image_80gb.yaml --serve-gpu-gib 79.6 \
+        --serve-bench serve_real.txt --target-ips 2            # serving: memory per profile, replicas, GPUs
 
 Training consumes ``target`` samples/s; with ``epochs`` passes over the store, producers must add ``target /
 epochs`` new samples/s to it, and score ``1 / keep_fraction`` input rows per sample they keep (the funnel's
 survivors share). Each pool needs ``rate / (measured rate per device) x headroom`` devices; nodes follow from the
 devices per node. The output names the config keys, command-line overrides and autoscaler bounds that set them
-(``platform/README.md`` maps one onto the other).
+(``platform/README.md`` maps one onto the other). With ``--encode-per gpu`` the encoder pools are sized in GPUs
+from the VAE's and the condition encoder's images/s per GPU.
+
+Serving (``--serve-config``, one or more Serve config files): each profile's memory plan on a GPU of
+``--serve-gpu-gib`` (``serving/memory.py``: what each device holds, and whether it fits), and with
+``--serve-bench`` (``benchmarks/serve_real.py`` output on the GPU type) and ``--target-ips``, the generator replicas
+and GPUs that serve that many images/s: a replica makes ``1 / est_image_s`` images/s in the profile's placement.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ import argparse
 import json
 import math
 import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 def last_json(path: str) -> dict:
@@ -36,19 +47,67 @@ def pool(name: str, rate: float, per_device: float, headroom: float, device: str
     return count
 
 
+def serve_plan(configs: list[str], gpu_gib: float, bench: str | None, target_ips: float | None, headroom: float):
+    """Memory per serving profile, and with a benchmark and a target, replicas and GPUs."""
+    import torch
+
+    from serving.config import load_serve_file
+    from serving.memory import model_plan, serve_workload
+
+    measured = last_json(bench) if bench else None
+    plans = {}
+    print(f"serving profiles on GPUs of {gpu_gib:g} GiB:")
+    for path in configs:
+        served = load_serve_file(path)
+        model = served.settings.model.model_copy(update={"gpu_memory_gib": gpu_gib})
+        plan = model_plan(model, serve_workload(served.settings), torch.device("cuda"))
+        gpus = int(served.deployment_options.get("ImageGenerator", {}).get("ray_actor_options", {}).get("num_gpus", 1))
+        entry = {**plan.as_dict(), "gpus_per_replica": gpus}
+        print(f"  {path}: {'fits' if entry['fits'] else 'DOES NOT FIT'}")
+        for line in plan.lines():
+            print(f"    {line}")
+        if measured and target_ips:
+            profile = (measured.get("profiles") or {}).get(model.placement, {})
+            seconds = profile.get("est_image_s", measured["ours_s"])
+            replicas = pool(f"{model.placement} replicas", target_ips, 1 / seconds, headroom, "replica")
+            entry.update(image_s=seconds, replicas=replicas, gpus=replicas * gpus)
+            print(f"    autoscaling_config.max_replicas={replicas} ({replicas * gpus} GPUs at {seconds:g} s per image)")
+        plans[path] = entry
+    return plans
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--producer-cpu", required=True, help="output of benchmarks/producer_cpu.py")
-    parser.add_argument("--encode", required=True, help="output of benchmarks/encode.py")
+    parser.add_argument("--producer-cpu", help="output of benchmarks/producer_cpu.py")
+    parser.add_argument("--encode", help="output of benchmarks/encode.py")
     parser.add_argument("--encode-per", choices=("cpu", "gpu"), default="cpu", help="device encode.py measured")
-    parser.add_argument("--train", required=True, help="output of benchmarks/train_overhead.py")
-    parser.add_argument("--target-sps", type=float, required=True, help="training throughput to feed, samples/s")
+    parser.add_argument("--train", help="output of benchmarks/train_overhead.py")
+    parser.add_argument("--target-sps", type=float, help="training throughput to feed, samples/s")
+    parser.add_argument("--serve-config", action="append", default=[], help="Serve config file to plan (repeat)")
+    parser.add_argument("--serve-gpu-gib", type=float, default=79.0, help="memory of one serving GPU, GiB")
+    parser.add_argument("--serve-bench", help="output of benchmarks/serve_real.py on that GPU type")
+    parser.add_argument("--target-ips", type=float, help="images/s to serve")
     parser.add_argument("--epochs", type=float, default=1.0, help="passes training makes over each stored sample")
     parser.add_argument("--keep-fraction", type=float, default=1.0, help="share of input rows that are encoded")
     parser.add_argument("--headroom", type=float, default=1.2, help="spare capacity on every pool")
     parser.add_argument("--cpus-per-node", type=int, default=32, help="CPUs of a producer-cpu node")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of a GPU node")
     args = parser.parse_args(argv)
+    training = (args.producer_cpu, args.encode, args.train, args.target_sps)
+    if not args.serve_config and not all(training):
+        parser.error("plan training (--producer-cpu, --encode, --train, --target-sps) or serving (--serve-config)")
+    if any(training) and not all(training):
+        parser.error("training needs all of --producer-cpu, --encode, --train and --target-sps")
+    if args.target_ips is not None and (args.target_ips <= 0 or not args.serve_bench):
+        parser.error("--target-ips must be positive and needs --serve-bench")
+    plan = {}
+    if args.serve_config:
+        plan["serving"] = serve_plan(
+            args.serve_config, args.serve_gpu_gib, args.serve_bench, args.target_ips, args.headroom
+        )
+    if not all(training):
+        print(json.dumps(plan))
+        return plan
     for name in ("target_sps", "epochs", "keep_fraction", "headroom"):
         if getattr(args, name) <= 0 or (name == "keep_fraction" and args.keep_fraction > 1):
             parser.error(f"--{name.replace('_', '-')} must be positive (and at most 1 for --keep-fraction)")
@@ -63,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = args.encode_per
     sizes = {
         "cpu_pool": pool("cpu_pool (score)", input_rate, scoring["pipeline_ips_per_core"], args.headroom, "cpu"),
+        # images/s per device of the VAE and of the condition encoder (per GPU with --encode-per gpu)
         "encode.vae_pool": pool("encode.vae_pool", stored_rate, encode["vae_batched_sps"], args.headroom, device),
         "encode.text_pool": pool("encode.text_pool", stored_rate, encode["text_batched_sps"], args.headroom, device),
         "num_workers": pool("num_workers (train)", args.target_sps, train["ray_sps"], 1.0, "worker"),
@@ -87,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"encode.vae_pool.max_size={sizes['encode.vae_pool']} encode.text_pool.max_size={sizes['encode.text_pool']}"
     )
     print(f"  jobs/pretrain.py ... num_workers={sizes['num_workers']}")
-    plan = {"target_sps": args.target_sps, "stored_sps": stored_rate, "input_sps": input_rate, **sizes, "nodes": nodes}
+    plan.update(target_sps=args.target_sps, stored_sps=stored_rate, input_sps=input_rate, **sizes, nodes=nodes)
     print(json.dumps(plan))
     return plan
 

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from models.condition_encoder import ConditionEncoder, PromptEmbeds
+from models.placement import Placement
 from models.presets import ALL_PARTS, Components, build_components
 from models.sampler import StepCallback, sample
 from models.vae import LatentVAE, tensor_to_images
@@ -74,11 +75,19 @@ def _seeded(seeds: list[int] | None, count: int, generator):
 
 
 class TextToImage:
-    """A loaded model that turns prompts into images."""
+    """A loaded model that turns prompts into images.
 
-    def __init__(self, components: Components):
+    ``placement`` (``models.placement.place``) says where each model computes and which are moved to the GPU only for
+    their part of a call; without one, everything computes where the transformer is. ``__call__`` and ``edit`` run
+    under ``torch.inference_mode`` (their results leave as arrays); ``generate_latents`` and ``edit_latents`` under
+    ``no_grad``, since their tensors go on into training code (DPO pairs, GRPO), which inference tensors would refuse.
+    """
+
+    def __init__(self, components: Components, placement: Placement | None = None):
         components.require(*ALL_PARTS)
         self.components = components
+        device = components.transformer.device
+        self.placement = placement or Placement("resident", device, components.text_encoder.device)
         self.encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
         self.edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
         self.vae = LatentVAE(components.vae)
@@ -162,10 +171,13 @@ class TextToImage:
 
     @property
     def device(self) -> torch.device:
-        return self.components.transformer.device
+        """Where the transformer and the VAE compute, and where latents live."""
+        return self.placement.device
 
     def encode(self, prompts: list[str]) -> PromptEmbeds:
-        return self.encoder.encode(prompts).to(self.device, self.components.transformer.dtype)
+        with self.placement.use(self.components.text_encoder):
+            embeds = self.encoder.encode(prompts)
+        return embeds.to(self.device, self.components.transformer.dtype)
 
     @torch.no_grad()
     def generate_latents(
@@ -193,19 +205,20 @@ class TextToImage:
         return self._sample(prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step)
 
     def _sample(self, prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step, source=None):
-        return sample(
-            self.components.transformer,
-            prompt,
-            height=height,
-            width=width,
-            num_steps=num_steps,
-            negative=negative,
-            true_cfg_scale=true_cfg_scale,
-            generator=generator,
-            scheduler_config=self.scheduler_config,
-            on_step=on_step,
-            source_latents=source,
-        )
+        with self.placement.use(self.components.transformer):
+            return sample(
+                self.components.transformer,
+                prompt,
+                height=height,
+                width=width,
+                num_steps=num_steps,
+                negative=negative,
+                true_cfg_scale=true_cfg_scale,
+                generator=generator,
+                scheduler_config=self.scheduler_config,
+                on_step=on_step,
+                source_latents=source,
+            )
 
     def prepare_sources(
         self,
@@ -235,7 +248,8 @@ class TextToImage:
         pixels = torch.stack(
             [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1) for image in resized]
         )
-        latents = self.vae.encode(pixels * 2.0 - 1.0)
+        with self.placement.use(self.components.vae):
+            latents = self.vae.encode(pixels * 2.0 - 1.0)
         return latents.to(self.device, self.components.transformer.dtype), vision
 
     @torch.no_grad()
@@ -266,21 +280,26 @@ class TextToImage:
             images, height=height, width=width, source_area=source_area, vision_area=vision_area
         )
         dtype = self.components.transformer.dtype
-        prompt = self.edit_encoder.encode_edit(prompts, vision).to(self.device, dtype)
         negative = None
-        if negative_prompt is not None and true_cfg_scale > 1:
-            negative = self.edit_encoder.encode_edit([negative_prompt] * len(prompts), vision).to(self.device, dtype)
+        with self.placement.use(self.components.text_encoder):
+            prompt = self.edit_encoder.encode_edit(prompts, vision).to(self.device, dtype)
+            if negative_prompt is not None and true_cfg_scale > 1:
+                negative = self.edit_encoder.encode_edit([negative_prompt] * len(prompts), vision)
+                negative = negative.to(self.device, dtype)
         return self._sample(
             prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step, source_latents
         )
 
+    @torch.inference_mode()
     def edit(self, prompts: list[str], images: list, **kwargs) -> np.ndarray:
         """Edited images, uint8 RGB ``[B, H, W, 3]`` (see ``edit_latents``)."""
         return self.decode(self.edit_latents(prompts, images, **kwargs))
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Normalised latents -> uint8 RGB ``[B, H, W, 3]``."""
-        return tensor_to_images(self.vae.decode(latents))
+        """Normalised latents -> uint8 RGB ``[B, H, W, 3]`` (sliced and tiled as ``self.vae`` is configured)."""
+        with self.placement.use(self.components.vae):
+            return tensor_to_images(self.vae.decode(latents))
 
+    @torch.inference_mode()
     def __call__(self, prompts: list[str], **kwargs) -> np.ndarray:
         return self.decode(self.generate_latents(prompts, **kwargs))

@@ -58,6 +58,37 @@ QWEN_IMAGE_TRANSFORMER_CONFIG: dict = {
     "axes_dims_rope": (16, 56, 56),
 }
 
+# The published condition encoder (Qwen2.5-VL-7B-Instruct's architecture, text_encoder/config.json of the released
+# folder), for counting its memory on the meta device without the weights. Its lm_head (152064 x 3584, 545M
+# parameters) is never used for conditions (``drop_lm_head``).
+QWEN_IMAGE_TEXT_ENCODER_CONFIG: dict = {
+    "text_config": {
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 128000,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    },
+    "vision_config": {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "out_hidden_size": 3584,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "window_size": 112,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+}
+# The published VAE is AutoencoderKLQwenImage's defaults (base_dim 96, dim_mult 1-2-4-4, two res blocks per level).
+QWEN_IMAGE_VAE_CONFIG: dict = {}
+
 # tiny: 2 layers, 4 heads of 32, text dim 64 -> about 1.3M parameters; rope axes (8, 12, 12) sum to the head dim.
 TINY_TRANSFORMER_CONFIG: dict = {
     "patch_size": 2,
@@ -127,6 +158,23 @@ def quiet_transformers_progress() -> Iterator[None]:
     finally:
         if enabled:
             transformers_logging.enable_progress_bar()
+
+
+class _NoLanguageModelHead(torch.nn.Module):
+    """Stands in for Qwen2.5-VL's ``lm_head`` in a condition encoder: only hidden states are used, and the head is
+    545M parameters (1.1 GB in bf16) of the 7B model. Anything that asks for logits fails here, loudly."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(
+            "this Qwen2.5-VL was loaded as a condition encoder, without its language-model head "
+            "(build_components(..., lm_head=False)); load it with lm_head=True to generate text"
+        )
+
+
+def drop_lm_head(text_encoder: Qwen2_5_VLForConditionalGeneration) -> None:
+    """Replace the language-model head by a module without weights (before the model is moved to a GPU, the GPU
+    never holds it; tied embeddings stay with the input embedding)."""
+    text_encoder.lm_head = _NoLanguageModelHead()
 
 
 class MissingWeightsError(ValueError):
@@ -210,8 +258,12 @@ def build_components(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    lm_head: bool = True,
 ) -> Components:
-    """Build (``tiny``) or load (any preset with ``weights_dir``) the requested parts of a model."""
+    """Build (``tiny``) or load (any preset with ``weights_dir``) the requested parts of a model.
+
+    ``lm_head=False``: the text encoder comes without its language-model head (``drop_lm_head``), as the condition
+    encoder needs it; a captioner, which generates text, keeps it."""
     parts = _check_parts(parts)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
@@ -224,6 +276,8 @@ def build_components(
         )
     else:
         components = _build_tiny(parts, seed)
+    if not lm_head and components.text_encoder is not None:
+        drop_lm_head(components.text_encoder)
     return components.to(device=device, dtype=dtype)
 
 

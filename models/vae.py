@@ -95,6 +95,7 @@ class LatentVAE:
             raise ValueError(f"frame_convs must be '3d' or '2d', got {frame_convs!r}")
         self.vae = vae
         self.frame_convs = frame_convs
+        self.max_batch_pixels: int | None = None  # decode in slices of at most this many output pixels
         channels = vae.config.z_dim
         self.latents_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, channels, 1, 1)
         self.latents_std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, channels, 1, 1)
@@ -129,12 +130,53 @@ class LatentVAE:
         latents = posterior.sample(generator) if sample else posterior.mode()
         return self.normalize(latents[:, :, 0])
 
+    def configure_decoding(
+        self, *, max_batch_pixels: int | None = None, tile_size: int | None = None, tile_overlap: int = 64
+    ) -> None:
+        """Bound the VAE's working memory, which grows with the pixels of one call (measured on the published VAE:
+        about 2.8 GiB per 1328² image in bf16, see ``serving/memory.py``).
+
+        ``max_batch_pixels``: a batch is decoded in slices of at most this many output pixels (at least one image
+        each; an image comes out as decoding it alone gives it, bit for bit, and within float rounding of one call for
+        the whole batch). ``tile_size``: an image with a side above it is
+        encoded and decoded in overlapping square tiles of this many pixels, ``tile_overlap`` of them blended with
+        the next tile (diffusers' tiled decoding of this VAE); the result differs from one call near tile seams
+        (``tests/models/test_vae.py`` states by how much)."""
+        if max_batch_pixels is not None and max_batch_pixels <= 0:
+            raise ValueError(f"max_batch_pixels must be positive, got {max_batch_pixels}")
+        self.max_batch_pixels = max_batch_pixels
+        if tile_size is None:
+            self.vae.disable_tiling()
+            return
+        if tile_size % 32 or not 0 <= tile_overlap < tile_size or tile_overlap % 8:
+            raise ValueError(
+                f"tile_size must be a multiple of 32 and tile_overlap a multiple of 8 below it; got {tile_size}, "
+                f"{tile_overlap}"
+            )
+        stride = tile_size - tile_overlap
+        self.vae.enable_tiling(
+            tile_sample_min_height=tile_size,
+            tile_sample_min_width=tile_size,
+            tile_sample_stride_height=stride,
+            tile_sample_stride_width=stride,
+        )
+
+    def _slices(self, batch: int, pixels_per_image: int) -> list[slice]:
+        if self.max_batch_pixels is None:
+            return [slice(0, batch)]
+        step = max(1, self.max_batch_pixels // pixels_per_image)
+        return [slice(start, start + step) for start in range(0, batch, step)]
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised ``[B, 16, h, w]`` -> images ``[B, 3, 8h, 8w]`` in [-1, 1]."""
         raw = self.denormalize(latents.to(self.device, self.dtype))
+        pixels = raw.shape[-2] * raw.shape[-1] * 64
+        parts = []
         with _frame_convs(self.frame_convs):
-            images = self.vae.decode(raw.unsqueeze(2), return_dict=False)[0][:, :, 0]
+            for part in self._slices(raw.shape[0], pixels):
+                parts.append(self.vae.decode(raw[part].unsqueeze(2), return_dict=False)[0][:, :, 0])
+        images = parts[0] if len(parts) == 1 else torch.cat(parts)
         return images.clamp(-1, 1)
 
 

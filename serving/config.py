@@ -19,6 +19,8 @@ import yaml
 from models.condition_encoder import MAX_PROMPT_TOKENS
 from models.config import ConfigError, StrictModel, validate_config
 from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG
+from models.placement import PlacementMode
+from serving.ratelimit import RateLimit
 from serving.sizes import parse_size
 
 ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -56,20 +58,73 @@ def parse_adapters(user_config: dict) -> list[AdapterSettings]:
     return validate_config(GeneratorUserConfig, user_config or {}, "ImageGenerator user_config").adapters
 
 
-class ModelSettings(StrictModel):
-    """What the generator loads: a training checkpoint folder when given, else the preset; then the adapters."""
+class VaeSettings(StrictModel):
+    """How the VAE decodes a batch (``models.vae.LatentVAE.configure_decoding``): its working memory grows with the
+    pixels of one call, about 2.8 GiB per 1328² image for the published VAE in bf16."""
 
-    preset: str = "tiny"
+    # A batch is decoded in slices of at most this many pixels (at least one image each); None: one call. The
+    # default, 2 MiP, is one 1328² image or two 1024² ones: on a GPU decoding is a small part of a request's time.
+    max_batch_pixels: pydantic.PositiveInt | None = 2 * 1024 * 1024
+    # Images with a side above this many pixels are decoded in overlapping tiles (None: never). Tiles bound the
+    # memory whatever the size, at the price of small differences near the seams.
+    tile_size: pydantic.PositiveInt | None = None
+    tile_overlap: pydantic.NonNegativeInt = 64
+
+    @pydantic.model_validator(mode="after")
+    def _tiles(self) -> VaeSettings:
+        if self.tile_size is not None and (
+            self.tile_size % 32 or self.tile_overlap % 8 or self.tile_overlap >= self.tile_size
+        ):
+            raise ValueError("vae.tile_size must be a multiple of 32 and vae.tile_overlap a multiple of 8 below it")
+        return self
+
+
+class Warmup(StrictModel):
+    """A generation at start (``defaults.size``, these steps; an edit too when edits are on), before the replica
+    takes traffic: the first user does not pay the allocator's first reservations, cuDNN's algorithm search or lazy
+    initialisation, and a profile that does not fit in practice fails at start, not on a request."""
+
+    enabled: bool = True
+    num_inference_steps: pydantic.PositiveInt = 2
+
+
+class ModelSettings(StrictModel):
+    """What the generator loads: a training checkpoint folder when given, else the preset; then the adapters; and
+    where it runs (``placement``, ``models/placement.py``), checked against the memory plan at start
+    (``serving/memory.py``)."""
+
+    preset: Literal["tiny", "qwen-image"] = "tiny"
     checkpoint: str | None = None
     weights_dir: str | None = None
     # The id clients pass as ``model`` and ``GET /v1/models`` lists.
     name: str = "qwen-image"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bfloat16 on a GPU (the published weights' dtype; float32 of the 20B transformer alone is 82 GB), float32
+    # on the CPU (bfloat16 matrix products are slow on most CPUs).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    placement: PlacementMode = "resident"
+    # block_offload: transformer blocks moved to the GPU together (more: fewer, larger copies; more GPU memory).
+    blocks_per_group: pydantic.PositiveInt = 1
+    # The GPU memory the plan is checked against; None: what the device reports at start.
+    gpu_memory_gib: pydantic.PositiveFloat | None = None
+    vae: VaeSettings = VaeSettings()
+    warmup: Warmup = Warmup()
     # Seed of the tiny preset's random weights (ignored by presets that read weights).
     seed: int = 0
     # LoRA adapters loaded into the one base model of each generator replica; requests pick one by ``model``.
     adapters: Adapters = []
+
+    @pydantic.model_validator(mode="after")
+    def _devices(self) -> ModelSettings:
+        if self.device == "cpu" and self.placement == "two_gpus":
+            raise ValueError("model.placement two_gpus needs model.device cuda or auto (on a node with two GPUs)")
+        return self
+
+    def resolved_dtype(self, device_type: str) -> str:
+        """The dtype name for a device type (``auto`` resolved)."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if device_type == "cuda" else "float32"
 
 
 class Limits(StrictModel):
@@ -150,6 +205,8 @@ class ServeSettings(StrictModel):
     edit: EditSettings = EditSettings()
     # Name of the environment variable (in the ingress replicas) holding the API key; unset or empty: no key needed.
     api_key_env: str | None = "QWEN_IMAGE_API_KEY"
+    # Per-client request rates (by key, else by address) in each ingress replica; see serving.ratelimit.
+    rate_limit: RateLimit = RateLimit()
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> ServeSettings:

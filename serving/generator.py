@@ -15,6 +15,7 @@ import asyncio
 import io
 import logging
 import threading
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -23,30 +24,73 @@ from PIL import Image
 from ray import serve
 
 from models.generation import TextToImage
+from models.placement import place, resolve_device
+from models.presets import drop_lm_head
 from serving.config import AdapterSettings, ModelSettings, ServeSettings, parse_adapters
+from serving.memory import DTYPES, Workload, check_model_memory, serve_workload
 from serving.schema import EditJob, GenerationJob
+from serving.sizes import parse_size
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+def load_model(settings: ModelSettings, workload: Workload | None = None) -> TextToImage:
+    """The checkpoint when one is given, else the preset, placed as ``settings.placement`` says, with the adapters.
 
-def load_model(settings: ModelSettings) -> TextToImage:
-    """The checkpoint when one is given, else the preset, on the configured device, with the adapters loaded."""
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = _DTYPES[settings.dtype]
-    if settings.checkpoint:
-        model = TextToImage.from_checkpoint(
-            settings.checkpoint, weights_dir=settings.weights_dir, device=device, dtype=dtype
+    Before any weight is read, the memory plan of ``workload`` (the largest call; default: one 1024² image) is
+    checked against the GPU: a profile that cannot fit is refused with the plan's numbers (``serving/memory.py``).
+    The models are read into host memory, the condition encoder without its language-model head, then placed: a
+    GPU never holds what the profile keeps elsewhere."""
+    device = resolve_device(settings.device)
+    dtype = DTYPES[settings.resolved_dtype(device.type)]
+    plan = check_model_memory(settings, workload or Workload(), device)
+    if plan is not None:
+        logger.info("memory plan: %s", " | ".join(line.strip() for line in plan.lines()))
+    if device.type == "cpu" and settings.placement != "resident":
+        logger.warning(
+            "placement %s on the CPU: nothing to offload to; everything stays in host memory", settings.placement
         )
+    if settings.checkpoint:
+        model = TextToImage.from_checkpoint(settings.checkpoint, weights_dir=settings.weights_dir, dtype=dtype)
     else:
         model = TextToImage.from_preset(
-            settings.preset, weights_dir=settings.weights_dir, device=device, dtype=dtype, seed=settings.seed
+            settings.preset, weights_dir=settings.weights_dir, dtype=dtype, seed=settings.seed
         )
+    components = model.components
+    drop_lm_head(components.text_encoder)
+    model.placement = place(components, settings.placement, device, blocks_per_group=settings.blocks_per_group)
+    model.vae.configure_decoding(
+        max_batch_pixels=settings.vae.max_batch_pixels,
+        tile_size=settings.vae.tile_size,
+        tile_overlap=settings.vae.tile_overlap,
+    )
     set_adapters(model, {}, settings.adapters)  # into the one base: an adapter costs its own tensors only
     return model
+
+
+def warm_up(model: TextToImage, settings: ServeSettings) -> float:
+    """One generation at the default size (and one edit when edits are on) before traffic; returns its seconds."""
+    started = time.perf_counter()
+    width, height = parse_size(settings.defaults.size, settings.limits.max_pixels)
+    kwargs = dict(
+        height=height,
+        width=width,
+        num_steps=settings.model.warmup.num_inference_steps,
+        true_cfg_scale=settings.defaults.true_cfg_scale,
+        negative_prompt=settings.defaults.negative_prompt,
+        seeds=[0],
+    )
+    model(["warm-up"], **kwargs)
+    if settings.edit.enabled:
+        source = np.full((height, width, 3), 127, dtype=np.uint8)
+        model.edit(
+            ["warm-up"],
+            [source],
+            source_area=settings.edit.source_area,
+            vision_area=settings.edit.vision_area,
+            **kwargs,
+        )
+    return time.perf_counter() - started
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -126,8 +170,10 @@ class ImageGenerator:
 
     def __init__(self, settings: ServeSettings):
         self.lock = threading.Lock()  # adapters change only between sampler calls
-        self.model = load_model(settings.model)
+        self.model = load_model(settings.model, serve_workload(settings))
         self.loaded = {adapter.name: adapter for adapter in settings.model.adapters}
+        if settings.model.warmup.enabled:
+            logger.info("warm-up generation took %.2f s", warm_up(self.model, settings))
         self.generate.set_max_batch_size(settings.batching.max_batch_images)
         self.generate.set_batch_wait_timeout_s(settings.batching.wait_timeout_s)
         logger.info(
@@ -149,7 +195,7 @@ class ImageGenerator:
         return sorted(self.loaded)
 
     def _generate(self, jobs: list[GenerationJob]) -> list:
-        with self.lock:
+        with self.lock, torch.inference_mode():
             served = [job.adapter is None or job.adapter in self.loaded for job in jobs]
             images = iter(generate_jobs(self.model, [job for job, ok in zip(jobs, served, strict=True) if ok]))
             return [

@@ -40,3 +40,23 @@ def test_plan_rejects_output_without_json(tmp_path):
     partial = str(tmp_path / "partial.txt")
     with pytest.raises(ValueError, match="last line"):
         main(["--producer-cpu", partial, "--encode", partial, "--train", partial, "--target-sps", "1"])
+
+
+def test_plan_sizes_serving_replicas(tmp_path, capsys):
+    """Serving: each profile's memory plan on the given GPU and, from a benchmark's seconds per image in that
+    placement, the replicas and GPUs for a target rate."""
+    bench = _bench(
+        tmp_path,
+        "serve_real",
+        {"ours_s": 30.0, "profiles": {"resident": {"est_image_s": 30.0}, "two_gpus": {"est_image_s": 31.0}}},
+    )
+    configs = ["configs/serve_qwen_image_80gb.yaml", "configs/serve_qwen_image_2gpu.yaml"]
+    args = [arg for config in configs for arg in ("--serve-config", config)]
+    plan = main([*args, "--serve-gpu-gib", "79", "--serve-bench", bench, "--target-ips", "0.5", "--headroom", "1"])
+    resident, split = (plan["serving"][config] for config in configs)
+    assert resident["fits"] and split["fits"]
+    assert (resident["replicas"], resident["gpus"]) == (15, 15)  # 0.5 images/s x 30 s
+    assert (split["replicas"], split["gpus"]) == (16, 32)  # ceil(0.5 x 31), two GPUs each
+    assert "training" not in capsys.readouterr().out
+    small = main([*args, "--serve-gpu-gib", "44"])["serving"]
+    assert not small[configs[0]]["fits"] and small[configs[1]]["fits"]  # 60.5 GiB resident; 42.5 on the second GPU

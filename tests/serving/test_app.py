@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -109,7 +110,8 @@ def test_serve_adapter_by_model_name(server):
     for first, second in [(0, 1), (0, 2), (1, 2)]:
         assert np.abs(alone[models[first]] - alone[models[second]]).max() > 10, (models[first], models[second])
     together: dict[str, np.ndarray] = {}
-    threads = [threading.Thread(target=lambda m=m: together.update({m: draw(m)})) for m in models * 2]
+    # One request per model at once: as many as the module's queue admits (MAX_IN_FLIGHT), so none gets a 503.
+    threads = [threading.Thread(target=lambda m=m: together.update({m: draw(m)})) for m in models]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -267,3 +269,41 @@ def test_web_page(server, browser):
     status = browser.find_element(By.ID, "status")
     WebDriverWait(browser, 30).until(lambda _: status.text.startswith("size:"))
     assert "pixels" in status.text and status.get_attribute("class") == "error"
+
+
+def test_rate_limited_client_gets_429(server):
+    """A flood of valid generations with the key, past the key's burst (``rate_limit.images``: by default 30 at
+    once, then one a second): the extra ones get 429 at once, in the OpenAI shape, with a Retry-After after which the
+    key is served again. Last in the module, as it spends the key's bucket; other clients, addresses and the
+    arena's flood are in test_limits.py and test_arena.py."""
+    from serving.config import ServeSettings
+
+    rate = ServeSettings().rate_limit.images
+    body = {"prompt": "a flood", "size": "64x64", "num_inference_steps": 2, "seed": 2}
+    num_requests = rate.burst + 10
+    start = threading.Barrier(num_requests)
+    responses: list[requests.Response] = []
+
+    def one() -> None:
+        start.wait()
+        responses.append(generate(server, body))
+
+    threads = [threading.Thread(target=one) for _ in range(num_requests)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    elapsed = time.monotonic() - started
+    statuses = [response.status_code for response in responses]
+    assert len(statuses) == num_requests and set(statuses) <= {200, 429, 503}, statuses
+    # At most a bucket's worth, plus what refilled while the flood lasted, got past the rate.
+    admitted = statuses.count(200) + statuses.count(503)
+    assert statuses.count(200) >= 1 and admitted <= rate.burst + elapsed * rate.requests / rate.period_s + 1, statuses
+    limited = next(response for response in responses if response.status_code == 429)
+    assert limited.headers["Retry-After"] == "1"  # one request a second: the next is at most a second away
+    error = limited.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "invalid_request_error"
+    assert "rate limit" in error["message"] and error["param"] is None
+    time.sleep(int(limited.headers["Retry-After"]))
+    assert generate(server, body).status_code == 200
