@@ -400,12 +400,13 @@ def model_plan(model, workload: Workload, device: torch.device) -> ServingPlan:
     if model.checkpoint:
         preset = read_metadata(model.checkpoint).get("preset", "qwen-image")
     configs = model_configs(preset, [model.checkpoint, model.weights_dir])
-    gpus = ["cuda:0", "cuda:1"] if model.placement == "two_gpus" else [str(device) if device.index else "cuda:0"]
+    indices = [0, 1] if model.placement == "two_gpus" else [device.index or 0]
+    gpus = [f"cuda:{index}" for index in indices]
     capacity = None
     if model.gpu_memory_gib is not None:
         capacity = int(model.gpu_memory_gib * GIB)
     elif device.type == "cuda":
-        capacity = min(torch.cuda.get_device_properties(i).total_memory for i in range(len(gpus)))
+        capacity = min(torch.cuda.get_device_properties(index).total_memory for index in indices)
     return plan_serving(
         configs,
         placement=model.placement,

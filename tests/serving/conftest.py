@@ -22,6 +22,28 @@ from PIL import Image
 from serving.config import ServeSettings
 
 
+def flood(send, count: int) -> tuple[list, float]:
+    """``count`` calls of ``send()`` released at once from their own threads (a barrier): the responses in the order
+    they came back, and the seconds the flood lasted."""
+    import threading
+    import time
+
+    start = threading.Barrier(count)
+    responses: list = []
+
+    def one() -> None:
+        start.wait()
+        responses.append(send())
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return responses, time.monotonic() - started
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

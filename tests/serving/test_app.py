@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from .conftest import decode_png, start_serve, tiny_settings, write_adapter
+from .conftest import decode_png, flood, start_serve, tiny_settings, write_adapter
 
 API_KEY = "test-key-7f3a"
 KEY_ENV = "SERVING_TEST_API_KEY"
@@ -222,18 +222,7 @@ def test_queue_full_gets_503_not_a_hang(server):
     """More concurrent requests than the ingress admits: the extra ones get 503 + Retry-After at once."""
     body = {"prompt": "a busy day", "size": "128x128", "num_inference_steps": 12, "seed": 1}
     num_requests = 4 * MAX_IN_FLIGHT
-    start = threading.Barrier(num_requests)
-    responses: list[requests.Response] = []
-
-    def one() -> None:
-        start.wait()
-        responses.append(generate(server, body))
-
-    threads = [threading.Thread(target=one) for _ in range(num_requests)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    responses, _ = flood(lambda: generate(server, body), num_requests)
     statuses = sorted(response.status_code for response in responses)
     assert len(statuses) == num_requests and set(statuses) == {200, 503}, statuses
     assert statuses.count(200) >= MAX_IN_FLIGHT
@@ -281,20 +270,7 @@ def test_rate_limited_client_gets_429(server):
     rate = ServeSettings().rate_limit.images
     body = {"prompt": "a flood", "size": "64x64", "num_inference_steps": 2, "seed": 2}
     num_requests = rate.burst + 10
-    start = threading.Barrier(num_requests)
-    responses: list[requests.Response] = []
-
-    def one() -> None:
-        start.wait()
-        responses.append(generate(server, body))
-
-    threads = [threading.Thread(target=one) for _ in range(num_requests)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    elapsed = time.monotonic() - started
+    responses, elapsed = flood(lambda: generate(server, body), num_requests)
     statuses = [response.status_code for response in responses]
     assert len(statuses) == num_requests and set(statuses) <= {200, 429, 503}, statuses
     # At most a bucket's worth, plus what refilled while the flood lasted, got past the rate.

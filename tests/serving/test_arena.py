@@ -34,7 +34,7 @@ from serving.arena.config import load_arena_file
 from serving.arena.ratings import Comparison, leaderboard
 from serving.arena.store import AlreadyVoted, ArenaStore, Round, RoundExpired, salt_path, votes_csv
 
-from .conftest import free_port
+from .conftest import flood, free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "arena_tiny.yaml"
@@ -281,20 +281,9 @@ def test_arena_round_flood_is_bounded(arena):
     url = arena.url
     flooder = {"X-Forwarded-For": "198.51.100.1"}
     num_requests = 12
-    start = threading.Barrier(num_requests)
-    responses: list[requests.Response] = []
-
-    def one() -> None:
-        start.wait()
-        responses.append(requests.post(f"{url}/rounds", json={}, headers=flooder, timeout=120))
-
-    threads = [threading.Thread(target=one) for _ in range(num_requests)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    elapsed = time.monotonic() - started
+    responses, elapsed = flood(
+        lambda: requests.post(f"{url}/rounds", json={}, headers=flooder, timeout=120), num_requests
+    )
     statuses = [response.status_code for response in responses]
     assert len(statuses) == num_requests and set(statuses) <= {200, 429, 503}, statuses
     # The burst, plus one round per 10 s the flood lasted, got past the rate; one at a time past the in-flight bound.
