@@ -7,6 +7,8 @@
     python jobs/preprocess.py --sample 64 output_dir=outputs/curated encode.store_dir=outputs/store   # + latents
     python jobs/preprocess.py --sample 64 synthetic_ratio=0.25 ...     # + synthetic text rendering, 1 per 4 real
     python jobs/preprocess.py --synth-preview 12 output_dir=outputs/curated        # contact sheets per mode
+    python jobs/preprocess.py --scenes 2000 output_dir=outputs/curated 'encode.caption_weights={raw: 1}' ...
+                                      # shape scenes (training split, with defects) for the nano model
 
 Writes ``<output_dir>/scored/*.parquet`` (every input row with every score), ``labels.parquet`` (stage, drop
 reason) and ``funnel.html`` / ``funnel.json`` / ``funnel/*.png``; with ``encode.store_dir`` the kept samples are
@@ -33,6 +35,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with CurationConfig keys")
     parser.add_argument("--sample", type=int, metavar="N", help="curate a built-in synthetic corpus of N samples")
+    parser.add_argument(
+        "--scenes", type=int, metavar="N", help="curate N shape scenes (pipelines/synth/shapes.py, training split)"
+    )
+    parser.add_argument("--scene-kinds", default="one,two", help="scene kinds for --scenes: one, two, word")
+    parser.add_argument("--scene-size", type=int, default=256, help="side of the rendered scenes, pixels")
     parser.add_argument("--limit", type=int, metavar="N", help="smoke run: the first N input samples only")
     parser.add_argument("--relabel-only", action="store_true", help="re-apply thresholds to stored scores only")
     parser.add_argument(
@@ -50,6 +57,17 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir = parse_overrides(overrides).get("output_dir", "outputs/curated")
         shards = write_sample_corpus(pathlib.Path(output_dir) / "sample_corpus", args.sample)
         overrides.append(f"sources={json.dumps([{'name': 'sample', 'kind': 'webdataset', 'paths': shards}])}")
+    if args.scenes:
+        from pipelines.synth.scene_corpus import write_scene_corpus
+
+        output_dir = parse_overrides(overrides).get("output_dir", "outputs/curated")
+        shards = write_scene_corpus(
+            pathlib.Path(output_dir) / "scene_corpus",
+            args.scenes,
+            kinds=tuple(args.scene_kinds.split(",")),
+            size=args.scene_size,
+        )
+        overrides.append(f"sources={json.dumps([{'name': 'scenes', 'kind': 'webdataset', 'paths': shards}])}")
     if args.limit:
         overrides.append(f"limit={args.limit}")
     config = load_config(CurationConfig, args.config, overrides)

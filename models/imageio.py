@@ -7,6 +7,7 @@ import math
 import pathlib
 import shutil
 import subprocess
+import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -30,15 +31,23 @@ def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def to_grid(
-    images: np.ndarray, *, columns: int | None = None, labels: list[str] | None = None, pad: int = 2
+    images: np.ndarray,
+    *,
+    columns: int | None = None,
+    labels: list[str] | None = None,
+    pad: int = 2,
+    label_lines: int = 1,
 ) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]`` -> one uint8 ``[rows*(H+pad), cols*(W+pad), 3]`` image, row-major, optional captions."""
+    """uint8 ``[N, H, W, 3]`` -> one uint8 ``[rows*(H+pad), cols*(W+pad), 3]`` image, row-major, optional captions
+    above each image: ``label_lines`` lines of them (a label's own line breaks kept, long lines wrapped, the rest
+    cut)."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 [N, H, W, 3] images, got {images.dtype} {images.shape}")
     count, height, width, _ = images.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    label_height = LABEL_SIZE + 3 if labels else 0
+    line_height = LABEL_SIZE + 2
+    label_height = label_lines * line_height + 1 if labels else 0
     cell_h, cell_w = height + pad + label_height, width + pad
     grid = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
     for index, image in enumerate(images):
@@ -48,9 +57,13 @@ def to_grid(
     if labels:
         canvas = Image.fromarray(grid)
         draw = ImageDraw.Draw(canvas)
+        chars = max(1, width // 6)
         for index, label in enumerate(labels[:count]):
             row, col = divmod(index, columns)
-            draw.text((col * cell_w + 1, row * cell_h), label[: max(1, width // 6)], fill=(0, 0, 0), font=label_font())
+            lines = [line for part in label.split("\n") for line in textwrap.wrap(part, chars) or [""]]
+            for number, line in enumerate(lines[:label_lines]):
+                position = (col * cell_w + 1, row * cell_h + number * line_height)
+                draw.text(position, line, fill=(0, 0, 0), font=label_font())
         grid = np.asarray(canvas)
     return grid
 

@@ -109,9 +109,13 @@ def write_sample_corpus(
     folder: str | pathlib.Path, num_samples: int = 48, seed: int = 0, per_shard: int = 32
 ) -> list[str]:
     """Write WebDataset shards of ``sample_pairs``; returns the shard paths."""
+    return write_webdataset(folder, sample_pairs(num_samples, seed), per_shard)
+
+
+def write_webdataset(folder: str | pathlib.Path, pairs: list[tuple[str, bytes, str]], per_shard: int = 32) -> list[str]:
+    """WebDataset shards (``<key>.jpg``, ``.txt``, ``.json``) of ``(key, image bytes, caption)``; the shard paths."""
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pairs = sample_pairs(num_samples, seed)
     shards = []
     for shard_index, start in enumerate(range(0, len(pairs), per_shard)):
         path = folder / f"{shard_index:05d}.tar"

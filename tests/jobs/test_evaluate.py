@@ -26,6 +26,7 @@ def test_evaluate_job_compares_models(ray_session, tmp_path) -> None:
             "vae.resolution=64",
             "generation.resolution=64",
             "generation.num_steps=2",
+            "scenes.num_prompts=4",
         ]
     )
     results = json.loads(pathlib.Path(summary["results"]).read_text())
@@ -39,8 +40,12 @@ def test_evaluate_job_compares_models(ray_session, tmp_path) -> None:
     for name in ("text_en", "text_zh", "ordinary"):
         entry = model["vae"][name]
         assert entry["num_images"] == 2 and 0 < entry["psnr"] < 60 and -1 < entry["ssim"] < 1
-    assert not math.isnan(model["clip_score"]) and model["num_images"] == 3 * 2 + 2 * 2 + 2
+    assert not math.isnan(model["clip_score"]) and model["num_images"] == 3 * 2 + 2 * 2 + 2 + 2
+    # Shape scenes (held-out split, at 64 px while the rest ran at 64 too): the reference draws each scene exactly
+    # and the judge agrees on every attribute; random weights draw noise, not the scene.
+    assert reference["scenes"]["overall"] == 1.0 and reference["scenes"]["num_prompts"] == 2
+    assert model["scenes"]["overall"] < 1.0 and pathlib.Path(reference["scenes"]["grid"]).is_file()
     table = pathlib.Path(summary["table"]).read_text()
-    assert "| reference-render |" in table and "| ckpt |" in table and "n/a" in table
+    assert "| reference-render |" in table and "| ckpt |" in table and "n/a" in table and "scenes colour" in table
     for grid in (model["vae"]["grid"], model["grid"], reference["grid"], summary["char_chart"]):
         assert pathlib.Path(grid).is_file()

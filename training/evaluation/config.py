@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pydantic
 
 from models.clip import ClipConfig
@@ -52,6 +54,16 @@ class TextEvalConfig(StrictModel):
     template_zh: str = "一张海报，上面写着“{}”"
 
 
+class SceneEvalConfig(StrictModel):
+    """Shape scenes scored by the judge (``training.evaluation.judge``): colour, shape, position and count accuracy,
+    GenEval-style, on prompts of the scene grammar; ``split: held_out`` draws only held-out combinations."""
+
+    num_prompts: int = pydantic.Field(default=0, ge=0)  # 0: off (models that never saw shape scenes)
+    split: Literal["held_out", "train", "any"] = "held_out"
+    kinds: list[Literal["one", "two"]] = ["one", "two"]
+    resolution: int = pydantic.Field(default=64, ge=32, multiple_of=16)
+
+
 class GenerationConfig(StrictModel):
     resolution: int = pydantic.Field(default=256, ge=64)
     num_steps: int = pydantic.Field(default=20, ge=1)
@@ -73,6 +85,7 @@ class EvaluateConfig(StrictModel):
     vae: VaeEvalConfig = VaeEvalConfig()
     chars: CharEvalConfig = CharEvalConfig()
     text: TextEvalConfig = TextEvalConfig()
+    scenes: SceneEvalConfig = SceneEvalConfig()
     generation: GenerationConfig = GenerationConfig()
     clip: ClipConfig = ClipConfig()
     clip_prompts: list[str] = [
@@ -105,6 +118,7 @@ class EvaluateConfig(StrictModel):
                 ),
                 "chars": self.chars.model_copy(update={"num_per_tier": min(num, self.chars.num_per_tier)}),
                 "text": self.text.model_copy(update={"num_per_language": min(num, self.text.num_per_language)}),
+                "scenes": self.scenes.model_copy(update={"num_prompts": min(num, self.scenes.num_prompts)}),
                 "clip_prompts": self.clip_prompts[:num],
             }
         )

@@ -19,11 +19,12 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from models.imageio import save_png, to_grid  # noqa: E402
 from training.evaluation.config import EvaluateConfig, ModelSpec  # noqa: E402
-from training.evaluation.stages import ORDINARY, TEXT_SETS  # noqa: E402
-from training.evaluation.text_accuracy import CHARS, TEXT_EN, TEXT_ZH  # noqa: E402
+from training.evaluation.stages import JUDGED, ORDINARY, TEXT_SETS  # noqa: E402
+from training.evaluation.text_accuracy import CHARS, SCENES, TEXT_EN, TEXT_ZH  # noqa: E402
 
 SCALARS_VAE = ["set", "index", "psnr", "ssim", "ocr_edit"]
 SCALARS_GEN = ["task", "group", "prompt", "expected", "read", "score", "clip_score"]
+SCENE_COLUMNS = [f"judge_{name}" for name in JUDGED]
 # docs/qwen_image.md §9 numbers, printed under the table for comparison.
 PUBLISHED = (
     "Published (docs/qwen_image.md §9): Qwen-Image-VAE 33.42 / 0.9159 (ImageNet), 36.63 / 0.9839 (text-rich); "
@@ -85,6 +86,7 @@ def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, col
         scores = [table["score"][i] for i in rows if table["task"][i] == task]
         text[language] = {"accuracy": _mean(scores), "num_prompts": len(scores)}
     results = {"chars": chars, "text": text, "clip_score": _mean(table["clip_score"]), "num_images": len(rows)}
+    results["scenes"] = scene_results(folder, grids, name, columns)
     images = pq.read_table(
         folder, columns=["task", "index", "expected", "read", "image_png"], filters=[("index", "<", columns)]
     ).to_pydict()
@@ -97,6 +99,29 @@ def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, col
         cells = _thumbs([_decode_png(images["image_png"][i]) for i in grid_rows])
         labels = [f"{images['expected'][i]} -> {images['read'][i] or '∅'}" for i in grid_rows]
         results["grid"] = str(save_png(to_grid(cells, columns=columns, labels=labels), grids / f"{name}_text.png"))
+    return results
+
+
+def scene_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: int) -> dict | None:
+    """The judge's accuracy per attribute and overall on the shape-scene prompts, and a grid of the first images
+    with each prompt and its verdict; None when the run had no scene prompts."""
+    table = pq.read_table(folder, columns=["task", "score", *SCENE_COLUMNS], filters=[("task", "=", SCENES)])
+    if table.num_rows == 0:
+        return None
+    values = table.to_pydict()
+    results = {attribute: _mean(values[f"judge_{attribute}"]) for attribute in JUDGED}
+    results.update({"overall": _mean(values["score"]), "num_prompts": table.num_rows})
+    shown = pq.read_table(
+        folder,
+        columns=["index", "prompt", "read", "size", "image_png"],
+        filters=[("task", "=", SCENES), ("index", "<", 4 * columns)],
+    ).to_pydict()
+    order = sorted(range(len(shown["index"])), key=shown["index"].__getitem__)
+    if order:
+        cells = _thumbs([_decode_png(shown["image_png"][i]) for i in order], size=160)
+        labels = [f"{shown['prompt'][i]}\n{shown['read'][i]}" for i in order]
+        grid = to_grid(cells, columns=columns, labels=labels, label_lines=5)
+        results["grid"] = str(save_png(grid, grids / f"{name}_scenes.png"))
     return results
 
 
@@ -126,7 +151,8 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 def comparison_table(results: dict[str, dict], tiers: list[str]) -> str:
     """One row per model: VAE PSNR / SSIM (text EN, text ZH, ordinary), OCR edit of reconstructions, character
-    accuracy per tier, EN / ZH text accuracy, CLIP score."""
+    accuracy per tier, EN / ZH text accuracy, CLIP score; and the judge's accuracies when scenes were evaluated."""
+    scenes = any(result.get("scenes") for result in results.values())
     header = [
         "model",
         "VAE text EN PSNR / SSIM",
@@ -137,6 +163,7 @@ def comparison_table(results: dict[str, dict], tiers: list[str]) -> str:
         "text EN",
         "text ZH",
         "CLIP score",
+        *(["scenes colour", "shape", "position", "count", "all"] if scenes else []),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in results.items():
@@ -152,6 +179,9 @@ def comparison_table(results: dict[str, dict], tiers: list[str]) -> str:
             _number(result["text"]["zh"]["accuracy"]),
             _number(result["clip_score"], 2),
         ]
+        if scenes:
+            judged = result.get("scenes") or {}
+            cells += [_number(judged.get(key)) for key in (*JUDGED, "overall")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -184,6 +214,11 @@ def write_report(results: dict[str, dict], config: EvaluateConfig, output: pathl
         f"{config.chars.num_per_tier} characters per tier, {config.text.num_per_language} text prompts per language; "
         f"CLIP {config.clip.model_name}."
     )
+    if config.scenes.num_prompts:
+        settings += (
+            f" Shape scenes: {config.scenes.num_prompts} prompts ({config.scenes.split} split) at "
+            f"{config.scenes.resolution}px, judged per attribute (training/evaluation/judge.py)."
+        )
     (output / "comparison.md").write_text(table + "\n" + settings + "\n\n" + PUBLISHED + "\n")
     (output / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     chart = tier_chart(results, tiers, output / "grids" / "char_accuracy.png")

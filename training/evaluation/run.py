@@ -2,8 +2,9 @@
 
 - VAE reconstruction: ``(set, index)`` rows -> render (tasks) -> encode / decode, PSNR / SSIM (VAE actors) -> OCR of
   original and reconstruction (OCR actors) -> PNG -> ``<output>/rows/<model>/vae/``;
-- generation: prompt rows (characters per tier, English and Chinese texts, CLIP prompts) -> images (generator
-  actors) -> OCR and task score (OCR actors) -> CLIP score (CLIP actors) -> PNG -> ``<output>/rows/<model>/gen/``.
+- generation: prompt rows (characters per tier, English and Chinese texts, CLIP prompts, shape scenes) -> images
+  (generator actors, each row at its task's size) -> OCR and task score (OCR actors) -> the judge's verdicts on
+  shape scenes -> CLIP score (CLIP actors) -> PNG -> ``<output>/rows/<model>/gen/``.
 
 The driver only lists the rows it hands to ``from_items`` and reads back the scalar columns it aggregates.
 """
@@ -26,10 +27,11 @@ from training.evaluation.stages import (
     Generate,
     OcrScores,
     VaeReconstruction,
+    judge_scores,
     render_vae_inputs,
     to_png,
 )
-from training.evaluation.text_accuracy import CLIP, char_rows, text_rows
+from training.evaluation.text_accuracy import CLIP, SCENES, char_rows, text_rows
 
 
 def vae_rows(config: EvaluateConfig) -> list[dict]:
@@ -43,12 +45,33 @@ def prompt_rows(config: EvaluateConfig) -> list[dict]:
     rows += text_rows("en", config.text.num_per_language, config.text.template_en, config.seed)
     rows += text_rows("zh", config.text.num_per_language, config.text.template_zh, config.seed)
     rows += [{"task": CLIP, "group": "general", "prompt": prompt, "expected": ""} for prompt in config.clip_prompts]
+    rows = [{**row, "size": config.generation.resolution} for row in rows]
+    rows += scene_rows(config)
     counts: dict[str, int] = {}
     numbered = []
     for number, row in enumerate(rows):
         index = counts[row["task"]] = counts.get(row["task"], -1) + 1  # position within its task, for the grids
         numbered.append({**row, "index": index, "seed": config.seed * 100_003 + number})
     return numbered
+
+
+def scene_rows(config: EvaluateConfig) -> list[dict]:
+    """Shape-scene prompts (captions of the scene grammar) of the configured split, at the scenes' resolution."""
+    from pipelines.synth import shapes
+
+    drawn = shapes.scenes(
+        config.scenes.num_prompts, seed=config.seed + 1, kinds=tuple(config.scenes.kinds), split=config.scenes.split
+    )
+    return [
+        {
+            "task": SCENES,
+            "group": "one" if len(scene.objects) == 1 else "two",
+            "prompt": shapes.caption(scene),
+            "expected": shapes.caption(scene),
+            "size": config.scenes.resolution,
+        }
+        for scene in drawn
+    ]
 
 
 def _write(dataset: ray.data.Dataset, folder: pathlib.Path) -> pathlib.Path:
@@ -80,6 +103,7 @@ def run_generation(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path
         generation_json=config.generation.model_dump_json(),
     )
     dataset = map_stage(dataset, OcrScores, config.ocr_pool)
+    dataset = dataset.map_batches(judge_scores, batch_format="numpy", batch_size=64)
     dataset = map_stage(dataset, ClipScores, config.clip_pool, clip_json=config.clip.model_dump_json())
     return _write(dataset, folder)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from training.evaluation.config import GenerationConfig, ModelSpec
 from training.evaluation.images import ordinary_images, render_text, text_rich_images
-from training.evaluation.text_accuracy import CLIP, score
+from training.evaluation.text_accuracy import CLIP, SCENES, score
 
 TEXT_SETS: dict[str, str] = {"text_en": "en", "text_zh": "zh"}
 ORDINARY = "ordinary"
@@ -79,20 +79,39 @@ class Generate:
                 self.generator = TextToImage.from_preset(self.spec.preset, weights_dir=self.spec.weights_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        size = self.config.resolution
+        """Each row at its own ``size`` (one generator call per size); images come back at the largest size of the
+        batch (smaller ones enlarged, nearest neighbour) so that the column has one shape."""
+        sizes = [int(size) for size in batch["size"]]
+        images: list[np.ndarray | None] = [None] * len(sizes)
+        for size in sorted(set(sizes)):
+            rows = [i for i, value in enumerate(sizes) if value == size]
+            for i, image in zip(rows, self._generate(batch, rows, size), strict=True):
+                images[i] = image
+        largest = max(sizes)
+        images = [
+            image
+            if image.shape[0] == largest
+            else cv2.resize(image, (largest, largest), interpolation=cv2.INTER_NEAREST)
+            for image in images
+        ]
+        return {**batch, "image": np.stack(images)}
+
+    def _generate(self, batch: dict[str, np.ndarray], rows: list[int], size: int) -> np.ndarray:
         if self.generator is None:
-            texts = [expected or prompt for expected, prompt in zip(batch["expected"], batch["prompt"], strict=True)]
-            images = np.stack([render_text(str(text), size) for text in texts])
-        else:
-            images = self.generator(
-                [str(prompt) for prompt in batch["prompt"]],
-                height=size,
-                width=size,
-                num_steps=self.config.num_steps,
-                true_cfg_scale=self.config.true_cfg_scale,
-                seeds=[int(seed) for seed in batch["seed"]],
-            )
-        return {**batch, "image": images}
+            texts = [str(batch["expected"][i] or batch["prompt"][i]) for i in rows]
+            if any(batch["task"][i] == SCENES for i in rows):
+                from pipelines.synth import shapes
+
+                return np.stack([shapes.render_scene(shapes.parse_caption(text), size) for text in texts])
+            return np.stack([render_text(text, size) for text in texts])
+        return self.generator(
+            [str(batch["prompt"][i]) for i in rows],
+            height=size,
+            width=size,
+            num_steps=self.config.num_steps,
+            true_cfg_scale=self.config.true_cfg_scale,
+            seeds=[int(batch["seed"][i]) for i in rows],
+        )
 
 
 class OcrScores:
@@ -126,6 +145,10 @@ class OcrScores:
             }
         reads, scores = [], []
         for task, expected, image in zip(batch["task"], batch["expected"], batch["image"], strict=True):
+            if task == SCENES:  # the judge scores these (judge_scores)
+                reads.append("")
+                scores.append(np.nan)
+                continue
             read = "" if task == CLIP else read_text(self.engine, image)
             reads.append(read)
             scores.append(score(str(task), str(expected), read))
@@ -150,6 +173,33 @@ class ClipScores:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cosine = self.model.similarity(list(batch["image"]), [str(prompt) for prompt in batch["prompt"]])
         return {**batch, "clip_score": 100 * np.maximum(cosine, 0).astype(np.float64)}
+
+
+JUDGED = ("colour", "shape", "position", "count")
+
+
+def judge_scores(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Shape-scene rows: the judge's verdict per attribute (``judge_<attribute>``, 1.0 / 0.0), ``score`` = all right,
+    and ``read`` = what it found; other rows get NaN in the judge's columns. An image enlarged to the batch's size is
+    judged at its own size (``size``)."""
+    from training.evaluation.judge import judge
+
+    columns = {f"judge_{name}": np.full(len(batch["task"]), np.nan) for name in JUDGED}
+    scores = np.asarray(batch["score"], dtype=np.float64).copy()
+    reads = np.asarray(batch["read"], dtype=object).copy()
+    for i, task in enumerate(batch["task"]):
+        if task != SCENES:
+            continue
+        image = batch["image"][i]
+        size = int(batch["size"][i])
+        if image.shape[0] != size:
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST)
+        verdict = judge(image, str(batch["prompt"][i]))
+        for name in JUDGED:
+            columns[f"judge_{name}"][i] = float(getattr(verdict, name))
+        scores[i] = float(verdict.overall)
+        reads[i] = verdict.label()
+    return {**batch, **columns, "score": scores, "read": reads}
 
 
 def to_png(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -26,6 +26,7 @@ CHARS = "chars"
 TEXT_EN = "text_en"
 TEXT_ZH = "text_zh"
 CLIP = "clip"
+SCENES = "scenes"  # shape scenes, scored by the judge (training.evaluation.judge), not by OCR
 _WORD = re.compile(r"[^\W_]+")
 
 

@@ -5,6 +5,7 @@ sample, higher is better. Built in (docs/qwen_image.md §8 names OCR accuracy an
 
 - ``ocr``: ``1 - edit distance / length`` between the text in quotes in the prompt and what RapidOCR reads;
 - ``clip``: cosine similarity of the image and the prompt under an open_clip model (local weights);
+- ``judge``: the share of a shape-scene prompt's attributes the image gets right (``training.evaluation.judge``);
 - ``mean_color``: closeness of the image's mean colour to a colour named in the prompt (cheap and verifiable);
 - ``latent_target``: closeness of the latents to a constant (no decoding: the cheapest sanity check).
 
@@ -124,6 +125,18 @@ class MeanColorReward(Reward):
         means = batch.images.reshape(len(batch.images), -1, 3).mean(axis=1) / 255.0
         targets = np.stack([self.target(prompt) for prompt in batch.prompts])
         return 1.0 - np.linalg.norm(means - targets, axis=1) / np.sqrt(3.0)
+
+
+@register_reward("judge")
+class JudgeReward(Reward):
+    """The shape-scene judge (``training.evaluation.judge``): the share of the prompt's attributes (colour, shape,
+    position, count; or the word) the image gets right, in [0, 1]. Prompts must be captions of the scene grammar
+    (``pipelines.synth.shapes``); any other prompt is an error that names it."""
+
+    def __call__(self, batch: Generated) -> np.ndarray:
+        from training.evaluation.judge import reward
+
+        return np.array([reward(image, prompt) for image, prompt in zip(batch.images, batch.prompts, strict=True)])
 
 
 @register_reward("latent_target")

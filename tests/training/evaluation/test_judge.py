@@ -1,0 +1,84 @@
+"""The shape-scene judge: right on ground truth, wrong when the caption says something else."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipelines.synth import shapes
+from training.evaluation.judge import judge, reward, summarise
+
+NUM_SCENES = 240
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    scenes = shapes.scenes(NUM_SCENES, seed=11, kinds=("one", "two"), split="any")
+    images = [shapes.render_scene(scene, 64, np.random.default_rng([11, i])) for i, scene in enumerate(scenes)]
+    return scenes, images
+
+
+def _other(rng: np.random.Generator, pool, current: str) -> str:
+    choices = [value for value in pool if value != current]
+    return choices[int(rng.integers(len(choices)))]
+
+
+def _wrong(scene: shapes.Scene, attribute: str, rng: np.random.Generator) -> shapes.Scene:
+    pool = {"colour": shapes.COLOURS, "shape": shapes.SHAPES, "position": shapes.POSITIONS}[attribute]
+    objects = tuple(
+        dataclasses.replace(obj, **{attribute: _other(rng, list(pool), getattr(obj, attribute))})
+        for obj in scene.objects
+    )
+    return dataclasses.replace(scene, objects=objects)
+
+
+def test_judge_scores_ground_truth_and_fails_wrong(rendered):
+    scenes, images = rendered
+    right = summarise([judge(image, shapes.caption(scene)) for image, scene in zip(images, scenes, strict=True)])
+    for attribute in ("colour", "shape", "position", "count"):
+        assert right[attribute] >= 0.98, right
+    assert right["n_colour"] == NUM_SCENES
+    rng = np.random.default_rng(0)
+    for attribute in ("colour", "shape", "position"):
+        wrong = [_wrong(scene, attribute, rng) for scene in scenes]
+        scores = summarise([judge(image, shapes.caption(w)) for image, w in zip(images, wrong, strict=True)])
+        assert scores[attribute] <= 0.1, (attribute, scores)
+    # Counting: an image of one object judged against a caption of two.
+    single = [(image, scene) for image, scene in zip(images, scenes, strict=True) if len(scene.objects) == 1]
+    image, scene = single[0]
+    extra = shapes.Shape("red" if scene.objects[0].colour != "red" else "blue", "circle", "left")
+    assert judge(image, dataclasses.replace(scene, objects=(*scene.objects, extra))).count is False
+
+
+def test_judge_reads_words_and_rewards_partial_credit(rendered):
+    word = shapes.Scene(background="yellow", word="SUN", word_colour="black")
+    image = shapes.render_scene(word, 128)
+    assert judge(image, shapes.caption(word)).text is True
+    assert judge(image, 'the word "MOON" in black on yellow').text is False
+    scenes, images = rendered
+    caption = shapes.caption(scenes[0])
+    assert reward(images[0], caption) == 1.0
+    assert 0.0 < reward(images[0], shapes.caption(_wrong(scenes[0], "colour", np.random.default_rng(1)))) < 1.0
+
+
+def test_caption_grammar_round_trips_and_refuses_others():
+    for scene in shapes.scenes(200, seed=3, kinds=shapes.KINDS, split="any"):
+        assert shapes.parse_caption(shapes.caption(scene)) == scene.spec()
+    for bad in (
+        "a cat on a mat",
+        "a big red hexagon in the centre, on a white background",
+        'the word "SUN" in red on blue',
+    ):
+        with pytest.raises(ValueError, match="caption|object"):
+            shapes.parse_caption(bad)
+
+
+def test_held_out_combinations_never_in_training():
+    train = shapes.scenes(3000, seed=0, kinds=shapes.KINDS, split="train")
+    assert not any(scene.held_out for scene in train)
+    pairs = {(o.colour, o.shape) for scene in train for o in scene.objects}
+    assert len(pairs) == len(shapes.COLOURS) * len(shapes.SHAPES) - len(shapes.HELD_OUT_PAIRS)
+    held = shapes.scenes(200, seed=0, kinds=shapes.KINDS, split="held_out")
+    assert all(scene.held_out for scene in held)
