@@ -1,4 +1,6 @@
-"""Model presets: ``tiny`` (random weights, real architectures) and ``qwen-image`` (published weights, local folder).
+"""Model presets: ``tiny`` (random weights, real architectures), ``nano`` (the same classes sized for the shape scenes,
+with a VAE trained by this project and shipped in ``models/weights/nano_vae``) and ``qwen-image`` (published weights,
+local folder).
 
 Every role builds its models here. ``build_components("tiny")`` gives random-weight versions of the three published
 classes (``QwenImageTransformer2DModel``, ``AutoencoderKLQwenImage``, ``Qwen2_5_VLForConditionalGeneration``) small
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
 import pathlib
 from collections.abc import Iterable, Iterator
 
@@ -25,7 +28,18 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Q
 from models.tokenizer import QWEN_VOCAB_SIZE, build_qwen2_tokenizer
 
 ALL_PARTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-PRESETS: tuple[str, ...] = ("tiny", "qwen-image")
+PRESETS: tuple[str, ...] = ("tiny", "nano", "qwen-image")
+# Presets whose parts are built here (random weights, or small weights shipped in the repository), no folder needed.
+BUILT_PRESETS: tuple[str, ...] = ("tiny", "nano")
+NANO_VAE_FOLDER = pathlib.Path(__file__).resolve().parent / "weights" / "nano_vae"
+NANO_VAE_ENV = "QWEN_IMAGE_NANO_VAE"  # another folder for the nano VAE (one's own run of jobs/train_vae.py)
+
+
+def nano_vae_folder() -> pathlib.Path:
+    """Where the nano preset's VAE is read from: ``$QWEN_IMAGE_NANO_VAE`` when set, else the shipped weights."""
+    override = os.environ.get(NANO_VAE_ENV)
+    return pathlib.Path(override) if override else NANO_VAE_FOLDER
+
 
 # scheduler/scheduler_config.json of the released Qwen-Image (docs/qwen_image.md §7).
 QWEN_IMAGE_SCHEDULER_CONFIG: dict = {
@@ -115,6 +129,20 @@ MID_TRANSFORMER_CONFIG: dict = {
 
 # tiny VAE: the Wan-2.1 architecture (8x spatial compression, 16 channels) at base_dim 32, one res block per level.
 TINY_VAE_CONFIG: dict = {"base_dim": 32, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1}
+
+# nano VAE: the same architecture at base_dim 16 (2.6M parameters), trained from scratch on shape scenes by
+# jobs/train_vae.py and shipped in models/weights/nano_vae (docs/nano.md); these are its constructor arguments.
+NANO_VAE_CONFIG: dict = {"base_dim": 16, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1}
+
+# nano transformer: 4 blocks of hidden 256 (4 heads of 64), text dim 64 (the tiny condition encoder's), about 7M
+# parameters: sized for 64-128 px shape scenes (16-64 image tokens), trained from scratch by the demo.
+NANO_TRANSFORMER_CONFIG: dict = {
+    **TINY_TRANSFORMER_CONFIG,
+    "num_layers": 4,
+    "num_attention_heads": 4,
+    "attention_head_dim": 64,
+    "axes_dims_rope": (16, 24, 24),
+}
 
 # tiny condition encoder: a 2-layer Qwen2.5-VL with hidden 64 and the real 151936-row vocabulary.
 TINY_TEXT_ENCODER_CONFIG: dict = {
@@ -269,25 +297,40 @@ def build_components(
         raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
     if weights_dir is not None:
         components = load_components(weights_dir, parts=parts, dtype=dtype, preset=preset)
-    elif preset == "qwen-image":
+    elif preset not in BUILT_PRESETS:
         raise MissingWeightsError(
             "preset 'qwen-image' loads the published weights from a local folder: pass weights_dir=<folder> holding "
             f"{', '.join(p + '/' for p in ALL_PARTS)} (the diffusers layout of Qwen/Qwen-Image); nothing is downloaded"
         )
     else:
-        components = _build_tiny(parts, seed)
+        components = _build(preset, parts, seed)
     if not lm_head and components.text_encoder is not None:
         drop_lm_head(components.text_encoder)
     return components.to(device=device, dtype=dtype)
 
 
-def _build_tiny(parts: tuple[str, ...], seed: int) -> Components:
-    components = Components(preset="tiny")
+def transformer_config(preset: str) -> dict:
+    """The transformer shape of a built preset."""
+    return dict(NANO_TRANSFORMER_CONFIG if preset == "nano" else TINY_TRANSFORMER_CONFIG)
+
+
+def _build(preset: str, parts: tuple[str, ...], seed: int) -> Components:
+    """tiny: every part random (seeded). nano: the transformer random (seeded) at its own size, the shipped trained
+    VAE, and the tiny condition encoder (a fixed-seed random Qwen2.5-VL: its hidden states still tell tokens apart)."""
+    components = Components(preset=preset)
     # Each part gets its own seed so that asking for fewer parts does not change the weights of the others.
     if "transformer" in parts:
         torch.manual_seed(seed)
-        components.transformer = QwenImageTransformer2DModel(**TINY_TRANSFORMER_CONFIG)
-    if "vae" in parts:
+        components.transformer = QwenImageTransformer2DModel(**transformer_config(preset))
+    if "vae" in parts and preset == "nano":
+        folder = nano_vae_folder()
+        if not (folder / "config.json").is_file():
+            raise MissingWeightsError(
+                f"the nano VAE is not in {folder}: train and ship it with "
+                "python jobs/train_vae.py --config configs/train_vae_nano.yaml --ship"
+            )
+        components.vae = AutoencoderKLQwenImage.from_pretrained(folder, torch_dtype=torch.float32)
+    elif "vae" in parts:
         torch.manual_seed(seed + 1)
         components.vae = AutoencoderKLQwenImage(**TINY_VAE_CONFIG)
     if "text_encoder" in parts:

@@ -180,6 +180,30 @@ class LatentVAE:
         return images.clamp(-1, 1)
 
 
+def encode_posterior(vae: AutoencoderKLQwenImage, images: torch.Tensor, *, frame_convs: FrameConvs = "3d"):
+    """``[B, 3, H, W]`` in [-1, 1] -> the raw posterior (diffusers' ``DiagonalGaussianDistribution``, one frame),
+    with gradients: for training the VAE itself."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    with _frame_convs(frame_convs):
+        moments = vae.encode(images.unsqueeze(2)).latent_dist.parameters
+    return DiagonalGaussianDistribution(moments[:, :, 0])
+
+
+def decode_unclamped(vae: AutoencoderKLQwenImage, latents: torch.Tensor, *, frame_convs: FrameConvs = "3d"):
+    """Raw latents ``[B, 16, h, w]`` -> images ``[B, 3, 8h, 8w]`` as the decoder computes them, not clamped to
+    [-1, 1]: diffusers' ``decode`` clamps, which zeroes the gradient of every pixel past the bound, so training a
+    decoder through it stalls on saturated colours. Equal to ``decode`` wherever that does not clamp."""
+    vae.clear_cache()
+    try:
+        with _frame_convs(frame_convs):
+            hidden = vae.post_quant_conv(latents.unsqueeze(2))
+            out = vae.decoder(hidden, feat_cache=vae._feat_map, feat_idx=[0])
+    finally:
+        vae.clear_cache()
+    return out[:, :, 0]
+
+
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 ``[B, H, W, 3]`` RGB -> float ``[B, 3, H, W]`` in [-1, 1]."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:

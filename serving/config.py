@@ -93,7 +93,7 @@ class ModelSettings(StrictModel):
     where it runs (``placement``, ``models/placement.py``), checked against the memory plan at start
     (``serving/memory.py``)."""
 
-    preset: Literal["tiny", "qwen-image"] = "tiny"
+    preset: Literal["tiny", "nano", "qwen-image"] = "tiny"
     checkpoint: str | None = None
     weights_dir: str | None = None
     # The id clients pass as ``model`` and ``GET /v1/models`` lists.

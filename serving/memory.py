@@ -118,6 +118,7 @@ def model_configs(preset: str, folders: list[str | None]) -> ModelConfigs:
 
     defaults = {
         "tiny": (presets.TINY_TRANSFORMER_CONFIG, presets.TINY_VAE_CONFIG, presets.TINY_TEXT_ENCODER_CONFIG),
+        "nano": (presets.NANO_TRANSFORMER_CONFIG, presets.NANO_VAE_CONFIG, presets.TINY_TEXT_ENCODER_CONFIG),
         "qwen-image": (
             presets.QWEN_IMAGE_TRANSFORMER_CONFIG,
             presets.QWEN_IMAGE_VAE_CONFIG,

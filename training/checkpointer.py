@@ -345,12 +345,12 @@ def ensure_base(
     ``weights_dir``, or the checkpoint it started from), else, for a preset that builds its parts (tiny),
     ``<run_folder>/base``, written once with the parts the preset builds (the ones the producers encoded with)."""
     from models.checkpoint import save_components
-    from models.presets import build_components, missing_parts
+    from models.presets import BUILT_PRESETS, build_components, missing_parts
 
     for candidate in candidates:
         if candidate is not None and not missing_parts(candidate, FROZEN_PARTS):
             return pathlib.Path(candidate).resolve()
-    if preset != "tiny":
+    if preset not in BUILT_PRESETS:
         named = [str(c) for c in candidates if c is not None]
         raise ValueError(f"none of {named} holds {', '.join(p + '/' for p in FROZEN_PARTS)} for the exports to link")
     folder = pathlib.Path(run_folder) / "base"

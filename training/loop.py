@@ -101,14 +101,15 @@ def build_model(config: PretrainConfig, parallel: Parallel, *, restoring: bool) 
     device, the base is always read from its folder (checkpoints hold the adapters only) and stored in
     ``frozen_dtype``, and only the adapters require gradients."""
     from models.lora import add_lora, init_lora_
-    from models.presets import TINY_TRANSFORMER_CONFIG
+    from models.presets import BUILT_PRESETS
+    from models.presets import transformer_config as built_transformer_config
 
     source = config.init or config.weights_dir
     if source is not None:
         folder = pathlib.Path(source) / "transformer"
         transformer_config = json.loads((folder / "config.json").read_text())
-    elif config.preset == "tiny":
-        folder, transformer_config = None, dict(TINY_TRANSFORMER_CONFIG)
+    elif config.preset in BUILT_PRESETS:
+        folder, transformer_config = None, built_transformer_config(config.preset)
     else:
         raise ValueError(f"preset {config.preset!r} needs weights_dir (a diffusers folder with transformer/)")
     model = build_meta_transformer(transformer_config)
@@ -121,7 +122,9 @@ def build_model(config: PretrainConfig, parallel: Parallel, *, restoring: bool) 
         if folder is not None:
             fill["weights_folder"] = folder
         else:
-            fill["build_full"] = lambda: build_components("tiny", parts=("transformer",), seed=config.seed).transformer
+            fill["build_full"] = lambda: (
+                build_components(config.preset, parts=("transformer",), seed=config.seed).transformer
+            )
     quantize = config.lora.quantize if config.lora is not None else "none"
     if quantize != "none":
         from models.lora import check_quantize, quantize_base_

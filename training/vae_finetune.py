@@ -42,7 +42,7 @@ from models.config import StrictModel
 from models.image_metrics import psnr, ssim, uint8_to_unit
 from models.imageio import save_png, to_grid
 from models.presets import Components, build_components
-from models.vae import images_to_tensor, tensor_to_images
+from models.vae import decode_unclamped, images_to_tensor, tensor_to_images
 from training.checkpointer import load_checkpoint, report_checkpoint
 from training.evaluation.images import text_rich_images
 from training.progress import Progress
@@ -153,8 +153,9 @@ def encode(vae: AutoencoderKLQwenImage, images: np.ndarray, batch_size: int = 8)
 
 
 def decode(vae: AutoencoderKLQwenImage, latents: torch.Tensor) -> torch.Tensor:
-    """Raw latents ``[B, 16, 1, h, w]`` -> images ``[B, 3, 8h, 8w]`` (unclamped, so gradients reach every pixel)."""
-    return vae.decode(latents, return_dict=False)[0][:, :, 0]
+    """Raw latents ``[B, 16, 1, h, w]`` -> images ``[B, 3, 8h, 8w]``, unclamped so that gradients reach every pixel
+    (diffusers' ``decode`` clamps to [-1, 1]: through it a saturated pixel gets no gradient at all)."""
+    return decode_unclamped(vae, latents[:, :, 0])
 
 
 # Loss.
