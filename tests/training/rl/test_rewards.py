@@ -98,3 +98,20 @@ def test_clip_reward_scores_each_image_with_its_prompt():
     assert scores.shape == (3,) and np.all(np.abs(scores) <= 1.0)
     again = reward(Generated(["a cat", "a dog", "a cat"], images, torch.zeros(3, 16, 8, 8)))
     np.testing.assert_allclose(scores, again)
+
+
+def test_judge_reward_scores_scene_prompts_and_can_be_negated():
+    from pipelines.synth import shapes
+
+    scenes = shapes.scenes(4, seed=2, kinds=("one", "two"), split="held_out")
+    images = np.stack([shapes.render_scene(scene, 64) for scene in scenes])
+    prompts = [shapes.caption(scene) for scene in scenes]
+    batch = Generated(prompts, images, torch.zeros(4, 16, 8, 8))
+    reward = build_reward([{"kind": "judge"}])
+    np.testing.assert_allclose(reward(batch), 1.0)
+    wrong = Generated(prompts[1:] + prompts[:1], images, batch.latents)  # each image judged against another caption
+    assert reward(wrong).max() < 1.0
+    # A negated judge (the sanity check that GRPO follows the reward's sign).
+    np.testing.assert_allclose(build_reward([{"kind": "judge", "weight": -1.0}])(batch), -1.0)
+    with pytest.raises(ValueError, match="not a shape-scene caption"):
+        reward(Generated(["a red car"], images[:1], batch.latents[:1]))
