@@ -4,14 +4,19 @@ The architecture is the published one (``AutoencoderKLQwenImage``: Wan-2.1, 8x s
 channels) at a small width (``architecture``); the data are the compositional shape scenes of
 ``pipelines.synth.shapes`` (objects and words), drawn on every worker from the run's seed, so a run needs no files.
 
-Loss on images in [-1, 1]: ``l1_weight * L1 + l2_weight * MSE + perceptual.weight * (1 - SSIM) + kl_weight * KL``,
-KL being the posterior's KL to the standard normal averaged over latent elements. Two choices make this
-architecture learn at all on a small machine (measured while building the recipe, see ``docs/nano.md``):
+Loss on images in [-1, 1]: ``l1_weight * L1 + l2_weight * MSE + perceptual.weight * (1 - SSIM) + kl_weight * KL +
+latent_prior_weight * prior``, KL being the posterior's KL to the standard normal averaged over latent elements and
+prior the mean squared distance of the first 12 latent channels to the image average-pooled 4x4 and folded 2x2 into
+channels (``latent_prior``). Three choices make this architecture learn at all on a small machine (measured while
+building the recipe, see ``docs/nano.md``):
 
 - the decoder output is used **unclamped** (diffusers' ``decode`` clamps to [-1, 1], which stops the gradient of
   every pixel past the bound; the flat colours of these scenes sit near the bounds);
 - the posterior's log-variance starts at ``initial_logvar`` (the bias of the ``quant_conv`` rows that produce it):
-  at diffusers' initialisation its noise has standard deviation 1 and drowns the encoder's small initial means.
+  at diffusers' initialisation its noise has standard deviation 1 and drowns the encoder's small initial means;
+- the latent prior: without it the encoder and decoder wait on each other and the reconstruction stays at each
+  scene's background for thousands of steps; the prior gives the decoder informative latents from the start (and
+  leaves latents that look like a small image, which the diffusion model learns easily).
 
 The learning rate warms up over ``warmup_steps`` and follows a cosine down to ``final_lr_fraction`` of it. At the end
 the latent normalisation (per-channel mean and standard deviation of the posterior means over the held-out scenes)
@@ -81,6 +86,11 @@ class VaeTrainConfig(RunSettings):
     l2_weight: float = pydantic.Field(default=1.0, ge=0)
     perceptual: PerceptualConfig = PerceptualConfig(weight=0.2)
     kl_weight: float = pydantic.Field(default=1e-4, ge=0)
+    # The latent prior: the first 12 latent channels pulled towards the image average-pooled 4x4 and folded 2x2 into
+    # channels (space to depth), times ``latent_prior_scale``. Without it this architecture sits for thousands of
+    # steps at the background colour (docs/nano.md); with it the latents carry the image's layout from the start.
+    latent_prior_weight: float = pydantic.Field(default=1.0, ge=0)
+    latent_prior_scale: float = pydantic.Field(default=3.0, gt=0)
     initial_logvar: float = -6.0
     eval_every: int = pydantic.Field(default=250, ge=1)  # steps between held-out PSNR rows (rank 0)
     checkpoint_every: int = 500
@@ -117,8 +127,14 @@ def build_vae(config: VaeTrainConfig) -> AutoencoderKLQwenImage:
     return vae
 
 
+def latent_prior(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """``[B, 3, H, W]`` -> ``[B, 12, H/8, W/8]``: the image average-pooled 4x4, each 2x2 block folded into channels."""
+    return F.pixel_unshuffle(F.avg_pool2d(images, 4), 2) * scale
+
+
 class Autoencoder(torch.nn.Module):
-    """Images -> (unclamped reconstruction, mean KL per latent element): the module Ray Train wraps in DDP."""
+    """Images -> (unclamped reconstruction, mean KL per latent element, posterior means): the module Ray Train wraps
+    in DDP."""
 
     def __init__(self, vae: AutoencoderKLQwenImage):
         super().__init__()
@@ -128,7 +144,7 @@ class Autoencoder(torch.nn.Module):
         posterior = encode_posterior(self.vae, images, frame_convs="2d")
         latents = posterior.sample(generator)
         kl = posterior.kl().mean() / math.prod(posterior.mean.shape[1:])
-        return decode_unclamped(self.vae, latents, frame_convs="2d"), kl
+        return decode_unclamped(self.vae, latents, frame_convs="2d"), kl, posterior.mean
 
 
 def learning_rate(config: VaeTrainConfig, step: int) -> float:
@@ -142,13 +158,20 @@ def learning_rate(config: VaeTrainConfig, step: int) -> float:
 
 
 def loss_terms(
-    reconstruction: torch.Tensor, kl: torch.Tensor, target: torch.Tensor, config: VaeTrainConfig, perceptual
+    reconstruction: torch.Tensor,
+    kl: torch.Tensor,
+    means: torch.Tensor,
+    target: torch.Tensor,
+    config: VaeTrainConfig,
+    perceptual,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     l1 = F.l1_loss(reconstruction, target)
     l2 = F.mse_loss(reconstruction, target)
     term = perceptual(reconstruction, target) if config.perceptual.weight > 0 else reconstruction.new_zeros(())
+    prior = F.mse_loss(means[:, :12], latent_prior(target, config.latent_prior_scale))
     loss = config.l1_weight * l1 + config.l2_weight * l2 + config.perceptual.weight * term + config.kl_weight * kl
-    parts = {"l1": l1, "l2": l2, "perceptual": term, "kl": kl}
+    loss = loss + config.latent_prior_weight * prior
+    parts = {"l1": l1, "l2": l2, "perceptual": term, "kl": kl, "latent_prior": prior}
     return loss, {key: float(value.detach()) for key, value in parts.items()}
 
 
@@ -212,8 +235,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         noise = torch.Generator(device=device).manual_seed(config.seed * 104729 + rank * 7 + step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        reconstruction, kl = model(images[index], noise)
-        loss, parts = loss_terms(reconstruction, kl, images[index], config, perceptual)
+        reconstruction, kl, means = model(images[index], noise)
+        loss, parts = loss_terms(reconstruction, kl, means, images[index], config, perceptual)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
@@ -273,7 +296,7 @@ def run_training(config: VaeTrainConfig) -> dict:
         f"{config.data.resolution}px scenes",
         flush=True,
     )
-    keys = ("loss", "l1", "kl", "heldout_psnr")
+    keys = ("loss", "l1", "latent_prior", "heldout_psnr")
     progress = Progress(folder / "metrics.csv", config.num_steps, "train_vae", keys)
     fit_trainer(train_loop_per_worker, config, name=config.run_name, storage_path=folder / "ray", progress=progress)
     final = export_folder(config)
