@@ -46,6 +46,7 @@ from models.presets import NANO_VAE_CONFIG, Components
 from models.vae import decode_unclamped, encode_posterior, images_to_tensor, tensor_to_images
 from pipelines.synth import shapes
 from training.checkpointer import load_checkpoint, report_checkpoint
+from training.metrics import MetricsWriter
 from training.progress import Progress
 from training.trainer import RunSettings, fit_trainer
 from training.vae_finetune import PerceptualConfig, PerceptualLoss, reconstruction_scores
@@ -223,7 +224,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     heldout = scene_images(config.data, config.seed, heldout=True) if rank == 0 else None
     model = ray.train.torch.prepare_model(Autoencoder(vae))  # DDP when world > 1
     perceptual = PerceptualLoss(config.perceptual).to(device)
-    writer = _metrics_writer(config) if rank == 0 else None
+    writer = MetricsWriter(pathlib.Path(config.output_dir) / config.run_name) if rank == 0 else None
     total: dict[str, float] = {}
     batch_size = min(config.batch_size, len(images))
     batches_per_epoch = len(images) // batch_size
@@ -265,12 +266,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
             report_checkpoint(row, model=vae, optimizer=optimizer, rank=rank, world=world, info=info)
     if writer is not None:
         writer.close()
-
-
-def _metrics_writer(config: VaeTrainConfig):
-    from training.metrics import MetricsWriter
-
-    return MetricsWriter(pathlib.Path(config.output_dir) / config.run_name)
 
 
 def export_folder(config: VaeTrainConfig) -> pathlib.Path:
