@@ -66,11 +66,8 @@ WORDS: tuple[str, ...] = (
 HELD_OUT_WORDS: frozenset[str] = frozenset({"OWL", "KITE", "CLOUD", "JAM"})
 WORD_COLOURS: dict[str, tuple[int, int, int]] = {"black": (20, 20, 22), "white": (246, 246, 244)}
 WORD_BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "yellow": (245, 215, 30),
-    "cyan": (30, 200, 215),
-    "pink": (250, 120, 190),
-    "orange": (245, 135, 20),
-    "light grey": (200, 200, 198),
+    **{name: COLOURS[name] for name in ("yellow", "cyan", "pink", "orange")},
+    "light grey": BACKGROUNDS["light grey"],
 }
 KINDS: tuple[str, ...] = ("one", "two", "word")
 SPLITS: tuple[str, ...] = ("train", "held_out", "any")
