@@ -13,6 +13,7 @@ import re
 import unicodedata
 
 import numpy as np
+import pydantic
 
 from models.config import StrictModel
 
@@ -27,6 +28,10 @@ class OcrConfig(StrictModel):
     num_threads: int = 1  # onnxruntime intra-op threads per engine (one engine per actor)
     use_cuda: bool = False
     max_side: int = 2000  # images are scaled down to this long side before detection
+    # The detector scales every image's short side up to at least this (RapidOCR's default, for small print in
+    # photographs). Sources whose text is large for their size (the shape scenes' words) read as well at their own
+    # size, several times faster: 0.8 s -> 0.1 s per 256 px scene here.
+    detect_short_side: int = pydantic.Field(default=736, ge=32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +72,7 @@ class OcrEngine:
             "Global.log_level": "error",
             "Global.text_score": self.config.min_text_score,
             "Global.max_side_len": self.config.max_side,
+            "Det.limit_side_len": self.config.detect_short_side,
             "EngineConfig.onnxruntime.intra_op_num_threads": self.config.num_threads,
             "EngineConfig.onnxruntime.inter_op_num_threads": 1,
             "EngineConfig.onnxruntime.use_cuda": self.config.use_cuda,

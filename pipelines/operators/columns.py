@@ -1,6 +1,7 @@
 """Column names read and written by the CPU operators (the source columns live in ``pipelines.schema``)."""
 
 # The operators' input columns, re-exported from the source schema.
+from pipelines.schema import CAPTION as CAPTION
 from pipelines.schema import IMAGE_BYTES as IMAGE_BYTES
 from pipelines.schema import SAMPLE_ID as SAMPLE_ID
 from pipelines.schema import SOURCE_IMAGE_BYTES as SOURCE_IMAGE_BYTES

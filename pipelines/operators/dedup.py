@@ -13,7 +13,9 @@ value are compared. Samples are visited in ``sample_id`` order and one is a dupl
 within ``d`` of a sample already kept, so the kept sample of every group is the one with the
 smallest ``sample_id`` and the result does not depend on row order. The cost grows as
 ``N^2 / 2^(64 / (d + 1))``: fine for a few million hashes with ``d <= 4``; run exact-only
-(``d = 0``) first on larger corpora. Only the image is compared, not the caption.
+(``d = 0``) first on larger corpora. By default only the image is compared, not the caption;
+``S1Thresholds.duplicate_scope = "image_and_caption"`` marks duplicates only among samples that
+also share their caption (``keys``).
 """
 
 from __future__ import annotations
@@ -76,15 +78,28 @@ def mark_duplicates(
     hashes: np.ndarray,
     max_hamming_distance: int = 0,
     valid: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
 ) -> np.ndarray:
     """Boolean mask of duplicates over a whole dataset; the smallest ``sample_id`` of each group is kept.
 
-    ``valid`` (default all) excludes rows without a hash (broken files): they are never marked.
+    ``valid`` (default all) excludes rows without a hash (broken files): they are never marked. ``keys`` (integer
+    per row, e.g. the caption's index among the distinct captions) restricts duplicates to rows of one key.
     """
     sample_ids = np.asarray(sample_ids)
     hashes = np.asarray(hashes, dtype=np.int64)
     if sample_ids.shape != hashes.shape or hashes.ndim != 1:
         raise ValueError(f"sample_ids {sample_ids.shape} and hashes {hashes.shape} must be 1-D of one length")
+    if keys is not None:
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.shape != hashes.shape:
+            raise ValueError(f"keys {keys.shape} and hashes {hashes.shape} must be of one length")
+        is_duplicate = np.zeros(hashes.shape, dtype=bool)
+        order = np.argsort(keys, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
+            is_duplicate[group] = mark_duplicates(
+                sample_ids[group], hashes[group], max_hamming_distance, None if valid is None else valid[group]
+            )
+        return is_duplicate
     if not 0 <= max_hamming_distance <= 16:
         raise ValueError(f"max_hamming_distance must be in 0..16, got {max_hamming_distance}")
     valid = np.ones(hashes.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
@@ -143,8 +158,16 @@ def _add_group_pairs(group: np.ndarray, hashes: np.ndarray, max_distance: int, n
 def add_duplicate_column(columns_in: Mapping[str, np.ndarray], thresholds: FilterThresholds) -> dict[str, np.ndarray]:
     """Columns plus ``score_duplicate`` (1.0 / 0.0; NaN for broken files), over a whole dataset."""
     valid = np.asarray(columns_in[columns.SCORE_BROKEN_FILE]) == 0.0
+    keys = None
+    if thresholds.s1.duplicate_scope == "image_and_caption":
+        captions = np.asarray(columns_in[columns.CAPTION], dtype=object)
+        keys = np.unique([text if isinstance(text, str) else "" for text in captions], return_inverse=True)[1]
     is_duplicate = mark_duplicates(
-        columns_in[columns.SAMPLE_ID], columns_in[columns.SCORE_PHASH], thresholds.s1.max_hamming_distance, valid
+        columns_in[columns.SAMPLE_ID],
+        columns_in[columns.SCORE_PHASH],
+        thresholds.s1.max_hamming_distance,
+        valid,
+        keys,
     )
     scores = np.where(valid, is_duplicate.astype(np.float64), np.nan)
     return {**columns_in, columns.SCORE_DUPLICATE: scores}

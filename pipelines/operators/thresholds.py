@@ -12,6 +12,8 @@ as their operators land (S4, S6 and S7 are defined next to their operators and g
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.operators.balance import S7Thresholds
@@ -31,6 +33,10 @@ class S1Thresholds(BaseModel):
     # Near-duplicate pHash distance (out of 64 bits) used by the global pass; 0 = exact hash only.
     # Unrelated images sit around 32; re-encodes and resizes of one picture within a few bits.
     max_hamming_distance: int = Field(default=4, ge=0, le=16)
+    # What a duplicate shares. "image": the hash alone (the same picture under two captions is one sample).
+    # "image_and_caption": the hash and the caption, for sources whose captions tell apart images that the grey-level
+    # hash cannot (the shape scenes: a red and a blue circle at one place hash alike).
+    duplicate_scope: Literal["image", "image_and_caption"] = "image"
     # NSFW head probability (only checked when a head is configured: ClipScoresConfig.nsfw_head).
     max_nsfw: float = Field(default=0.5, ge=0, le=1)
 

@@ -3,9 +3,9 @@ the defects the filters exist for mixed in.
 
 Scene ``i`` is drawn and jittered from ``default_rng([seed, i])`` (``pipelines.synth.shapes``) and rendered at
 ``size`` pixels (the store resizes it to its resolutions, as it does any photograph). One sample in ``defect_every``
-is damaged in a way curation must catch, cycling through ``DEFECTS``: an exact duplicate of the previous image, a
-heavy blur, a nearly black exposure, a tiny image, a truncated file, a refusal instead of a caption. The clean
-samples' captions are exact (the grammar of ``shapes.caption``), so the store should be encoded from the raw
+is damaged in a way curation must catch, cycling through ``DEFECTS``: an exact duplicate of the previous sample
+(image and caption: a pair posted twice), a heavy blur, a nearly black exposure, a tiny image, a truncated file, a
+refusal instead of a caption. The clean samples' captions are exact (the grammar of ``shapes.caption``), so the store should be encoded from the raw
 captions (``encode.caption_weights={raw: 1}``).
 
     shards = write_scene_corpus("outputs/demo/scene_corpus", 2000, split="train")
@@ -45,7 +45,7 @@ def scene_pairs(
         if defect_every and index % defect_every == defect_every - 1:
             defect = DEFECTS[(index // defect_every) % len(DEFECTS)]
             if defect == "duplicate" and pairs:
-                data = pairs[-1][1]
+                data, caption = pairs[-1][1], pairs[-1][2]
             elif defect == "blurred":
                 data = jpeg(cv2.GaussianBlur(image, (0, 0), size / 40))
             elif defect == "too_dark":

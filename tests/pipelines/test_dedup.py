@@ -113,3 +113,24 @@ def test_invalid_rows_are_ignored_and_the_column_is_added():
     np.testing.assert_array_equal(out[columns.SCORE_DUPLICATE], [np.nan, 0.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="one length"):
         mark_duplicates(np.array(["a"]), np.array([1, 2]))
+
+
+def test_caption_scope_keeps_recoloured_scenes_and_marks_true_copies():
+    """Shape scenes that differ in colour alone hash alike in grey; with ``duplicate_scope: image_and_caption`` the
+    caption tells them apart, while an exact copy under the same caption is still a duplicate."""
+    from pipelines.synth import shapes
+
+    red = shapes.parse_caption("a big red circle on the left, on a white background")
+    blue = shapes.parse_caption("a big blue circle on the left, on a white background")
+    hashes = [perceptual_hash(cv2.cvtColor(shapes.render_scene(s, 256), cv2.COLOR_RGB2GRAY)) for s in (red, blue)]
+    assert hashes[0] == hashes[1]  # why the scope exists
+    cols = {
+        columns.SAMPLE_ID: np.array(["a", "b", "c", "d"]),
+        columns.SCORE_PHASH: np.array([hashes[0], hashes[1], hashes[0], hashes[1]], dtype=np.int64),
+        columns.SCORE_BROKEN_FILE: np.zeros(4),
+        columns.CAPTION: np.array([shapes.caption(red), shapes.caption(blue), shapes.caption(red), None], dtype=object),
+    }
+    image_only = add_duplicate_column(cols, FilterThresholds())[columns.SCORE_DUPLICATE]
+    np.testing.assert_array_equal(image_only, [0.0, 1.0, 1.0, 1.0])
+    scoped = FilterThresholds.model_validate({"s1": {"duplicate_scope": "image_and_caption"}})
+    np.testing.assert_array_equal(add_duplicate_column(cols, scoped)[columns.SCORE_DUPLICATE], [0.0, 0.0, 1.0, 0.0])
