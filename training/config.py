@@ -72,6 +72,9 @@ class LossConfig(StrictModel):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     weighting: LossWeighting = "none"
+    # Share of text-to-image samples whose condition is replaced by the empty prompt's (" ", the sampler's negative
+    # prompt), so that true CFG's unconditional branch is one the model has learned. Edit samples keep theirs.
+    caption_dropout: float = pydantic.Field(default=0.0, ge=0, lt=1)
 
 
 class EditSample(StrictModel):

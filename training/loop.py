@@ -288,6 +288,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     restored_step = state.step  # where this attempt starts: the phase start, or the restored checkpoint's step
     if loop_config.get("sample_prompts") is not None:  # the prompt task's reference: it ran while this group started
         loop_config = {**loop_config, "sample_prompts": ray.get(loop_config["sample_prompts"])}
+    dropped = None  # what a dropped caption becomes: the empty prompt's embedding [L, D]
+    if config.loss.caption_dropout:
+        dropped = torch.from_numpy(np.asarray(loop_config["sample_prompts"]["negative"], dtype=np.float32))
 
     # Train.
     if config.feed == "stream":
@@ -314,7 +317,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         batches = stream.batches(state.epoch, skip=state.batch_in_epoch)
         stepped = False
         for group in _accumulate(batches, config.optim.grad_accum, state, meter):
-            loss, grad_norm = _train_step(model, optimizer, group, state, config, phase.lr_scale, parallel)
+            loss, grad_norm = _train_step(model, optimizer, group, state, config, phase.lr_scale, parallel, dropped)
             stepped = True
             if ema is not None:
                 update_ema(ema, model, config.ema_decay)
@@ -445,7 +448,29 @@ def _accumulate(batches, grad_accum: int, state: TrainState, meter: _Meter):
             group = []
 
 
-def _train_step(model, optimizer, group, state: TrainState, config: PretrainConfig, lr_scale: float, parallel):
+def drop_captions(
+    prompt: PromptEmbeds, empty: torch.Tensor, rate: float, generator: torch.Generator
+) -> tuple[PromptEmbeds, torch.Tensor]:
+    """``prompt`` with each row replaced by the empty prompt's embedding ``empty: [L, D]`` with probability
+    ``rate`` (drawn from ``generator``), and the boolean mask of dropped rows."""
+    batch, length, _ = prompt.embeds.shape
+    dropped = torch.rand(batch, generator=generator) < rate
+    if not dropped.any():
+        return prompt, dropped
+    width = max(length, empty.shape[0])
+    embeds = torch.nn.functional.pad(prompt.embeds, (0, 0, 0, width - length))
+    mask = torch.nn.functional.pad(prompt.mask, (0, width - length))
+    rows = dropped.to(embeds.device)
+    embeds[rows] = 0
+    embeds[rows, : empty.shape[0]] = empty.to(embeds)
+    mask[rows] = 0
+    mask[rows, : empty.shape[0]] = 1
+    return PromptEmbeds(embeds, mask), dropped
+
+
+def _train_step(
+    model, optimizer, group, state: TrainState, config: PretrainConfig, lr_scale: float, parallel, dropped=None
+):
     set_learning_rate(optimizer, phase_learning_rate(state.step, config, lr_scale))
     optimizer.zero_grad(set_to_none=True)
     device = parallel.device
@@ -462,6 +487,8 @@ def _train_step(model, optimizer, group, state: TrainState, config: PretrainConf
         generator = torch.Generator().manual_seed(
             config.seed * 1_000_003 + state.step * 97 + micro * 7 + parallel.dp_rank
         )
+        if dropped is not None and source is None:  # text-to-image batches: see LossConfig.caption_dropout
+            prompt, _ = drop_captions(prompt, dropped, config.loss.caption_dropout, generator)
         with gradient_sync(model, micro == len(group) - 1), autocast(parallel, dtype):
             out = flow_matching_loss(
                 model,

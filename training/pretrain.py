@@ -139,8 +139,10 @@ def run_pretraining(config: PretrainConfig) -> dict:
     for edit in config.samples.edits:  # an unreadable image is an error before anything starts
         read_edit_image(edit.image)
     gpus = 1 if config.use_gpu else 0
-    prompts = None  # no grids asked for (samples.prompts and samples.edits empty): no condition encoder is loaded
-    if config.samples.prompts or config.samples.edits:
+    # No grids asked for (samples.prompts and samples.edits empty) and no caption dropout: no condition encoder is
+    # loaded. With caption dropout the task's empty-prompt embedding is what dropped captions become.
+    prompts = None
+    if config.samples.prompts or config.samples.edits or config.loss.caption_dropout:
         # Encoded by a task of its own while the run starts; the workers fetch the embeddings before their first
         # step (training.loop), so the encoder's load and the worker group's start overlap.
         prompts = encode_sample_prompts.options(num_gpus=gpus, resources=config.worker_resources).remote(

@@ -259,3 +259,24 @@ def test_feed_config_names_what_is_missing():
         PretrainConfig.model_validate({"phases": [{"name": "p", "num_steps": 1}]})
     with pytest.raises(ValueError, match="curation"):
         PretrainConfig.model_validate({"feed": "stream", "phases": [{"name": "p", "num_steps": 1}]})
+
+
+def test_caption_dropout_replaces_rows_with_the_empty_prompt():
+    from models.prompt_embeds import PromptEmbeds
+    from training.loop import drop_captions
+
+    embeds = torch.arange(4 * 3 * 2, dtype=torch.float32).view(4, 3, 2) + 1
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    empty = torch.full((5, 2), -1.0)  # longer than the batch's rows: the batch is padded to it
+    kept, dropped = drop_captions(PromptEmbeds(embeds, mask), empty, 0.0, torch.Generator().manual_seed(0))
+    assert not dropped.any() and kept.embeds is embeds
+    out, dropped = drop_captions(PromptEmbeds(embeds, mask), empty, 0.5, torch.Generator().manual_seed(1))
+    assert 0 < int(dropped.sum()) < 4 and out.embeds.shape == (4, 5, 2)
+    for row in range(4):
+        if dropped[row]:
+            assert torch.equal(out.embeds[row], empty) and out.mask[row].tolist() == [1] * 5
+        else:
+            assert torch.equal(out.embeds[row, :3], embeds[row]) and not out.embeds[row, 3:].any()
+            assert out.mask[row].tolist() == mask[row].tolist() + [0, 0]
+    everything, dropped = drop_captions(PromptEmbeds(embeds, mask), empty, 0.999, torch.Generator().manual_seed(0))
+    assert dropped.all() and torch.equal(everything.embeds, empty.expand(4, 5, 2))
