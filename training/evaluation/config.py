@@ -87,7 +87,9 @@ class EvaluateConfig(StrictModel):
     text: TextEvalConfig = TextEvalConfig()
     scenes: SceneEvalConfig = SceneEvalConfig()
     generation: GenerationConfig = GenerationConfig()
-    clip: ClipConfig = ClipConfig()
+    # The CLIP model of the CLIP score; None: no CLIP score (a random CLIP's score says nothing: name a real one,
+    # {model_name: ViT-B-32, weights_path: ...}, or tiny-clip to exercise the stage).
+    clip: ClipConfig | None = None
     clip_prompts: list[str] = [
         "a red fox in the snow",
         "a bowl of noodles on a wooden table",

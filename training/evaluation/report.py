@@ -75,7 +75,8 @@ def vae_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: i
 
 
 def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: int) -> dict:
-    table = pq.read_table(folder, columns=SCALARS_GEN).to_pydict()
+    names = pq.read_schema(next(pathlib.Path(folder).glob("*.parquet"))).names
+    table = pq.read_table(folder, columns=[name for name in SCALARS_GEN if name in names]).to_pydict()
     rows = range(len(table["task"]))
     chars = {}
     for tier in dict.fromkeys(table["group"][i] for i in rows if table["task"][i] == CHARS):
@@ -85,7 +86,8 @@ def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, col
     for task, language in ((TEXT_EN, "en"), (TEXT_ZH, "zh")):
         scores = [table["score"][i] for i in rows if table["task"][i] == task]
         text[language] = {"accuracy": _mean(scores), "num_prompts": len(scores)}
-    results = {"chars": chars, "text": text, "clip_score": _mean(table["clip_score"]), "num_images": len(rows)}
+    clip_score = _mean(table["clip_score"]) if "clip_score" in table else None  # None: no CLIP model configured
+    results = {"chars": chars, "text": text, "clip_score": clip_score, "num_images": len(rows)}
     results["scenes"] = scene_results(folder, grids, name, columns)
     images = pq.read_table(
         folder, columns=["task", "index", "expected", "read", "image_png"], filters=[("index", "<", columns)]
@@ -151,38 +153,37 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 def comparison_table(results: dict[str, dict], tiers: list[str]) -> str:
     """One row per model: VAE PSNR / SSIM (text EN, text ZH, ordinary), OCR edit of reconstructions, character
-    accuracy per tier, EN / ZH text accuracy, CLIP score; and the judge's accuracies when scenes were evaluated."""
-    scenes = any(result.get("scenes") for result in results.values())
-    header = [
-        "model",
-        "VAE text EN PSNR / SSIM",
-        "VAE text ZH PSNR / SSIM",
-        "VAE ordinary PSNR / SSIM",
-        "OCR edit recon vs orig (lower is better)",
-        *[f"chars {tier}" for tier in tiers],
-        "text EN",
-        "text ZH",
-        "CLIP score",
-        *(["scenes colour", "shape", "position", "count", "all"] if scenes else []),
+    accuracy per tier, EN / ZH text accuracy, CLIP score, and the judge's accuracies on shape scenes; a column
+    appears when the run measured it for at least one model ("n/a" where a model has no value)."""
+    columns = [
+        ("VAE text EN PSNR / SSIM", lambda result: _pair(result.get("vae", {}).get("text_en"))),
+        ("VAE text ZH PSNR / SSIM", lambda result: _pair(result.get("vae", {}).get("text_zh"))),
+        ("VAE ordinary PSNR / SSIM", lambda result: _pair(result.get("vae", {}).get(ORDINARY))),
+        (
+            "OCR edit recon vs orig (lower is better)",
+            lambda result: _number(result.get("vae", {}).get("ocr_edit_text")),
+        ),
+        *[
+            (f"chars {tier}", lambda result, tier=tier: _number(result["chars"].get(tier, {}).get("accuracy")))
+            for tier in tiers
+        ],
+        ("text EN", lambda result: _number(result["text"]["en"]["accuracy"])),
+        ("text ZH", lambda result: _number(result["text"]["zh"]["accuracy"])),
+        ("CLIP score", lambda result: _number(result["clip_score"], 2)),
+        *[
+            (
+                "scenes colour" if key == JUDGED[0] else "all" if key == "overall" else key,
+                lambda result, key=key: _number((result.get("scenes") or {}).get(key)),
+            )
+            for key in (*JUDGED, "overall")
+        ],
     ]
+    cells = {name: [cell(result) for _, cell in columns] for name, result in results.items()}
+    shown = [i for i in range(len(columns)) if any(row[i] != "n/a" for row in cells.values())]
+    header = ["model", *[columns[i][0] for i in shown]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, result in results.items():
-        vae = result.get("vae", {})
-        cells = [
-            name,
-            _pair(vae.get("text_en")),
-            _pair(vae.get("text_zh")),
-            _pair(vae.get(ORDINARY)),
-            _number(vae.get("ocr_edit_text")),
-            *[_number(result["chars"].get(tier, {}).get("accuracy")) for tier in tiers],
-            _number(result["text"]["en"]["accuracy"]),
-            _number(result["text"]["zh"]["accuracy"]),
-            _number(result["clip_score"], 2),
-        ]
-        if scenes:
-            judged = result.get("scenes") or {}
-            cells += [_number(judged.get(key)) for key in (*JUDGED, "overall")]
-        lines.append("| " + " | ".join(cells) + " |")
+    for name, row in cells.items():
+        lines.append("| " + " | ".join([name, *[row[i] for i in shown]]) + " |")
     return "\n".join(lines) + "\n"
 
 

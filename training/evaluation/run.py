@@ -104,7 +104,8 @@ def run_generation(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path
     )
     dataset = map_stage(dataset, OcrScores, config.ocr_pool)
     dataset = dataset.map_batches(judge_scores, batch_format="numpy", batch_size=64)
-    dataset = map_stage(dataset, ClipScores, config.clip_pool, clip_json=config.clip.model_dump_json())
+    if config.clip is not None:
+        dataset = map_stage(dataset, ClipScores, config.clip_pool, clip_json=config.clip.model_dump_json())
     return _write(dataset, folder)
 
 
