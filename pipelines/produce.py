@@ -33,13 +33,23 @@ ANNOTATION_COLUMNS = ("ann_image_type", "ann_image_style")
 
 
 class KeepSamples:
-    """Drops rows that do not reach the stage or are already stored; adds ``stage``. Holds the lookup once."""
+    """Drops rows that do not reach the stage or are already stored; adds ``stage``. Holds the lookup once.
+
+    A ``sample_id`` is the hash of a pair's bytes, so rows that share one are the same pair delivered twice (an
+    exact re-post, common in crawls): the first row seen passes, the others are dropped here as the duplicates
+    they are (one actor holds the lookup: the stream passes through it)."""
 
     def __init__(self, keep: dict[str, int]):
         self.keep = keep
+        self.passed: set[str] = set()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = np.array([str(sample) in self.keep for sample in batch[schema.SAMPLE_ID]], dtype=bool)
+        rows = np.zeros(len(batch[schema.SAMPLE_ID]), dtype=bool)
+        for row, sample in enumerate(batch[schema.SAMPLE_ID]):
+            sample = str(sample)
+            if sample in self.keep and sample not in self.passed:
+                rows[row] = True
+                self.passed.add(sample)
         out = {key: np.asarray(value)[rows] for key, value in batch.items()}
         out[C.STAGE] = np.array([self.keep[str(sample)] for sample in out[schema.SAMPLE_ID]], dtype=np.int8)
         return out
@@ -79,13 +89,13 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
 
 
 def kept_samples(labels_path: str | pathlib.Path, min_stage: int, skip: set[str] = frozenset()) -> dict[str, int]:
-    """``sample_id -> stage`` of the labelled samples that reach ``min_stage``, less ``skip``."""
+    """``sample_id -> stage`` of the labelled samples that reach ``min_stage``, less ``skip``. A pair delivered
+    several times has one row per copy (the copies after the first marked duplicates): it takes its best stage."""
     labels = pq.read_table(labels_path, columns=[schema.SAMPLE_ID, "stage"])
-    return {
-        sample: int(stage)
-        for sample, stage in zip(labels.column(0).to_pylist(), labels.column(1).to_pylist(), strict=True)
-        if stage >= min_stage and sample not in skip
-    }
+    stages: dict[str, int] = {}
+    for sample, stage in zip(labels.column(0).to_pylist(), labels.column(1).to_pylist(), strict=True):
+        stages[sample] = max(int(stage), stages.get(sample, -1))
+    return {sample: stage for sample, stage in stages.items() if stage >= min_stage and sample not in skip}
 
 
 def encoded_dataset(scored_dir: str | pathlib.Path, keep: dict[str, int], config: EncodeConfig) -> ray.data.Dataset:
