@@ -73,8 +73,9 @@ class Verdict:
         return {name: getattr(self, name) for name in ATTRIBUTES if getattr(self, name) is not None}
 
     def label(self) -> str:
-        """A short verdict for a picture's caption: ticks and crosses per attribute."""
-        return " ".join(f"{name}{'✓' if ok else '✗'}" for name, ok in self.scores().items())
+        """A short verdict for a picture's caption: ticks and crosses per attribute (a tick and a multiplication sign:
+        the label font, Noto Sans CJK, has both; it has no ballot cross)."""
+        return " ".join(f"{name}{'✓' if ok else '×'}" for name, ok in self.scores().items())
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
