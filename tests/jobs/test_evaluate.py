@@ -49,3 +49,25 @@ def test_evaluate_job_compares_models(ray_session, tmp_path) -> None:
     assert "| reference-render |" in table and "| ckpt |" in table and "n/a" in table and "scenes colour" in table
     for grid in (model["vae"]["grid"], model["grid"], reference["grid"], summary["char_chart"]):
         assert pathlib.Path(grid).is_file()
+
+
+def test_report_of_a_scenes_only_run_shows_what_it_measured(tmp_path):
+    """The nano evaluation (configs/evaluate_nano.yaml: scenes only, no VAE, text or CLIP task): the table has the
+    judge's columns and no empty ones, and the settings say what ran."""
+    from models.config import load_config
+    from training.evaluation.config import EvaluateConfig
+    from training.evaluation.report import write_report
+
+    config = load_config(EvaluateConfig, "configs/evaluate_nano.yaml", [])
+    assert config.clip is None and not config.vae.enabled
+    scenes = {"colour": 1.0, "shape": 0.75, "position": 1.0, "count": 1.0, "overall": 0.75, "num_prompts": 4}
+    empty = {"accuracy": None, "num_prompts": 0}
+    results = {
+        name: {"chars": {}, "text": {"en": empty, "zh": empty}, "clip_score": None, "scenes": scenes}
+        for name in ("untrained", "trained")
+    }
+    summary = write_report(results, config, tmp_path)
+    table = pathlib.Path(summary["table"]).read_text()
+    assert table.splitlines()[0] == "| model | scenes colour | shape | position | count | all |"
+    assert "| trained | 1.000 | 0.750 | 1.000 | 1.000 | 0.750 |" in table
+    assert "no CLIP score" in table and "VAE at" not in table and "48 prompts (held_out split) at 64px" in table

@@ -208,13 +208,20 @@ def tier_chart(results: dict[str, dict], tiers: list[str], path: pathlib.Path) -
 def write_report(results: dict[str, dict], config: EvaluateConfig, output: pathlib.Path) -> dict:
     tiers = list(config.chars.tiers)
     table = comparison_table(results, tiers)
-    settings = (
-        f"VAE at {config.vae.resolution}x{config.vae.resolution}: {config.vae.num_text_images} text images per "
-        f"language, {config.vae.num_ordinary_images} ordinary; generation at {config.generation.resolution}px, "
-        f"{config.generation.num_steps} steps, true CFG {config.generation.true_cfg_scale}; "
-        f"{config.chars.num_per_tier} characters per tier, {config.text.num_per_language} text prompts per language; "
-        f"CLIP {config.clip.model_name}."
-    )
+    parts = []
+    if config.vae.enabled:
+        parts.append(
+            f"VAE at {config.vae.resolution}x{config.vae.resolution}: {config.vae.num_text_images} text images per "
+            f"language, {config.vae.num_ordinary_images} ordinary"
+        )
+    parts.append(f"generation: {config.generation.num_steps} steps, true CFG {config.generation.true_cfg_scale}")
+    if config.chars.num_per_tier or config.text.num_per_language or config.clip_prompts:
+        parts.append(
+            f"text and CLIP prompts at {config.generation.resolution}px: {config.chars.num_per_tier} characters per "
+            f"tier, {config.text.num_per_language} text prompts per language, {len(config.clip_prompts)} CLIP prompts"
+        )
+    parts.append(f"CLIP {config.clip.model_name}" if config.clip is not None else "no CLIP score (no CLIP model)")
+    settings = "; ".join(parts) + "."
     if config.scenes.num_prompts:
         settings += (
             f" Shape scenes: {config.scenes.num_prompts} prompts ({config.scenes.split} split) at "
