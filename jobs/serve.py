@@ -1,7 +1,7 @@
 """Serving job: a training checkpoint (or a preset) behind the OpenAI-compatible images API on Ray Serve.
 
     python jobs/serve.py                                              # tiny preset, configs/serve_tiny.yaml
-    python jobs/serve.py --checkpoint outputs/demo/pretrain/tiny/ray/tiny-01-s256-text/checkpoint_000001/model
+    python jobs/serve.py --checkpoint outputs/tiny/pretrain/tiny/ray/tiny-01-s256-text/checkpoint_000001/model
     python jobs/serve.py --config configs/serve_tiny.yaml --port 8080
     QWEN_IMAGE_API_KEY=secret python jobs/serve.py                    # every route but /healthz and / needs it
 

@@ -1,5 +1,5 @@
 """Serving: the Ray Serve application (FastAPI ingress -> batching generator deployment) and its HTTP schema.
 
 serve run configs/serve_tiny.yaml
-python jobs/serve.py --checkpoint outputs/demo/pretrain/tiny/ray/<run>/checkpoint_*/model
+python jobs/serve.py --checkpoint outputs/tiny/pretrain/tiny/ray/<run>/checkpoint_*/model
 """
