@@ -89,17 +89,11 @@ def mark_duplicates(
     hashes = np.asarray(hashes, dtype=np.int64)
     if sample_ids.shape != hashes.shape or hashes.ndim != 1:
         raise ValueError(f"sample_ids {sample_ids.shape} and hashes {hashes.shape} must be 1-D of one length")
-    if keys is not None:
-        keys = np.asarray(keys, dtype=np.int64)
-        if keys.shape != hashes.shape:
-            raise ValueError(f"keys {keys.shape} and hashes {hashes.shape} must be of one length")
-        is_duplicate = np.zeros(hashes.shape, dtype=bool)
-        order = np.argsort(keys, kind="stable")
-        for group in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
-            is_duplicate[group] = mark_duplicates(
-                sample_ids[group], hashes[group], max_hamming_distance, None if valid is None else valid[group]
-            )
-        return is_duplicate
+    if keys is None:
+        keys = np.zeros(hashes.shape, dtype=np.int64)
+    keys = np.asarray(keys, dtype=np.int64)
+    if keys.shape != hashes.shape:
+        raise ValueError(f"keys {keys.shape} and hashes {hashes.shape} must be of one length")
     if not 0 <= max_hamming_distance <= 16:
         raise ValueError(f"max_hamming_distance must be in 0..16, got {max_hamming_distance}")
     valid = np.ones(hashes.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
@@ -109,18 +103,18 @@ def mark_duplicates(
         return is_duplicate
     rows = rows[np.argsort(sample_ids[rows], kind="stable")]  # visiting order: by sample_id
 
-    # Exact hashes: np.unique's first index is the first row in sample_id order.
-    unique_hashes, first_positions = np.unique(hashes[rows], return_index=True)
+    # Exact (hash, key) pairs: np.unique's first index is the first row in sample_id order.
+    unique_pairs, first_positions = np.unique(np.stack([hashes[rows], keys[rows]], axis=1), axis=0, return_index=True)
     is_duplicate[rows] = True
     is_duplicate[rows[first_positions]] = False
-    if max_hamming_distance == 0 or unique_hashes.size < 2:
+    if max_hamming_distance == 0 or unique_pairs.shape[0] < 2:
         return is_duplicate
 
-    # Near duplicates among the representatives, in visiting order.
+    # Near duplicates among the representatives (of one key), in visiting order.
     order = np.argsort(first_positions)
     representatives = rows[first_positions[order]]
-    rep_hashes = unique_hashes[order]
-    neighbours = _near_pairs(rep_hashes, max_hamming_distance)
+    rep_hashes, rep_keys = unique_pairs[order, 0], unique_pairs[order, 1]
+    neighbours = _near_pairs(rep_hashes, max_hamming_distance, rep_keys)
     kept = np.ones(rep_hashes.size, dtype=bool)
     for later in sorted(neighbours):
         if any(kept[earlier] for earlier in neighbours[later]):
@@ -129,28 +123,31 @@ def mark_duplicates(
     return is_duplicate
 
 
-def _near_pairs(hashes: np.ndarray, max_distance: int) -> dict[int, set[int]]:
-    """For each index, the smaller indices within ``max_distance`` bits (band bucketing)."""
+def _near_pairs(hashes: np.ndarray, max_distance: int, keys: np.ndarray) -> dict[int, set[int]]:
+    """For each index, the smaller indices of the same key within ``max_distance`` bits (band bucketing)."""
     unsigned = hashes.view(np.uint64)
     num_bands = max_distance + 1
     edges = np.linspace(0, 64, num_bands + 1).astype(int)
     neighbours: dict[int, set[int]] = {}
     for low, high in zip(edges[:-1], edges[1:], strict=True):
         mask = np.uint64((1 << (high - low)) - 1)
-        keys = (unsigned >> np.uint64(low)) & mask
-        order = np.argsort(keys, kind="stable")
-        boundaries = np.flatnonzero(np.diff(keys[order])) + 1
+        bands = (unsigned >> np.uint64(low)) & mask
+        order = np.argsort(bands, kind="stable")
+        boundaries = np.flatnonzero(np.diff(bands[order])) + 1
         for group in np.split(order, boundaries):
             if group.size > 1:
-                _add_group_pairs(np.sort(group), hashes, max_distance, neighbours)
+                _add_group_pairs(np.sort(group), hashes, keys, max_distance, neighbours)
     return neighbours
 
 
-def _add_group_pairs(group: np.ndarray, hashes: np.ndarray, max_distance: int, neighbours: dict[int, set[int]]) -> None:
+def _add_group_pairs(
+    group: np.ndarray, hashes: np.ndarray, keys: np.ndarray, max_distance: int, neighbours: dict[int, set[int]]
+) -> None:
     for start in range(0, group.size, _BLOCK):
         block = group[start : start + _BLOCK]
         distances = hamming_distance(hashes[block][:, None], hashes[group][None, :])
-        later, earlier = np.nonzero((distances <= max_distance) & (block[:, None] > group[None, :]))
+        same_key = keys[block][:, None] == keys[group][None, :]
+        later, earlier = np.nonzero((distances <= max_distance) & same_key & (block[:, None] > group[None, :]))
         for index_later, index_earlier in zip(block[later], group[earlier], strict=True):
             neighbours.setdefault(int(index_later), set()).add(int(index_earlier))
 
