@@ -41,8 +41,7 @@ def held_out_accuracy(folder: str, num_prompts: int, seed: int = 1) -> dict:
     ]
     generator = TextToImage.from_checkpoint(folder)
     images = generator(captions, height=64, width=64, num_steps=20, true_cfg_scale=4.0, seeds=list(range(num_prompts)))
-    verdicts = [judge.judge(image, caption) for image, caption in zip(images, captions, strict=True)]
-    return judge.summarise(verdicts)
+    return judge.score(images, captions)
 
 
 def shipped_vae_psnr() -> float:

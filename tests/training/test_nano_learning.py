@@ -47,9 +47,7 @@ def judge_colour(generator, captions: list[str]) -> float:
     images = generator(
         captions, height=64, width=64, num_steps=20, true_cfg_scale=4.0, seeds=list(range(len(captions)))
     )
-    return judge.summarise([judge.judge(image, caption) for image, caption in zip(images, captions, strict=True)])[
-        "colour"
-    ]
+    return judge.score(images, captions)["colour"]
 
 
 @pytest.mark.slow
