@@ -1,15 +1,16 @@
 """Does the platform's chain produce a model that draws what it is asked? The demo's chain, measured.
 
-    python benchmarks/learning.py [--output outputs/learning] [--prompts 48] [--skip-rl]
+    python benchmarks/learning.py [--output outputs/learning] [--prompts 48] [--skip-rl] [--rl-start half]
 
 1. ``jobs/demo.py`` from scratch: scene corpus -> curation -> latent store -> nano pretraining -> evaluation;
    ``demo_minutes`` is its wall time (target: at most 10 on two cores), and the judge's held-out accuracies of the
    trained and the untrained model come from its evaluation (``colour_acc``, ``untrained_colour_acc``, ...).
 2. ``vae_psnr``: the shipped nano VAE on 64 held-out scenes at 64 px.
-3. RL from the demo's checkpoint (``jobs/rl.py``): GRPO with the judge's reward (``configs/rl_grpo_nano.yaml``), the
-   same with the reward negated, and DPO on judge-built pairs (``configs/rl_dpo_nano.yaml``). Each result and the
-   start are judged on the same prompts of held-out colour-shape pairs, which RL never sees: ``grpo_delta``,
-   ``negated_grpo_delta``, ``dpo_delta`` are differences in overall accuracy (all attributes right), in points.
+3. RL from the demo's checkpoint, or with ``--rl-start half`` from its half-way export (``jobs/rl.py``): GRPO with
+   the judge's reward (``configs/rl_grpo_nano.yaml``), the same with the reward negated, and DPO on judge-built
+   pairs (``configs/rl_dpo_nano.yaml``). Each result and the start are judged on the same prompts of held-out
+   colour-shape pairs, which RL never sees: ``grpo_delta``, ``negated_grpo_delta``, ``dpo_delta`` are differences in
+   overall accuracy (all attributes right), in points.
 
 The last line is one JSON object.
 """
@@ -44,6 +45,16 @@ def held_out_accuracy(folder: str, num_prompts: int, seed: int = 1) -> dict:
     return judge.score(images, captions)
 
 
+def half_way_export(final: str) -> str:
+    """The demo's export before its final one (``export_every`` in the pretraining recipe)."""
+    exports = sorted(
+        path for path in pathlib.Path(final).parent.iterdir() if path.is_dir() and path != pathlib.Path(final)
+    )
+    if not exports:
+        raise FileNotFoundError(f"no export before {final}: the pretraining recipe sets no export_every")
+    return str(exports[-1])
+
+
 def shipped_vae_psnr() -> float:
     from models.presets import NANO_VAE_FOLDER, build_components
     from training.vae_finetune import reconstruction_scores
@@ -61,6 +72,12 @@ def main() -> None:
     parser.add_argument("--output", default="outputs/learning")
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts judged per model")
     parser.add_argument("--skip-rl", action="store_true", help="the demo and the VAE only")
+    parser.add_argument(
+        "--rl-start",
+        choices=["final", "half"],
+        default="final",
+        help="RL starts from the demo's final model, or from its half-way export (configs/pretrain_nano.yaml)",
+    )
     args = parser.parse_args()
     output = pathlib.Path(args.output).resolve()
 
@@ -83,7 +100,8 @@ def main() -> None:
     if not args.skip_rl:
         from jobs.rl import main as rl
 
-        start = report["checkpoint"]
+        start = report["checkpoint"] if args.rl_start == "final" else half_way_export(report["checkpoint"])
+        result["rl_start"] = args.rl_start
         before = held_out_accuracy(start, args.prompts)
         result["rl_start_overall_acc"] = round(before["overall"], 3)
         runs = {
