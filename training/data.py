@@ -12,11 +12,10 @@ import hashlib
 from collections.abc import Iterator
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
 from pipelines.store import columns as C
-from pipelines.store.reader import iter_bucketed_batches, read_store, read_table
+from pipelines.store.reader import count_rows, iter_bucketed_batches, read_store
 from training.config import PhaseConfig
 
 SYNTHETIC_PREFIX = "synthetic/"
@@ -62,11 +61,11 @@ def synthetic_odds(store_dir: str, phase: PhaseConfig) -> float | None:
     stored rows the phase selects (``odds_for_share``)."""
     if phase.synthetic_share is None:
         return None
-    table = read_table(
-        store_dir, phase.resolution, min_stage=phase.min_stage, predicates=phase.predicates, extra_columns=[C.SOURCE]
+    sources = count_rows(
+        store_dir, phase.resolution, min_stage=phase.min_stage, predicates=phase.predicates, by=C.SOURCE
     )
-    synthetic = int(pc.sum(pc.starts_with(table.column(C.SOURCE), SYNTHETIC_PREFIX)).as_py() or 0) if len(table) else 0
-    return odds_for_share(phase.synthetic_share, synthetic, table.num_rows - synthetic)
+    synthetic = sum(rows for source, rows in sources.items() if source.startswith(SYNTHETIC_PREFIX))
+    return odds_for_share(phase.synthetic_share, synthetic, sum(sources.values()) - synthetic)
 
 
 def odds_for_share(share: float | None, synthetic: int, real: int) -> float | None:

@@ -155,6 +155,33 @@ def read_table(
     return table
 
 
+def count_rows(
+    store_dir: str | pathlib.Path,
+    resolution: int,
+    *,
+    min_stage: int | None = None,
+    predicates: Iterable[Predicate] = (),
+    by: str | None = None,
+) -> int | dict:
+    """How many rows ``read_table`` would return with the same arguments, read from the filter's columns (and
+    ``by``) only: the resolution's height column stands for its latents (the producers leave both null together),
+    so no tensor is read. With ``by``: ``{value: rows}`` of that column among them."""
+    conditions = _conditions(resolution, min_stage, predicates) + [(C.height_column(resolution), "not_null", None)]
+    columns = sorted({column for column, _, _ in conditions} | ({by} if by else set()))
+    paths = shard_paths(store_dir)
+    if not paths:
+        return {} if by else 0
+    dataset = pads.dataset(paths, format="parquet")
+    missing = [column for column in columns if column not in dataset.schema.names]
+    if missing:
+        raise ValueError(f"the latent store {store_dir} has no column {missing[0]!r} (columns: {dataset.schema.names})")
+    if by is None:
+        return dataset.count_rows(filter=arrow_filter(conditions))
+    table = dataset.to_table(columns=[by], filter=arrow_filter(conditions))
+    counts = pc.value_counts(table.column(by).combine_chunks()) if table.num_rows else []
+    return {entry["values"].as_py(): entry["counts"].as_py() for entry in counts}
+
+
 # Row groups the disk is asked to read ahead of the one being decoded (about 64 MB each at 1 MB per row).
 READ_AHEAD_GROUPS = 2
 

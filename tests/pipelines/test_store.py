@@ -15,6 +15,7 @@ from pipelines.store import columns as C
 from pipelines.store.buckets import bucket_size, nearest_bucket, upscale_factor
 from pipelines.store.reader import (
     committed_sample_ids,
+    count_rows,
     iter_bucketed_batches,
     list_shards,
     read_store,
@@ -169,6 +170,52 @@ def test_store_reader_filters_and_projects(tmp_path):
     total = sum(os.path.getsize(path) for path in paths)
     assert read_bytes < 0.5 * total
     assert read_bytes < 1.3 * column_bytes + 256 * 1024  # the columns it needs, plus footers and small columns
+
+
+def test_count_rows_reads_only_needed_columns(tmp_path):
+    """Counting rows (the mixture's odds, SFT's subset check) reads the filter's small columns, never a tensor; the
+    counts equal those of reading the rows."""
+    table, _ = make_table(60, seed=3)
+    commit_table(tmp_path, table)
+    commit_table(tmp_path, make_table(20, seed=4)[0])  # two commits: counts span shards
+    arguments = {"min_stage": 3, "predicates": [("score_blur", ">", 100.0)]}
+    rows = read_table(tmp_path, 640, **arguments)
+    rows = rows.filter(pa.compute.is_valid(rows.column(C.latents_column(640))))  # the 640-less rows are not counted
+    assert 0 < rows.num_rows < 80
+
+    total = sum(os.path.getsize(path) for path in shard_paths(tmp_path))
+    before = _rchar()
+    counted = count_rows(tmp_path, 640, **arguments)
+    by_bucket = count_rows(tmp_path, 640, **arguments, by=C.BUCKET)
+    read_bytes = _rchar() - before
+    assert counted == rows.num_rows
+    expected = {bucket: rows.column(C.BUCKET).to_pylist().count(bucket) for bucket in ("1x1", "4x3")}
+    assert by_bucket == {bucket: count for bucket, count in expected.items() if count}
+    # Per shard and scan: the 64 kB the Parquet reader takes from a file's end for its footer, and four small
+    # columns; the shards' tensors (5 MB of latents per shard) are never read.
+    scans = 2 * len(shard_paths(tmp_path))
+    assert read_bytes < scans * 100 * 1024 and read_bytes < 0.05 * total, (read_bytes, total)
+    assert count_rows(tmp_path / "empty", 640) == 0 and count_rows(tmp_path / "empty", 640, by=C.BUCKET) == {}
+    with pytest.raises(ValueError, match="no column 'score_nope'"):
+        count_rows(tmp_path, 640, predicates=[("score_nope", ">", 1.0)])
+
+
+def test_synthetic_odds_count_the_selected_rows(tmp_path):
+    """A phase's synthetic share becomes keep odds from counts of the rows it selects (``count_rows`` by source)."""
+    from training.config import PhaseConfig
+    from training.data import SYNTHETIC_PREFIX, synthetic_odds
+
+    table, _ = make_table(40, seed=5)
+    sources = [SYNTHETIC_PREFIX + "text" if index % 4 == 0 else "laion" for index in range(40)]
+    commit_table(tmp_path, table.set_column(table.schema.get_field_index(C.SOURCE), C.SOURCE, pa.array(sources)))
+    phase = PhaseConfig(name="p", num_steps=1, resolution=256, min_stage=0, synthetic_share=0.5)
+    assert synthetic_odds(str(tmp_path), phase) == pytest.approx((0.5 / 0.5) / (10 / 30))
+    stages = table.column(C.STAGE).to_pylist()
+    synthetic = sum(1 for index, stage in enumerate(stages) if stage >= 4 and index % 4 == 0)
+    real = sum(1 for stage in stages if stage >= 4) - synthetic
+    staged = phase.model_copy(update={"min_stage": 4, "synthetic_share": 0.2})
+    assert synthetic_odds(str(tmp_path), staged) == pytest.approx((0.2 / 0.8) / (synthetic / real))
+    assert synthetic_odds(str(tmp_path), phase.model_copy(update={"synthetic_share": None})) is None
 
 
 def test_stream_rows_skips_row_groups_by_statistics(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pathlib
 
 from pipelines.store import columns as C
-from pipelines.store.reader import read_table
+from pipelines.store.reader import count_rows
 from training.config import PretrainConfig
 from training.pretrain import run_pretraining
 from training.rl.config import SftConfig, read_lines
@@ -77,13 +77,13 @@ def sft_pretrain_config(config: SftConfig) -> PretrainConfig:
 def run_sft(config: SftConfig) -> dict:
     """Check the curated subset, run the pretraining loop from the checkpoint; returns its summary."""
     predicates = curated_predicates(config)
-    selected = read_table(config.store_dir, config.resolution, min_stage=config.min_stage, predicates=predicates)
-    if selected.num_rows < config.batch_size:
+    selected = count_rows(config.store_dir, config.resolution, min_stage=config.min_stage, predicates=predicates)
+    if selected < config.batch_size:
         raise ValueError(
-            f"the curated subset has {selected.num_rows} rows at {config.resolution}px, fewer than batch_size="
+            f"the curated subset has {selected} rows at {config.resolution}px, fewer than batch_size="
             f"{config.batch_size}: check sample_ids / predicates / min_stage against {config.store_dir}"
         )
     pretrain = sft_pretrain_config(config)
-    print(f"[sft] {selected.num_rows} curated rows; {config.num_steps} steps at lr {config.lr}", flush=True)
+    print(f"[sft] {selected} curated rows; {config.num_steps} steps at lr {config.lr}", flush=True)
     summary = run_pretraining(pretrain)
-    return {**summary, "num_curated_rows": selected.num_rows}
+    return {**summary, "num_curated_rows": selected}
