@@ -309,6 +309,22 @@ def build_components(
     return components.to(device=device, dtype=dtype)
 
 
+def vae_config(preset: str, weights_dir: str | pathlib.Path | None = None) -> dict:
+    """The config (latent normalisation included) of the VAE that ``build_components(preset, weights_dir)`` gives,
+    read without building it: the folder's ``vae/config.json``, the shipped nano VAE's, or the tiny preset's."""
+    import json
+
+    if weights_dir is not None:
+        return json.loads((pathlib.Path(weights_dir) / "vae" / "config.json").read_text())
+    if preset == "nano":
+        return json.loads((nano_vae_folder() / "config.json").read_text())
+    if preset not in BUILT_PRESETS:
+        raise MissingWeightsError(f"preset {preset!r} reads its VAE from a folder: pass weights_dir")
+    with torch.device("meta"):  # the config only: no weights allocated
+        config = AutoencoderKLQwenImage(**TINY_VAE_CONFIG).config
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
 def transformer_config(preset: str) -> dict:
     """The transformer shape of a built preset."""
     return dict(NANO_TRANSFORMER_CONFIG if preset == "nano" else TINY_TRANSFORMER_CONFIG)

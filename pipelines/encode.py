@@ -122,6 +122,37 @@ class EncodeConfig(StrictModel):
         return "cpu", torch.float32
 
 
+def store_header(config: EncodeConfig) -> dict:
+    """What rows encoded with ``config`` depend on (``pipelines.store.header``): the encoder's preset and weights,
+    the VAE's latent normalisation, the resolutions, the prompt templates and the edit vision area."""
+    import pathlib
+
+    from models.condition_encoder import TEMPLATES
+    from models.presets import nano_vae_folder, vae_config
+    from pipelines.store.header import weights_fingerprint
+
+    vae = vae_config(config.preset, config.weights_dir)
+    if config.weights_dir:
+        folder = pathlib.Path(config.weights_dir)
+        weights = weights_fingerprint([folder / "vae", folder / "text_encoder"])
+    elif config.preset == "nano":
+        weights = f"nano VAE {weights_fingerprint([nano_vae_folder()])}, seeded text encoder"
+    else:
+        weights = f"{config.preset}: seeded random weights"
+    return {
+        "encoder_preset": config.preset,
+        "encoder_weights": weights,
+        "latents_mean": list(vae["latents_mean"]),
+        "latents_std": list(vae["latents_std"]),
+        "resolutions": list(config.resolutions),
+        "prompt_templates": {
+            name: {"drop": template.drop, "text": hashlib.blake2b(template.text.encode(), digest_size=8).hexdigest()}
+            for name, template in sorted(TEMPLATES.items())
+        },
+        "edit_vision_area": config.edit_vision_area,
+    }
+
+
 def cover_and_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize ``image`` (RGB uint8) to cover ``width`` x ``height`` and crop the centre."""
     source_h, source_w = image.shape[:2]

@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipelines import schema
-from pipelines.encode import ENCODE_ERROR, EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage
+from pipelines.encode import ENCODE_ERROR, EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage, store_header
 from pipelines.parquet import read_parquet
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.store import columns as C
+from pipelines.store.header import ensure_header
 from pipelines.store.reader import committed_sample_ids
 from pipelines.store.writer import LatentStoreSink
 
@@ -118,6 +119,8 @@ def encode_pass(scored_dir: str | pathlib.Path, labels_path: str | pathlib.Path,
     """Encode the kept samples that are not stored yet and commit them; returns how many were submitted."""
     if config.store_dir is None:
         raise ValueError("encode_pass needs EncodeConfig.store_dir")
+    # Before anything is read: a store written with another encoder, VAE, resolution or vision area is refused.
+    ensure_header(config.store_dir, store_header(config))
     done = committed_sample_ids(config.store_dir)
     keep = kept_samples(labels_path, config.min_stage, done)
     logger.info("encoding %d samples (%d already in the store)", len(keep), len(done))

@@ -75,6 +75,25 @@ def _run_folder(config: PretrainConfig) -> pathlib.Path:
     return (pathlib.Path(config.output_dir) / config.run_name).resolve()
 
 
+def check_store(config: PretrainConfig) -> None:
+    """The store's header (``pipelines.store.header``) against this run: its latents normalised as the run's VAE
+    expects them (the exported pipeline decodes with it), and every phase's resolution encoded. A store without a
+    header (written before it existed) is not checked."""
+    from models.presets import vae_config
+    from pipelines.store.header import StoreHeaderMismatch, check_header
+
+    vae = vae_config(config.preset, config.weights_dir)
+    reader = f"the run's VAE (preset {config.preset!r}, weights {config.weights_dir or 'of the preset'})"
+    expected = {"latents_mean": list(vae["latents_mean"]), "latents_std": list(vae["latents_std"])}
+    header = check_header(config.store_dir, expected, reader)
+    missing = sorted({phase.resolution for phase in config.phases} - set((header or {}).get("resolutions", [])))
+    if header is not None and missing:
+        raise StoreHeaderMismatch(
+            f"phases read resolutions {missing} that the latent store {config.store_dir} was not encoded at "
+            f"(it has {header['resolutions']})"
+        )
+
+
 def _curate_in_job(config: PretrainConfig) -> pathlib.Path:
     """Feed "stream": the producer pipeline's global passes (scoring, deduplication, stages, funnel) in this job,
     resumable like the producer job; encoding is left to each phase's streamed dataset."""
@@ -138,6 +157,8 @@ def run_pretraining(config: PretrainConfig) -> dict:
     config = config.model_copy(update=update)
     for edit in config.samples.edits:  # an unreadable image is an error before anything starts
         read_edit_image(edit.image)
+    if config.feed == "store":
+        check_store(config)
     gpus = 1 if config.use_gpu else 0
     # No grids asked for (samples.prompts and samples.edits empty) and no caption dropout: no condition encoder is
     # loaded. With caption dropout the task's empty-prompt embedding is what dropped captions become.
