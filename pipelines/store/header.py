@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
-import tempfile
+
+from models.files import create_once
 
 HEADER_FILE = "_store.json"
 FORMAT_VERSION = 1
@@ -59,25 +59,12 @@ def differences(recorded: dict, given: dict) -> list[str]:
 def ensure_header(store_dir: str | pathlib.Path, header: dict) -> dict:
     """Write ``header`` if the store has none; otherwise require it to equal the store's. Returns the store's.
 
-    Writers starting at once race safely: each writes its own temporary file and links it into place, which fails
-    for all but the first (``os.link`` does not replace); the others then compare with the winner's."""
+    Writers starting at once race safely (``create_once``): one header is written, the others compare with it."""
     store = pathlib.Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
     header = {"format_version": FORMAT_VERSION, **header}
     path = store / HEADER_FILE
-    if not path.exists():
-        descriptor, name = tempfile.mkstemp(prefix=f".{HEADER_FILE}.", suffix=".tmp", dir=store)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(json.dumps(header, indent=2, sort_keys=True))
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary = pathlib.Path(name)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
+    create_once(path, json.dumps(header, indent=2, sort_keys=True))
     recorded = json.loads(path.read_text())
     mismatches = differences(recorded, header) + [
         f"{key}: the store has {value!r}, given nothing" for key, value in recorded.items() if key not in header

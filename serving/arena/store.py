@@ -27,13 +27,13 @@ import datetime
 import hashlib
 import hmac
 import io
-import os
 import pathlib
 import secrets
 import sqlite3
 import threading
 import time
 
+from models.files import create_once
 from serving.arena.ratings import CHOICES
 
 # 2: voter ids hashed (version 1 held them as sent).
@@ -155,19 +155,7 @@ def load_salt(path: pathlib.Path) -> bytes:
     """The salt in ``path``, made (32 random bytes, hex, mode 0600) when missing. Several processes may open one
     database at once: the file appears whole or not at all (written aside, then linked into place), and whoever
     loses the race reads the winner's."""
-    if not path.exists():
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(secrets.token_hex(32) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
+    create_once(path, secrets.token_hex(32) + "\n", mode=0o600)
     salt = path.read_text().strip()
     if len(salt) < 32:
         raise RuntimeError(f"{path}: the voter-hash salt is missing or too short; restore it from a backup")
