@@ -311,17 +311,20 @@ def build_components(
 
 def vae_config(preset: str, weights_dir: str | pathlib.Path | None = None) -> dict:
     """The config (latent normalisation included) of the VAE that ``build_components(preset, weights_dir)`` gives,
-    read without building it: the folder's ``vae/config.json``, the shipped nano VAE's, or the tiny preset's."""
+    without its weights: the folder's ``vae/config.json``, the shipped nano VAE's, or the tiny preset's, completed
+    with the class's defaults for what a file leaves out (the model is built on the meta device)."""
     import json
 
     if weights_dir is not None:
-        return json.loads((pathlib.Path(weights_dir) / "vae" / "config.json").read_text())
-    if preset == "nano":
-        return json.loads((nano_vae_folder() / "config.json").read_text())
-    if preset not in BUILT_PRESETS:
+        saved = json.loads((pathlib.Path(weights_dir) / "vae" / "config.json").read_text())
+    elif preset == "nano":
+        saved = json.loads((nano_vae_folder() / "config.json").read_text())
+    elif preset in BUILT_PRESETS:
+        saved = dict(TINY_VAE_CONFIG)
+    else:
         raise MissingWeightsError(f"preset {preset!r} reads its VAE from a folder: pass weights_dir")
-    with torch.device("meta"):  # the config only: no weights allocated
-        config = AutoencoderKLQwenImage(**TINY_VAE_CONFIG).config
+    with torch.device("meta"):
+        config = AutoencoderKLQwenImage.from_config(saved).config
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
