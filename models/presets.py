@@ -316,7 +316,10 @@ def vae_config(preset: str, weights_dir: str | pathlib.Path | None = None) -> di
     import json
 
     if weights_dir is not None:
-        saved = json.loads((pathlib.Path(weights_dir) / "vae" / "config.json").read_text())
+        path = pathlib.Path(weights_dir) / "vae" / "config.json"
+        if not path.is_file():
+            raise MissingWeightsError(f"weights_dir {weights_dir} has no VAE (no {path})")
+        saved = json.loads(path.read_text())
     elif preset == "nano":
         saved = json.loads((nano_vae_folder() / "config.json").read_text())
     elif preset in BUILT_PRESETS:

@@ -86,8 +86,10 @@ def check_store(config: PretrainConfig) -> None:
     reader = f"the run's VAE (preset {config.preset!r}, weights {config.weights_dir or 'of the preset'})"
     expected = {"latents_mean": list(vae["latents_mean"]), "latents_std": list(vae["latents_std"])}
     header = check_header(config.store_dir, expected, reader)
-    missing = sorted({phase.resolution for phase in config.phases} - set((header or {}).get("resolutions", [])))
-    if header is not None and missing:
+    if header is None:
+        return
+    missing = sorted({phase.resolution for phase in config.phases} - set(header["resolutions"]))
+    if missing:
         raise StoreHeaderMismatch(
             f"phases read resolutions {missing} that the latent store {config.store_dir} was not encoded at "
             f"(it has {header['resolutions']})"
