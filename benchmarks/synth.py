@@ -26,10 +26,10 @@ import time  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipelines.sample_data import jpeg, photo_like  # noqa: E402
 from pipelines.synth.config import MODES, SynthConfig  # noqa: E402
 from pipelines.synth.generator import SynthGenerator  # noqa: E402
 from pipelines.synth.render import encode  # noqa: E402
+from pipelines.synth.sample_corpus import jpeg, photo_like  # noqa: E402
 
 SIZES: tuple[int, ...] = (640, 1328)
 NUM_BACKGROUNDS = 8

@@ -29,7 +29,7 @@ from training.finetune import FinetuneConfig, run_finetune  # noqa: E402
 def write_sample_images(folder: pathlib.Path, count: int) -> pathlib.Path:
     """``count`` images of the built-in synthetic corpus with sidecar captions (defects included, as real folders
     have them), for a first run without data of your own."""
-    from pipelines.sample_data import sample_pairs
+    from pipelines.synth.sample_corpus import sample_pairs
 
     folder.mkdir(parents=True, exist_ok=True)
     for key, data, caption in sample_pairs(count, seed=5):

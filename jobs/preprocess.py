@@ -28,7 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from models.config import load_config, parse_overrides  # noqa: E402
 from models.ray_runtime import init_ray  # noqa: E402
 from pipelines.curation import CurationConfig, relabel, run_curation  # noqa: E402
-from pipelines.sample_data import write_sample_corpus  # noqa: E402
+from pipelines.synth.sample_corpus import write_sample_corpus  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -140,7 +140,7 @@ def curated_corpus(ray_session, tmp_path_factory):
     ``<folder>/corpus``, plus 6 synthetic text renderings) with the tiny captioner and CLIP, into ``<folder>/out``.
     Tests that change it work on a copy."""
     from pipelines.curation import CurationConfig, run_curation
-    from pipelines.sample_data import write_sample_corpus
+    from pipelines.synth.sample_corpus import write_sample_corpus
 
     folder = tmp_path_factory.mktemp("curated")
     shards = write_sample_corpus(folder / "corpus", 24)
@@ -180,8 +180,9 @@ STORE_RESOLUTIONS = (256, 384)
 def tiny_store(tmp_path_factory) -> str:
     """A small real latent store (40 samples of the sample corpus at 256 and 384 px, encoded with the tiny VAE and
     condition encoder, no Ray), shared by every consumer test."""
-    from pipelines.sample_data import encoded_sample_table
     from pipelines.store.writer import commit_table
+
+    from .fixtures import encoded_sample_table
 
     folder = tmp_path_factory.mktemp("store")
     commit_table(folder, encoded_sample_table(40, seed=11, resolutions=STORE_RESOLUTIONS))
@@ -286,8 +287,9 @@ def pretrain_run(ray_session, pretrain_store, tmp_path_factory) -> str:
     import time
 
     from jobs.pretrain import main
-    from pipelines.sample_data import encoded_sample_table
     from pipelines.store.writer import commit_table
+
+    from .fixtures import encoded_sample_table
 
     output = tmp_path_factory.mktemp("pretrain")
     late = encoded_sample_table(8, seed=99, resolutions=STORE_RESOLUTIONS, source=LATE_SOURCE)

@@ -15,6 +15,7 @@ from models.config import StrictModel
 from models.lora import LoraSettings
 from models.schedule import LossWeighting, SigmaSampling
 from pipelines.curation import CurationConfig
+from training.optim import AdamImplementation
 from training.parallel import FrozenDtype, check_frozen_dtype
 from training.trainer import RunSettings
 
@@ -65,6 +66,7 @@ class OptimConfig(StrictModel):
     min_lr_ratio: float = pydantic.Field(default=0.1, ge=0, le=1)  # cosine floor, as a fraction of lr
     grad_clip: float | None = pydantic.Field(default=1.0, gt=0)
     grad_accum: int = pydantic.Field(default=1, ge=1)
+    implementation: AdamImplementation = "fused"  # AdamW's kernel (training/optim.py)
 
 
 class LossConfig(StrictModel):

@@ -28,6 +28,7 @@ from models.prompt_embeds import PromptEmbeds
 from training.checkpointer import export_adapter, export_pipeline, load_checkpoint, report_checkpoint
 from training.config import PretrainConfig
 from training.data import DatasetStream, StoreStream
+from training.optim import adamw
 from training.parallel import (
     Parallel,
     autocast,
@@ -268,12 +269,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     init_checkpoint = loop_config.get("init_checkpoint")
     model = build_model(config, parallel, restoring=checkpoint is not None or bool(init_checkpoint))
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         trainable_parameters(model),
         lr=config.optim.lr,
         betas=config.optim.betas,
         weight_decay=config.optim.weight_decay,
         eps=config.optim.eps,
+        implementation=config.optim.implementation,
     )
     ema = new_ema(model) if config.ema_decay is not None else None
     state = TrainState(step=start, world=world)

@@ -19,12 +19,12 @@ import logging
 import numpy as np
 
 from pipelines.decode import DecodeConfig, decode_image
-from pipelines.sample_data import photo_like
 from pipelines.synth.complex import render_complex
 from pipelines.synth.compositional import render_compositional
 from pipelines.synth.config import MODES, SynthConfig
 from pipelines.synth.pure import render_pure
 from pipelines.synth.render import Discarded, RenderContext, cover
+from pipelines.synth.sample_corpus import photo_like
 
 logger = logging.getLogger(__name__)
 RENDERERS = {"pure": render_pure, "compositional": render_compositional, "complex": render_complex}

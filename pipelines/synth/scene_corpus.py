@@ -18,8 +18,8 @@ import pathlib
 import cv2
 import numpy as np
 
-from pipelines.sample_data import jpeg, write_webdataset
 from pipelines.synth import shapes
+from pipelines.synth.sample_corpus import jpeg, write_webdataset
 
 DEFECTS: tuple[str, ...] = ("duplicate", "blurred", "too_dark", "tiny", "truncated", "refusal")
 

@@ -19,10 +19,11 @@ from pipelines.curation import (
     run_curation,
     scoring_dataset,
 )
-from pipelines.sample_data import bad_inputs, sample_pairs
 from pipelines.sources import SourceConfig, sample_id
+from pipelines.synth.sample_corpus import sample_pairs
 
 from ..conftest import TINY_MODELS
+from ..fixtures import bad_inputs
 
 
 def _mutations(data: bytes, count: int, seed: int) -> list[bytes]:

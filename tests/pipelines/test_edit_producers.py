@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import schema
-from pipelines.sample_data import photo_like, png_bytes
 from pipelines.sources import SourceConfig, read_source, sample_id
+from pipelines.synth.sample_corpus import photo_like, png_bytes
 
 
 def _triplets(count: int, seed: int = 0) -> list[tuple[bytes, str, bytes]]:

@@ -30,9 +30,9 @@ from pipelines.encode import (
     source_pixels_column,
 )
 from pipelines.produce import to_store_table
-from pipelines.sample_data import photo_like, png_bytes
 from pipelines.sources import make_batch
 from pipelines.store import columns as C
+from pipelines.synth.sample_corpus import photo_like, png_bytes
 
 RESOLUTIONS = [48, 64]
 CONFIG = EncodeConfig(preset="tiny", resolutions=RESOLUTIONS, edit_vision_area=56 * 56)

@@ -82,7 +82,7 @@ def node_ids(nodes: dict[str, list]) -> dict[str, list[str]]:
 
 def placed_curation(work: pathlib.Path, num_samples: int) -> CurationConfig:
     """The producer job's config with every pool placed on producer nodes, as platform/preprocess.yaml does."""
-    from pipelines.sample_data import write_sample_corpus
+    from pipelines.synth.sample_corpus import write_sample_corpus
 
     shards = write_sample_corpus(work / "corpus", num_samples, seed=5)
     config = CurationConfig.model_validate(

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import importlib.util
 import io
+import math
 import os
 import pathlib
 import random
@@ -314,10 +315,13 @@ def test_arena_round_flood_is_bounded(arena):
             f"{url}/rounds/{uuid.uuid4().hex}/vote", json={"choice": "left"}, headers=headers, timeout=60
         )
 
+    started = time.monotonic()
     ballots = [ballot(index) for index in range(VOTER_BURST + 2)]
+    elapsed = time.monotonic() - started
     assert [b.status_code for b in ballots] == [404] * VOTER_BURST + [429] * 2
     assert "votes per voter" in ballots[-1].json()["error"]["message"]
-    assert int(ballots[-1].headers["Retry-After"]) == 10  # 360 an hour: one every 10 s
+    # 360 an hour: one every 10 s, less the time the burst itself took (seconds on a loaded machine).
+    assert 10 - math.ceil(elapsed) <= int(ballots[-1].headers["Retry-After"]) <= 10
 
 
 def test_votes_survive_restart(arena):

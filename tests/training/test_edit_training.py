@@ -11,11 +11,12 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 import torch
 
-from pipelines.sample_data import encoded_sample_table, encoded_triplet_table
 from pipelines.store import columns as C
 from pipelines.store.reader import iter_bucketed_batches, read_table
 from pipelines.store.writer import commit_table
 from training.config import PhaseConfig, PretrainConfig
+
+from ..fixtures import encoded_sample_table, encoded_triplet_table
 
 RESOLUTION = 64
 VISION_AREA = 56 * 56

@@ -69,6 +69,7 @@ def test_pretraining_learns_colour(ray_session, tmp_path) -> None:
             f"output_dir={tmp_path / 'pretrain'}",
             "phases=[{name: s64, num_steps: 250, resolution: 64, min_stage: 3}]",
             "optim.warmup_steps=20",
+            "batch_size=32",
             "checkpoint_every=250",
             "samples.prompts=[]",
         ]

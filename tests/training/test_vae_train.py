@@ -49,12 +49,12 @@ def test_nano_vae_learns(ray_session, tmp_path) -> None:
             "--config",
             "configs/train_vae_nano.yaml",
             f"output_dir={tmp_path}",
-            "num_steps=120",
+            "num_steps=60",
             "warmup_steps=20",
             "data.num_train_images=512",
             "data.num_heldout_images=32",
-            "checkpoint_every=120",
-            "eval_every=60",
+            "checkpoint_every=60",
+            "eval_every=30",
         ]
     )
     before, after = summary["heldout"]["before"]["psnr"], summary["heldout"]["after"]["psnr"]

@@ -3,7 +3,7 @@
 Text-rich images come from the text-rendering synthesiser (``pipelines.synth``) at one square size, English or Chinese,
 word and line units: at 256x256 (docs/qwen_image.md §9) a paragraph would need type too small for any VAE to keep.
 Ordinary images are files from a folder (an ImageNet validation folder for the published comparison) or, without one,
-the photo-like scenes of ``pipelines.sample_data``. Every image is a pure function of its seed and row.
+the photo-like scenes of ``pipelines.synth.sample_corpus``. Every image is a pure function of its seed and row.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines.sample_data import photo_like
 from pipelines.synth.config import FontConfig, SynthConfig
 from pipelines.synth.fonts import font_library
 from pipelines.synth.generator import SynthGenerator
 from pipelines.synth.layout import draw_block, fit
+from pipelines.synth.sample_corpus import photo_like
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
 

@@ -19,6 +19,7 @@ from models.config import StrictModel
 from models.lora import LoraSettings
 from models.schedule import SigmaSampling
 from pipelines.pools import PoolConfig
+from training.optim import AdamImplementation
 from training.parallel import FrozenDtype, check_frozen_dtype, frozen_weights_dtype
 from training.trainer import RunSettings
 
@@ -41,6 +42,7 @@ class RlOptim(StrictModel):
     eps: float = 1e-8
     warmup_steps: int = pydantic.Field(default=0, ge=0)
     grad_clip: float | None = pydantic.Field(default=1.0, gt=0)
+    implementation: AdamImplementation = "fused"  # AdamW's kernel (training/optim.py)
 
 
 def init_from_legacy_key(data: Any) -> Any:

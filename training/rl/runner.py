@@ -26,6 +26,7 @@ from training.checkpointer import (
     load_checkpoint,
     report_checkpoint,
 )
+from training.optim import adamw
 from training.parallel import autocast, build_mesh, compute_dtype
 from training.progress import Progress
 from training.rl.config import RlBase, RlOptim
@@ -98,12 +99,13 @@ class Worker:
         )
         self.model = self.policy.model
         optim: RlOptim = config.optim
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = adamw(
             self.policy.trainable_parameters(),
             lr=optim.lr,
             betas=optim.betas,
             weight_decay=optim.weight_decay,
             eps=optim.eps,
+            implementation=optim.implementation,
         )
         self.step = self.restore()
 
