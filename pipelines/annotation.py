@@ -44,6 +44,16 @@ import pydantic
 from models.config import StrictModel
 from pipelines import schema
 from pipelines.decode import DecodeConfig, decode_image
+from pipelines.operators.columns import (  # noqa: F401 - the stage's columns, named where they are registered
+    ANN_ABNORMAL,
+    ANN_CAPTION,
+    ANN_ERROR,
+    ANN_IMAGE_STYLE,
+    ANN_IMAGE_TYPE,
+    ANN_RAW,
+    ANN_WATERMARKS,
+    ANNOTATION_COLUMNS,
+)
 from pipelines.pools import PoolConfig, map_stage
 
 if TYPE_CHECKING:
@@ -85,16 +95,6 @@ MIN_PIXELS = 56 * 56
 MAX_SIDE_RATIO = 200  # the processor refuses longer images
 # An upper bound of the prompt's text tokens (the chat template and the instruction: 160 with Qwen2's tokenizer).
 PROMPT_TEXT_TOKENS = 256
-
-# Output columns.
-ANN_CAPTION = "ann_caption"
-ANN_IMAGE_TYPE = "ann_image_type"
-ANN_IMAGE_STYLE = "ann_image_style"
-ANN_WATERMARKS = "ann_watermark_list"
-ANN_ABNORMAL = "ann_abnormal_element"
-ANN_ERROR = "annotation_error"
-ANN_RAW = "annotation_raw"
-ANNOTATION_COLUMNS = (ANN_CAPTION, ANN_IMAGE_TYPE, ANN_IMAGE_STYLE, ANN_WATERMARKS, ANN_ABNORMAL, ANN_ERROR, ANN_RAW)
 
 
 class Annotation(pydantic.BaseModel):
@@ -371,6 +371,10 @@ def _end_after_eos(tokens: list[int], eos: set[int]) -> list[int]:
 class Captioner:
     """Ray Data actor (backend ``transformers``): image bytes -> annotation columns. Greedy decoding, so reruns
     give the same annotation, and a batch gives what each image gives alone."""
+
+    # The stage's contract (pipelines.contracts), the vLLM backend's too.
+    READS: tuple[str, ...] = (schema.SAMPLE_ID, schema.IMAGE_BYTES)
+    WRITES: tuple[str, ...] = ANNOTATION_COLUMNS
 
     def __init__(self, config: CaptionerConfig):
         # The model stack is imported here, in the actor: the module's configs are read by every curation driver.

@@ -21,6 +21,7 @@ The second pass holds the small score columns of the whole corpus in one process
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pathlib
 import shutil
@@ -36,15 +37,25 @@ import yaml
 
 from models.config import StrictModel
 from pipelines import schema
-from pipelines.annotation import ANN_RAW, CaptionerConfig, annotate
+from pipelines.annotation import ANN_RAW, Captioner, CaptionerConfig, annotate
+from pipelines.contracts import Stage, apply_chain, check_chain
 from pipelines.encode import EncodeConfig
 from pipelines.funnel import write_funnel_report
 from pipelines.operators import columns as operator_columns
-from pipelines.operators.balance import ELIGIBLE, add_quality_rank, balance_checks, balance_columns
+from pipelines.operators.balance import (
+    BALANCE_READS,
+    BALANCE_WRITES,
+    ELIGIBLE,
+    add_quality_rank,
+    balance_checks,
+    balance_columns,
+)
 from pipelines.operators.base import NUM_STAGES, Check
 from pipelines.operators.caption import CaptionScores, caption_checks
 from pipelines.operators.clip_scores import (
     CLIP_EMBEDDING,
+    CLIP_SCORES,
+    DISABLED_CLIP_READS,
     ClipScores,
     ClipScoresConfig,
     clip_checks,
@@ -58,13 +69,13 @@ from pipelines.operators.text_ocr import OcrScores, OcrScoresConfig, text_ocr_ch
 from pipelines.operators.thresholds import FilterThresholds
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.sources import SourceConfig, read_source
+from pipelines.store.columns import RENDERED_TEXT
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.edits import EditSynthConfig
 
 logger = logging.getLogger(__name__)
 
 SCORED_DIR = "scored"
-RENDERED_TEXT = "rendered_text"  # the text a synthetic sample drew (pipelines.store.columns.RENDERED_TEXT)
 LABELS_FILE = "labels.parquet"
 # Columns the label pass never reads: the heavy ones.
 HEAVY_COLUMNS: tuple[str, ...] = (schema.IMAGE_BYTES, schema.SOURCE_IMAGE_BYTES, CLIP_EMBEDDING, ANN_RAW)
@@ -148,8 +159,40 @@ def _add_empty_rendered_text(batch: dict[str, np.ndarray]) -> dict[str, np.ndarr
     return {**batch, RENDERED_TEXT: np.full(len(batch[schema.SAMPLE_ID]), "", dtype=object)}
 
 
+def scoring_stages(config: CurationConfig) -> list[Stage]:
+    """Pass 1's scoring chain in order, each stage with its contract (``pipelines.contracts``)."""
+
+    def pool(stage: type, pool_config: PoolConfig, **kwargs) -> Stage:
+        apply = functools.partial(map_stage, stage=stage, pool=pool_config, **kwargs)
+        return Stage(stage.__name__, stage.READS, stage.WRITES, apply)
+
+    def task(function, reads: tuple[str, ...], writes: tuple[str, ...]) -> Stage:
+        return Stage(function.__name__, reads, writes, lambda d: d.map_batches(function, batch_format="numpy"))
+
+    stages = [pool(ScoreOperators, config.cpu_pool, config=config.operators)]
+    if config.clip.clip is None:
+        stages.append(task(disabled_clip_columns, DISABLED_CLIP_READS, CLIP_SCORES))
+    else:
+        stages.append(pool(ClipScores, config.clip.pool, config=config.clip))
+    if config.annotation.active:  # the configured backend: transformers actors or vLLM
+        apply = functools.partial(annotate, config=config.annotation)
+        stages.append(Stage(Captioner.__name__, Captioner.READS, Captioner.WRITES, apply))
+    stages.append(pool(OcrScores, config.ocr.pool, config=config.ocr))  # reads the watermark list when annotated
+    stages.append(pool(FaceScores, config.faces.pool, config=config.faces))  # reads OCR (and annotation)
+    stages.append(task(balance_columns, BALANCE_READS, BALANCE_WRITES))
+    stages.append(pool(CaptionScores, config.caption_pool))
+    return stages
+
+
+# What the sources deliver to the scoring chain (the synthesisers' rows carry the same columns).
+SCORING_INPUT: tuple[str, ...] = (*schema.SOURCE_COLUMNS, RENDERED_TEXT)
+
+
 def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
-    """Pass 1 as a lazy Ray Dataset: every input row with every score, nothing dropped."""
+    """Pass 1 as a lazy Ray Dataset: every input row with every score, nothing dropped. The chain's contracts are
+    checked first: a chain out of order fails here, before any source is read."""
+    stages = scoring_stages(config)
+    check_chain(stages, SCORING_INPUT)
     datasets = [read_source(source) for source in config.sources]
     dataset = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     if config.limit is not None:
@@ -161,22 +204,12 @@ def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
 
         if config.synthetic_ratio == 0:  # otherwise _with_synthetic has added the column to the real rows
             dataset = dataset.map_batches(_add_empty_rendered_text, batch_format="numpy")
-        columns = [*schema.SOURCE_COLUMNS, RENDERED_TEXT]
+        columns = list(SCORING_INPUT)
         edits = synthetic_edit_dataset(config.edit_synth, config.synthetic_edits).select_columns(columns)
         dataset = dataset.select_columns(columns).union(edits)
-    dataset = map_stage(dataset, ScoreOperators, config.cpu_pool, config=config.operators)
     for note in disabled_notes(config).values():
         logger.warning("curation: %s", note)
-    if config.clip.clip is None:
-        dataset = dataset.map_batches(disabled_clip_columns, batch_format="numpy")
-    else:
-        dataset = map_stage(dataset, ClipScores, config.clip.pool, config=config.clip)
-    if config.annotation.active:
-        dataset = annotate(dataset, config.annotation)  # the configured backend: transformers actors or vLLM
-    dataset = map_stage(dataset, OcrScores, config.ocr.pool, config=config.ocr)  # reads the watermark list
-    dataset = map_stage(dataset, FaceScores, config.faces.pool, config=config.faces)  # reads OCR and annotation
-    dataset = dataset.map_batches(balance_columns, batch_format="numpy")
-    return map_stage(dataset, CaptionScores, config.caption_pool)
+    return apply_chain(dataset, stages)
 
 
 SCORED_DONE = "_SUCCESS"
@@ -244,10 +277,10 @@ def relabel(output_dir: str | pathlib.Path, config: CurationConfig) -> dict:
     labels = pa.table(
         {
             schema.SAMPLE_ID: pa.array(columns[schema.SAMPLE_ID], pa.string()),
-            "score_duplicate": pa.array(columns["score_duplicate"], pa.float64()),
-            "stage": pa.array(compute_stage(columns, config.thresholds, checks), pa.int8()),
-            "drop_reason": pa.array(first_drop_reason(columns, config.thresholds, checks), pa.string()),
-            "quality_rank": pa.array(columns["quality_rank"], pa.float64()),
+            operator_columns.SCORE_DUPLICATE: pa.array(columns[operator_columns.SCORE_DUPLICATE], pa.float64()),
+            operator_columns.STAGE: pa.array(compute_stage(columns, config.thresholds, checks), pa.int8()),
+            operator_columns.DROP_REASON: pa.array(first_drop_reason(columns, config.thresholds, checks), pa.string()),
+            operator_columns.QUALITY_RANK: pa.array(columns[operator_columns.QUALITY_RANK], pa.float64()),
         }
     )
     temporary = output_dir / f".{LABELS_FILE}.tmp"

@@ -50,7 +50,7 @@ import pydantic
 from models.config import StrictModel
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.pools import PoolConfig
-from pipelines.schema import IMAGE_BYTES, SOURCE_IMAGE_BYTES
+from pipelines.schema import CAPTION, IMAGE_BYTES, SOURCE_IMAGE_BYTES
 from pipelines.store import columns as C
 from pipelines.store.buckets import RESOLUTIONS, bucket_size, nearest_bucket, upscale_factor
 
@@ -399,10 +399,10 @@ class TextEncodeStage:
         for row in range(count):
             if tasks[row] != "t2i":  # an edit instruction is encoded as given
                 kinds.append("raw")
-                captions.append(str(batch["caption"][row]))
+                captions.append(str(batch[CAPTION][row]))
                 continue
             available = {kind: str(batch[column][row]) for kind, column in CAPTION_COLUMNS.items() if column in batch}
-            available.setdefault("raw", str(batch["caption"][row]))
+            available.setdefault("raw", str(batch[CAPTION][row]))
             kind, caption = choose_caption(
                 str(batch[C.SAMPLE_ID][row]), available, self.config.caption_weights, self.config.seed
             )

@@ -21,11 +21,13 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipelines.operators import columns as O  # noqa: E402
 from pipelines.operators.base import NUM_STAGES, Check  # noqa: E402
 from pipelines.operators.stage import check_masks, compute_stage, first_drop_reason  # noqa: E402
+from pipelines.schema import SOURCE  # noqa: E402
 
 # Categorical columns summarised in the report when present.
-BREAKDOWN_COLUMNS: tuple[str, ...] = ("source", "text_language", "category", "resolution_class", "annotation_error")
+BREAKDOWN_COLUMNS: tuple[str, ...] = (SOURCE, O.TEXT_LANGUAGE, O.CATEGORY, O.RESOLUTION_CLASS, O.ANN_ERROR)
 
 
 def funnel_summary(

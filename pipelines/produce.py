@@ -19,6 +19,7 @@ import ray.data
 
 from pipelines import schema
 from pipelines.encode import ENCODE_ERROR, EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage, store_header
+from pipelines.operators import columns as O
 from pipelines.parquet import read_parquet
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.store import columns as C
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 # Curation columns the store keeps besides the encoded tensors: text, annotation fields, scores, stage
 # (docs/design.md §4).
-ANNOTATION_COLUMNS = ("ann_image_type", "ann_image_style")
+STORED_ANNOTATION_COLUMNS = (O.ANN_IMAGE_TYPE, O.ANN_IMAGE_STYLE)
 
 
 class KeepSamples:
@@ -80,11 +81,11 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
             columns[name] = pa.array(["t2i"] * count, pa.string())
         elif name.startswith("source_latents_"):
             columns[name] = pa.nulls(count, pa.binary())
-    for name in ANNOTATION_COLUMNS:
+    for name in STORED_ANNOTATION_COLUMNS:
         if name in batch:
             columns[name] = pa.array([str(v) for v in np.asarray(batch[name])[ok]], pa.string())
     for name in sorted(batch):
-        if C.is_score_column(name) and name != "score_phash":
+        if C.is_score_column(name) and name != O.SCORE_PHASH:
             columns[name] = pa.array(np.asarray(batch[name], dtype=np.float64)[ok], pa.float64())
     return pa.table(columns)
 

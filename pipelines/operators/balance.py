@@ -25,14 +25,18 @@ import numpy as np
 import pydantic
 
 from pipelines.operators.base import Check
-from pipelines.operators.columns import SCORE_BLOCKINESS, SCORE_BLUR, SCORE_EXPOSURE, SCORE_RESOLUTION
-
-RESOLUTION_CLASS = "resolution_class"
-QUALITY_SCORE = "quality_score"
-QUALITY_RANK = "quality_rank"
-ELIGIBLE = "eligible"  # bool column: passes stages 1-6; written by the caller before ranking
-CATEGORY = "category"  # written by pipelines.operators.faces
-SCORE_AESTHETIC = "score_aesthetic"  # written by pipelines.operators.clip_scores (not imported: it loads torch)
+from pipelines.operators.columns import (  # noqa: F401 - the stage's columns, named where they are registered
+    CATEGORY,
+    ELIGIBLE,
+    QUALITY_RANK,
+    QUALITY_SCORE,
+    RESOLUTION_CLASS,
+    SCORE_AESTHETIC,
+    SCORE_BLOCKINESS,
+    SCORE_BLUR,
+    SCORE_EXPOSURE,
+    SCORE_RESOLUTION,
+)
 
 # Short-side scales of the curriculum, largest first.
 RESOLUTION_CLASSES = (1328, 640, 256)
@@ -99,6 +103,11 @@ def quality_score(columns: dict[str, np.ndarray], terms: tuple[QualityTerm, ...]
         weights[present] += term.weight
     with np.errstate(invalid="ignore"):
         return np.where(weights > 0, total / np.maximum(weights, 1e-12), np.nan)
+
+
+# The contract of balance_columns (pipelines.contracts); the quality terms' scores are read when they are there.
+BALANCE_READS: tuple[str, ...] = (SCORE_RESOLUTION,)
+BALANCE_WRITES: tuple[str, ...] = (RESOLUTION_CLASS, QUALITY_SCORE)
 
 
 def balance_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -18,13 +18,17 @@ import re
 import numpy as np
 
 from pipelines.operators.base import Check
-
-SCORE_CAPTION_TOKENS = "score_caption_tokens"
-SCORE_CAPTION_INVALID = "score_caption_invalid"
-CAPTION_INVALID_REASON = "caption_invalid_reason"
-CAPTION_RAW = "caption_raw"
-CAPTION_RECAPTION = "caption_recaption"
-CAPTION_FUSED = "caption_fused"
+from pipelines.operators.columns import (
+    ANN_CAPTION,  # noqa: F401 - the stage's columns, named where they are registered
+    CAPTION_COLUMNS,
+    CAPTION_FUSED,
+    CAPTION_INVALID_REASON,
+    CAPTION_RAW,
+    CAPTION_RECAPTION,
+    SCORE_CAPTION_INVALID,
+    SCORE_CAPTION_TOKENS,
+)
+from pipelines.schema import CAPTION, CAPTION_VALID_UTF8
 
 # Refusals and boilerplate seen in web alt-text and in captioner output; matched case-insensitively at the start
 # or as the whole caption. Each has a short name that becomes the drop reason.
@@ -69,15 +73,19 @@ def fuse_captions(raw: str, recaption: str) -> str:
 class CaptionScores:
     """Callable for ``map_batches``: tokenizer loaded once per worker."""
 
+    # The stage's contract (pipelines.contracts); the UTF-8 flag and the annotation's caption are read when there.
+    READS: tuple[str, ...] = (CAPTION,)
+    WRITES: tuple[str, ...] = CAPTION_COLUMNS
+
     def __init__(self) -> None:
         from models.tokenizer import build_qwen2_tokenizer
 
         self.tokenizer = build_qwen2_tokenizer()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raw = [str(text) for text in batch["caption"]]
-        valid = batch.get("caption_valid_utf8", np.ones(len(raw), dtype=bool))
-        recaptions = [str(text) for text in batch["ann_caption"]] if "ann_caption" in batch else [""] * len(raw)
+        raw = [str(text) for text in batch[CAPTION]]
+        valid = batch.get(CAPTION_VALID_UTF8, np.ones(len(raw), dtype=bool))
+        recaptions = [str(text) for text in batch[ANN_CAPTION]] if ANN_CAPTION in batch else [""] * len(raw)
         reasons = [invalid_caption_reason(text, bool(ok)) for text, ok in zip(raw, valid, strict=True)]
         # Token counts without the template: what the caption itself adds to the encoder's 1024-token budget.
         # Very long captions are cut before tokenising (a 100 kB caption is too long either way).

@@ -31,14 +31,16 @@ from models.config import StrictModel
 from pipelines import schema
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.operators.base import Check
+from pipelines.operators.columns import (
+    CLIP_EMBEDDING,
+    CLIP_SCORES,  # noqa: F401 - the stage's columns, named where they are registered
+    SCORE_AESTHETIC,
+    SCORE_CLIP_ALIGNMENT,
+    SCORE_NSFW,
+)
 from pipelines.pools import PoolConfig
 
 logger = logging.getLogger(__name__)
-
-SCORE_CLIP_ALIGNMENT = "score_clip_alignment"
-SCORE_NSFW = "score_nsfw"
-SCORE_AESTHETIC = "score_aesthetic"
-CLIP_EMBEDDING = "clip_embedding"  # kept for retrieval (S6) and balance (S7); float16 [D]
 
 
 class ClipScoresConfig(StrictModel):
@@ -69,11 +71,19 @@ class ClipScoresConfig(StrictModel):
 def disabled_clip_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The CLIP score columns, all NaN, for a run without a CLIP model (``ClipScoresConfig.clip`` None)."""
     count = len(batch[schema.SAMPLE_ID])
-    return {**batch, **{name: np.full(count, np.nan) for name in (SCORE_CLIP_ALIGNMENT, SCORE_NSFW, SCORE_AESTHETIC)}}
+    return {**batch, **{name: np.full(count, np.nan) for name in CLIP_SCORES}}
+
+
+# The contract of disabled_clip_columns (pipelines.contracts): it writes CLIP_SCORES.
+DISABLED_CLIP_READS: tuple[str, ...] = (schema.SAMPLE_ID,)
 
 
 class ClipScores:
     """Ray Data actor: image bytes + raw caption -> alignment, NSFW, aesthetic (and the embedding)."""
+
+    # The stage's contract (pipelines.contracts); the embedding column too when ``keep_embeddings``.
+    READS: tuple[str, ...] = (schema.IMAGE_BYTES, schema.CAPTION)
+    WRITES: tuple[str, ...] = CLIP_SCORES
 
     def __init__(self, config: ClipScoresConfig):
         if config.clip is None:
@@ -96,18 +106,18 @@ class ClipScores:
         self.decode_config = DecodeConfig(analysis_short_side=config.image_short_side)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        count = len(batch["image_bytes"])
+        count = len(batch[schema.IMAGE_BYTES])
         alignment, nsfw, aesthetic = (np.full(count, np.nan) for _ in range(3))
         embeddings = np.full((count, self.clip.embed_dim), np.nan, dtype=np.float16)
         rows, images = [], []
-        for row, data in enumerate(batch["image_bytes"]):
+        for row, data in enumerate(batch[schema.IMAGE_BYTES]):
             decoded = decode_image(bytes(data), self.decode_config)
             if decoded.ok:
                 rows.append(row)
                 images.append(decoded.image)
         if rows:
             image_embeds = self.clip.encode_images(images)
-            text_embeds = self.clip.encode_texts([str(batch["caption"][row]) for row in rows])
+            text_embeds = self.clip.encode_texts([str(batch[schema.CAPTION][row]) for row in rows])
             alignment[rows] = (image_embeds * text_embeds).sum(-1).numpy()
             # An edit instruction does not describe its target image: alignment is not measured there (NaN).
             tasks = batch.get(schema.TASK)

@@ -38,17 +38,20 @@ import pydantic
 from models.config import StrictModel
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.operators.base import Check
-from pipelines.operators.text_ocr import SCORE_TEXT_AREA, SCORE_TEXT_CHARS
+from pipelines.operators.columns import (
+    ANN_IMAGE_TYPE,
+    CATEGORY,
+    FACE_COLUMNS,  # noqa: F401 - the stage's columns, named where they are registered
+    SCORE_FACE_AREA,
+    SCORE_FACE_BLUR_RATIO,
+    SCORE_FACE_DEGRADED,
+    SCORE_FACE_MOSAIC,
+    SCORE_NUM_FACES,
+    SCORE_TEXT_AREA,
+    SCORE_TEXT_CHARS,
+)
 from pipelines.pools import PoolConfig
 from pipelines.schema import IMAGE_BYTES
-
-SCORE_NUM_FACES = "score_num_faces"
-SCORE_FACE_AREA = "score_face_area"
-SCORE_FACE_MOSAIC = "score_face_mosaic"
-SCORE_FACE_BLUR_RATIO = "score_face_blur_ratio"
-SCORE_FACE_DEGRADED = "score_face_degraded"
-CATEGORY = "category"
-ANN_IMAGE_TYPE = "ann_image_type"  # written by pipelines.annotation (not imported: it loads transformers)
 
 CATEGORIES = ("general", "portrait", "text_rendering")
 TEXT_IMAGE_TYPES = ("text_rendering", "document", "poster", "screenshot")
@@ -165,6 +168,10 @@ def assign_category(
 
 class FaceScores:
     """Ray Data actor: image bytes + OCR (+ annotation) columns -> face scores and ``category``."""
+
+    # The stage's contract (pipelines.contracts); the annotation's image type is read when it is there.
+    READS: tuple[str, ...] = (IMAGE_BYTES, SCORE_TEXT_AREA, SCORE_TEXT_CHARS)
+    WRITES: tuple[str, ...] = FACE_COLUMNS
 
     def __init__(self, config: FaceScoresConfig | None = None) -> None:
         self.config = config or FaceScoresConfig()

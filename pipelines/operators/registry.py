@@ -104,6 +104,10 @@ def score_images(
 class ScoreOperators:
     """``map_batches`` stage: the input batch plus every operator's score column."""
 
+    # The stage's contract (pipelines.contracts); the score columns are those of build_operators, in its order.
+    READS: tuple[str, ...] = (columns.IMAGE_BYTES,)
+    WRITES: tuple[str, ...] = (columns.ORIG_WIDTH, columns.ORIG_HEIGHT, columns.DECODE_ERROR, *columns.OPERATOR_SCORES)
+
     def __init__(self, config: OperatorConfig | None = None) -> None:
         self.config = config or OperatorConfig()
         # One worker per CPU: OpenCV's own thread pool would oversubscribe the cores.

@@ -39,22 +39,23 @@ from models.config import StrictModel
 from models.ocr import OcrConfig, OcrEngine, OcrError, TextLine, text_accuracy, text_language
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.operators.base import Check
+from pipelines.operators.columns import (
+    ANN_ERROR,
+    ANN_WATERMARKS,
+    OCR_COLUMNS,  # noqa: F401 - the stage's columns, named where they are registered
+    OCR_ERROR,
+    OCR_TEXT,
+    SCORE_OCR_ERROR,
+    SCORE_TEXT_AREA,
+    SCORE_TEXT_CHARS,
+    SCORE_TEXT_LINES,
+    SCORE_TEXT_MIN_HEIGHT,
+    SCORE_WATERMARK,
+    TEXT_LANGUAGE,
+    WATERMARK_VERIFIED,
+)
 from pipelines.pools import PoolConfig
 from pipelines.schema import IMAGE_BYTES
-
-OCR_TEXT = "ocr_text"
-TEXT_LANGUAGE = "text_language"
-SCORE_TEXT_LINES = "score_text_lines"
-SCORE_TEXT_CHARS = "score_text_chars"
-SCORE_TEXT_AREA = "score_text_area"
-SCORE_TEXT_MIN_HEIGHT = "score_text_min_height"
-SCORE_WATERMARK = "score_watermark"
-WATERMARK_VERIFIED = "watermark_verified"
-OCR_ERROR = "ocr_error"
-SCORE_OCR_ERROR = "score_ocr_error"
-# Columns that ``pipelines.annotation`` writes; named here, not imported: that module loads transformers (5 s).
-ANN_WATERMARKS = "ann_watermark_list"
-ANN_ERROR = "annotation_error"
 
 LANGUAGES = ("en", "zh", "other", "none")
 # A dense A4 page is about 3,000 characters; the cap only bounds pathological inputs in the Parquet output.
@@ -122,6 +123,10 @@ def watermark_in_text(watermarks: list[str], ocr_text: str) -> bool:
 
 class OcrScores:
     """Ray Data actor: image bytes (+ annotation) -> OCR text, language, text density and watermark columns."""
+
+    # The stage's contract (pipelines.contracts); the annotation's watermark list is read when it is there.
+    READS: tuple[str, ...] = (IMAGE_BYTES,)
+    WRITES: tuple[str, ...] = OCR_COLUMNS
 
     def __init__(self, config: OcrScoresConfig | None = None) -> None:
         self.config = config or OcrScoresConfig()

@@ -26,12 +26,12 @@ import ray.data
 from pipelines import schema
 from pipelines.pools import map_stage
 from pipelines.sources import make_batch
+from pipelines.store.columns import RENDERED_TEXT
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.generator import SynthGenerator, SynthSample
 from pipelines.synth.render import encode
 
 logger = logging.getLogger(__name__)
-RENDERED_TEXT = "rendered_text"
 NUM_DISCARDED = "num_discarded_paragraphs"
 SYNTH_COLUMNS: tuple[str, ...] = (*schema.SOURCE_COLUMNS, RENDERED_TEXT, NUM_DISCARDED)
 

@@ -7,10 +7,13 @@ import pathlib
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.contracts import chain_writes
 from pipelines.curation import (
+    SCORED_DIR,
     CurationConfig,
     all_checks,
     disabled_notes,
@@ -18,6 +21,7 @@ from pipelines.curation import (
     relabel,
     run_curation,
     scoring_dataset,
+    scoring_stages,
 )
 from pipelines.sources import SourceConfig, sample_id
 from pipelines.synth.sample_corpus import sample_pairs
@@ -147,6 +151,9 @@ def test_curation_writes_scores_labels_and_funnel(curated_corpus, tmp_path):
         "caption_fused",
     ):
         assert name in columns, name
+    # Every column the scoring chain's stages declare they write is in the scored output (the contracts are true).
+    written = set(pads.dataset(str(output / SCORED_DIR), format="parquet").schema.names)
+    assert chain_writes(scoring_stages(config)) <= written, chain_writes(scoring_stages(config)) - written
     labels = pq.read_table(output / "labels.parquet").to_pydict()
     assert sum(labels["score_duplicate"][i] == 1.0 for i in range(30)) >= 1  # the corpus holds exact duplicates
     funnel = json.loads((output / "funnel.json").read_text())
