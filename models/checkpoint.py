@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import diffusers
 
 from models.presets import ALL_PARTS, Components, build_components, quiet_transformers_progress
+from pipelines.store.header import EDIT_VISION_AREA
 
 MODEL_INDEX = {
     "_class_name": "QwenImagePipeline",
@@ -91,6 +92,15 @@ def read_metadata(folder: str | pathlib.Path) -> dict:
     if not index_path.is_file():
         return {}
     return json.loads(index_path.read_text()).get(METADATA_KEY, {})
+
+
+def trained_edit_vision_area(folder: str | pathlib.Path | None) -> int | None:
+    """The vision area (pixels) of the edits a checkpoint (or a finished run's final export) was trained on, as its
+    metadata records it from the latent store's header; None for a folder without one."""
+    if folder is None or not pathlib.Path(folder).exists():
+        return None
+    area = read_metadata(follow_run(folder)).get(EDIT_VISION_AREA)
+    return int(area) if area is not None else None
 
 
 def load_checkpoint(folder: str | pathlib.Path, *, parts=ALL_PARTS, **kwargs) -> Components:

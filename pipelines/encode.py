@@ -53,6 +53,7 @@ from pipelines.pools import PoolConfig
 from pipelines.schema import CAPTION, IMAGE_BYTES, SOURCE_IMAGE_BYTES
 from pipelines.store import columns as C
 from pipelines.store.buckets import RESOLUTIONS, bucket_size, nearest_bucket, upscale_factor
+from pipelines.store.header import DEFAULT_EDIT_VISION_AREA
 
 if TYPE_CHECKING:
     import torch
@@ -94,8 +95,9 @@ class EncodeConfig(StrictModel):
     rows_per_shard: int = pydantic.Field(default=1000, ge=1)
     seed: int = 0
     # Edit triplets: the area (pixels) at which the vision tower sees the input image. 384x384 gives about 190
-    # image tokens per sample; serving must use the same area (ServeSettings.edit.vision_area).
-    edit_vision_area: int = pydantic.Field(default=384 * 384, ge=28 * 28)
+    # image tokens per sample. The store's header records it, a model trained on the store its checkpoint's
+    # metadata, and serving takes it from there (ServeSettings.edit.vision_area).
+    edit_vision_area: int = pydantic.Field(default=DEFAULT_EDIT_VISION_AREA, ge=28 * 28)
 
     @pydantic.field_validator("resolutions")
     @classmethod

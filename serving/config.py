@@ -20,6 +20,7 @@ from models.condition_encoder import MAX_PROMPT_TOKENS
 from models.config import ConfigError, StrictModel, validate_config
 from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG
 from models.placement import PlacementMode
+from pipelines.store.header import DEFAULT_EDIT_VISION_AREA
 from serving.ratelimit import RateLimit
 from serving.sizes import parse_size
 
@@ -157,9 +158,11 @@ class EditSettings(StrictModel):
     """
 
     enabled: bool = True
-    # Pixel area at which the vision tower sees the source. Must equal the producers' ``EncodeConfig.edit_vision_area``
-    # (pipelines/encode.py): the model learnt edits from conditions encoded at that area.
-    vision_area: int = pydantic.Field(default=384 * 384, ge=28 * 28)
+    # Pixel area at which the vision tower sees the source: the model learnt edits from conditions encoded at the
+    # area its latent store's header records (``EncodeConfig.edit_vision_area``), which training writes into the
+    # checkpoint's metadata. None (the default): the checkpoint's, else 384 x 384; a value that differs from the
+    # checkpoint's is refused (``ServeSettings``).
+    vision_area: int | None = pydantic.Field(default=None, ge=28 * 28)
     # Pixel area the source is resized to (aspect kept, sides of 32) before the VAE; None: the output's area, as the
     # latent store holds a triplet's input at the target's size. diffusers' QwenImageEditPipeline uses 1024 * 1024.
     source_area: pydantic.PositiveInt | None = None
@@ -207,6 +210,29 @@ class ServeSettings(StrictModel):
     api_key_env: str | None = "QWEN_IMAGE_API_KEY"
     # Per-client request rates (by key, else by address) in each ingress replica; see serving.ratelimit.
     rate_limit: RateLimit = RateLimit()
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _edit_vision_area_of_the_checkpoint(cls, data: object) -> object:
+        """``edit.vision_area`` from the checkpoint's metadata when not given; a given one must equal it."""
+        from models.checkpoint import trained_edit_vision_area
+
+        if not isinstance(data, dict):
+            return data
+        model, edit = data.get("model") or {}, data.get("edit") or {}
+        checkpoint = model.get("checkpoint") if isinstance(model, dict) else model.checkpoint
+        edit = edit if isinstance(edit, dict) else edit.model_dump(exclude_unset=True)
+        trained = trained_edit_vision_area(checkpoint)
+        given = edit.get("vision_area")
+        if given is None:
+            return {**data, "edit": {**edit, "vision_area": trained or DEFAULT_EDIT_VISION_AREA}}
+        if trained is not None and given != trained:
+            raise ValueError(
+                f"edit.vision_area is {given}, but the checkpoint {checkpoint} learnt edits whose input image the "
+                f"vision tower saw at {trained} pixels (its latent store's header); leave edit.vision_area unset "
+                "to take the checkpoint's"
+            )
+        return data
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> ServeSettings:

@@ -93,8 +93,10 @@ class SampleConfig(StrictModel):
     every_steps: int = pydantic.Field(default=0, ge=0)  # 0: only at the end of each phase
     prompts: list[str] = ["a red apple on a wooden table", 'a shop sign that reads "OPEN"', "一只橘猫在雪地里"]
     edits: list[EditSample] = []
-    # The area at which the vision tower sees an edit's input image: the producers' encode.edit_vision_area.
-    edit_vision_area: int = pydantic.Field(default=384 * 384, ge=28 * 28)
+    # The area at which the vision tower sees an edit's input image: the one the run's edits were encoded at.
+    # None (the default): the latent store's header's (or the in-job curation's encode.edit_vision_area), else
+    # 384 x 384; a value that differs from the store's is refused. The exports record it in their metadata.
+    edit_vision_area: int | None = pydantic.Field(default=None, ge=28 * 28)
     num_steps: int = pydantic.Field(default=20, ge=1)
     true_cfg_scale: float = 4.0
     seed: int = 0

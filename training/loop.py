@@ -25,6 +25,7 @@ import torch
 from models.flow_matching import flow_matching_loss
 from models.presets import build_components
 from models.prompt_embeds import PromptEmbeds
+from pipelines.store.header import EDIT_VISION_AREA
 from training.checkpointer import export_adapter, export_pipeline, load_checkpoint, report_checkpoint
 from training.config import PretrainConfig
 from training.data import DatasetStream, StoreStream
@@ -372,7 +373,13 @@ def _export(model, config: PretrainConfig, step: int, phase_name: str, rank: int
     parts linked from ``base`` (the driver's ``training.pretrain.write_base``). With LoRA: the adapter file in
     diffusers' format, and the merged pipeline when ``lora.merge`` is set."""
     folder = export_folder(config, step, phase_name)
-    metadata = {"step": step, "run": config.run_name, "phase": phase_name}
+    # The vision area the run's edits were encoded at (training.pretrain.with_edit_vision_area): serving takes it.
+    metadata = {
+        "step": step,
+        "run": config.run_name,
+        "phase": phase_name,
+        EDIT_VISION_AREA: config.samples.edit_vision_area,
+    }
     if config.lora is not None:
         export_adapter(model, folder, rank=rank)
         if not config.lora.merge:

@@ -96,6 +96,28 @@ def check_store(config: PretrainConfig) -> None:
         )
 
 
+def with_edit_vision_area(config: PretrainConfig) -> PretrainConfig:
+    """``samples.edit_vision_area`` resolved: the area the run's edit rows were encoded at (the store's header, or the
+    in-job curation's encoder), which the sample grids use and the exports record; a given one must equal it."""
+    from pipelines.store.header import DEFAULT_EDIT_VISION_AREA, EDIT_VISION_AREA, StoreHeaderMismatch, read_header
+
+    if config.feed == "stream":
+        recorded, where = config.curation.encode.edit_vision_area, "the job's curation encodes edits"
+    else:
+        header = read_header(config.store_dir) or {}
+        recorded, where = header.get(EDIT_VISION_AREA), f"the latent store {config.store_dir} encoded its edits"
+    given = config.samples.edit_vision_area
+    if given is None:
+        area = recorded or DEFAULT_EDIT_VISION_AREA
+    elif recorded is not None and given != recorded:
+        raise StoreHeaderMismatch(
+            f"samples.edit_vision_area is {given}, but {where} at {recorded} pixels; leave it unset to take that one"
+        )
+    else:
+        area = given
+    return config.model_copy(update={"samples": config.samples.model_copy(update={"edit_vision_area": area})})
+
+
 def _curate_in_job(config: PretrainConfig) -> pathlib.Path:
     """Feed "stream": the producer pipeline's global passes (scoring, deduplication, stages, funnel) in this job,
     resumable like the producer job; encoding is left to each phase's streamed dataset."""
@@ -161,6 +183,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
         read_edit_image(edit.image)
     if config.feed == "store":
         check_store(config)
+    config = with_edit_vision_area(config)
     gpus = 1 if config.use_gpu else 0
     # No grids asked for (samples.prompts and samples.edits empty) and no caption dropout: no condition encoder is
     # loaded. With caption dropout the task's empty-prompt embedding is what dropped captions become.

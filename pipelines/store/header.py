@@ -17,6 +17,11 @@ import pathlib
 from models.files import create_once
 
 HEADER_FILE = "_store.json"
+# The area (pixels) at which the vision tower sees an edit's input image when nothing says otherwise (384 x 384).
+# A store records the one its edit rows were encoded at; a model trained on it records it in its checkpoint's
+# metadata under the same key, and serving takes it from there.
+EDIT_VISION_AREA = "edit_vision_area"
+DEFAULT_EDIT_VISION_AREA = 384 * 384
 FORMAT_VERSION = 1
 # Bytes hashed at each end of a weights file: enough to tell two checkpoints apart (their headers list tensor
 # shapes and offsets, their first and last tensors differ), without reading 16 GB of text encoder at every job.

@@ -48,6 +48,36 @@ def test_store_header_mismatch_is_refused(tmp_path):
     check_store(tiny_run.model_copy(update={"store_dir": str(tmp_path / "no-header")}))  # an older store: unchecked
 
 
+def test_edit_vision_area_travels_from_the_store_to_serving(tmp_path):
+    """The vision area is set once, where edits are encoded: a trainer takes it from the store's header (a different
+    one is refused, naming both), its exports record it, and serving takes it from the checkpoint (a different one
+    is refused, naming both)."""
+    from models.checkpoint import trained_edit_vision_area, write_model_index
+    from serving.config import parse_settings
+    from training.config import PretrainConfig
+    from training.pretrain import with_edit_vision_area
+
+    store = tmp_path / "store"
+    ensure_header(store, store_header(EncodeConfig(preset="tiny", resolutions=[64], edit_vision_area=256 * 256)))
+    phases = [{"name": "p", "num_steps": 1, "resolution": 64}]
+    run = PretrainConfig(preset="tiny", store_dir=str(store), output_dir=str(tmp_path / "run"), phases=phases)
+    assert with_edit_vision_area(run).samples.edit_vision_area == 256 * 256
+    other = run.model_copy(update={"samples": run.samples.model_copy(update={"edit_vision_area": 384 * 384})})
+    with pytest.raises(StoreHeaderMismatch, match=r"samples.edit_vision_area is 147456, but .* at 65536 pixels"):
+        with_edit_vision_area(other)
+    older = run.model_copy(update={"store_dir": str(tmp_path / "no-header")})
+    assert with_edit_vision_area(older).samples.edit_vision_area == 384 * 384  # no header: the default
+
+    checkpoint = tmp_path / "export"
+    checkpoint.mkdir()
+    write_model_index(checkpoint, "tiny", ["transformer"], {"edit_vision_area": 256 * 256})  # as training.loop does
+    assert trained_edit_vision_area(checkpoint) == 256 * 256
+    assert parse_settings({"model": {"checkpoint": str(checkpoint)}}).edit.vision_area == 256 * 256
+    with pytest.raises(ValueError, match=r"edit.vision_area is 147456, but the checkpoint .* at 65536 pixels"):
+        parse_settings({"model": {"checkpoint": str(checkpoint)}, "edit": {"vision_area": 384 * 384}})
+    assert parse_settings({}).edit.vision_area == 384 * 384  # no checkpoint: the default
+
+
 def test_concurrent_first_writers_agree_on_one_header(tmp_path):
     """Writers that start at once: one header is written; the one with other settings is refused."""
     headers = [store_header(EncodeConfig(preset="tiny", resolutions=[64]))] * 4

@@ -166,10 +166,13 @@ def test_pretrain_export_opens_in_diffusers(pretrain_run):
     import numpy as np
     from diffusers import QwenImagePipeline
 
+    from models.checkpoint import read_metadata
     from models.generation import TextToImage
 
     export = pathlib.Path(json.loads((pathlib.Path(pretrain_run) / "summary.json").read_text())["checkpoint"])
     assert all((export / part).is_symlink() for part in ("vae", "text_encoder", "tokenizer", "scheduler"))
+    # It records the vision area its edits were encoded at (the session store has no header: the default).
+    assert read_metadata(export)["edit_vision_area"] == 384 * 384
     # Written by two FSDP workers, it names the model's own class (not FSDP2's wrapper class): other tools read it.
     assert (
         json.loads((export / "transformer" / "config.json").read_text())["_class_name"] == "QwenImageTransformer2DModel"

@@ -18,7 +18,8 @@ import ray.train
 import ray.train.torch
 import torch
 
-from models.checkpoint import read_metadata
+from models.checkpoint import read_metadata, trained_edit_vision_area
+from pipelines.store.header import EDIT_VISION_AREA
 from training.checkpointer import (
     ensure_base,
     export_adapter,
@@ -108,6 +109,9 @@ class Worker:
             implementation=optim.implementation,
         )
         self.step = self.restore()
+        # What the start model's metadata says of its training data, carried into every export (serving reads it).
+        area = trained_edit_vision_area(config.init)
+        self.inherited = {EDIT_VISION_AREA: area} if area is not None else {}
 
     def autocast(self):
         """The context of every forward pass (``training.parallel.autocast``)."""
@@ -164,5 +168,5 @@ class Worker:
             dtype=getattr(torch, self.config.export_dtype),
             base_folder=base,
             preset=self.policy.preset,
-            metadata={"step": self.step, "run": self.config.run_name, "algo": algo},
+            metadata={"step": self.step, "run": self.config.run_name, "algo": algo, **self.inherited},
         )
