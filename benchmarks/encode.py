@@ -60,9 +60,9 @@ from pipelines.encode import (  # noqa: E402
     cover_and_crop,
     shape_groups,
 )
-from pipelines.store import columns as C  # noqa: E402
-from pipelines.store.buckets import bucket_size  # noqa: E402
 from pipelines.synth.sample_corpus import jpeg, photo_like  # noqa: E402
+from store import columns as C  # noqa: E402
+from store.buckets import bucket_size  # noqa: E402
 
 # (height, width) of the sources of the stage benchmark: about 1.25x their bucket's size at 256, none needs enlarging.
 SOURCE_SIZES: tuple[tuple[int, int], ...] = ((320, 320), (288, 384), (448, 256))

@@ -51,15 +51,15 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from pipelines.store import columns as C  # noqa: E402
-from pipelines.store.reader import (  # noqa: E402
+from store import columns as C  # noqa: E402
+from store.reader import (  # noqa: E402
     iter_bucketed_batches,
     prefetched,
     read_store,
     shard_paths,
     stream_rows,
 )
-from pipelines.store.writer import commit_table  # noqa: E402
+from store.writer import commit_table  # noqa: E402
 
 RESOLUTIONS = (256, 640)
 READ_RESOLUTION = 640
@@ -98,7 +98,7 @@ def make_chunk(first: int, count: int, rng: np.random.Generator, pool: np.ndarra
 
 
 def store_table(samples: list[dict]) -> pa.Table:
-    """The store's rows: the same fields a producer writes (see ``tests/pipelines/test_store.py::make_table``)."""
+    """The store's rows: the same fields a producer writes (see ``tests/store/test_store.py::make_table``)."""
     rows: dict[str, list] = {
         C.SAMPLE_ID: [s["id"] for s in samples],
         C.SOURCE: ["benchmark"] * len(samples),

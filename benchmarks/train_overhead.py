@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines.store import columns as C  # noqa: E402
-from pipelines.store.writer import commit_table  # noqa: E402
+from store import columns as C  # noqa: E402
+from store.writer import commit_table  # noqa: E402
 
 MODEL = {
     "patch_size": 2,
@@ -151,7 +151,7 @@ def main() -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.store.reader import iter_bucketed_batches, read_table
+    from store.reader import iter_bucketed_batches, read_table
 
     with tempfile.TemporaryDirectory() as folder:
         store = pathlib.Path(folder) / "store"

@@ -24,6 +24,7 @@ COPY --chown=1000:100 docker/constraints.txt pyproject.toml README.md ./
 RUN pip install --no-cache-dir -c constraints.txt --index-url https://download.pytorch.org/whl/cpu \
     torch==2.14.1 torchvision==0.29.1
 COPY --chown=1000:100 models/ models/
+COPY --chown=1000:100 store/ store/
 COPY --chown=1000:100 pipelines/ pipelines/
 COPY --chown=1000:100 training/ training/
 COPY --chown=1000:100 serving/ serving/

@@ -22,6 +22,7 @@ ENV HF_HUB_OFFLINE=1 \
     PYTHONUNBUFFERED=1
 COPY --chown=1000:100 docker/constraints.txt pyproject.toml README.md ./
 COPY --chown=1000:100 models/ models/
+COPY --chown=1000:100 store/ store/
 COPY --chown=1000:100 pipelines/ pipelines/
 COPY --chown=1000:100 training/ training/
 COPY --chown=1000:100 serving/ serving/

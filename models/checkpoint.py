@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import diffusers
 
 from models.presets import ALL_PARTS, Components, build_components, quiet_transformers_progress
-from pipelines.store.header import EDIT_VISION_AREA
+from store.header import EDIT_VISION_AREA
 
 MODEL_INDEX = {
     "_class_name": "QwenImagePipeline",

@@ -69,9 +69,9 @@ from pipelines.operators.text_ocr import OcrScores, OcrScoresConfig, text_ocr_ch
 from pipelines.operators.thresholds import FilterThresholds
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.sources import SourceConfig, read_source
-from pipelines.store.columns import RENDERED_TEXT
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.edits import EditSynthConfig
+from store.columns import RENDERED_TEXT
 
 logger = logging.getLogger(__name__)
 

@@ -51,9 +51,9 @@ from models.config import StrictModel
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.pools import PoolConfig
 from pipelines.schema import CAPTION, IMAGE_BYTES, SOURCE_IMAGE_BYTES
-from pipelines.store import columns as C
-from pipelines.store.buckets import RESOLUTIONS, bucket_size, nearest_bucket, upscale_factor
-from pipelines.store.header import DEFAULT_EDIT_VISION_AREA
+from store import columns as C
+from store.buckets import RESOLUTIONS, bucket_size, nearest_bucket, upscale_factor
+from store.header import DEFAULT_EDIT_VISION_AREA
 
 if TYPE_CHECKING:
     import torch
@@ -125,13 +125,13 @@ class EncodeConfig(StrictModel):
 
 
 def store_header(config: EncodeConfig) -> dict:
-    """What rows encoded with ``config`` depend on (``pipelines.store.header``): the encoder's preset and weights,
+    """What rows encoded with ``config`` depend on (``store.header``): the encoder's preset and weights,
     the VAE's latent normalisation, the resolutions, the prompt templates and the edit vision area."""
     import pathlib
 
     from models.condition_encoder import TEMPLATES
     from models.presets import nano_vae_folder, vae_config
-    from pipelines.store.header import weights_fingerprint
+    from store.header import weights_fingerprint
 
     vae = vae_config(config.preset, config.weights_dir)
     if config.weights_dir:

@@ -3,7 +3,7 @@
 Reads the scored shards of a curation run, keeps the samples whose ``stage`` reaches ``EncodeConfig.min_stage``
 and that the store does not hold yet (a re-run resumes), decodes and crops them on the CPU pool, encodes the pixels
 (``pipelines.encode``) and commits them
-(``pipelines.store.writer.LatentStoreSink``). Shard ids are derived from their rows, so a write task that Ray
+(``store.writer.LatentStoreSink``). Shard ids are derived from their rows, so a write task that Ray
 retries after a failure commits the same shard id again and is skipped: no sample is stored twice.
 """
 
@@ -20,12 +20,12 @@ import ray.data
 from pipelines import schema
 from pipelines.encode import ENCODE_ERROR, EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage, store_header
 from pipelines.operators import columns as O
-from pipelines.parquet import read_parquet
 from pipelines.pools import PoolConfig, map_stage
-from pipelines.store import columns as C
-from pipelines.store.header import ensure_header
-from pipelines.store.reader import committed_sample_ids
-from pipelines.store.writer import LatentStoreSink
+from store import columns as C
+from store.header import ensure_header
+from store.parquet import read_parquet
+from store.reader import committed_sample_ids
+from store.writer import LatentStoreSink
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import ray.data
 
 from models.config import StrictModel
 from pipelines import schema
-from pipelines.parquet import read_parquet
+from store.parquet import read_parquet
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 IMAGE_COLUMN_CANDIDATES: tuple[str, ...] = ("jpg", "image", "jpeg", "png", "webp", "image_bytes", "img")

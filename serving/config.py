@@ -20,9 +20,9 @@ from models.condition_encoder import MAX_PROMPT_TOKENS
 from models.config import ConfigError, StrictModel, validate_config
 from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG
 from models.placement import PlacementMode
-from pipelines.store.header import DEFAULT_EDIT_VISION_AREA
 from serving.ratelimit import RateLimit
 from serving.sizes import parse_size
+from store.header import DEFAULT_EDIT_VISION_AREA
 
 ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 

@@ -180,7 +180,7 @@ STORE_RESOLUTIONS = (256, 384)
 def tiny_store(tmp_path_factory) -> str:
     """A small real latent store (40 samples of the sample corpus at 256 and 384 px, encoded with the tiny VAE and
     condition encoder, no Ray), shared by every consumer test."""
-    from pipelines.store.writer import commit_table
+    from store.writer import commit_table
 
     from .fixtures import encoded_sample_table
 
@@ -287,7 +287,7 @@ def pretrain_run(ray_session, pretrain_store, tmp_path_factory) -> str:
     import time
 
     from jobs.pretrain import main
-    from pipelines.store.writer import commit_table
+    from store.writer import commit_table
 
     from .fixtures import encoded_sample_table
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from pipelines.store import columns as C
-from pipelines.store.reader import count_rows, iter_bucketed_batches, read_store
+from store import columns as C
+from store.reader import count_rows, iter_bucketed_batches, read_store
 from training.config import PhaseConfig
 
 SYNTHETIC_PREFIX = "synthetic/"
@@ -102,9 +102,9 @@ def phase_dataset(store_dir: str, phase: PhaseConfig, seed: int):
 def streamed_phase_dataset(encoded, phase: PhaseConfig, seed: int, synthetic_odds: float | None = None):
     """Feed "stream": the phase's rows of a dataset of freshly encoded store-schema rows (``pipelines.produce.
     encoded_dataset``), selected as ``phase_dataset`` selects stored rows: stage and predicates, mixture, projection."""
-    from pipelines.store.reader import _conditions, projection, ray_filter
+    from store.reader import projection, ray_filter, selection
 
-    conditions = _conditions(phase.resolution, phase.min_stage, phase.predicates)
+    conditions = selection(phase.resolution, phase.min_stage, phase.predicates)
     if conditions:
         encoded = encoded.filter(expr=ray_filter(conditions))
     encoded = encoded.select_columns(projection(phase.resolution, mixture_columns(phase)))
@@ -181,7 +181,7 @@ class StoreStream:
     def _row_batches(self, epoch: int):
         import pyarrow as pa
 
-        from pipelines.store.reader import list_shards, stream_rows
+        from store.reader import list_shards, stream_rows
 
         shards = list_shards(self.store_dir)
         if not shards:
@@ -242,7 +242,7 @@ class StoreStream:
     def batches(self, epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Single-shape batches of one epoch, ``skip`` dropped first. Two background threads: one reads row groups
         (the disk reading ahead), one shuffles and decodes them into batches, ``prefetch`` batches ahead."""
-        from pipelines.store.reader import prefetched
+        from store.reader import prefetched
 
         rows = prefetched(self._shuffled(epoch), depth=2, name=f"store-rows-{self.rank}")
         stream = iter_bucketed_batches(rows, self.batch_size, self.phase.resolution, drop_last=True)

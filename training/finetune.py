@@ -158,8 +158,8 @@ def pretrain_config(config: FinetuneConfig, init: str, prompts: list[str]):
 
 
 def first_captions(store_dir: pathlib.Path, resolution: int, count: int = 3) -> list[str]:
-    from pipelines.store import columns as C
-    from pipelines.store.reader import read_table
+    from store import columns as C
+    from store.reader import read_table
 
     captions = read_table(store_dir, resolution).column(C.CAPTION).to_pylist()
     return list(dict.fromkeys(captions))[:count]

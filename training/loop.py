@@ -25,7 +25,7 @@ import torch
 from models.flow_matching import flow_matching_loss
 from models.presets import build_components
 from models.prompt_embeds import PromptEmbeds
-from pipelines.store.header import EDIT_VISION_AREA
+from store.header import EDIT_VISION_AREA
 from training.checkpointer import export_adapter, export_pipeline, load_checkpoint, report_checkpoint
 from training.config import PretrainConfig
 from training.data import DatasetStream, StoreStream

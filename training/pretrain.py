@@ -76,11 +76,11 @@ def _run_folder(config: PretrainConfig) -> pathlib.Path:
 
 
 def check_store(config: PretrainConfig) -> None:
-    """The store's header (``pipelines.store.header``) against this run: its latents normalised as the run's VAE
+    """The store's header (``store.header``) against this run: its latents normalised as the run's VAE
     expects them (the exported pipeline decodes with it), and every phase's resolution encoded. A store without a
     header (written before it existed) is not checked."""
     from models.presets import vae_config
-    from pipelines.store.header import StoreHeaderMismatch, check_header
+    from store.header import StoreHeaderMismatch, check_header
 
     vae = vae_config(config.preset, config.weights_dir)
     reader = f"the run's VAE (preset {config.preset!r}, weights {config.weights_dir or 'of the preset'})"
@@ -99,7 +99,7 @@ def check_store(config: PretrainConfig) -> None:
 def with_edit_vision_area(config: PretrainConfig) -> PretrainConfig:
     """``samples.edit_vision_area`` resolved: the area the run's edit rows were encoded at (the store's header, or the
     in-job curation's encoder), which the sample grids use and the exports record; a given one must equal it."""
-    from pipelines.store.header import DEFAULT_EDIT_VISION_AREA, EDIT_VISION_AREA, StoreHeaderMismatch, read_header
+    from store.header import DEFAULT_EDIT_VISION_AREA, EDIT_VISION_AREA, StoreHeaderMismatch, read_header
 
     if config.feed == "stream":
         recorded, where = config.curation.encode.edit_vision_area, "the job's curation encodes edits"

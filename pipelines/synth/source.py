@@ -26,10 +26,10 @@ import ray.data
 from pipelines import schema
 from pipelines.pools import map_stage
 from pipelines.sources import make_batch
-from pipelines.store.columns import RENDERED_TEXT
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.generator import SynthGenerator, SynthSample
 from pipelines.synth.render import encode
+from store.columns import RENDERED_TEXT
 
 logger = logging.getLogger(__name__)
 NUM_DISCARDED = "num_discarded_paragraphs"

@@ -12,8 +12,8 @@ from PIL import Image
 
 from jobs.finetune import main
 from models.lora import read_adapter
-from pipelines.store.reader import read_table
 from pipelines.synth.sample_corpus import photo_like
+from store.reader import read_table
 from training.metrics import read_metrics
 
 pytestmark = pytest.mark.slow

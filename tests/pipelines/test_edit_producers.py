@@ -98,8 +98,8 @@ def test_edit_curation_scores_both_images_and_encodes_source_latents(ray_session
     although its target passes."""
     from models.config import load_config
     from pipelines.curation import LABELS_FILE, CurationConfig, run_curation
-    from pipelines.store import columns as C
-    from pipelines.store.reader import read_table
+    from store import columns as C
+    from store.reader import read_table
 
     triplets = _triplets(2, seed=1)
     rng = np.random.default_rng(9)

@@ -31,8 +31,8 @@ from pipelines.encode import (
 )
 from pipelines.produce import to_store_table
 from pipelines.sources import make_batch
-from pipelines.store import columns as C
 from pipelines.synth.sample_corpus import photo_like, png_bytes
+from store import columns as C
 
 RESOLUTIONS = [48, 64]
 CONFIG = EncodeConfig(preset="tiny", resolutions=RESOLUTIONS, edit_vision_area=56 * 56)

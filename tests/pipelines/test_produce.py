@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.curation import LABELS_FILE, SCORED_DIR, SCORED_DONE
-from pipelines.store.reader import committed_sample_ids, read_table
+from store.reader import committed_sample_ids, read_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -163,7 +163,7 @@ def is_producer_actor(row: dict) -> bool:
 
 
 def stored_ids(store: pathlib.Path) -> list[str]:
-    from pipelines.store.reader import read_table
+    from store.reader import read_table
 
     return read_table(store, 256).column("sample_id").to_pylist()
 

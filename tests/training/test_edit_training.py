@@ -11,9 +11,9 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 import torch
 
-from pipelines.store import columns as C
-from pipelines.store.reader import iter_bucketed_batches, read_table
-from pipelines.store.writer import commit_table
+from store import columns as C
+from store.reader import iter_bucketed_batches, read_table
+from store.writer import commit_table
 from training.config import PhaseConfig, PretrainConfig
 
 from ..fixtures import encoded_sample_table, encoded_triplet_table
@@ -71,7 +71,7 @@ def test_edit_rows_batch_apart_from_pairs(edit_store):
     assert edit["source_latents"].shape == edit["latents"].shape
     assert not torch.equal(edit["source_latents"], edit["latents"])  # the source image, not the target
     # Mixed rows handed to decode_batch directly are an error, not a silent mix.
-    from pipelines.store.reader import decode_batch
+    from store.reader import decode_batch
 
     edits = table.filter(pa.compute.equal(table.column(C.TASK), "edit"))
     source = C.source_latents_column(RESOLUTION)

@@ -54,7 +54,7 @@ def judge_colour(generator, captions: list[str]) -> float:
 def test_pretraining_learns_colour(ray_session, tmp_path) -> None:
     from jobs.pretrain import main as pretrain
     from models.generation import TextToImage
-    from pipelines.store.writer import commit_table
+    from store.writer import commit_table
 
     store = tmp_path / "store"
     commit_table(store, encoded_scene_table(shapes.scenes(256, seed=5, split="train", **SUBSET)))

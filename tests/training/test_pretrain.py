@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.store.reader import read_table
+from store.reader import read_table
 from training.config import PhaseConfig, PretrainConfig, limit_steps
 from training.data import phase_dataset, worker_batches
 from training.metrics import read_metrics

@@ -26,10 +26,10 @@ import torch
 
 from models.prompt_embeds import PromptEmbeds
 from pipelines.pools import map_stage
-from pipelines.store import columns as C
-from pipelines.store.buckets import bucket_size, nearest_bucket
-from pipelines.store.reader import decode_batch, read_table
-from pipelines.store.writer import LatentStoreSink
+from store import columns as C
+from store.buckets import bucket_size, nearest_bucket
+from store.reader import decode_batch, read_table
+from store.writer import LatentStoreSink
 from training.rl.config import DpoConfig, LabelPairsConfig, RewardPairsConfig, prompt_list
 from training.rl.dpo import PairBatch
 

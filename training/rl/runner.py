@@ -19,7 +19,7 @@ import ray.train.torch
 import torch
 
 from models.checkpoint import read_metadata, trained_edit_vision_area
-from pipelines.store.header import EDIT_VISION_AREA
+from store.header import EDIT_VISION_AREA
 from training.checkpointer import (
     ensure_base,
     export_adapter,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pathlib
 
-from pipelines.store import columns as C
-from pipelines.store.reader import count_rows
+from store import columns as C
+from store.reader import count_rows
 from training.config import PretrainConfig
 from training.pretrain import run_pretraining
 from training.rl.config import SftConfig, read_lines

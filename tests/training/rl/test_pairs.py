@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.store.writer import commit_table
+from store.writer import commit_table
 from training.rl.pairs import (
     PREFERENCE_SOURCE,
     REWARD_LOSER,

@@ -16,7 +16,7 @@ from PIL import Image
 from jobs.rl import main
 from models.checkpoint import load_checkpoint, read_metadata
 from models.presets import ALL_PARTS, build_components
-from pipelines.store.reader import read_table
+from store.reader import read_table
 from training.rl.pairs import PREFERENCE_SOURCE, read_pairs
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipelines.store.buckets import RESOLUTIONS
+from store.buckets import RESOLUTIONS
 
 # Identity and text.
 SAMPLE_ID = "sample_id"

@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.store import columns as C
-from pipelines.store.writer import MANIFEST_DIR
+from store import columns as C
+from store.writer import MANIFEST_DIR
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +67,9 @@ _OPERATORS = {
 }
 
 
-def _conditions(resolution: int, min_stage: int | None, predicates: Iterable[Predicate]) -> list[Predicate]:
+def selection(resolution: int, min_stage: int | None, predicates: Iterable[Predicate]) -> list[Predicate]:
+    """The conditions (ANDed) that select a phase's rows: its predicates (each operator checked) and its minimum
+    stage. Compiled to Arrow (``arrow_filter``), Ray Data (``ray_filter``) and row masks by the readers."""
     conditions = list(predicates)
     for column, operator, _ in conditions:
         if operator not in _OPERATORS and operator != "in":
@@ -145,7 +147,7 @@ def read_table(
     if not paths:
         return pa.table({})
     dataset = pads.dataset(paths, format="parquet")
-    conditions = _conditions(resolution, min_stage, predicates)
+    conditions = selection(resolution, min_stage, predicates)
     latents = C.latents_column(resolution)
     conditions = conditions or [(latents, "not_null", None)]
     columns = present(projection(resolution, extra_columns), dataset.schema.names)
@@ -166,7 +168,7 @@ def count_rows(
     """How many rows ``read_table`` would return with the same arguments, read from the filter's columns (and
     ``by``) only: the resolution's height column stands for its latents (the producers leave both null together),
     so no tensor is read. With ``by``: ``{value: rows}`` of that column among them."""
-    conditions = _conditions(resolution, min_stage, predicates) + [(C.height_column(resolution), "not_null", None)]
+    conditions = selection(resolution, min_stage, predicates) + [(C.height_column(resolution), "not_null", None)]
     columns = sorted({column for column, _, _ in conditions} | ({by} if by else set()))
     paths = shard_paths(store_dir)
     if not paths:
@@ -248,7 +250,7 @@ def stream_rows(
     pass is handed on as read (no copy); the next row group is read ahead by the disk while this one is decoded."""
     root = pathlib.Path(store_dir)
     shards = list_shards(store_dir) if shards is None else shards
-    conditions = _conditions(resolution, min_stage, predicates)
+    conditions = selection(resolution, min_stage, predicates)
     columns = projection(resolution, extra_columns)
     columns += [column for column, _, _ in conditions if column not in columns]  # filtered on, kept (small)
     wanted = set(columns)
@@ -321,12 +323,12 @@ def read_store(
     extra_columns: Iterable[str] = (),
 ):
     """A Ray Dataset of the committed shards, filtered and projected like ``read_table``."""
-    from pipelines.parquet import read_parquet
+    from store.parquet import read_parquet
 
     paths = shard_paths(store_dir)
     if not paths:
         raise ValueError(f"the latent store {store_dir} has no committed shards yet")
-    conditions = _conditions(resolution, min_stage, predicates)
+    conditions = selection(resolution, min_stage, predicates)
     columns = projection(resolution, extra_columns) + [C.STAGE] * (C.STAGE not in extra_columns)
     dataset = read_parquet(paths, partitioning=None).select_columns(present(columns, pq.read_schema(paths[0]).names))
     return dataset.filter(expr=ray_filter(conditions)) if conditions else dataset

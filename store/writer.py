@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data import Datasink
 
-from pipelines.store import columns as C
+from store import columns as C
 
 MANIFEST_DIR = "_manifest"
 # Rows per Parquet row group: the unit a reader reads, skips by statistics and reads ahead. At about 1 MB of tensors

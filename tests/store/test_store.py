@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.store import columns as C
-from pipelines.store.buckets import bucket_size, nearest_bucket, upscale_factor
-from pipelines.store.reader import (
+from store import columns as C
+from store.buckets import bucket_size, nearest_bucket, upscale_factor
+from store.reader import (
     committed_sample_ids,
     count_rows,
     iter_bucketed_batches,
@@ -23,7 +23,7 @@ from pipelines.store.reader import (
     shard_paths,
     stream_rows,
 )
-from pipelines.store.writer import commit_table
+from store.writer import commit_table
 
 RESOLUTIONS = (256, 640)
 

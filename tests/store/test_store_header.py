@@ -1,4 +1,4 @@
-"""The latent store's header (pipelines/store/header.py): written at the first commit, refused to writers and
+"""The latent store's header (store/header.py): written at the first commit, refused to writers and
 trainers with other settings."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from pipelines.encode import EncodeConfig, store_header
-from pipelines.store.header import StoreHeaderMismatch, ensure_header, read_header
+from store.header import StoreHeaderMismatch, ensure_header, read_header
 
 
 def test_store_header_mismatch_is_refused(tmp_path):

@@ -7,7 +7,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.parquet import NUM_ACTORS_ENV, count_parquet_files, footer_actors, read_parquet
+from store.parquet import NUM_ACTORS_ENV, count_parquet_files, footer_actors, read_parquet
 
 
 def test_footer_readers_follow_the_number_of_files(monkeypatch):
