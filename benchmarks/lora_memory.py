@@ -134,7 +134,7 @@ def _max_rss() -> int:
 def _cpu_mode(mode: str, args: dict, out: str) -> None:
     """One mode in its own process: build, warm up, time; write the figures to ``out``."""
     from training.loop import TrainState, _train_step, trainable_parameters
-    from training.rl.policy import single_process
+    from training.post_training.policy import single_process
 
     torch.set_num_threads(args["threads"])
     config = _loop_config(args["warmup"] + args["steps"], args["resolution"])

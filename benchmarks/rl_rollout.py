@@ -3,11 +3,11 @@ between rollout (SDE sampling), reward (VAE decode + scoring) and update, on the
 
     python benchmarks/rl_rollout.py [--rounds 3] [--group-size 8] [--size 64] [--steps 10] [--reward mean_color]
 
-Each actor is ``training.rl.rollout.RolloutWorker`` (the one GRPO runs) with one CPU and one torch thread; a round
+Each actor is ``training.post_training.rollout.RolloutWorker`` (the one GRPO runs) with one CPU and one torch thread; a round
 sends ``2 x actors`` rollout calls of one prompt x ``group_size`` images, spread over the actors, and times them
 from the driver (actor start-up and a warm-up call not counted). The split comes from iterations with one actor,
 where rollout and reward run one after the other: the actor reports its sampling and reward times, the update is
-``training.rl.grpo.grpo_update`` run in this process as a train worker runs it (one thread), and the weight push
+``training.post_training.grpo.grpo_update`` run in this process as a train worker runs it (one thread), and the weight push
 is timed too. Last line: one JSON object with ``images_per_s_1_actor``, ``images_per_s_2_actors``, ``scaling``
 and ``split`` (seconds per iteration and fractions). No fixed target.
 """
@@ -32,10 +32,10 @@ import torch  # noqa: E402
 
 from models.checkpoint import save_components  # noqa: E402
 from models.presets import build_components  # noqa: E402
+from training.post_training.grpo import GrpoSettings, RolloutBatch, group_advantages, grpo_update  # noqa: E402
+from training.post_training.policy import Policy  # noqa: E402
+from training.post_training.rollout import RolloutWorker, prompt_rows  # noqa: E402
 from training.pretrain import encode_sample_prompts  # noqa: E402
-from training.rl.grpo import GrpoSettings, RolloutBatch, group_advantages, grpo_update  # noqa: E402
-from training.rl.policy import Policy  # noqa: E402
-from training.rl.rollout import RolloutWorker, prompt_rows  # noqa: E402
 
 PROMPTS = ["a red apple", "a blue sky", "a green field", "a yellow taxi"]
 

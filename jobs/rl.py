@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from models.config import load_config  # noqa: E402
 from models.ray_runtime import init_ray  # noqa: E402
-from training.rl.config import DpoConfig, GrpoConfig, SftConfig  # noqa: E402
+from training.post_training.config import DpoConfig, GrpoConfig, SftConfig  # noqa: E402
 
 ALGORITHMS = {"sft": SftConfig, "dpo": DpoConfig, "grpo": GrpoConfig}
 # The config key --max-steps caps, per algorithm.
@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> dict:
         config = config.model_copy(update={key: min(getattr(config, key), args.max_steps)})
     init_ray()
     if args.algo == "sft":
-        from training.rl.sft import run_sft as run
+        from training.post_training.sft import run_sft as run
     elif args.algo == "dpo":
-        from training.rl.dpo_train import run_dpo as run
+        from training.post_training.dpo_train import run_dpo as run
     else:
-        from training.rl.grpo_train import run_grpo as run
+        from training.post_training.grpo_train import run_grpo as run
     summary = run(config)
     print(f"[{args.algo}] done:\n" + json.dumps(summary, indent=2, default=str), flush=True)
     return summary

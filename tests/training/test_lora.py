@@ -19,7 +19,7 @@ from models.prompt_embeds import PromptEmbeds
 from training.checkpointer import export_adapter
 from training.config import PretrainConfig
 from training.loop import TrainState, _train_step, build_model, trainable_parameters
-from training.rl.policy import single_process
+from training.post_training.policy import single_process
 
 TEXTS = ["a photo of sks dog", "a watercolour of a red barn"]
 # Every linear layer of the image stream's blocks: on two prompts the tiny model memorises in a few hundred steps.
@@ -204,10 +204,10 @@ def test_lora_loads_in_diffusers(memorized, released_folder, tmp_path):
 
 def test_finetune_from_released_layout(released_folder, tiny_components, tmp_path):
     from training.checkpointer import ensure_base
-    from training.rl.config import DpoConfig, SftConfig
-    from training.rl.dpo import PairBatch, dpo_step
-    from training.rl.policy import Policy
-    from training.rl.sft import sft_pretrain_config
+    from training.post_training.config import DpoConfig, SftConfig
+    from training.post_training.dpo import PairBatch, dpo_step
+    from training.post_training.policy import Policy
+    from training.post_training.sft import sft_pretrain_config
     from training.vae_finetune import VaeFinetuneConfig
 
     tiny = tiny_components.transformer.state_dict()

@@ -6,7 +6,7 @@ import pytest
 
 import training.trainer
 from training.config import PretrainConfig
-from training.rl.config import DpoConfig
+from training.post_training.config import DpoConfig
 from training.trainer import fit_trainer, run_config, scaling_config
 from training.vae_finetune import VaeFinetuneConfig
 

@@ -9,7 +9,7 @@ import torch
 
 from models.packing import img_shapes, pack_latents, unpack_latents
 from models.sampler import predict_velocity
-from training.rl.rollout import sde_rollout, step_log_prob
+from training.post_training.rollout import sde_rollout, step_log_prob
 
 NOISE_LEVEL = 0.7
 

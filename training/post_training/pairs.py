@@ -30,8 +30,8 @@ from store import columns as C
 from store.buckets import bucket_size, nearest_bucket
 from store.reader import decode_batch, read_table
 from store.writer import LatentStoreSink
-from training.rl.config import DpoConfig, LabelPairsConfig, RewardPairsConfig, prompt_list
-from training.rl.dpo import PairBatch
+from training.post_training.config import DpoConfig, LabelPairsConfig, RewardPairsConfig, prompt_list
+from training.post_training.dpo import PairBatch
 
 PREFERENCE_SOURCE = "preference_source"
 REWARD_WINNER = "reward_winner"
@@ -80,7 +80,7 @@ class RewardPairStage:
 
     def __init__(self, checkpoint: str, base_weights_dir: str | None, settings: dict, resolution: int):
         from models.generation import TextToImage
-        from training.rl.rewards import build_reward
+        from training.post_training.rewards import build_reward
 
         self.settings = RewardPairsConfig.model_validate(settings)
         self.generator = TextToImage.from_checkpoint(checkpoint, weights_dir=base_weights_dir)
@@ -90,7 +90,7 @@ class RewardPairStage:
         self.source = "reward:" + "+".join(self.reward.terms)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        from training.rl.rewards import Generated
+        from training.post_training.rewards import Generated
 
         count = self.settings.images_per_prompt
         rows = []

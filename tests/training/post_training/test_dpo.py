@@ -11,7 +11,7 @@ import torch
 
 from models.presets import build_components
 from models.prompt_embeds import PromptEmbeds
-from training.rl.dpo import PairBatch, dpo_loss, dpo_step, evaluate_pairs
+from training.post_training.dpo import PairBatch, dpo_loss, dpo_step, evaluate_pairs
 
 STEPS = 60
 

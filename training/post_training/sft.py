@@ -15,8 +15,8 @@ import pathlib
 from store import columns as C
 from store.reader import count_rows
 from training.config import PretrainConfig
+from training.post_training.config import SftConfig, read_lines
 from training.pretrain import run_pretraining
-from training.rl.config import SftConfig, read_lines
 
 # PretrainConfig keys that SftConfig sets itself.
 OWN_KEYS = (

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from store.writer import commit_table
-from training.rl.pairs import (
+from training.post_training.pairs import (
     PREFERENCE_SOURCE,
     REWARD_LOSER,
     REWARD_WINNER,

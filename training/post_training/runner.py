@@ -29,9 +29,9 @@ from training.checkpointer import (
 )
 from training.optim import adamw
 from training.parallel import autocast, build_mesh, compute_dtype
+from training.post_training.config import RlBase, RlOptim
+from training.post_training.policy import Policy
 from training.progress import Progress
-from training.rl.config import RlBase, RlOptim
-from training.rl.policy import Policy
 from training.schedule import learning_rate, set_learning_rate
 from training.trainer import fit_trainer
 

@@ -11,9 +11,9 @@ from models.prompt_embeds import PromptEmbeds
 from models.sampler import predict_velocity
 from training.checkpointer import export_transformer
 from training.parallel import ParallelConfig, build_mesh
-from training.rl.config import LoraSettings
-from training.rl.dpo import PairBatch, dpo_step
-from training.rl.policy import Policy, load_trainable_state, load_transformer
+from training.post_training.config import LoraSettings
+from training.post_training.dpo import PairBatch, dpo_step
+from training.post_training.policy import Policy, load_trainable_state, load_transformer
 
 from ...distributed import run_ranks
 

@@ -9,8 +9,8 @@ import torch
 
 from models.checkpoint import save_components
 from models.presets import build_components
-from training.rl.config import SftConfig
-from training.rl.sft import curated_predicates, sft_pretrain_config
+from training.post_training.config import SftConfig
+from training.post_training.sft import curated_predicates, sft_pretrain_config
 
 
 def test_sft_recipe_selects_the_curated_subset(tiny_checkpoint, tmp_path):

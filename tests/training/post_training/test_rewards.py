@@ -8,7 +8,7 @@ import torch
 
 from pipelines.synth import SynthConfig
 from pipelines.synth.generator import generate_samples
-from training.rl.rewards import (
+from training.post_training.rewards import (
     Generated,
     MeanColorReward,
     OcrReward,
@@ -19,7 +19,7 @@ from training.rl.rewards import (
 
 
 class BrightnessReward(Reward):
-    """A user's reward, referenced from a config as ``tests.training.rl.test_rewards:BrightnessReward``."""
+    """A user's reward, referenced from a config as ``tests.training.post_training.test_rewards:BrightnessReward``."""
 
     def __init__(self, scale: float = 1.0):
         self.scale = scale
@@ -74,7 +74,11 @@ def test_mean_color_reward_and_weighted_sum():
     total = build_reward(
         [
             {"kind": "mean_color", "weight": 2.0},
-            {"kind": "tests.training.rl.test_rewards:BrightnessReward", "weight": 0.5, "options": {"scale": 2.0}},
+            {
+                "kind": "tests.training.post_training.test_rewards:BrightnessReward",
+                "weight": 0.5,
+                "options": {"scale": 2.0},
+            },
             {"kind": "latent_target", "weight": 1.0, "options": {"target": 1.0}},
         ]
     )

@@ -28,7 +28,7 @@ Predicate = tuple[str, str, float | int | str | list]
 
 class RewardSpec(StrictModel):
     """One term of the reward: a registered name (``ocr``, ``clip``, ``mean_color``, ``latent_target``) or
-    ``package.module:ClassName`` for a user's own ``training.rl.rewards.Reward``; ``options`` go to its constructor."""
+    ``package.module:ClassName`` for a user's own ``training.post_training.rewards.Reward``; ``options`` go to its constructor."""
 
     kind: str
     weight: float = 1.0
@@ -135,7 +135,7 @@ class LabelPairsConfig(StrictModel):
 class DpoConfig(RlBase):
     """Diffusion-DPO for flow matching (docs/qwen_image.md §8)."""
 
-    pairs_dir: str  # a latent store of preference pairs (training.rl.pairs)
+    pairs_dir: str  # a latent store of preference pairs (training.post_training.pairs)
     from_reward: RewardPairsConfig | None = None  # build pairs before training (appended to pairs_dir)
     from_labels: LabelPairsConfig | None = None
     resolution: int = pydantic.Field(default=256, ge=16)

@@ -17,7 +17,7 @@ from jobs.rl import main
 from models.checkpoint import load_checkpoint, read_metadata
 from models.presets import ALL_PARTS, build_components
 from store.reader import read_table
-from training.rl.pairs import PREFERENCE_SOURCE, read_pairs
+from training.post_training.pairs import PREFERENCE_SOURCE, read_pairs
 
 pytestmark = pytest.mark.slow
 CONFIGS = pathlib.Path(__file__).resolve().parents[3] / "configs"

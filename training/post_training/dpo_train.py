@@ -17,11 +17,11 @@ import torch
 
 from models.checkpoint import read_metadata
 from training.metrics import MetricsWriter
-from training.rl.config import DpoConfig
-from training.rl.curves import plot_curves
-from training.rl.dpo import dpo_step, evaluate_pairs
-from training.rl.pairs import build_pairs, num_batches, pair_batches, read_pairs, split_pairs, to_device
-from training.rl.runner import Worker, adapter_summary, export_folder, fit, with_absolute_paths
+from training.post_training.config import DpoConfig
+from training.post_training.curves import plot_curves
+from training.post_training.dpo import dpo_step, evaluate_pairs
+from training.post_training.pairs import build_pairs, num_batches, pair_batches, read_pairs, split_pairs, to_device
+from training.post_training.runner import Worker, adapter_summary, export_folder, fit, with_absolute_paths
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

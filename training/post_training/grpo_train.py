@@ -20,12 +20,12 @@ import torch
 from models.checkpoint import read_metadata
 from models.prompt_embeds import PromptEmbeds
 from training.metrics import MetricsWriter
+from training.post_training.config import GrpoConfig, prompt_list
+from training.post_training.curves import plot_curves
+from training.post_training.grpo import GrpoSettings, RolloutBatch, group_advantages, grpo_update
+from training.post_training.rollout import RolloutWorker, prompt_rows
+from training.post_training.runner import Worker, adapter_summary, export_folder, fit, with_absolute_paths
 from training.pretrain import encode_sample_prompts
-from training.rl.config import GrpoConfig, prompt_list
-from training.rl.curves import plot_curves
-from training.rl.grpo import GrpoSettings, RolloutBatch, group_advantages, grpo_update
-from training.rl.rollout import RolloutWorker, prompt_rows
-from training.rl.runner import Worker, adapter_summary, export_folder, fit, with_absolute_paths
 
 
 def make_rollout_actors(config: GrpoConfig, prompts: dict) -> list:

@@ -1,5 +1,5 @@
 """Flow-GRPO's objective (docs/qwen_image.md §8) as plain functions: advantages, the clipped ratio loss, the KL term,
-and one update from a batch of rollouts. The Ray Train loop (``training.rl.grpo_train``) and the tests call these.
+and one update from a batch of rollouts. The Ray Train loop (``training.post_training.grpo_train``) and the tests call these.
 
 - Advantage: ``A = (r - group mean) / (group std + eps)``, clipped to ``+-adv_clip`` (5).
 - Per trained step: ``max(-A ratio, -A clip(ratio, 1 - e, 1 + e)) + kl_beta KL``, ``ratio = exp(logp - logp_old)``,
@@ -20,7 +20,7 @@ import torch
 
 from models.prompt_embeds import PromptEmbeds
 from training.parallel import clip_grad_norm_, gradient_sync
-from training.rl.rollout import step_log_prob
+from training.post_training.rollout import step_log_prob
 
 
 def group_advantages(rewards: torch.Tensor, *, eps: float = 1e-4, clip: float = 5.0) -> torch.Tensor:

@@ -11,9 +11,16 @@ import pytest
 import torch
 
 from models.presets import build_components
-from training.rl.grpo import GrpoSettings, RolloutBatch, clipped_objective, gaussian_kl, group_advantages, grpo_update
-from training.rl.rewards import Generated, LatentTargetReward
-from training.rl.rollout import sde_rollout
+from training.post_training.grpo import (
+    GrpoSettings,
+    RolloutBatch,
+    clipped_objective,
+    gaussian_kl,
+    group_advantages,
+    grpo_update,
+)
+from training.post_training.rewards import Generated, LatentTargetReward
+from training.post_training.rollout import sde_rollout
 
 GROUP = 8
 ITERATIONS = 40

@@ -154,8 +154,8 @@ class RolloutWorker:
         from models.lora import LoraSettings, add_lora
         from models.presets import build_components
         from models.vae import LatentVAE
-        from training.rl.policy import load_transformer
-        from training.rl.rewards import build_reward
+        from training.post_training.policy import load_transformer
+        from training.post_training.rewards import build_reward
 
         torch.set_num_threads(num_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,7 +174,7 @@ class RolloutWorker:
         self.version = -1
 
     def set_weights(self, state: dict, version: int) -> int:
-        from training.rl.policy import load_trainable_state
+        from training.post_training.policy import load_trainable_state
 
         load_trainable_state(self.transformer, state)
         self.version = version
@@ -187,7 +187,7 @@ class RolloutWorker:
 
     def _score(self, indices: list[int], repeats: int, latents: torch.Tensor) -> tuple[np.ndarray, dict]:
         from models.vae import tensor_to_images
-        from training.rl.rewards import Generated
+        from training.post_training.rewards import Generated
 
         prompts = [self.texts[index] for index in indices for _ in range(repeats)]
         images = tensor_to_images(self.vae.decode(latents)) if self.vae is not None else None

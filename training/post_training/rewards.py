@@ -177,7 +177,9 @@ def reward_class(kind: str) -> type[Reward]:
         module_name, _, class_name = kind.partition(":")
         cls = getattr(importlib.import_module(module_name), class_name, None)
         if not (isinstance(cls, type) and issubclass(cls, Reward)):
-            raise ValueError(f"reward {kind!r}: {class_name} in {module_name} is not a training.rl.rewards.Reward")
+            raise ValueError(
+                f"reward {kind!r}: {class_name} in {module_name} is not a training.post_training.rewards.Reward"
+            )
         return cls
     if kind not in REWARDS:
         raise ValueError(f"unknown reward {kind!r}; choose from {sorted(REWARDS)} or give package.module:ClassName")
@@ -186,7 +188,7 @@ def reward_class(kind: str) -> type[Reward]:
 
 def build_reward(specs: list) -> WeightedSum:
     """``RewardSpec``s (or their dicts) -> one ``WeightedSum``; terms are named by kind (``ocr``, ``ocr_2``...)."""
-    from training.rl.config import RewardSpec
+    from training.post_training.config import RewardSpec
 
     terms: dict[str, tuple[Reward, float]] = {}
     for spec in specs:
