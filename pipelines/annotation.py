@@ -44,7 +44,7 @@ import pydantic
 from models.config import StrictModel
 from pipelines import schema
 from pipelines.decode import DecodeConfig, decode_image
-from pipelines.operators.columns import (  # noqa: F401 - the stage's columns, named where they are registered
+from pipelines.operators.columns import (
     ANN_ABNORMAL,
     ANN_CAPTION,
     ANN_ERROR,

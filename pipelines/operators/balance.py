@@ -25,7 +25,7 @@ import numpy as np
 import pydantic
 
 from pipelines.operators.base import Check
-from pipelines.operators.columns import (  # noqa: F401 - the stage's columns, named where they are registered
+from pipelines.operators.columns import (
     CATEGORY,
     ELIGIBLE,
     QUALITY_RANK,

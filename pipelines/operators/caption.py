@@ -19,7 +19,7 @@ import numpy as np
 
 from pipelines.operators.base import Check
 from pipelines.operators.columns import (
-    ANN_CAPTION,  # noqa: F401 - the stage's columns, named where they are registered
+    ANN_CAPTION,
     CAPTION_COLUMNS,
     CAPTION_FUSED,
     CAPTION_INVALID_REASON,

@@ -33,7 +33,7 @@ from pipelines.decode import DecodeConfig, decode_image
 from pipelines.operators.base import Check
 from pipelines.operators.columns import (
     CLIP_EMBEDDING,
-    CLIP_SCORES,  # noqa: F401 - the stage's columns, named where they are registered
+    CLIP_SCORES,
     SCORE_AESTHETIC,
     SCORE_CLIP_ALIGNMENT,
     SCORE_NSFW,

@@ -41,7 +41,7 @@ from pipelines.operators.base import Check
 from pipelines.operators.columns import (
     ANN_IMAGE_TYPE,
     CATEGORY,
-    FACE_COLUMNS,  # noqa: F401 - the stage's columns, named where they are registered
+    FACE_COLUMNS,
     SCORE_FACE_AREA,
     SCORE_FACE_BLUR_RATIO,
     SCORE_FACE_DEGRADED,

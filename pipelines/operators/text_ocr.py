@@ -42,7 +42,7 @@ from pipelines.operators.base import Check
 from pipelines.operators.columns import (
     ANN_ERROR,
     ANN_WATERMARKS,
-    OCR_COLUMNS,  # noqa: F401 - the stage's columns, named where they are registered
+    OCR_COLUMNS,
     OCR_ERROR,
     OCR_TEXT,
     SCORE_OCR_ERROR,
