@@ -222,7 +222,7 @@ def producers_and_consumers(cluster: Cluster, nodes: dict[str, list], work: path
         if removed[PRODUCER] is None and encoders:
             with lock:
                 removed[PRODUCER] = _remove(cluster, nodes[PRODUCER], encoders[0]["node"])
-        time.sleep(0.1)
+        time.sleep(0.3)  # each round asks the state API for every actor: not more often than needed
     producer.join(60)
     if consumer:
         consumer.join(60)
