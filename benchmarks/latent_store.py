@@ -52,8 +52,8 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from store import columns as C  # noqa: E402
+from store.batches import iter_bucketed_batches  # noqa: E402
 from store.reader import (  # noqa: E402
-    iter_bucketed_batches,
     prefetched,
     read_store,
     shard_paths,

@@ -151,7 +151,8 @@ def main() -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from store.reader import iter_bucketed_batches, read_table
+    from store.batches import iter_bucketed_batches
+    from store.reader import read_table
 
     with tempfile.TemporaryDirectory() as folder:
         store = pathlib.Path(folder) / "store"

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from store import columns as C
-from store.reader import count_rows, iter_bucketed_batches, read_store
+from store.batches import iter_bucketed_batches
+from store.reader import count_rows, read_store
 from training.config import PhaseConfig
 
 SYNTHETIC_PREFIX = "synthetic/"
@@ -102,7 +103,8 @@ def phase_dataset(store_dir: str, phase: PhaseConfig, seed: int):
 def streamed_phase_dataset(encoded, phase: PhaseConfig, seed: int, synthetic_odds: float | None = None):
     """Feed "stream": the phase's rows of a dataset of freshly encoded store-schema rows (``pipelines.produce.
     encoded_dataset``), selected as ``phase_dataset`` selects stored rows: stage and predicates, mixture, projection."""
-    from store.reader import projection, ray_filter, selection
+    from store.predicates import ray_filter, selection
+    from store.reader import projection
 
     conditions = selection(phase.resolution, phase.min_stage, phase.predicates)
     if conditions:

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from store import columns as C
+from store.batches import iter_bucketed_batches
 from store.buckets import bucket_size, nearest_bucket, upscale_factor
 from store.reader import (
     committed_sample_ids,
     count_rows,
-    iter_bucketed_batches,
     list_shards,
     read_store,
     read_table,

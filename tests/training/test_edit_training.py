@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from store import columns as C
-from store.reader import iter_bucketed_batches, read_table
+from store.batches import iter_bucketed_batches
+from store.reader import read_table
 from store.writer import commit_table
 from training.config import PhaseConfig, PretrainConfig
 
@@ -71,7 +72,7 @@ def test_edit_rows_batch_apart_from_pairs(edit_store):
     assert edit["source_latents"].shape == edit["latents"].shape
     assert not torch.equal(edit["source_latents"], edit["latents"])  # the source image, not the target
     # Mixed rows handed to decode_batch directly are an error, not a silent mix.
-    from store.reader import decode_batch
+    from store.batches import decode_batch
 
     edits = table.filter(pa.compute.equal(table.column(C.TASK), "edit"))
     source = C.source_latents_column(RESOLUTION)

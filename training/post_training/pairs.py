@@ -27,8 +27,9 @@ import torch
 from models.prompt_embeds import PromptEmbeds
 from pipelines.pools import map_stage
 from store import columns as C
+from store.batches import decode_batch
 from store.buckets import bucket_size, nearest_bucket
-from store.reader import decode_batch, read_table
+from store.reader import read_table
 from store.writer import LatentStoreSink
 from training.post_training.config import DpoConfig, LabelPairsConfig, RewardPairsConfig, prompt_list
 from training.post_training.dpo import PairBatch
