@@ -15,6 +15,7 @@ from models.config import StrictModel
 from models.lora import LoraSettings
 from models.schedule import LossWeighting, SigmaSampling
 from pipelines.curation import CurationConfig
+from store import columns as C
 from training.optim import AdamImplementation
 from training.parallel import FrozenDtype, check_frozen_dtype
 from training.trainer import RunSettings
@@ -49,10 +50,10 @@ class PhaseConfig(StrictModel):
     @pydantic.model_validator(mode="after")
     def _tasks_into_mixture(self) -> PhaseConfig:
         """The task weights are a mixture over the stored ``task`` column (one mechanism for every weighting)."""
-        if self.tasks and self.mixture.get("task") != self.tasks:
-            if "task" in self.mixture:
-                raise ValueError("give task weights once: in tasks or in mixture['task'], not both")
-            self.mixture = {**self.mixture, "task": dict(self.tasks)}  # re-validates once, then equal
+        if self.tasks and self.mixture.get(C.TASK) != self.tasks:
+            if C.TASK in self.mixture:
+                raise ValueError(f"give task weights once: in tasks or in mixture[{C.TASK!r}], not both")
+            self.mixture = {**self.mixture, C.TASK: dict(self.tasks)}  # re-validates once, then equal
         return self
 
 
