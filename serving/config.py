@@ -22,7 +22,7 @@ from models.generation import DEFAULT_NEGATIVE_PROMPT, DEFAULT_TRUE_CFG
 from models.placement import PlacementMode
 from serving.ratelimit import RateLimit
 from serving.sizes import parse_size
-from store.header import DEFAULT_EDIT_VISION_AREA
+from store.header import resolve_edit_vision_area
 
 ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -222,17 +222,11 @@ class ServeSettings(StrictModel):
         model, edit = data.get("model") or {}, data.get("edit") or {}
         checkpoint = model.get("checkpoint") if isinstance(model, dict) else model.checkpoint
         edit = edit if isinstance(edit, dict) else edit.model_dump(exclude_unset=True)
-        trained = trained_edit_vision_area(checkpoint)
-        given = edit.get("vision_area")
-        if given is None:
-            return {**data, "edit": {**edit, "vision_area": trained or DEFAULT_EDIT_VISION_AREA}}
-        if trained is not None and given != trained:
-            raise ValueError(
-                f"edit.vision_area is {given}, but the checkpoint {checkpoint} learnt edits whose input image the "
-                f"vision tower saw at {trained} pixels (its latent store's header); leave edit.vision_area unset "
-                "to take the checkpoint's"
-            )
-        return data
+        where = f"the checkpoint {checkpoint} learnt edits whose input image the vision tower saw"
+        area = resolve_edit_vision_area(
+            edit.get("vision_area"), trained_edit_vision_area(checkpoint), "edit.vision_area", where
+        )
+        return {**data, "edit": {**edit, "vision_area": area}}
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> ServeSettings:

@@ -32,6 +32,18 @@ class StoreHeaderMismatch(ValueError):
     """A writer or reader whose settings differ from the store's header."""
 
 
+def resolve_edit_vision_area(given: int | None, recorded: int | None, key: str, where: str) -> int:
+    """The edit vision area a trainer or server uses: the one its data recorded (``where``: the store's header, a
+    checkpoint's metadata), else the default; a ``given`` one (config ``key``) must equal the recorded one."""
+    if given is None:
+        return recorded or DEFAULT_EDIT_VISION_AREA
+    if recorded is not None and given != recorded:
+        raise StoreHeaderMismatch(
+            f"{key} is {given}, but {where} at {recorded} pixels; leave {key} unset to take that one"
+        )
+    return given
+
+
 def read_header(store_dir: str | pathlib.Path) -> dict | None:
     path = pathlib.Path(store_dir) / HEADER_FILE
     return json.loads(path.read_text()) if path.is_file() else None

@@ -270,14 +270,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     init_checkpoint = loop_config.get("init_checkpoint")
     model = build_model(config, parallel, restoring=checkpoint is not None or bool(init_checkpoint))
-    optimizer = adamw(
-        trainable_parameters(model),
-        lr=config.optim.lr,
-        betas=config.optim.betas,
-        weight_decay=config.optim.weight_decay,
-        eps=config.optim.eps,
-        implementation=config.optim.implementation,
-    )
+    optimizer = adamw(trainable_parameters(model), config.optim)
     ema = new_ema(model) if config.ema_decay is not None else None
     state = TrainState(step=start, world=world)
 

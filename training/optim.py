@@ -8,21 +8,26 @@ when neither is asked for. All three compute the same update, with last-bit diff
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
 AdamImplementation = Literal["fused", "foreach", "for-loop"]
 
 
-def adamw(
-    parameters: Iterable[torch.nn.Parameter],
-    *,
-    lr: float,
-    betas: tuple[float, float],
-    weight_decay: float,
-    eps: float,
-    implementation: AdamImplementation = "fused",
-) -> torch.optim.AdamW:
+class AdamSettings(Protocol):
+    """An optimiser config section (``training.config.OptimConfig``, ``RlOptim``)."""
+
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    eps: float
+    implementation: AdamImplementation
+
+
+def adamw(parameters: Iterable[torch.nn.Parameter], optim: AdamSettings) -> torch.optim.AdamW:
+    implementation = optim.implementation
     kernel = {"fused": True} if implementation == "fused" else {"foreach": implementation == "foreach"}
-    return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, **kernel)
+    return torch.optim.AdamW(
+        parameters, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.eps, **kernel
+    )

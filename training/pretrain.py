@@ -99,22 +99,14 @@ def check_store(config: PretrainConfig) -> None:
 def with_edit_vision_area(config: PretrainConfig) -> PretrainConfig:
     """``samples.edit_vision_area`` resolved: the area the run's edit rows were encoded at (the store's header, or the
     in-job curation's encoder), which the sample grids use and the exports record; a given one must equal it."""
-    from store.header import DEFAULT_EDIT_VISION_AREA, EDIT_VISION_AREA, StoreHeaderMismatch, read_header
+    from store.header import EDIT_VISION_AREA, read_header, resolve_edit_vision_area
 
     if config.feed == "stream":
         recorded, where = config.curation.encode.edit_vision_area, "the job's curation encodes edits"
     else:
         header = read_header(config.store_dir) or {}
         recorded, where = header.get(EDIT_VISION_AREA), f"the latent store {config.store_dir} encoded its edits"
-    given = config.samples.edit_vision_area
-    if given is None:
-        area = recorded or DEFAULT_EDIT_VISION_AREA
-    elif recorded is not None and given != recorded:
-        raise StoreHeaderMismatch(
-            f"samples.edit_vision_area is {given}, but {where} at {recorded} pixels; leave it unset to take that one"
-        )
-    else:
-        area = given
+    area = resolve_edit_vision_area(config.samples.edit_vision_area, recorded, "samples.edit_vision_area", where)
     return config.model_copy(update={"samples": config.samples.model_copy(update={"edit_vision_area": area})})
 
 

@@ -29,7 +29,7 @@ from training.checkpointer import (
 )
 from training.optim import adamw
 from training.parallel import autocast, build_mesh, compute_dtype
-from training.post_training.config import RlBase, RlOptim
+from training.post_training.config import RlBase
 from training.post_training.policy import Policy
 from training.progress import Progress
 from training.schedule import learning_rate, set_learning_rate
@@ -99,15 +99,7 @@ class Worker:
             seed=config.seed,
         )
         self.model = self.policy.model
-        optim: RlOptim = config.optim
-        self.optimizer = adamw(
-            self.policy.trainable_parameters(),
-            lr=optim.lr,
-            betas=optim.betas,
-            weight_decay=optim.weight_decay,
-            eps=optim.eps,
-            implementation=optim.implementation,
-        )
+        self.optimizer = adamw(self.policy.trainable_parameters(), config.optim)
         self.step = self.restore()
         # What the start model's metadata says of its training data, carried into every export (serving reads it).
         area = trained_edit_vision_area(config.init)
