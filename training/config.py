@@ -16,7 +16,7 @@ from models.lora import LoraSettings
 from models.schedule import LossWeighting, SigmaSampling
 from pipelines.curation import CurationConfig
 from store import columns as C
-from training.optim import AdamImplementation
+from training.optim import AdamConfig
 from training.parallel import FrozenDtype, check_frozen_dtype
 from training.trainer import RunSettings
 
@@ -57,17 +57,10 @@ class PhaseConfig(StrictModel):
         return self
 
 
-class OptimConfig(StrictModel):
-    lr: float = pydantic.Field(default=1e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = pydantic.Field(default=0.01, ge=0)
-    eps: float = 1e-8
-    warmup_steps: int = pydantic.Field(default=100, ge=0)
+class OptimConfig(AdamConfig):
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = pydantic.Field(default=0.1, ge=0, le=1)  # cosine floor, as a fraction of lr
-    grad_clip: float | None = pydantic.Field(default=1.0, gt=0)
     grad_accum: int = pydantic.Field(default=1, ge=1)
-    implementation: AdamImplementation = "fused"  # AdamW's kernel (training/optim.py)
 
 
 class LossConfig(StrictModel):

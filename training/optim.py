@@ -8,24 +8,30 @@ when neither is asked for. All three compute the same update, with last-bit diff
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import Literal
 
+import pydantic
 import torch
+
+from models.config import StrictModel
 
 AdamImplementation = Literal["fused", "foreach", "for-loop"]
 
 
-class AdamSettings(Protocol):
-    """An optimiser config section (``training.config.OptimConfig``, ``RlOptim``)."""
+class AdamConfig(StrictModel):
+    """AdamW's settings, warm-up and gradient clipping: what every trainer's optimiser section holds (pretraining's
+    ``OptimConfig`` adds a schedule and accumulation; post-training's ``RlOptim`` has smaller defaults)."""
 
-    lr: float
-    betas: tuple[float, float]
-    weight_decay: float
-    eps: float
-    implementation: AdamImplementation
+    lr: float = pydantic.Field(default=1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = pydantic.Field(default=0.01, ge=0)
+    eps: float = 1e-8
+    warmup_steps: int = pydantic.Field(default=100, ge=0)
+    grad_clip: float | None = pydantic.Field(default=1.0, gt=0)
+    implementation: AdamImplementation = "fused"  # AdamW's kernel (see the module docstring)
 
 
-def adamw(parameters: Iterable[torch.nn.Parameter], optim: AdamSettings) -> torch.optim.AdamW:
+def adamw(parameters: Iterable[torch.nn.Parameter], optim: AdamConfig) -> torch.optim.AdamW:
     implementation = optim.implementation
     kernel = {"fused": True} if implementation == "fused" else {"foreach": implementation == "foreach"}
     return torch.optim.AdamW(

@@ -19,7 +19,7 @@ from models.config import StrictModel
 from models.lora import LoraSettings
 from models.schedule import SigmaSampling
 from pipelines.pools import PoolConfig
-from training.optim import AdamImplementation
+from training.optim import AdamConfig
 from training.parallel import FrozenDtype, check_frozen_dtype, frozen_weights_dtype
 from training.trainer import RunSettings
 
@@ -35,14 +35,10 @@ class RewardSpec(StrictModel):
     options: dict[str, Any] = {}
 
 
-class RlOptim(StrictModel):
+class RlOptim(AdamConfig):
     lr: float = pydantic.Field(default=1e-5, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = pydantic.Field(default=0.0, ge=0)
-    eps: float = 1e-8
     warmup_steps: int = pydantic.Field(default=0, ge=0)
-    grad_clip: float | None = pydantic.Field(default=1.0, gt=0)
-    implementation: AdamImplementation = "fused"  # AdamW's kernel (training/optim.py)
 
 
 def init_from_legacy_key(data: Any) -> Any:
