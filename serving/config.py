@@ -208,6 +208,9 @@ class ServeSettings(StrictModel):
     edit: EditSettings = EditSettings()
     # Name of the environment variable (in the ingress replicas) holding the API key; unset or empty: no key needed.
     api_key_env: str | None = "QWEN_IMAGE_API_KEY"
+    # A deployment that must not serve open: an ingress replica whose environment has no key (api_key_env unset or
+    # empty there) refuses to start instead of serving every route without authentication.
+    require_api_key: bool = False
     # Per-client request rates (by key, else by address) in each ingress replica; see serving.ratelimit.
     rate_limit: RateLimit = RateLimit()
 
@@ -230,6 +233,8 @@ class ServeSettings(StrictModel):
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> ServeSettings:
+        if self.require_api_key and not self.api_key_env:
+            raise ValueError("require_api_key needs api_key_env: the environment variable that holds the key")
         try:
             parse_size(self.defaults.size, self.limits.max_pixels)
         except ValueError as error:
@@ -244,6 +249,12 @@ class ServeSettings(StrictModel):
                 f"({self.batching.max_batch_images}): a request's images always go into one batch"
             )
         return self
+
+
+def environment_read(settings: ServeSettings) -> dict[str, list[str]]:
+    """The environment variables each deployment of the application reads when its replicas start, by deployment
+    name: the API key in the ingress. Every pod that can host such a replica must set them."""
+    return {"Ingress": [settings.api_key_env]} if settings.api_key_env else {}
 
 
 def parse_settings(args: dict) -> ServeSettings:

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -164,19 +165,37 @@ async def read_form(
         await form.close()
 
 
+class MissingApiKey(RuntimeError):
+    """An ingress replica that must require a key (``require_api_key``) and finds none in its environment."""
+
+
+def api_key(settings: ServeSettings) -> BearerKey:
+    """The key this replica checks requests against, read from ``settings.api_key_env`` in its environment. With
+    ``require_api_key`` a missing or empty key is an error (the replica does not start) rather than an open server."""
+    key = BearerKey(settings.api_key_env)
+    if not key.required:
+        if settings.require_api_key:
+            raise MissingApiKey(
+                f"require_api_key is set but the environment variable {settings.api_key_env} is unset or empty in "
+                f"this replica's process (host {socket.gethostname()}): refusing to start with every route open. "
+                f"Set {settings.api_key_env} in every pod that can host an Ingress replica (platform/kuberay/"
+                "rayservice.yaml reads it from the Secret qwen-image-api-key)"
+            )
+        logger.warning("no API key set (%s): every route is open", settings.api_key_env)
+    return key
+
+
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(app)
 class Ingress:
     """Validates, authorises and queues requests; the generator deployment does the model work."""
 
     def __init__(self, settings: ServeSettings, generator: DeploymentHandle):
+        self.key = api_key(settings)  # first: a replica that must not serve open stops before loading anything
         self.settings = settings
         self.generator = generator
         # The real Qwen2 vocabulary: prompt token caps count what the condition encoder will see.
         self.tokenizer = build_qwen2_tokenizer()
-        self.key = BearerKey(settings.api_key_env)
-        if not self.key.required:
-            logger.warning("no API key set (%s): every route is open", settings.api_key_env)
         limits = settings.rate_limit
         self.image_rate = RateLimiter(limits.images, what="image requests per client", max_clients=limits.max_clients)
         self.in_flight = InFlight(settings.queue.max_in_flight, settings.queue.retry_after_s)
