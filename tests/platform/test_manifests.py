@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import pathlib
 import re
 import shlex
@@ -18,6 +17,7 @@ from models.config import load_config
 from pipelines.curation import CurationConfig
 from pipelines.pools import PoolConfig
 from serving.config import parse_settings
+from tests.platform.kube import operator_resources
 from training.config import PretrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -39,10 +39,9 @@ def kuberay_groups(cluster_spec: dict) -> dict[str, dict]:
     """Worker groups of a RayCluster spec: custom resources from rayStartParams, GPUs and image from the pod."""
     groups = {}
     for group in cluster_spec["workerGroupSpecs"]:
-        raw = group["rayStartParams"].get("resources", '"{}"')
         container = group["template"]["spec"]["containers"][0]
         groups[group["groupName"]] = {
-            "resources": set(json.loads(raw.strip('"').replace('\\"', '"'))),
+            "resources": set(operator_resources(group["rayStartParams"])),  # as KubeRay parses them
             "gpu": int(container["resources"]["limits"].get("nvidia.com/gpu", 0)),
             "image": container["image"],
             "bounds": (group["minReplicas"], group["maxReplicas"]),
