@@ -90,8 +90,8 @@ def make_batch(num_samples: int, seed: int) -> dict[str, np.ndarray]:
         captions.append(" ".join(rng.choice(WORDS, size=int(rng.integers(8, 41)))))
     return {
         C.SAMPLE_ID: np.array([f"sample-{index:04d}" for index in range(num_samples)], dtype=object),
-        "image_bytes": np.array(images, dtype=object),
-        "caption": np.array(captions, dtype=object),
+        C.IMAGE_BYTES: np.array(images, dtype=object),
+        C.CAPTION: np.array(captions, dtype=object),
     }
 
 
@@ -102,7 +102,7 @@ def mix_batch(sizes: tuple[tuple[int, int], ...], num_samples: int, seed: int) -
     drawn = [jpeg(photo_like(rng, height, width)) for height, width in sizes]
     images = np.empty(num_samples, dtype=object)
     images[:] = [drawn[index % len(drawn)] for index in range(num_samples)]
-    return {C.SAMPLE_ID: np.array([f"s{index}" for index in range(num_samples)], dtype=object), "image_bytes": images}
+    return {C.SAMPLE_ID: np.array([f"s{index}" for index in range(num_samples)], dtype=object), C.IMAGE_BYTES: images}
 
 
 def split(batch: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:

@@ -146,9 +146,9 @@ def write_layouts(root: pathlib.Path, num_samples: int, seed: int) -> tuple[list
                 save_file(
                     {"latents": latents}, safetensors_latents_path(root / "safetensors", sample["id"], resolution)
                 )
-            save_file({"text_embeds": text}, safetensors_text_path(root / "safetensors", sample["id"]))
+            save_file({C.TEXT_EMBEDS: text}, safetensors_text_path(root / "safetensors", sample["id"]))
             torch.save(
-                {**{f"latents_{r}": t for r, t in tensors.items()}, "text_embeds": text},
+                {**{f"latents_{r}": t for r, t in tensors.items()}, C.TEXT_EMBEDS: text},
                 root / "torch" / f"{sample['id']}.pth",
             )
     return ids, tensor_bytes
@@ -164,7 +164,7 @@ def pad_batch(sample_ids: list[str], latents: list[torch.Tensor], texts: list[to
     for row, text in enumerate(texts):
         embeds[row, : text.shape[0]] = text
     mask = (torch.arange(embeds.shape[1])[None, :] < lengths[:, None]).long()
-    return {"latents": torch.stack(latents), "text_embeds": embeds, "text_mask": mask, "sample_id": sample_ids}
+    return {C.LATENTS: torch.stack(latents), C.TEXT_EMBEDS: embeds, C.TEXT_MASK: mask, C.SAMPLE_ID: sample_ids}
 
 
 def store_batches(store: pathlib.Path) -> Iterator[Batch]:
@@ -192,7 +192,7 @@ def read_ahead(load_batch: Callable[[list[str]], Batch], ids: list[str]) -> Iter
 def safetensors_batches(folder: pathlib.Path, ids: list[str]) -> Iterator[Batch]:
     def load(chunk: list[str]) -> Batch:
         latents = [load_file(safetensors_latents_path(folder, i, READ_RESOLUTION))["latents"] for i in chunk]
-        texts = [load_file(safetensors_text_path(folder, i))["text_embeds"] for i in chunk]
+        texts = [load_file(safetensors_text_path(folder, i))[C.TEXT_EMBEDS] for i in chunk]
         return pad_batch(chunk, latents, texts)
 
     return read_ahead(load, ids)
@@ -201,7 +201,7 @@ def safetensors_batches(folder: pathlib.Path, ids: list[str]) -> Iterator[Batch]
 def torch_batches(folder: pathlib.Path, ids: list[str]) -> Iterator[Batch]:
     def load(chunk: list[str]) -> Batch:
         loaded = [torch.load(folder / f"{i}.pth", weights_only=True) for i in chunk]
-        return pad_batch(chunk, [d[f"latents_{READ_RESOLUTION}"] for d in loaded], [d["text_embeds"] for d in loaded])
+        return pad_batch(chunk, [d[f"latents_{READ_RESOLUTION}"] for d in loaded], [d[C.TEXT_EMBEDS] for d in loaded])
 
     return read_ahead(load, ids)
 
@@ -278,7 +278,7 @@ def timed(read: Callable[[], Iterator[Batch] | int], num_samples: int, cold: boo
     if not isinstance(result, int):
         count = 0
         for batch in result:
-            count += len(batch["sample_id"])
+            count += len(batch[C.SAMPLE_ID])
     seconds = time.perf_counter() - start
     after = proc_io()
     if count != num_samples:
@@ -296,9 +296,9 @@ def check_same_batches(readers: dict[str, Callable[[], Iterator[Batch]]]) -> Non
     first = {name: next(iter(read())) for name, read in readers.items()}
     reference = first.pop("store")
     for name, batch in first.items():
-        if batch["sample_id"] != reference["sample_id"]:
-            raise AssertionError(f"{name}: samples {batch['sample_id'][:3]} != {reference['sample_id'][:3]}")
-        for key in ("latents", "text_embeds", "text_mask"):
+        if batch[C.SAMPLE_ID] != reference[C.SAMPLE_ID]:
+            raise AssertionError(f"{name}: samples {batch[C.SAMPLE_ID][:3]} != {reference[C.SAMPLE_ID][:3]}")
+        for key in (C.LATENTS, C.TEXT_EMBEDS, C.TEXT_MASK):
             if not torch.equal(batch[key], reference[key]):
                 raise AssertionError(f"{name}: {key} differs from the store's")
 
@@ -317,7 +317,7 @@ def ray_sps(store: pathlib.Path, num_samples: int, cold: bool) -> dict[str, floa
         dataset = read_store(store, READ_RESOLUTION)
         batches = dataset.iter_batches(batch_size=256, batch_format="numpy")
         for batch in iter_bucketed_batches(batches, BATCH_SIZE, READ_RESOLUTION):
-            count += len(batch["sample_id"])
+            count += len(batch[C.SAMPLE_ID])
             if time.perf_counter() - start > RAY_TIME_LIMIT_S:
                 break
         seconds = time.perf_counter() - start

@@ -55,6 +55,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from models.presets import MID_TRANSFORMER_CONFIG, QWEN_IMAGE_TRANSFORMER_CONFIG  # noqa: E402
+from store import columns as C  # noqa: E402
 
 GPU_SIZES_GIB = (24, 40, 48, 80, 141)
 MB = 2**20
@@ -117,11 +118,11 @@ def _batches(config: dict, count: int, batch: int, resolution: int, text_tokens:
     side = resolution // 8
     return [
         {
-            "latents": torch.randn(batch, 16, side, side, generator=generator).to(device),
-            "text_embeds": torch.randn(batch, text_tokens, config["joint_attention_dim"], generator=generator).to(
+            C.LATENTS: torch.randn(batch, 16, side, side, generator=generator).to(device),
+            C.TEXT_EMBEDS: torch.randn(batch, text_tokens, config["joint_attention_dim"], generator=generator).to(
                 device
             ),
-            "text_mask": torch.ones(batch, text_tokens, dtype=torch.long, device=device),
+            C.TEXT_MASK: torch.ones(batch, text_tokens, dtype=torch.long, device=device),
         }
         for _ in range(count)
     ]

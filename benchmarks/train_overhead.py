@@ -94,8 +94,8 @@ def step(model, optimizer, batch: dict, seed: int) -> None:
     from models.flow_matching import flow_matching_loss
     from models.prompt_embeds import PromptEmbeds
 
-    prompt = PromptEmbeds(batch["text_embeds"].float(), batch["text_mask"])
-    out = flow_matching_loss(model, batch["latents"].float(), prompt, generator=torch.Generator().manual_seed(seed))
+    prompt = PromptEmbeds(batch[C.TEXT_EMBEDS].float(), batch[C.TEXT_MASK])
+    out = flow_matching_loss(model, batch[C.LATENTS].float(), prompt, generator=torch.Generator().manual_seed(seed))
     optimizer.zero_grad()
     out.loss.backward()
     optimizer.step()

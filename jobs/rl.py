@@ -1,6 +1,6 @@
-"""Fine-tuning job: SFT, DPO or GRPO from a checkpoint (docs/qwen_image.md §5, §8), on Ray.
+"""Fine-tuning job: DPO or GRPO from a checkpoint (docs/qwen_image.md §5, §8), on Ray. SFT is a pretraining recipe:
+``python jobs/pretrain.py --config configs/sft_tiny.yaml init=<pretraining run folder or export>``.
 
-    python jobs/rl.py --algo sft --config configs/rl_sft_tiny.yaml init=<pretraining run folder or export>
     python jobs/rl.py --algo dpo --config configs/rl_dpo_tiny.yaml init=... beta=500
     python jobs/rl.py --algo grpo --config configs/rl_grpo_tiny.yaml init=... --max-steps 2   # smoke run
     RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . -- \\
@@ -22,16 +22,21 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from models.config import load_config  # noqa: E402
 from models.ray_runtime import init_ray  # noqa: E402
-from training.post_training.config import DpoConfig, GrpoConfig, SftConfig  # noqa: E402
+from training.post_training.config import DpoConfig, GrpoConfig  # noqa: E402
 
-ALGORITHMS = {"sft": SftConfig, "dpo": DpoConfig, "grpo": GrpoConfig}
+ALGORITHMS = {"dpo": DpoConfig, "grpo": GrpoConfig}
 # The config key --max-steps caps, per algorithm.
-STEP_KEYS = {"sft": "num_steps", "dpo": "num_steps", "grpo": "num_iterations"}
+STEP_KEYS = {"dpo": "num_steps", "grpo": "num_iterations"}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", required=True, choices=sorted(ALGORITHMS))
+    parser.add_argument(
+        "--algo",
+        required=True,
+        choices=sorted(ALGORITHMS),
+        help="SFT is a recipe of jobs/pretrain.py (configs/sft_tiny.yaml)",
+    )
     parser.add_argument("--config", help="YAML recipe (configs/rl_<algo>_*.yaml)")
     parser.add_argument("--max-steps", type=int, help="smoke run: at most this many steps (GRPO: iterations)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for sections)")
@@ -41,9 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
         key = STEP_KEYS[args.algo]
         config = config.model_copy(update={key: min(getattr(config, key), args.max_steps)})
     init_ray()
-    if args.algo == "sft":
-        from training.post_training.sft import run_sft as run
-    elif args.algo == "dpo":
+    if args.algo == "dpo":
         from training.post_training.dpo_train import run_dpo as run
     else:
         from training.post_training.grpo_train import run_grpo as run

@@ -51,9 +51,24 @@ def parse_overrides(overrides: list[str]) -> dict:
 def _merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = (
-            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        elif isinstance(value, dict) and isinstance(merged.get(key), list):
+            merged[key] = _merge_list(key, merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge_list(name: str, base: list, update: dict) -> list:
+    """``phases.0.num_steps=10``: an override of one element of a list of sections, by its index."""
+    merged = list(base)
+    for index, value in update.items():
+        if not str(index).isdigit() or int(index) >= len(merged):
+            raise ConfigError(f"override {name}.{index}: {name} has elements 0..{len(merged) - 1}")
+        element = merged[int(index)]
+        both_sections = isinstance(value, dict) and isinstance(element, dict)
+        merged[int(index)] = _merge(element, value) if both_sections else value
     return merged
 
 
@@ -81,3 +96,11 @@ def validate_config(cls: type[Config], data: dict, what: str | None = None) -> C
     except pydantic.ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"invalid {what or cls.__name__}: {problems}") from None
+
+
+def read_lines(path: str | pathlib.Path, what: str) -> list[str]:
+    """Non-empty stripped lines of a UTF-8 file; a missing file is an error naming ``what``."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} file {path} does not exist")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

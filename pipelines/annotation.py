@@ -42,19 +42,9 @@ import pyarrow as pa
 import pydantic
 
 from models.config import StrictModel
-from pipelines import schema
 from pipelines.decode import DecodeConfig, decode_image
-from pipelines.operators.columns import (
-    ANN_ABNORMAL,
-    ANN_CAPTION,
-    ANN_ERROR,
-    ANN_IMAGE_STYLE,
-    ANN_IMAGE_TYPE,
-    ANN_RAW,
-    ANN_WATERMARKS,
-    ANNOTATION_COLUMNS,
-)
 from pipelines.pools import PoolConfig, map_stage
+from store import columns as C
 
 if TYPE_CHECKING:
     import ray.data
@@ -179,17 +169,17 @@ def parse_annotation(text: str) -> tuple[Annotation | None, str]:
 
 def annotation_columns(answers: list[str], failures: list[str | None]) -> dict[str, np.ndarray]:
     """Columns for a batch from the raw answers (``failures[i]`` set when no answer could be produced)."""
-    rows: dict[str, list] = {name: [] for name in ANNOTATION_COLUMNS}
+    rows: dict[str, list] = {name: [] for name in C.ANNOTATION_COLUMNS}
     for answer, failure in zip(answers, failures, strict=True):
         annotation, reason = (None, failure) if failure else parse_annotation(answer)
-        rows[ANN_CAPTION].append(annotation.caption if annotation else "")
-        rows[ANN_IMAGE_TYPE].append(annotation.image_type if annotation else "")
-        rows[ANN_IMAGE_STYLE].append(annotation.image_style if annotation else "")
-        rows[ANN_WATERMARKS].append(json.dumps(annotation.watermark_list if annotation else [], ensure_ascii=False))
-        rows[ANN_ABNORMAL].append(bool(annotation.abnormal_element) if annotation else False)
-        rows[ANN_ERROR].append(reason)
-        rows[ANN_RAW].append(answer[:MAX_RAW_CHARS])
-    return {name: np.array(values, dtype=bool if name == ANN_ABNORMAL else object) for name, values in rows.items()}
+        rows[C.ANN_CAPTION].append(annotation.caption if annotation else "")
+        rows[C.ANN_IMAGE_TYPE].append(annotation.image_type if annotation else "")
+        rows[C.ANN_IMAGE_STYLE].append(annotation.image_style if annotation else "")
+        rows[C.ANN_WATERMARKS].append(json.dumps(annotation.watermark_list if annotation else [], ensure_ascii=False))
+        rows[C.ANN_ABNORMAL].append(bool(annotation.abnormal_element) if annotation else False)
+        rows[C.ANN_ERROR].append(reason)
+        rows[C.ANN_RAW].append(answer[:MAX_RAW_CHARS])
+    return {name: np.array(values, dtype=bool if name == C.ANN_ABNORMAL else object) for name, values in rows.items()}
 
 
 def smart_resize(height: int, width: int, max_pixels: int) -> tuple[int, int]:
@@ -373,8 +363,8 @@ class Captioner:
     give the same annotation, and a batch gives what each image gives alone."""
 
     # The stage's contract (pipelines.contracts), the vLLM backend's too.
-    READS: tuple[str, ...] = (schema.SAMPLE_ID, schema.IMAGE_BYTES)
-    WRITES: tuple[str, ...] = ANNOTATION_COLUMNS
+    READS: tuple[str, ...] = (C.SAMPLE_ID, C.IMAGE_BYTES)
+    WRITES: tuple[str, ...] = C.ANNOTATION_COLUMNS
 
     def __init__(self, config: CaptionerConfig):
         # The model stack is imported here, in the actor: the module's configs are read by every curation driver.
@@ -445,10 +435,10 @@ class Captioner:
         return [_end_after_eos(tokens, self.eos_token_ids) for tokens in new_tokens]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        count = len(batch[schema.SAMPLE_ID])
+        count = len(batch[C.SAMPLE_ID])
         answers, failures = [""] * count, [None] * count
         images, rows = [], []
-        for row, data in enumerate(batch[schema.IMAGE_BYTES]):
+        for row, data in enumerate(batch[C.IMAGE_BYTES]):
             image, failure = captioner_image(data, self.config.max_pixels)
             if image is None:
                 failures[row] = failure
@@ -534,7 +524,7 @@ class VllmRequest:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         from PIL import Image
 
-        data = pa.ipc.open_stream(row[ROW_KEY]).read_all().column(schema.IMAGE_BYTES)[0].as_py()
+        data = pa.ipc.open_stream(row[ROW_KEY]).read_all().column(C.IMAGE_BYTES)[0].as_py()
         image, failure = captioner_image(data or b"", self.max_pixels)
         if image is None:
             return {ENGINE_ERROR_KEY: failure}
@@ -551,7 +541,7 @@ def vllm_answer(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def vllm_annotation_columns(batch: pa.Table) -> pa.Table:
-    """The processor's output -> the input rows, unchanged, plus ``ANNOTATION_COLUMNS``."""
+    """The processor's output -> the input rows, unchanged, plus ``C.ANNOTATION_COLUMNS``."""
     texts = batch.column("generated_text").to_pylist() if "generated_text" in batch.column_names else None
     errors = batch.column(ENGINE_ERROR_KEY).to_pylist() if ENGINE_ERROR_KEY in batch.column_names else None
     answers: list[str] = []
@@ -565,7 +555,9 @@ def vllm_annotation_columns(batch: pa.Table) -> pa.Table:
         failures.append(error or None)
     table = unpack_rows(batch.column(ROW_KEY).to_pylist())
     for name, values in annotation_columns(answers, failures).items():
-        table = table.append_column(name, pa.array(values.tolist(), type=pa.bool_() if name == ANN_ABNORMAL else None))
+        table = table.append_column(
+            name, pa.array(values.tolist(), type=pa.bool_() if name == C.ANN_ABNORMAL else None)
+        )
     return table
 
 
@@ -631,7 +623,7 @@ def annotate_with_processor(dataset: ray.data.Dataset, processor: Processor) -> 
 
 def annotate(dataset: ray.data.Dataset, config: CaptionerConfig) -> ray.data.Dataset:
     """The annotation stage on the configured backend: every row once, its columns unchanged, plus
-    ``ANNOTATION_COLUMNS``."""
+    ``C.ANNOTATION_COLUMNS``."""
     if config.backend == "vllm":
         return annotate_with_processor(dataset, build_vllm_processor(config))
     return map_stage(dataset, Captioner, config.pool, config=config)

@@ -36,25 +36,14 @@ import ray.data
 import yaml
 
 from models.config import StrictModel
-from pipelines import schema
-from pipelines.annotation import ANN_RAW, Captioner, CaptionerConfig, annotate
+from pipelines.annotation import Captioner, CaptionerConfig, annotate
 from pipelines.contracts import Stage, apply_chain, check_chain
 from pipelines.encode import EncodeConfig
 from pipelines.funnel import write_funnel_report
-from pipelines.operators import columns as operator_columns
-from pipelines.operators.balance import (
-    BALANCE_READS,
-    BALANCE_WRITES,
-    ELIGIBLE,
-    add_quality_rank,
-    balance_checks,
-    balance_columns,
-)
+from pipelines.operators.balance import BALANCE_READS, BALANCE_WRITES, add_quality_rank, balance_checks, balance_columns
 from pipelines.operators.base import NUM_STAGES, Check
 from pipelines.operators.caption import CaptionScores, caption_checks
 from pipelines.operators.clip_scores import (
-    CLIP_EMBEDDING,
-    CLIP_SCORES,
     DISABLED_CLIP_READS,
     ClipScores,
     ClipScoresConfig,
@@ -71,23 +60,24 @@ from pipelines.pools import PoolConfig, map_stage
 from pipelines.sources import SourceConfig, read_source
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.edits import EditSynthConfig
-from store.columns import RENDERED_TEXT
+from store import columns as C
+from store.columns import ANN_RAW, CLIP_EMBEDDING, CLIP_SCORES, ELIGIBLE
 
 logger = logging.getLogger(__name__)
 
 SCORED_DIR = "scored"
 LABELS_FILE = "labels.parquet"
 # Columns the label pass never reads: the heavy ones.
-HEAVY_COLUMNS: tuple[str, ...] = (schema.IMAGE_BYTES, schema.SOURCE_IMAGE_BYTES, CLIP_EMBEDDING, ANN_RAW)
+HEAVY_COLUMNS: tuple[str, ...] = (C.IMAGE_BYTES, C.SOURCE_IMAGE_BYTES, CLIP_EMBEDDING, ANN_RAW)
 
 SOURCE_CHECK = Check(
     name="source",
     stage=1,
-    column=schema.SCORE_SOURCE_ERROR,
+    column=C.SCORE_SOURCE_ERROR,
     bounds=lambda t: (None, 0.0),
     low_reason="source_error",
     high_reason="source_error",
-    detail_column=schema.SOURCE_ERROR,
+    detail_column=C.SOURCE_ERROR,
 )
 
 
@@ -150,13 +140,13 @@ def _with_synthetic(real: ray.data.Dataset, config: CurationConfig) -> ray.data.
     num_real = config.limit if config.limit is not None else real.count()
     num_synthetic = max(1, round(config.synthetic_ratio * num_real))
     synthetic = synthetic_dataset(config.synth, num_synthetic, backgrounds=real)
-    columns = [*schema.SOURCE_COLUMNS, RENDERED_TEXT]
+    columns = [*C.SOURCE_COLUMNS, C.RENDERED_TEXT]
     real = real.map_batches(_add_empty_rendered_text, batch_format="numpy")
     return real.select_columns(columns).union(synthetic.select_columns(columns))
 
 
 def _add_empty_rendered_text(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {**batch, RENDERED_TEXT: np.full(len(batch[schema.SAMPLE_ID]), "", dtype=object)}
+    return {**batch, C.RENDERED_TEXT: np.full(len(batch[C.SAMPLE_ID]), "", dtype=object)}
 
 
 def scoring_stages(config: CurationConfig) -> list[Stage]:
@@ -185,7 +175,7 @@ def scoring_stages(config: CurationConfig) -> list[Stage]:
 
 
 # What the sources deliver to the scoring chain (the synthesisers' rows carry the same columns).
-SCORING_INPUT: tuple[str, ...] = (*schema.SOURCE_COLUMNS, RENDERED_TEXT)
+SCORING_INPUT: tuple[str, ...] = (*C.SOURCE_COLUMNS, C.RENDERED_TEXT)
 
 
 def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
@@ -243,14 +233,14 @@ def fold_source_image_scores(
     """Edit triplets pass a check only if both their images do: where the input image fails a check that the
     target passes, the triplet takes the input image's score of that column. Stage, drop reasons and the funnel
     then see the worse image of each triplet on each check (the reason names the check, as for a pair)."""
-    if schema.TASK not in columns:
+    if C.TASK not in columns:
         return columns
-    has_source = np.asarray(columns[schema.TASK], dtype=object) != schema.T2I
+    has_source = np.asarray(columns[C.TASK], dtype=object) != C.T2I
     if not has_source.any():
         return columns
     columns = dict(columns)
     for column in sorted({check.column for check in checks}):
-        source_column = operator_columns.source_image_column(column)
+        source_column = C.source_image_column(column)
         if source_column not in columns:
             continue
         worse = np.zeros(len(has_source), dtype=bool)
@@ -276,11 +266,11 @@ def relabel(output_dir: str | pathlib.Path, config: CurationConfig) -> dict:
     funnel = write_funnel_report(output_dir, columns, config.thresholds, checks, notes=disabled_notes(config))
     labels = pa.table(
         {
-            schema.SAMPLE_ID: pa.array(columns[schema.SAMPLE_ID], pa.string()),
-            operator_columns.SCORE_DUPLICATE: pa.array(columns[operator_columns.SCORE_DUPLICATE], pa.float64()),
-            operator_columns.STAGE: pa.array(compute_stage(columns, config.thresholds, checks), pa.int8()),
-            operator_columns.DROP_REASON: pa.array(first_drop_reason(columns, config.thresholds, checks), pa.string()),
-            operator_columns.QUALITY_RANK: pa.array(columns[operator_columns.QUALITY_RANK], pa.float64()),
+            C.SAMPLE_ID: pa.array(columns[C.SAMPLE_ID], pa.string()),
+            C.SCORE_DUPLICATE: pa.array(columns[C.SCORE_DUPLICATE], pa.float64()),
+            C.STAGE: pa.array(compute_stage(columns, config.thresholds, checks), pa.int8()),
+            C.DROP_REASON: pa.array(first_drop_reason(columns, config.thresholds, checks), pa.string()),
+            C.QUALITY_RANK: pa.array(columns[C.QUALITY_RANK], pa.float64()),
         }
     )
     temporary = output_dir / f".{LABELS_FILE}.tmp"

@@ -50,7 +50,6 @@ import pydantic
 from models.config import StrictModel
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.pools import PoolConfig
-from pipelines.schema import CAPTION, IMAGE_BYTES, SOURCE_IMAGE_BYTES
 from store import columns as C
 from store.buckets import RESOLUTIONS, bucket_size, nearest_bucket, upscale_factor
 from store.header import DEFAULT_EDIT_VISION_AREA
@@ -59,10 +58,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-ENCODE_ERROR = "encode_error"
-CAPTION_COLUMNS = {"raw": "caption_raw", "recaption": "caption_recaption", "fused": "caption_fused"}
-# An edit triplet's input image as the vision tower sees it (``edit_vision_area`` pixels), uint8 bytes and shape.
-VISION_PIXELS, VISION_HEIGHT, VISION_WIDTH = "vision_pixels", "vision_height", "vision_width"
+# The caption columns by the kind of caption they hold (``caption_kind`` in the store).
+CAPTION_BY_KIND = {"raw": C.CAPTION_RAW, "recaption": C.CAPTION_RECAPTION, "fused": C.CAPTION_FUSED}
 
 
 def pixels_column(resolution: int) -> str:
@@ -109,10 +106,10 @@ class EncodeConfig(StrictModel):
     @pydantic.field_validator("caption_weights")
     @classmethod
     def _known_kinds(cls, weights: dict[str, float]) -> dict[str, float]:
-        unknown = set(weights) - set(CAPTION_COLUMNS)
+        unknown = set(weights) - set(CAPTION_BY_KIND)
         if unknown or not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
             raise ValueError(
-                f"caption_weights takes non-negative weights over {sorted(CAPTION_COLUMNS)}, got {weights}"
+                f"caption_weights takes non-negative weights over {sorted(CAPTION_BY_KIND)}, got {weights}"
             )
         return weights
 
@@ -226,21 +223,21 @@ class PreparePixels:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch[C.SAMPLE_ID])
         resolutions = self.config.resolutions
-        out = {key: value for key, value in batch.items() if key not in (IMAGE_BYTES, SOURCE_IMAGE_BYTES)}
+        out = {key: value for key, value in batch.items() if key not in (C.IMAGE_BYTES, C.SOURCE_IMAGE_BYTES)}
         buckets = np.full(count, "", dtype=object)
-        errors = np.array(batch.get(ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
+        errors = np.array(batch.get(C.ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
         crops = {r: np.full(count, b"", dtype=object) for r in resolutions}
         source_crops = {r: np.full(count, b"", dtype=object) for r in resolutions}
         heights = {r: np.full(count, -1, dtype=np.int64) for r in resolutions}
         widths = {r: np.full(count, -1, dtype=np.int64) for r in resolutions}
         vision = np.full(count, b"", dtype=object)
         vision_heights, vision_widths = np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64)
-        tasks = batch.get(C.TASK, np.full(count, "t2i", dtype=object))
-        sources = batch.get(SOURCE_IMAGE_BYTES, np.full(count, b"", dtype=object))
+        tasks = batch.get(C.TASK, np.full(count, C.T2I, dtype=object))
+        sources = batch.get(C.SOURCE_IMAGE_BYTES, np.full(count, b"", dtype=object))
         for row in range(count):
             if errors[row]:
                 continue
-            decoded = decode_image(_present(batch[IMAGE_BYTES][row]) or b"", self.decode_config)
+            decoded = decode_image(_present(batch[C.IMAGE_BYTES][row]) or b"", self.decode_config)
             if not decoded.ok:
                 errors[row] = f"decode:{decoded.drop_reason}"
                 continue
@@ -262,15 +259,15 @@ class PreparePixels:
                 crops[resolution][row] = pixels_bytes(cover_and_crop(image, width, height))
                 if source is not None:
                     source_crops[resolution][row] = pixels_bytes(cover_and_crop(source, width, height))
-            if source is not None and tasks[row] != "t2i":
+            if source is not None and tasks[row] != C.T2I:
                 seen = self.vision_image(source)
                 vision[row], vision_heights[row], vision_widths[row] = pixels_bytes(seen), *seen.shape[:2]
-        out[C.BUCKET], out[ENCODE_ERROR] = buckets, errors
+        out[C.BUCKET], out[C.ENCODE_ERROR] = buckets, errors
         for resolution in resolutions:
             out[C.height_column(resolution)], out[C.width_column(resolution)] = heights[resolution], widths[resolution]
             out[pixels_column(resolution)] = crops[resolution]
             out[source_pixels_column(resolution)] = source_crops[resolution]
-        out[VISION_PIXELS], out[VISION_HEIGHT], out[VISION_WIDTH] = vision, vision_heights, vision_widths
+        out[C.VISION_PIXELS], out[C.VISION_HEIGHT], out[C.VISION_WIDTH] = vision, vision_heights, vision_widths
         if self.group_by_shape:
             keys = [tuple((heights[r][row], widths[r][row]) for r in resolutions) for row in range(count)]
             order = np.array(sorted(range(count), key=keys.__getitem__), dtype=np.int64)  # stable: ties keep order
@@ -292,7 +289,7 @@ def shape_groups(batch: dict[str, np.ndarray], resolutions: list[int]) -> dict[t
     """``(height, width) -> [(row, resolution, is_source), ...]``: every crop of a prepared batch by shape, the VAE
     calls ``VaeEncodeStage`` makes (one per key). Rows with an ``encode_error`` have none."""
     count = len(batch[C.SAMPLE_ID])
-    errors = batch.get(ENCODE_ERROR, np.full(count, "", dtype=object))
+    errors = batch.get(C.ENCODE_ERROR, np.full(count, "", dtype=object))
     groups: dict[tuple[int, int], list[tuple]] = {}
     for row in range(count):
         if errors[row]:
@@ -313,7 +310,7 @@ def _missing_prepared(batch: dict[str, np.ndarray], columns: list[str], stage: s
     if missing:
         raise ValueError(
             f"{stage} takes rows prepared by PreparePixels (pipelines.encode); the batch lacks {missing}"
-            + (" and still holds image bytes" if IMAGE_BYTES in batch else "")
+            + (" and still holds image bytes" if C.IMAGE_BYTES in batch else "")
         )
 
 
@@ -336,7 +333,7 @@ class VaeEncodeStage:
         from models.vae import images_to_tensor
 
         resolutions = self.config.resolutions
-        needed = [C.BUCKET, ENCODE_ERROR]
+        needed = [C.BUCKET, C.ENCODE_ERROR]
         for resolution in resolutions:
             needed += [C.height_column(resolution), C.width_column(resolution)]
             needed += [pixels_column(resolution), source_pixels_column(resolution)]
@@ -389,35 +386,35 @@ class TextEncodeStage:
         (the prepare stage has recorded why, or the triplet came without an input image)."""
         from PIL import Image
 
-        data = _present(batch[VISION_PIXELS][row])
+        data = _present(batch[C.VISION_PIXELS][row])
         if data is None:
             return None
-        return Image.fromarray(pixels(data, int(batch[VISION_HEIGHT][row]), int(batch[VISION_WIDTH][row])))
+        return Image.fromarray(pixels(data, int(batch[C.VISION_HEIGHT][row]), int(batch[C.VISION_WIDTH][row])))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch[C.SAMPLE_ID])
-        tasks = batch.get(C.TASK, np.full(count, "t2i", dtype=object))
+        tasks = batch.get(C.TASK, np.full(count, C.T2I, dtype=object))
         kinds, captions = [], []
         for row in range(count):
-            if tasks[row] != "t2i":  # an edit instruction is encoded as given
+            if tasks[row] != C.T2I:  # an edit instruction is encoded as given
                 kinds.append("raw")
-                captions.append(str(batch[CAPTION][row]))
+                captions.append(str(batch[C.CAPTION][row]))
                 continue
-            available = {kind: str(batch[column][row]) for kind, column in CAPTION_COLUMNS.items() if column in batch}
-            available.setdefault("raw", str(batch[CAPTION][row]))
+            available = {kind: str(batch[column][row]) for kind, column in CAPTION_BY_KIND.items() if column in batch}
+            available.setdefault("raw", str(batch[C.CAPTION][row]))
             kind, caption = choose_caption(
                 str(batch[C.SAMPLE_ID][row]), available, self.config.caption_weights, self.config.seed
             )
             kinds.append(kind)
             captions.append(caption)
         sequences: list = [None] * count
-        pairs = [row for row in range(count) if tasks[row] == "t2i"]
+        pairs = [row for row in range(count) if tasks[row] == C.T2I]
         if pairs:
             for row, sequence in zip(pairs, self.encoder.encode([captions[r] for r in pairs]).unpadded(), strict=True):
                 sequences[row] = sequence
-        triplets = [row for row in range(count) if tasks[row] != "t2i"]
+        triplets = [row for row in range(count) if tasks[row] != C.T2I]
         if triplets:
-            _missing_prepared(batch, [VISION_PIXELS, VISION_HEIGHT, VISION_WIDTH], "TextEncodeStage")
+            _missing_prepared(batch, [C.VISION_PIXELS, C.VISION_HEIGHT, C.VISION_WIDTH], "TextEncodeStage")
         images = {row: self._vision_image(batch, row) for row in triplets}
         triplets = [row for row in triplets if images[row] is not None]
         # One vision-tower call per image size (the processor batches images of one patch grid most cheaply).
@@ -428,13 +425,13 @@ class TextEncodeStage:
             embeds = self.edit_encoder.encode_edit([captions[r] for r in rows], [images[r] for r in rows])
             for row, sequence in zip(rows, embeds.unpadded(), strict=True):
                 sequences[row] = sequence
-        dropped = {SOURCE_IMAGE_BYTES, VISION_PIXELS, VISION_HEIGHT, VISION_WIDTH}
+        dropped = {C.SOURCE_IMAGE_BYTES, C.VISION_PIXELS, C.VISION_HEIGHT, C.VISION_WIDTH}
         out = {key: value for key, value in batch.items() if key not in dropped}
-        errors = np.array(out.get(ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
+        errors = np.array(out.get(C.ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
         for row in range(count):
             if sequences[row] is None and not errors[row]:
                 errors[row] = "encode_text:no_source_image"
-        out[ENCODE_ERROR] = errors
+        out[C.ENCODE_ERROR] = errors
         out[C.CAPTION] = np.array(captions, dtype=object)
         out[C.CAPTION_KIND] = np.array(kinds, dtype=object)
         out[C.TEXT_EMBEDS] = np.array(

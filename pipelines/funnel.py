@@ -21,13 +21,12 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipelines.operators import columns as O  # noqa: E402
 from pipelines.operators.base import NUM_STAGES, Check  # noqa: E402
 from pipelines.operators.stage import check_masks, compute_stage, first_drop_reason  # noqa: E402
-from pipelines.schema import SOURCE  # noqa: E402
+from store import columns as C  # noqa: E402
 
 # Categorical columns summarised in the report when present.
-BREAKDOWN_COLUMNS: tuple[str, ...] = (SOURCE, O.TEXT_LANGUAGE, O.CATEGORY, O.RESOLUTION_CLASS, O.ANN_ERROR)
+BREAKDOWN_COLUMNS: tuple[str, ...] = (C.SOURCE, C.TEXT_LANGUAGE, C.CATEGORY, C.RESOLUTION_CLASS, C.ANN_ERROR)
 
 
 def funnel_summary(

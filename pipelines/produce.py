@@ -17,9 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from pipelines import schema
-from pipelines.encode import ENCODE_ERROR, EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage, store_header
-from pipelines.operators import columns as O
+from pipelines.encode import EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage, store_header
 from pipelines.pools import PoolConfig, map_stage
 from store import columns as C
 from store.header import ensure_header
@@ -31,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # Curation columns the store keeps besides the encoded tensors: text, annotation fields, scores, stage
 # (docs/design.md §4).
-STORED_ANNOTATION_COLUMNS = (O.ANN_IMAGE_TYPE, O.ANN_IMAGE_STYLE)
+STORED_ANNOTATION_COLUMNS = (C.ANN_IMAGE_TYPE, C.ANN_IMAGE_STYLE)
 
 
 class KeepSamples:
@@ -46,46 +44,47 @@ class KeepSamples:
         self.passed: set[str] = set()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = np.zeros(len(batch[schema.SAMPLE_ID]), dtype=bool)
-        for row, sample in enumerate(batch[schema.SAMPLE_ID]):
+        rows = np.zeros(len(batch[C.SAMPLE_ID]), dtype=bool)
+        for row, sample in enumerate(batch[C.SAMPLE_ID]):
             sample = str(sample)
             if sample in self.keep and sample not in self.passed:
                 rows[row] = True
                 self.passed.add(sample)
         out = {key: np.asarray(value)[rows] for key, value in batch.items()}
-        out[C.STAGE] = np.array([self.keep[str(sample)] for sample in out[schema.SAMPLE_ID]], dtype=np.int8)
+        out[C.STAGE] = np.array([self.keep[str(sample)] for sample in out[C.SAMPLE_ID]], dtype=np.int8)
         return out
 
 
 def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.Table:
     """One encoded batch as a table of the store schema; rows whose encoding failed are left out (logged)."""
-    ok = np.array([not error for error in batch[ENCODE_ERROR]], dtype=bool)
-    for sample, error in zip(batch[schema.SAMPLE_ID][~ok], batch[ENCODE_ERROR][~ok], strict=True):
+    ok = np.array([not error for error in batch[C.ENCODE_ERROR]], dtype=bool)
+    for sample, error in zip(batch[C.SAMPLE_ID][~ok], batch[C.ENCODE_ERROR][~ok], strict=True):
         logger.warning("not stored: %s (%s)", sample, error)
     count = int(ok.sum())
     columns: dict[str, pa.Array] = {}
     fields = {field.name: field for field in C.base_fields() + C.resolution_fields(tuple(resolutions))}
+    sizes = {column(resolution) for resolution in resolutions for column in (C.height_column, C.width_column)}
     for name, field in fields.items():
         if name in batch:
             values = np.asarray(batch[name])[ok]
-            if name.startswith(("height_", "width_")):
+            if name in sizes:
                 columns[name] = pa.array(values, field.type, mask=values < 0)
             elif field.type == pa.binary():
                 # A column of nulls only (no edit row in the batch) reaches this stage as float NaN from Ray Data.
                 columns[name] = pa.array([v if isinstance(v, bytes | bytearray) else None for v in values], field.type)
             else:
                 columns[name] = pa.array(list(values), field.type)
-        elif name in (C.RENDERED_TEXT, C.LANGUAGE, C.CATEGORY, C.SOURCE):
+        elif name in (C.RENDERED_TEXT, C.TEXT_LANGUAGE, C.CATEGORY, C.SOURCE):
             columns[name] = pa.array([""] * count, pa.string())
         elif name == C.TASK:
-            columns[name] = pa.array(["t2i"] * count, pa.string())
-        elif name.startswith("source_latents_"):
+            columns[name] = pa.array([C.T2I] * count, pa.string())
+        elif name in {C.source_latents_column(resolution) for resolution in resolutions}:
             columns[name] = pa.nulls(count, pa.binary())
     for name in STORED_ANNOTATION_COLUMNS:
         if name in batch:
             columns[name] = pa.array([str(v) for v in np.asarray(batch[name])[ok]], pa.string())
     for name in sorted(batch):
-        if C.is_score_column(name) and name != O.SCORE_PHASH:
+        if C.is_score_column(name) and name != C.SCORE_PHASH:
             columns[name] = pa.array(np.asarray(batch[name], dtype=np.float64)[ok], pa.float64())
     return pa.table(columns)
 
@@ -93,7 +92,7 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
 def kept_samples(labels_path: str | pathlib.Path, min_stage: int, skip: set[str] = frozenset()) -> dict[str, int]:
     """``sample_id -> stage`` of the labelled samples that reach ``min_stage``, less ``skip``. A pair delivered
     several times has one row per copy (the copies after the first marked duplicates): it takes its best stage."""
-    labels = pq.read_table(labels_path, columns=[schema.SAMPLE_ID, "stage"])
+    labels = pq.read_table(labels_path, columns=[C.SAMPLE_ID, C.STAGE])
     stages: dict[str, int] = {}
     for sample, stage in zip(labels.column(0).to_pylist(), labels.column(1).to_pylist(), strict=True):
         stages[sample] = max(int(stage), stages.get(sample, -1))

@@ -1,6 +1,6 @@
 """Sources: image-text pairs as a Ray Dataset, from Parquet, WebDataset tar shards, or a folder.
 
-Every source yields the columns of ``pipelines.schema.SOURCE_COLUMNS``: ``sample_id`` (a stable hash of the image
+Every source yields the columns of ``store.columns.SOURCE_COLUMNS``: ``sample_id`` (a stable hash of the image
 bytes and the caption bytes), ``source``, ``key``, ``url``, ``image_bytes``, ``caption``, ``caption_valid_utf8`` and
 ``source_error``. Nothing is decoded here and nothing is dropped: a sample the source cannot deliver (a missing file,
 a row without an image) comes out with an empty ``image_bytes`` and a ``source_error`` reason, so the funnel counts it.
@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from models.config import StrictModel
-from pipelines import schema
+from store import columns as C
 from store.parquet import read_parquet
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -74,7 +74,7 @@ class SourceConfig(StrictModel):
 
     @property
     def is_edit(self) -> bool:
-        return self.task != schema.T2I
+        return self.task != C.T2I
 
 
 def sample_id(image_bytes: bytes, caption_bytes: bytes, source_image_bytes: bytes = b"") -> str:
@@ -126,16 +126,16 @@ def make_batch(
     urls: list[str],
     errors: list[str],
     *,
-    task: str | list[str] = schema.T2I,
+    task: str | list[str] = C.T2I,
     source_images: list[bytes] | None = None,
 ) -> dict[str, np.ndarray]:
     """The source columns for one batch, with ids computed from the raw bytes. Edit triplets pass their ``task``
     (one for the batch, or one per row) and one input image per row in ``source_images``."""
     count = len(images)
     tasks = [task] * count if isinstance(task, str) else list(task)
-    unknown = sorted(set(tasks) - set(schema.TASKS))
+    unknown = sorted(set(tasks) - set(C.TASKS))
     if unknown or len(tasks) != count:
-        raise ValueError(f"tasks must be one of {list(schema.TASKS)} per row, got {unknown or len(tasks)}")
+        raise ValueError(f"tasks must be one of {list(C.TASKS)} per row, got {unknown or len(tasks)}")
     if source_images is None:
         source_images = [b""] * count
     elif len(source_images) != count:
@@ -147,17 +147,17 @@ def make_batch(
         texts.append(text)
         valid.append(is_valid)
     return {
-        schema.SAMPLE_ID: np.array(ids, dtype=object),
-        schema.SOURCE: np.array([source] * count, dtype=object),
-        schema.KEY: np.array(keys, dtype=object),
-        schema.URL: np.array(urls, dtype=object),
-        schema.IMAGE_BYTES: _object_array(images),
-        schema.CAPTION: np.array(texts, dtype=object),
-        schema.CAPTION_VALID_UTF8: np.array(valid, dtype=bool),
-        schema.SOURCE_ERROR: np.array(errors, dtype=object),
-        schema.SCORE_SOURCE_ERROR: np.array([1.0 if error else 0.0 for error in errors]),
-        schema.TASK: np.array(tasks, dtype=object),
-        schema.SOURCE_IMAGE_BYTES: _object_array(list(source_images)),
+        C.SAMPLE_ID: np.array(ids, dtype=object),
+        C.SOURCE: np.array([source] * count, dtype=object),
+        C.KEY: np.array(keys, dtype=object),
+        C.URL: np.array(urls, dtype=object),
+        C.IMAGE_BYTES: _object_array(images),
+        C.CAPTION: np.array(texts, dtype=object),
+        C.CAPTION_VALID_UTF8: np.array(valid, dtype=bool),
+        C.SOURCE_ERROR: np.array(errors, dtype=object),
+        C.SCORE_SOURCE_ERROR: np.array([1.0 if error else 0.0 for error in errors]),
+        C.TASK: np.array(tasks, dtype=object),
+        C.SOURCE_IMAGE_BYTES: _object_array(list(source_images)),
     }
 
 
@@ -383,8 +383,8 @@ def read_source(config: SourceConfig) -> ray.data.Dataset:
     prefix = config.caption_prefix
 
     def prefixed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        captions = np.empty(len(batch[schema.CAPTION]), dtype=object)
-        captions[:] = [(prefix + (caption or "")).strip() for caption in batch[schema.CAPTION]]
-        return {**batch, schema.CAPTION: captions}
+        captions = np.empty(len(batch[C.CAPTION]), dtype=object)
+        captions[:] = [(prefix + (caption or "")).strip() for caption in batch[C.CAPTION]]
+        return {**batch, C.CAPTION: captions}
 
     return dataset.map_batches(prefixed, batch_format="numpy")

@@ -102,13 +102,13 @@ def decode_batch(batch: pa.Table | dict[str, np.ndarray], resolution: int) -> di
             row += 1
     mask = (np.arange(embeds.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
     out = {
-        "latents": torch.from_numpy(latents),
-        "text_embeds": torch.from_numpy(embeds),
-        "text_mask": torch.from_numpy(mask),
-        "sample_id": batch.column(C.SAMPLE_ID).to_pylist(),
+        C.LATENTS: torch.from_numpy(latents),
+        C.TEXT_EMBEDS: torch.from_numpy(embeds),
+        C.TEXT_MASK: torch.from_numpy(mask),
+        C.SAMPLE_ID: batch.column(C.SAMPLE_ID).to_pylist(),
     }
     if source_latents is not None:
-        out["source_latents"] = torch.from_numpy(source_latents)
+        out[C.SOURCE_LATENTS] = torch.from_numpy(source_latents)
     return out
 
 

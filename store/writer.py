@@ -35,7 +35,7 @@ MANIFEST_DIR = "_manifest"
 # per row, 64 rows keep a reader's memory near 64 MB per resolution and the per-group overhead negligible.
 ROW_GROUP_ROWS = 64
 # Categorical columns that repeat a few values: dictionary encoding keeps them small and fast to filter.
-DICTIONARY_COLUMNS = [C.SOURCE, C.BUCKET, C.CAPTION_KIND, C.LANGUAGE, C.CATEGORY]
+DICTIONARY_COLUMNS = [C.SOURCE, C.BUCKET, C.CAPTION_KIND, C.TEXT_LANGUAGE, C.CATEGORY]
 
 
 def _fsync_write(path: pathlib.Path, data: bytes) -> None:

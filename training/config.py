@@ -6,12 +6,12 @@ line (``optim.lr=1e-4``). Unknown keys and bad values are errors that name the k
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 
 from models.checkpoint import check_model_folder, follow_run
-from models.config import StrictModel
+from models.config import StrictModel, read_lines
 from models.lora import LoraSettings
 from models.schedule import LossWeighting, SigmaSampling
 from pipelines.curation import CurationConfig
@@ -30,6 +30,11 @@ class PhaseConfig(StrictModel):
     min_stage: int = pydantic.Field(default=1, ge=0, le=7)
     # (column, operator, value) over stored columns, e.g. ["score_aesthetic", ">=", 5.0] or ["category", "in", [..]]
     predicates: list[tuple[str, str, float | int | str | list]] = []
+    # Hand-picked samples (an SFT phase, docs/qwen_image.md §5): their ids inline and/or in a file, one per line.
+    # Both become the predicate ``sample_id in [...]`` when the config is read (the file on the machine that reads
+    # the config, so workers never need it); the ids are kept in ``predicates`` only.
+    sample_ids: list[str] = []
+    sample_ids_file: str | None = None
     # Mixture weights per value of a stored categorical column, e.g. {"category": {"text_rendering": 2.0}};
     # rows are kept with probability weight / max weight (values not listed weigh 1.0).
     mixture: dict[str, dict[str, float]] = {}
@@ -46,6 +51,19 @@ class PhaseConfig(StrictModel):
         if any(weight < 0 for weight in weights.values()) or (weights and max(weights.values()) <= 0):
             raise ValueError(f"task weights must be non-negative with at least one positive, got {weights}")
         return weights
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _sample_ids_into_predicates(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not (data.get("sample_ids") or data.get("sample_ids_file")):
+            return data
+        ids = list(data.get("sample_ids") or [])
+        if data.get("sample_ids_file"):
+            ids += read_lines(data["sample_ids_file"], "sample_ids")
+        if not ids:
+            raise ValueError(f"sample_ids_file {data['sample_ids_file']} lists no sample id")
+        predicates = [*data.get("predicates", []), (C.SAMPLE_ID, "in", sorted(set(ids)))]
+        return {**data, "predicates": predicates, "sample_ids": [], "sample_ids_file": None}
 
     @pydantic.model_validator(mode="after")
     def _tasks_into_mixture(self) -> PhaseConfig:
@@ -217,7 +235,7 @@ def default_phases(scale: float = 1.0) -> list[PhaseConfig]:
             num_steps=steps(1000),
             resolution=256,
             min_stage=2,
-            mixture={"category": {"text_rendering": 0.1}},
+            mixture={C.CATEGORY: {"text_rendering": 0.1}},
         ),
         PhaseConfig(
             name="s256-text",
@@ -225,14 +243,14 @@ def default_phases(scale: float = 1.0) -> list[PhaseConfig]:
             resolution=256,
             min_stage=4,
             synthetic_share=0.05,
-            mixture={"category": {"text_rendering": 1.0}},
+            mixture={C.CATEGORY: {"text_rendering": 1.0}},
         ),
         PhaseConfig(
             name="s640-curated",
             num_steps=steps(1000),
             resolution=640,
             min_stage=5,
-            mixture={"category": {"general": 1.0, "portrait": 2.0, "text_rendering": 2.0}},
+            mixture={C.CATEGORY: {"general": 1.0, "portrait": 2.0, "text_rendering": 2.0}},
         ),
         PhaseConfig(
             name="s1328-balanced",
@@ -240,7 +258,7 @@ def default_phases(scale: float = 1.0) -> list[PhaseConfig]:
             resolution=1328,
             min_stage=7,
             lr_scale=0.5,
-            mixture={"category": {"general": 1.0, "portrait": 2.0, "text_rendering": 2.0}},
+            mixture={C.CATEGORY: {"general": 1.0, "portrait": 2.0, "text_rendering": 2.0}},
         ),
     ]
 

@@ -37,7 +37,7 @@ def keep_probabilities(batch: dict[str, np.ndarray], phase: PhaseConfig, synthet
     for column, weights in phase.mixture.items():
         top = max([1.0, *weights.values()])
         # A store written before editing existed has no task column: its rows are all text-to-image.
-        values = batch[column] if column in batch or column != C.TASK else ["t2i"] * count
+        values = batch[column] if column in batch or column != C.TASK else [C.T2I] * count
         keep *= np.array([weights.get(str(value), 1.0) / top for value in values])
     if synthetic_odds is not None:
         synthetic = np.array([str(source).startswith(SYNTHETIC_PREFIX) for source in batch[C.SOURCE]])

@@ -26,6 +26,7 @@ import pydantic
 
 from models.config import StrictModel
 from models.lora import LoraSettings
+from store import columns as C
 from training.trainer import RunSettings
 
 
@@ -133,7 +134,7 @@ def pretrain_config(config: FinetuneConfig, init: str, prompts: list[str]):
         "num_steps": config.num_steps,
         "resolution": config.resolution,
         "min_stage": config.min_stage,
-        "mixture": {"source": weights} if len(set(weights.values())) > 1 else {},
+        "mixture": {C.SOURCE: weights} if len(set(weights.values())) > 1 else {},
     }
     pretrain = dict(config.pretrain)
     samples = {"prompts": prompts, "every_steps": config.sample_every, **pretrain.pop("samples", {})}
@@ -158,7 +159,6 @@ def pretrain_config(config: FinetuneConfig, init: str, prompts: list[str]):
 
 
 def first_captions(store_dir: pathlib.Path, resolution: int, count: int = 3) -> list[str]:
-    from store import columns as C
     from store.reader import read_table
 
     captions = read_table(store_dir, resolution).column(C.CAPTION).to_pylist()

@@ -25,6 +25,7 @@ import torch
 from models.flow_matching import flow_matching_loss
 from models.presets import build_components
 from models.prompt_embeds import PromptEmbeds
+from store import columns as C
 from store.header import EDIT_VISION_AREA
 from training.checkpointer import export_adapter, export_pipeline, load_checkpoint, report_checkpoint
 from training.config import PretrainConfig
@@ -412,7 +413,7 @@ class _Meter:
         self.loss += loss
         self.steps += 1
         for batch in group:
-            latents = batch["latents"]
+            latents = batch[C.LATENTS]
             self.samples += latents.shape[0]
             self.tokens += latents.shape[0] * (latents.shape[2] // 2) * (latents.shape[3] // 2)
 
@@ -479,10 +480,10 @@ def _train_step(
     dtype = compute_dtype(config.mixed_precision, device)
     losses = []
     for micro, batch in enumerate(group):
-        latents = batch["latents"].to(device, torch.float32)
-        prompt = PromptEmbeds(batch["text_embeds"].to(device, torch.float32), batch["text_mask"].to(device))
+        latents = batch[C.LATENTS].to(device, torch.float32)
+        prompt = PromptEmbeds(batch[C.TEXT_EMBEDS].to(device, torch.float32), batch[C.TEXT_MASK].to(device))
         # Edit batches (all rows of a batch are one kind): the clean source image's latents condition the model.
-        source = batch.get("source_latents")
+        source = batch.get(C.SOURCE_LATENTS)
         source = None if source is None else source.to(device, torch.float32)
         # Noise and sigmas depend on (seed, step, micro-batch, data-parallel rank) only: a resumed run draws the
         # same ones, and the workers of a tensor-parallel group draw the same.

@@ -96,6 +96,21 @@ def check_store(config: PretrainConfig) -> None:
         )
 
 
+def count_phase_rows(config: PretrainConfig, phase) -> int:
+    """The stored rows a phase selects (stage, predicates, hand-picked ids), counted from the filter's columns only;
+    fewer than one batch is an error before any worker starts (a curated subset that matched nothing, a typo in a
+    predicate's column value)."""
+    from store.reader import count_rows
+
+    rows = count_rows(config.store_dir, phase.resolution, min_stage=phase.min_stage, predicates=phase.predicates)
+    if rows < config.batch_size:
+        raise ValueError(
+            f"phase {phase.name!r} selects {rows} rows of {config.store_dir} at {phase.resolution}px (stage >= "
+            f"{phase.min_stage}, predicates {phase.predicates}), fewer than batch_size={config.batch_size}"
+        )
+    return rows
+
+
 def with_edit_vision_area(config: PretrainConfig) -> PretrainConfig:
     """``samples.edit_vision_area`` resolved: the area the run's edit rows were encoded at (the store's header, or the
     in-job curation's encoder), which the sample grids use and the exports record; a given one must equal it."""
@@ -131,9 +146,9 @@ def _streamed_phase(config: PretrainConfig, phase, curated: pathlib.Path):
     """The phase's rows, encoded on the fly from the curated samples that reach its stage (a lazy Ray Dataset)."""
     import pyarrow.dataset as pads
 
-    from pipelines import schema
     from pipelines.curation import LABELS_FILE, SCORED_DIR
     from pipelines.produce import encoded_dataset, kept_samples
+    from store import columns as C
     from training.data import SYNTHETIC_PREFIX, odds_for_share, streamed_phase_dataset
 
     keep = kept_samples(curated / LABELS_FILE, phase.min_stage)
@@ -141,9 +156,7 @@ def _streamed_phase(config: PretrainConfig, phase, curated: pathlib.Path):
         raise ValueError(f"phase {phase.name!r}: no curated sample reaches stage {phase.min_stage}")
     odds = None
     if phase.synthetic_share is not None:
-        sources = pads.dataset(str(curated / SCORED_DIR), format="parquet").to_table(
-            columns=[schema.SAMPLE_ID, schema.SOURCE]
-        )
+        sources = pads.dataset(str(curated / SCORED_DIR), format="parquet").to_table(columns=[C.SAMPLE_ID, C.SOURCE])
         kept = [src for sid, src in zip(*(sources.column(i).to_pylist() for i in (0, 1)), strict=True) if sid in keep]
         synthetic = sum(str(source).startswith(SYNTHETIC_PREFIX) for source in kept)
         odds = odds_for_share(phase.synthetic_share, synthetic, len(kept) - synthetic)
@@ -192,6 +205,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
     base = write_base(config)
     curated = _curate_in_job(config) if config.feed == "stream" else None
     init_checkpoint = export = None
+    phase_rows: dict[str, int] = {}
     for index, phase in enumerate(config.phases):
         marker = folder / f"phase-{index:02d}.done.json"
         if marker.exists():
@@ -199,9 +213,13 @@ def run_pretraining(config: PretrainConfig) -> dict:
             init_checkpoint, export = done["checkpoint"], done["export"]
             logger.info("phase %d (%s) finished earlier: %s", index, phase.name, export)
             continue
+        selected = ""
+        if config.feed == "store":
+            phase_rows[phase.name] = count_phase_rows(config, phase)
+            selected = f", {phase_rows[phase.name]} stored rows"
         print(
             f"[pretrain] phase {index + 1}/{len(config.phases)} {phase.name!r}: {phase.num_steps} steps at "
-            f"{phase.resolution}px, stage >= {phase.min_stage}",
+            f"{phase.resolution}px, stage >= {phase.min_stage}{selected}",
             flush=True,
         )
         # Feed "store": workers read the store themselves (training.data.StoreStream), listed at every epoch,
@@ -240,6 +258,7 @@ def run_pretraining(config: PretrainConfig) -> dict:
         **model,
         "metrics": str(folder / "metrics.csv"),
         "loss_curve": str(curve),
+        "phase_rows": phase_rows,  # rows each phase run here selected from the store (feed "store")
         "samples": str(folder / "samples"),
         "tensorboard": str(folder / "tensorboard"),
     }

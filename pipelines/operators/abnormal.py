@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import cv2
 
-from pipelines.operators import columns
 from pipelines.operators.base import AnalysisImage, Check, Operator
+from store import columns
 
 DEFAULT_DETECTOR_SHORT_SIDE = 320
 

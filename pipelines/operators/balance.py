@@ -25,7 +25,7 @@ import numpy as np
 import pydantic
 
 from pipelines.operators.base import Check
-from pipelines.operators.columns import (
+from store.columns import (
     CATEGORY,
     ELIGIBLE,
     QUALITY_RANK,
@@ -155,7 +155,7 @@ def balance_checks() -> tuple[Check, ...]:
     """Stage-7 check: keep the top quality of each category (thresholds in ``FilterThresholds.s7``)."""
     return (
         Check(
-            name="quality_rank",
+            name=QUALITY_RANK,
             stage=7,
             column=QUALITY_RANK,
             bounds=lambda t: (t.s7.min_quality_rank, None),

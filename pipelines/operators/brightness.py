@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.operators import columns
 from pipelines.operators.base import AnalysisImage, Check, Operator
+from store import columns
 
 # Grey levels within this margin of 0 or 255 count as clipped (JPEG noise keeps true clipping
 # from landing exactly on 0 / 255).

@@ -18,17 +18,18 @@ import re
 import numpy as np
 
 from pipelines.operators.base import Check
-from pipelines.operators.columns import (
+from store.columns import (
     ANN_CAPTION,
+    CAPTION,
     CAPTION_COLUMNS,
     CAPTION_FUSED,
     CAPTION_INVALID_REASON,
     CAPTION_RAW,
     CAPTION_RECAPTION,
+    CAPTION_VALID_UTF8,
     SCORE_CAPTION_INVALID,
     SCORE_CAPTION_TOKENS,
 )
-from pipelines.schema import CAPTION, CAPTION_VALID_UTF8
 
 # Refusals and boilerplate seen in web alt-text and in captioner output; matched case-insensitively at the start
 # or as the whole caption. Each has a short name that becomes the drop reason.

@@ -28,17 +28,10 @@ import pydantic
 
 from models.clip import ClipConfig
 from models.config import StrictModel
-from pipelines import schema
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.operators.base import Check
-from pipelines.operators.columns import (
-    CLIP_EMBEDDING,
-    CLIP_SCORES,
-    SCORE_AESTHETIC,
-    SCORE_CLIP_ALIGNMENT,
-    SCORE_NSFW,
-)
 from pipelines.pools import PoolConfig
+from store import columns as C
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +63,20 @@ class ClipScoresConfig(StrictModel):
 
 def disabled_clip_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The CLIP score columns, all NaN, for a run without a CLIP model (``ClipScoresConfig.clip`` None)."""
-    count = len(batch[schema.SAMPLE_ID])
-    return {**batch, **{name: np.full(count, np.nan) for name in CLIP_SCORES}}
+    count = len(batch[C.SAMPLE_ID])
+    return {**batch, **{name: np.full(count, np.nan) for name in C.CLIP_SCORES}}
 
 
-# The contract of disabled_clip_columns (pipelines.contracts): it writes CLIP_SCORES.
-DISABLED_CLIP_READS: tuple[str, ...] = (schema.SAMPLE_ID,)
+# The contract of disabled_clip_columns (pipelines.contracts): it writes C.CLIP_SCORES.
+DISABLED_CLIP_READS: tuple[str, ...] = (C.SAMPLE_ID,)
 
 
 class ClipScores:
     """Ray Data actor: image bytes + raw caption -> alignment, NSFW, aesthetic (and the embedding)."""
 
     # The stage's contract (pipelines.contracts); the embedding column too when ``keep_embeddings``.
-    READS: tuple[str, ...] = (schema.IMAGE_BYTES, schema.CAPTION)
-    WRITES: tuple[str, ...] = CLIP_SCORES
+    READS: tuple[str, ...] = (C.IMAGE_BYTES, C.CAPTION)
+    WRITES: tuple[str, ...] = C.CLIP_SCORES
 
     def __init__(self, config: ClipScoresConfig):
         if config.clip is None:
@@ -106,23 +99,23 @@ class ClipScores:
         self.decode_config = DecodeConfig(analysis_short_side=config.image_short_side)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        count = len(batch[schema.IMAGE_BYTES])
+        count = len(batch[C.IMAGE_BYTES])
         alignment, nsfw, aesthetic = (np.full(count, np.nan) for _ in range(3))
         embeddings = np.full((count, self.clip.embed_dim), np.nan, dtype=np.float16)
         rows, images = [], []
-        for row, data in enumerate(batch[schema.IMAGE_BYTES]):
+        for row, data in enumerate(batch[C.IMAGE_BYTES]):
             decoded = decode_image(bytes(data), self.decode_config)
             if decoded.ok:
                 rows.append(row)
                 images.append(decoded.image)
         if rows:
             image_embeds = self.clip.encode_images(images)
-            text_embeds = self.clip.encode_texts([str(batch[schema.CAPTION][row]) for row in rows])
+            text_embeds = self.clip.encode_texts([str(batch[C.CAPTION][row]) for row in rows])
             alignment[rows] = (image_embeds * text_embeds).sum(-1).numpy()
             # An edit instruction does not describe its target image: alignment is not measured there (NaN).
-            tasks = batch.get(schema.TASK)
+            tasks = batch.get(C.TASK)
             if tasks is not None:
-                alignment[[row for row in rows if tasks[row] != schema.T2I]] = np.nan
+                alignment[[row for row in rows if tasks[row] != C.T2I]] = np.nan
             embeddings[rows] = image_embeds.numpy().astype(np.float16)
             import torch
 
@@ -131,9 +124,9 @@ class ClipScores:
                     nsfw[rows] = torch.sigmoid(self.nsfw(image_embeds)).numpy()
                 if self.aesthetic is not None:
                     aesthetic[rows] = self.aesthetic(image_embeds).numpy()
-        out = {**batch, SCORE_CLIP_ALIGNMENT: alignment, SCORE_NSFW: nsfw, SCORE_AESTHETIC: aesthetic}
+        out = {**batch, C.SCORE_CLIP_ALIGNMENT: alignment, C.SCORE_NSFW: nsfw, C.SCORE_AESTHETIC: aesthetic}
         if self.config.keep_embeddings:
-            out[CLIP_EMBEDDING] = embeddings
+            out[C.CLIP_EMBEDDING] = embeddings
         return out
 
 
@@ -145,7 +138,7 @@ def clip_checks(config: ClipScoresConfig) -> tuple[Check, ...]:
         Check(
             name="clip_alignment",
             stage=3,
-            column=SCORE_CLIP_ALIGNMENT,
+            column=C.SCORE_CLIP_ALIGNMENT,
             bounds=lambda t: (t.s3.min_clip_alignment, None),
             low_reason="clip_alignment:low",
             high_reason="clip_alignment:high",
@@ -158,7 +151,7 @@ def clip_checks(config: ClipScoresConfig) -> tuple[Check, ...]:
             Check(
                 name="nsfw",
                 stage=1,
-                column=SCORE_NSFW,
+                column=C.SCORE_NSFW,
                 bounds=lambda t: (None, t.s1.max_nsfw),
                 low_reason="nsfw:low",
                 high_reason="nsfw",
@@ -169,7 +162,7 @@ def clip_checks(config: ClipScoresConfig) -> tuple[Check, ...]:
             Check(
                 name="aesthetic",
                 stage=5,
-                column=SCORE_AESTHETIC,
+                column=C.SCORE_AESTHETIC,
                 bounds=lambda t: (t.s5.min_aesthetic, None),
                 low_reason="aesthetic:low",
                 high_reason="aesthetic:high",

@@ -21,8 +21,8 @@ import math
 import cv2
 import numpy as np
 
-from pipelines.operators import columns
 from pipelines.operators.base import AnalysisImage, Check, Operator
+from store import columns
 
 CROP_SIZE = 512
 JPEG_BLOCK = 8

@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 
 from pipelines.decode import downscale
-from pipelines.operators import columns
 from pipelines.operators.base import AnalysisImage, Check, Operator
 from pipelines.operators.thresholds import FilterThresholds
+from store import columns
 
 HASH_SIZE = 8
 _DCT_SIZE = 32

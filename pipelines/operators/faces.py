@@ -38,10 +38,12 @@ import pydantic
 from models.config import StrictModel
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.operators.base import Check
-from pipelines.operators.columns import (
+from pipelines.pools import PoolConfig
+from store.columns import (
     ANN_IMAGE_TYPE,
     CATEGORY,
     FACE_COLUMNS,
+    IMAGE_BYTES,
     SCORE_FACE_AREA,
     SCORE_FACE_BLUR_RATIO,
     SCORE_FACE_DEGRADED,
@@ -50,8 +52,6 @@ from pipelines.operators.columns import (
     SCORE_TEXT_AREA,
     SCORE_TEXT_CHARS,
 )
-from pipelines.pools import PoolConfig
-from pipelines.schema import IMAGE_BYTES
 
 CATEGORIES = ("general", "portrait", "text_rendering")
 TEXT_IMAGE_TYPES = ("text_rendering", "document", "poster", "screenshot")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipelines.operators import columns
 from pipelines.operators.base import AnalysisImage, Check, Operator
+from store import columns
 
 
 class BrokenFile(Operator):

@@ -20,7 +20,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.decode import DecodeConfig, decode_image
-from pipelines.operators import columns
 from pipelines.operators.abnormal import DEFAULT_DETECTOR_SHORT_SIDE, Barcode, QRCode
 from pipelines.operators.base import AnalysisImage, Check, Operator
 from pipelines.operators.brightness import Exposure, Luma
@@ -33,6 +32,7 @@ from pipelines.operators.orientation import Orientation
 from pipelines.operators.resolution import Resolution
 from pipelines.operators.sharpness import Blur
 from pipelines.operators.texture import Texture
+from store import columns
 
 
 class OperatorConfig(BaseModel):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipelines.operators import columns
 from pipelines.operators.base import AnalysisImage, Check, Operator
+from store import columns
 
 
 def laplacian_variance(laplacian: np.ndarray) -> float:

@@ -39,9 +39,11 @@ from models.config import StrictModel
 from models.ocr import OcrConfig, OcrEngine, OcrError, TextLine, text_accuracy, text_language
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.operators.base import Check
-from pipelines.operators.columns import (
+from pipelines.pools import PoolConfig
+from store.columns import (
     ANN_ERROR,
     ANN_WATERMARKS,
+    IMAGE_BYTES,
     OCR_COLUMNS,
     OCR_ERROR,
     OCR_TEXT,
@@ -54,8 +56,6 @@ from pipelines.operators.columns import (
     TEXT_LANGUAGE,
     WATERMARK_VERIFIED,
 )
-from pipelines.pools import PoolConfig
-from pipelines.schema import IMAGE_BYTES
 
 LANGUAGES = ("en", "zh", "other", "none")
 # A dense A4 page is about 3,000 characters; the cap only bounds pathological inputs in the Parquet output.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipelines.operators import columns
 from pipelines.operators.base import AnalysisImage, Check, Operator
+from store import columns
 
 
 class Texture(Operator):

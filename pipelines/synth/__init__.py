@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.preview import write_preview
-from pipelines.synth.source import RENDERED_TEXT, synthetic_dataset
+from pipelines.synth.source import synthetic_dataset
+from store.columns import RENDERED_TEXT
 
 __all__ = ["RENDERED_TEXT", "SynthConfig", "synthetic_dataset", "write_preview"]

@@ -1,6 +1,6 @@
 """The synthesiser as a Ray Data source: records in the schema of real pairs, so a job can mix them by ratio.
 
-Columns: ``pipelines.schema.SOURCE_COLUMNS`` (``source = "synthetic/<mode>"``, ``key`` = mode, seed and row) plus
+Columns: ``store.columns.SOURCE_COLUMNS`` (``source = "synthetic/<mode>"``, ``key`` = mode, seed and row) plus
 ``rendered_text`` (the text as drawn, lines joined by newlines) and ``num_discarded_paragraphs`` (texts drawn for
 this record and discarded as unrenderable or too long: their sum over a dataset is the discard count). A record
 whose every attempt was discarded comes out like a failed real sample: empty ``image_bytes`` and a ``source_error``.
@@ -23,17 +23,15 @@ import math
 import numpy as np
 import ray.data
 
-from pipelines import schema
 from pipelines.pools import map_stage
 from pipelines.sources import make_batch
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.generator import SynthGenerator, SynthSample
 from pipelines.synth.render import encode
-from store.columns import RENDERED_TEXT
+from store import columns as C
 
 logger = logging.getLogger(__name__)
-NUM_DISCARDED = "num_discarded_paragraphs"
-SYNTH_COLUMNS: tuple[str, ...] = (*schema.SOURCE_COLUMNS, RENDERED_TEXT, NUM_DISCARDED)
+SYNTH_COLUMNS: tuple[str, ...] = (*C.SOURCE_COLUMNS, C.RENDERED_TEXT, C.NUM_DISCARDED)
 
 
 def source_name(mode: str) -> str:
@@ -62,8 +60,8 @@ def samples_batch(config: SynthConfig, mode: str, keys: list[str], samples: list
         [""] * len(samples),
         [sample.error for sample in samples],
     )
-    batch[RENDERED_TEXT] = np.array([sample.rendered_text for sample in samples], dtype=object)
-    batch[NUM_DISCARDED] = np.array([sample.num_discarded for sample in samples], dtype=np.int64)
+    batch[C.RENDERED_TEXT] = np.array([sample.rendered_text for sample in samples], dtype=object)
+    batch[C.NUM_DISCARDED] = np.array([sample.num_discarded for sample in samples], dtype=np.int64)
     return batch
 
 
@@ -90,8 +88,8 @@ class SynthStage:
                 keys.append(f"{prefix}-{int(row):09d}")
                 samples.append(self.generator.generate((int(row),)))
         else:
-            ids = batch.get(schema.SAMPLE_ID, np.array([""] * len(batch[schema.IMAGE_BYTES]), dtype=object))
-            for raw, sample_id in zip(batch[schema.IMAGE_BYTES], ids, strict=True):
+            ids = batch.get(C.SAMPLE_ID, np.array([""] * len(batch[C.IMAGE_BYTES]), dtype=object))
+            for raw, sample_id in zip(batch[C.IMAGE_BYTES], ids, strict=True):
                 image = bytes(raw) if raw is not None else b""
                 background = _background_key(image, sample_id)
                 for repeat in range(self.repeats):
@@ -112,9 +110,9 @@ def synthetic_dataset(
         if count == 0:
             continue
         if mode == "compositional" and backgrounds is not None:
-            if schema.IMAGE_BYTES not in backgrounds.columns():
-                raise ValueError(f"the background dataset needs an {schema.IMAGE_BYTES!r} column (any source works)")
-            wanted = [c for c in (schema.IMAGE_BYTES, schema.SAMPLE_ID) if c in backgrounds.columns()]
+            if C.IMAGE_BYTES not in backgrounds.columns():
+                raise ValueError(f"the background dataset needs an {C.IMAGE_BYTES!r} column (any source works)")
+            wanted = [c for c in (C.IMAGE_BYTES, C.SAMPLE_ID) if c in backgrounds.columns()]
             pool = backgrounds.select_columns(wanted).limit(count)
             num_backgrounds = pool.count()  # reads at most `count` rows once more; Parquet answers from metadata
             if num_backgrounds == 0:

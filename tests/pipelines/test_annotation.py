@@ -13,8 +13,10 @@ import pyarrow as pa
 import pydantic
 import pytest
 
-from pipelines import annotation, schema
-from pipelines.annotation import (
+from pipelines import annotation
+from pipelines.annotation import PROMPT, Captioner, CaptionerConfig, annotation_columns, parse_annotation
+from store import columns as C
+from store.columns import (
     ANN_ABNORMAL,
     ANN_CAPTION,
     ANN_ERROR,
@@ -22,11 +24,6 @@ from pipelines.annotation import (
     ANN_RAW,
     ANN_WATERMARKS,
     ANNOTATION_COLUMNS,
-    PROMPT,
-    Captioner,
-    CaptionerConfig,
-    annotation_columns,
-    parse_annotation,
 )
 
 TINY = {"preset": "tiny", "max_new_tokens": 12, "max_pixels": 112 * 112}
@@ -98,15 +95,15 @@ def test_failures_are_recorded_with_reasons():
 def test_captioner_actor_on_tiny_model_never_crashes(captioner):
     image = cv2.imencode(".png", np.full((96, 128, 3), 180, np.uint8))[1].tobytes()
     batch = {
-        schema.SAMPLE_ID: np.array(["a", "b"], dtype=object),
-        schema.IMAGE_BYTES: np.array([image, b"\x00\x01junk"], dtype=object),
-        schema.CAPTION: np.array(["grey", "junk"], dtype=object),
+        C.SAMPLE_ID: np.array(["a", "b"], dtype=object),
+        C.IMAGE_BYTES: np.array([image, b"\x00\x01junk"], dtype=object),
+        C.CAPTION: np.array(["grey", "junk"], dtype=object),
     }
     out = captioner(batch)
     # Random weights answer gibberish: recorded as a parse failure, the source caption kept, nothing raised.
     assert out[ANN_ERROR][0].startswith(("unparsable", "invalid"))
     assert out[ANN_ERROR][1].startswith("no_image:broken_file")
-    assert list(out[schema.CAPTION]) == ["grey", "junk"] and list(out[ANN_CAPTION]) == ["", ""]
+    assert list(out[C.CAPTION]) == ["grey", "junk"] and list(out[ANN_CAPTION]) == ["", ""]
     assert len(out["annotation_raw"][0]) > 0  # the raw answer is kept for inspection
 
 
@@ -254,9 +251,9 @@ def test_vllm_backend_config(ray_session, tmp_path):
     good, wide = png(200, 150, 1), png(96, 128, 2)  # wide: resized to 140 x 84, which the stub engine fails
     rows = pa.table(
         {
-            schema.SAMPLE_ID: ["good", "junk", "wide", "good2"],
-            schema.IMAGE_BYTES: [good, b"\x00\x01junk", wide, png(96, 96, 3)],
-            schema.CAPTION: ["a", "b", "c", "d"],
+            C.SAMPLE_ID: ["good", "junk", "wide", "good2"],
+            C.IMAGE_BYTES: [good, b"\x00\x01junk", wide, png(96, 96, 3)],
+            C.CAPTION: ["a", "b", "c", "d"],
             "embedding": pa.array([np.full(3, i, np.float32) for i in range(4)], pa.list_(pa.float32(), 3)),
             "flag": [True, False, True, False],
         }
@@ -280,12 +277,12 @@ def test_vllm_backend_config(ray_session, tmp_path):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stub travels to the engine actor
     try:
         refs = annotation.annotate_with_processor(ray.data.from_arrow(rows), processor).to_arrow_refs()
-        out = pa.concat_tables(ray.get(refs)).sort_by(schema.SAMPLE_ID)
+        out = pa.concat_tables(ray.get(refs)).sort_by(C.SAMPLE_ID)
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert out.column_names == [*rows.column_names, *ANNOTATION_COLUMNS]
-    assert out.select(rows.column_names).equals(rows.sort_by(schema.SAMPLE_ID))  # values and types
-    by_id = {row[schema.SAMPLE_ID]: row for row in out.to_pylist()}
+    assert out.select(rows.column_names).equals(rows.sort_by(C.SAMPLE_ID))  # values and types
+    by_id = {row[C.SAMPLE_ID]: row for row in out.to_pylist()}
     assert by_id["junk"][ANN_ERROR] == "no_image:broken_file:unidentified"
     assert by_id["wide"][ANN_ERROR] == "captioner_error:RuntimeError" and by_id["wide"][ANN_RAW] == ""
     for sample_id, data in [("good", good), ("good2", png(96, 96, 3))]:

@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 
 from pipelines.operators.balance import (
-    QUALITY_RANK,
-    QUALITY_SCORE,
-    RESOLUTION_CLASS,
     S7Thresholds,
     add_quality_rank,
     balance_checks,
@@ -21,6 +18,7 @@ from pipelines.operators.balance import (
     resolution_class,
 )
 from pipelines.operators.stage import compute_stage
+from store.columns import QUALITY_RANK, QUALITY_SCORE, RESOLUTION_CLASS
 
 THRESHOLDS = SimpleNamespace(s7=S7Thresholds())
 

@@ -9,22 +9,16 @@ import torch
 
 from models.clip import ClipConfig
 from models.embedding_head import EmbeddingHead
-from pipelines.operators.caption import (
+from pipelines.operators.caption import CaptionScores, fuse_captions, invalid_caption_reason
+from pipelines.operators.clip_scores import ClipScores, ClipScoresConfig, clip_checks
+from store.columns import (
     CAPTION_FUSED,
     CAPTION_INVALID_REASON,
+    SCORE_AESTHETIC,
     SCORE_CAPTION_INVALID,
     SCORE_CAPTION_TOKENS,
-    CaptionScores,
-    fuse_captions,
-    invalid_caption_reason,
-)
-from pipelines.operators.clip_scores import (
-    SCORE_AESTHETIC,
     SCORE_CLIP_ALIGNMENT,
     SCORE_NSFW,
-    ClipScores,
-    ClipScoresConfig,
-    clip_checks,
 )
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from pipelines import curation
 from pipelines.contracts import Stage, StageContractError, check_chain
-from pipelines.operators import columns
 from pipelines.operators.registry import build_operators
+from store import columns
 
 from ..conftest import TINY_MODELS
 

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.operators import columns
 from pipelines.operators.dedup import add_duplicate_column, hamming_distance, mark_duplicates, perceptual_hash
 from pipelines.operators.thresholds import FilterThresholds
+from store import columns
 
 
 def _scene(seed: int, height: int = 300, width: int = 400) -> np.ndarray:

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import schema
 from pipelines.sources import SourceConfig, read_source, sample_id
 from pipelines.synth.sample_corpus import photo_like, png_bytes
+from store import columns as C
 
 
 def _triplets(count: int, seed: int = 0) -> list[tuple[bytes, str, bytes]]:
@@ -68,17 +68,17 @@ def test_edit_sources_read_triplets(ray_session, tmp_path):
     expected = {sample_id(target, instruction.encode(), source) for source, instruction, target in triplets}
     for kind, config in _write_sources(tmp_path, triplets).items():
         rows = read_source(config).take_all()
-        assert {row[schema.TASK] for row in rows} == {"edit"}, kind
-        good = [row for row in rows if not row[schema.SOURCE_ERROR]]
-        bad = [row for row in rows if row[schema.SOURCE_ERROR]]
+        assert {row[C.TASK] for row in rows} == {"edit"}, kind
+        good = [row for row in rows if not row[C.SOURCE_ERROR]]
+        bad = [row for row in rows if row[C.SOURCE_ERROR]]
         if kind == "parquet":  # the row without an input image is reported, not lost
-            assert len(bad) == 1 and bad[0][schema.SOURCE_ERROR] == "no_source_image:null"
+            assert len(bad) == 1 and bad[0][C.SOURCE_ERROR] == "no_source_image:null"
             assert len(good) == 2
         else:
-            assert not bad and {row[schema.SAMPLE_ID] for row in good} == expected, kind
+            assert not bad and {row[C.SAMPLE_ID] for row in good} == expected, kind
         for row in good:
-            assert row[schema.SOURCE_IMAGE_BYTES] and row[schema.IMAGE_BYTES] != row[schema.SOURCE_IMAGE_BYTES]
-            assert row[schema.CAPTION].startswith("paint the middle block")
+            assert row[C.SOURCE_IMAGE_BYTES] and row[C.IMAGE_BYTES] != row[C.SOURCE_IMAGE_BYTES]
+            assert row[C.CAPTION].startswith("paint the middle block")
     # A triplet's id differs from the id of its target as a pair: the input image is part of the sample.
     source, instruction, target = triplets[0]
     assert sample_id(target, instruction.encode(), source) != sample_id(target, instruction.encode())
@@ -98,7 +98,6 @@ def test_edit_curation_scores_both_images_and_encodes_source_latents(ray_session
     although its target passes."""
     from models.config import load_config
     from pipelines.curation import LABELS_FILE, CurationConfig, run_curation
-    from store import columns as C
     from store.reader import read_table
 
     triplets = _triplets(2, seed=1)

@@ -16,10 +16,6 @@ from models.vae import images_to_tensor
 from pipelines import encode
 from pipelines.decode import DecodeConfig, decode_image
 from pipelines.encode import (
-    ENCODE_ERROR,
-    VISION_HEIGHT,
-    VISION_PIXELS,
-    VISION_WIDTH,
     EncodeConfig,
     PreparePixels,
     VaeEncodeStage,
@@ -123,7 +119,7 @@ def test_gpu_actors_receive_pixels(vae_stage, monkeypatch):
     prepared = PreparePixels(CONFIG)(batch)
 
     # The CPU stage: decode errors recorded as before; no image bytes leave it, only uint8 crops of the bucket size.
-    errors = list(prepared[ENCODE_ERROR])
+    errors = list(prepared[C.ENCODE_ERROR])
     assert errors[4].startswith("decode:broken_file") and errors[8].startswith("decode_source_image:broken_file")
     assert [bool(e) for e in errors] == [row in (4, 8) for row in range(9)]
     assert "image_bytes" not in prepared and "source_image_bytes" not in prepared
@@ -135,7 +131,7 @@ def test_gpu_actors_receive_pixels(vae_stage, monkeypatch):
         assert crop.dtype == np.uint8 and np.array_equal(crop, expected)  # what the actor used to compute itself
     source = decode_image(batch["source_image_bytes"][5], FULL).image
     seen = resize_lanczos(Image.fromarray(source), *edit_source_size(CONFIG.edit_vision_area, 96, 96))
-    vision = pixels(prepared[VISION_PIXELS][5], prepared[VISION_HEIGHT][5], prepared[VISION_WIDTH][5])
+    vision = pixels(prepared[C.VISION_PIXELS][5], prepared[C.VISION_HEIGHT][5], prepared[C.VISION_WIDTH][5])
     assert np.array_equal(vision, np.asarray(seen))  # the text stage's input image, decoded once, upstream
 
     # The GPU stage: one VAE call per distinct crop shape, each call one shape, every crop in exactly one call.

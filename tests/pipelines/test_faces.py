@@ -18,18 +18,20 @@ import pytest
 from PIL import Image
 
 from pipelines.operators.faces import (
-    CATEGORY,
-    SCORE_FACE_AREA,
-    SCORE_FACE_BLUR_RATIO,
-    SCORE_FACE_DEGRADED,
-    SCORE_FACE_MOSAIC,
-    SCORE_NUM_FACES,
     CategoryConfig,
     FaceScores,
     S6Thresholds,
     assign_category,
     face_checks,
     mosaic_score,
+)
+from store.columns import (
+    CATEGORY,
+    SCORE_FACE_AREA,
+    SCORE_FACE_BLUR_RATIO,
+    SCORE_FACE_DEGRADED,
+    SCORE_FACE_MOSAIC,
+    SCORE_NUM_FACES,
 )
 
 THRESHOLDS = SimpleNamespace(s6=S6Thresholds())

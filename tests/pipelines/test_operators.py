@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from pipelines.decode import EXIF_ORIENTATION_TAG
-from pipelines.operators import columns
 from pipelines.operators.abnormal import barcode_detector_available
 from pipelines.operators.base import Check
 from pipelines.operators.registry import OperatorConfig, ScoreOperators, build_operators, operator_checks
 from pipelines.operators.thresholds import FilterThresholds
+from store import columns
 
 OPERATORS = build_operators()
 CHECKS = {check.name: check for check in operator_checks(OPERATORS)}

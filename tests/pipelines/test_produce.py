@@ -108,17 +108,17 @@ def test_a_pair_delivered_twice_is_stored_once(tmp_path):
     import numpy as np
     import pyarrow as pa
 
-    from pipelines import schema
     from pipelines.produce import KeepSamples, kept_samples
+    from store import columns as C
 
     labels = tmp_path / "labels.parquet"
     pq.write_table(
-        pa.table({schema.SAMPLE_ID: ["a", "b", "a", "c", "c"], "stage": pa.array([5, 2, 0, 0, 1], pa.int8())}), labels
+        pa.table({C.SAMPLE_ID: ["a", "b", "a", "c", "c"], "stage": pa.array([5, 2, 0, 0, 1], pa.int8())}), labels
     )
     keep = kept_samples(labels, min_stage=1)
     assert keep == {"a": 5, "b": 2, "c": 1}
     stage = KeepSamples(keep)
-    first = stage({schema.SAMPLE_ID: np.array(["a", "a", "x", "b"], dtype=object), "n": np.arange(4)})
-    second = stage({schema.SAMPLE_ID: np.array(["b", "c", "a"], dtype=object), "n": np.arange(4, 7)})
+    first = stage({C.SAMPLE_ID: np.array(["a", "a", "x", "b"], dtype=object), "n": np.arange(4)})
+    second = stage({C.SAMPLE_ID: np.array(["b", "c", "a"], dtype=object), "n": np.arange(4, 7)})
     assert first["n"].tolist() == [0, 3] and first["stage"].tolist() == [5, 2]
     assert second["n"].tolist() == [5] and second["stage"].tolist() == [1]

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import schema
 from pipelines.sources import SourceConfig, read_source, sample_id
+from store import columns as C
 
 
 def _jpeg(seed: int) -> bytes:
@@ -27,7 +27,7 @@ PAIRS = [(_jpeg(i), f"caption number {i}") for i in range(5)]
 
 def _rows(dataset) -> dict[str, dict]:
     # Small test datasets only: this pulls every row to the driver.
-    return {row[schema.KEY]: row for row in dataset.take_all()}
+    return {row[C.KEY]: row for row in dataset.take_all()}
 
 
 def _expected_ids() -> dict[str, str]:
@@ -45,18 +45,18 @@ def test_parquet_source(ray_session, tmp_path):
     )
     pq.write_table(table, tmp_path / "part-0.parquet")
     rows = _rows(read_source(SourceConfig(name="laion", kind="parquet", paths=[str(tmp_path)])))
-    assert {k: r[schema.SAMPLE_ID] for k, r in rows.items()} == _expected_ids()
+    assert {k: r[C.SAMPLE_ID] for k, r in rows.items()} == _expected_ids()
     row = rows["0003"]
-    assert row[schema.SOURCE] == "laion" and row[schema.CAPTION] == "caption number 3"
-    assert row[schema.IMAGE_BYTES] == PAIRS[3][0] and row[schema.URL].endswith("/3.jpg")
-    assert row[schema.SOURCE_ERROR] == "" and row[schema.CAPTION_VALID_UTF8]
+    assert row[C.SOURCE] == "laion" and row[C.CAPTION] == "caption number 3"
+    assert row[C.IMAGE_BYTES] == PAIRS[3][0] and row[C.URL].endswith("/3.jpg")
+    assert row[C.SOURCE_ERROR] == "" and row[C.CAPTION_VALID_UTF8]
 
 
 def test_parquet_hf_image_struct_and_missing_image(ray_session, tmp_path):
     images = [{"bytes": PAIRS[0][0], "path": "a.jpg"}, {"bytes": None, "path": "b.jpg"}]
     pq.write_table(pa.table({"image": images, "text": ["one", "two"]}), tmp_path / "hf.parquet")
     rows = read_source(SourceConfig(kind="parquet", paths=[str(tmp_path / "hf.parquet")])).take_all()
-    assert sorted(r[schema.SOURCE_ERROR] for r in rows) == ["", "no_image:null"]
+    assert sorted(r[C.SOURCE_ERROR] for r in rows) == ["", "no_image:null"]
     with pytest.raises(ValueError, match="caption column 'nope'"):
         read_source(SourceConfig(kind="parquet", paths=[str(tmp_path)], caption_column="nope"))
 
@@ -75,7 +75,7 @@ def test_webdataset_source(ray_session, tmp_path):
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     rows = _rows(read_source(SourceConfig(kind="webdataset", paths=[str(tmp_path / "*.tar")])))
-    assert {k: r[schema.SAMPLE_ID] for k, r in rows.items()} == _expected_ids()
+    assert {k: r[C.SAMPLE_ID] for k, r in rows.items()} == _expected_ids()
 
 
 def test_folder_sources(ray_session, tmp_path):
@@ -83,23 +83,23 @@ def test_folder_sources(ray_session, tmp_path):
         (tmp_path / f"{i:04d}.jpg").write_bytes(image)
         (tmp_path / f"{i:04d}.txt").write_text(caption)
     rows = _rows(read_source(SourceConfig(kind="folder", paths=[str(tmp_path)])))
-    assert {k: r[schema.SAMPLE_ID] for k, r in rows.items()} == _expected_ids()
+    assert {k: r[C.SAMPLE_ID] for k, r in rows.items()} == _expected_ids()
 
     manifest = tmp_path / "manifest.jsonl"
     lines = [{"image": f"{i:04d}.jpg", "caption": c} for i, (_, c) in enumerate(PAIRS)]
     lines.append({"image": "missing.jpg", "caption": "gone"})
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     rows = _rows(read_source(SourceConfig(kind="folder", paths=[], manifest=str(manifest))))
-    assert rows["missing"][schema.SOURCE_ERROR] == "unreadable_file:FileNotFoundError"
-    assert {k: r[schema.SAMPLE_ID] for k, r in rows.items() if k != "missing"} == _expected_ids()
+    assert rows["missing"][C.SOURCE_ERROR] == "unreadable_file:FileNotFoundError"
+    assert {k: r[C.SAMPLE_ID] for k, r in rows.items() if k != "missing"} == _expected_ids()
 
 
 def test_invalid_utf8_caption_is_flagged_not_lost(ray_session, tmp_path):
     (tmp_path / "x.jpg").write_bytes(PAIRS[0][0])
     (tmp_path / "x.txt").write_bytes(b"caf\xe9 au lait")
     (row,) = read_source(SourceConfig(kind="folder", paths=[str(tmp_path)])).take_all()
-    assert not row[schema.CAPTION_VALID_UTF8] and row[schema.CAPTION] == "caf\ufffd au lait"
-    assert row[schema.SAMPLE_ID] == sample_id(PAIRS[0][0], b"caf\xe9 au lait")
+    assert not row[C.CAPTION_VALID_UTF8] and row[C.CAPTION] == "caf\ufffd au lait"
+    assert row[C.SAMPLE_ID] == sample_id(PAIRS[0][0], b"caf\xe9 au lait")
 
 
 def test_missing_paths_are_errors(tmp_path):

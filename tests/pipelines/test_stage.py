@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.operators import columns
 from pipelines.operators.base import Check
 from pipelines.operators.dedup import add_duplicate_column
 from pipelines.operators.registry import ScoreOperators, build_operators, operator_checks
 from pipelines.operators.stage import check_masks, compute_stage, first_drop_reason
 from pipelines.operators.thresholds import FilterThresholds
+from store import columns
 
 CHECKS = operator_checks(build_operators())
 DEFAULTS = FilterThresholds()

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from models.ocr import OcrConfig, OcrEngine
-from pipelines import schema
 from pipelines.decode import decode_image
 from pipelines.synth import SynthConfig, synthetic_dataset
 from pipelines.synth.fonts import font_library
 from pipelines.synth.generator import SynthGenerator, generate_samples
 from pipelines.synth.render import encode
 from pipelines.synth.sample_corpus import jpeg, photo_like
-from pipelines.synth.source import NUM_DISCARDED, RENDERED_TEXT, SYNTH_COLUMNS, mode_counts
+from pipelines.synth.source import SYNTH_COLUMNS, mode_counts
 from pipelines.synth.verify import normalise, ocr_accuracy
+from store import columns as C
 
 MIN_ACCURACY = {"pure": 0.95, "compositional": 0.90, "complex": 0.90}
 NUM_PER_LANGUAGE = 6  # 12 images per mode: accuracies measured 0.99-1.00 against thresholds of 0.90-0.95
@@ -90,7 +90,7 @@ def test_ray_source(ray_session) -> None:
     config = SynthConfig(seed=1, resolutions=[(384, 384)])
     rng = np.random.default_rng(0)
     backgrounds = ray_session.data.from_items(
-        [{schema.IMAGE_BYTES: jpeg(photo_like(rng, 300, 400)), schema.SAMPLE_ID: f"bg{i}"} for i in range(2)]
+        [{C.IMAGE_BYTES: jpeg(photo_like(rng, 300, 400)), C.SAMPLE_ID: f"bg{i}"} for i in range(2)]
     )
 
     def rows() -> list[dict]:
@@ -99,17 +99,17 @@ def test_ray_source(ray_session) -> None:
     first = rows()
     assert len(first) == 9
     assert set(first[0]) == set(SYNTH_COLUMNS)
-    sources = sorted(row[schema.SOURCE] for row in first)
+    sources = sorted(row[C.SOURCE] for row in first)
     assert sources == ["synthetic/complex"] * 3 + ["synthetic/compositional"] * 3 + ["synthetic/pure"] * 3
     for row in first:
         # A kept sample was drawn within its attempts: the paragraphs discarded before it are fewer than them.
-        assert row[schema.SOURCE_ERROR] == "" and row[NUM_DISCARDED] in range(config.max_attempts)
-        decoded = decode_image(row[schema.IMAGE_BYTES])
+        assert row[C.SOURCE_ERROR] == "" and row[C.NUM_DISCARDED] in range(config.max_attempts)
+        decoded = decode_image(row[C.IMAGE_BYTES])
         assert decoded.ok and (decoded.width, decoded.height) == (384, 384)
-        assert row[RENDERED_TEXT].strip()
-        assert row[RENDERED_TEXT].split("\n")[0].split(" ")[0] in row[schema.CAPTION]
-    assert len({row[schema.KEY] for row in first}) == 9
+        assert row[C.RENDERED_TEXT].strip()
+        assert row[C.RENDERED_TEXT].split("\n")[0].split(" ")[0] in row[C.CAPTION]
+    assert len({row[C.KEY] for row in first}) == 9
     second = rows()
-    assert {(r[schema.KEY], r[schema.SAMPLE_ID], r[NUM_DISCARDED]) for r in first} == {
-        (r[schema.KEY], r[schema.SAMPLE_ID], r[NUM_DISCARDED]) for r in second
+    assert {(r[C.KEY], r[C.SAMPLE_ID], r[C.NUM_DISCARDED]) for r in first} == {
+        (r[C.KEY], r[C.SAMPLE_ID], r[C.NUM_DISCARDED]) for r in second
     }

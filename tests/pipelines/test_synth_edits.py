@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from models.ocr import OcrConfig, OcrEngine
-from pipelines import schema
 from pipelines.decode import decode_image
 from pipelines.synth import captions
 from pipelines.synth.edits import (
@@ -27,8 +26,9 @@ from pipelines.synth.edits import (
     triplets_batch,
 )
 from pipelines.synth.scenes import FAR_LEVEL, Box, Camera, Ground, Light, Scene, Sphere, depth_to_image, render
-from pipelines.synth.source import RENDERED_TEXT
 from pipelines.synth.verify import ocr_accuracy
+from store import columns as C
+from store.columns import RENDERED_TEXT
 
 COLOR_OF_RGB = {color.rgb: color for color in captions.PALETTE}
 SHAPES = "|".join(SHAPE_NAMES)
@@ -222,11 +222,11 @@ def test_same_seed_and_index_same_triplet() -> None:
         assert one.instruction == other.instruction and one.kind == other.kind
         assert np.array_equal(one.source, other.source) and np.array_equal(one.target, other.target)
     batch, again = triplets_batch(config, list(range(5)), first), triplets_batch(config, list(range(5)), second)
-    assert batch[schema.SAMPLE_ID].tolist() == again[schema.SAMPLE_ID].tolist()
-    assert batch[schema.IMAGE_BYTES].tolist() == again[schema.IMAGE_BYTES].tolist()
+    assert batch[C.SAMPLE_ID].tolist() == again[C.SAMPLE_ID].tolist()
+    assert batch[C.IMAGE_BYTES].tolist() == again[C.IMAGE_BYTES].tolist()
     other_seed = config.model_copy(update={"seed": 10})
     other = triplets_batch(other_seed, list(range(5)), [generate_edit(other_seed, index) for index in range(5)])
-    assert not set(batch[schema.SAMPLE_ID]) & set(other[schema.SAMPLE_ID])
+    assert not set(batch[C.SAMPLE_ID]) & set(other[C.SAMPLE_ID])
     weighted = EditSynthConfig(kinds={"color": 3.0, "depth": 1.0})
     assert sum(kind_of(weighted, index) == "color" for index in range(400)) == pytest.approx(300, abs=3)
 
@@ -237,9 +237,9 @@ def test_failed_triplet_is_a_row_with_a_source_error() -> None:
     assert triplet.source is None and triplet.target is None
     assert triplet.error == "edit_synth:text_replace:too_long"
     batch = triplets_batch(config, [0, 1], [triplet, generate_edit(only("color"), 1)])
-    assert batch[schema.IMAGE_BYTES][0] == b"" and batch[schema.SOURCE_IMAGE_BYTES][0] == b""
-    assert batch[schema.SOURCE_ERROR].tolist() == ["edit_synth:text_replace:too_long", ""]
-    assert batch[schema.SCORE_SOURCE_ERROR].tolist() == [1.0, 0.0]
+    assert batch[C.IMAGE_BYTES][0] == b"" and batch[C.SOURCE_IMAGE_BYTES][0] == b""
+    assert batch[C.SOURCE_ERROR].tolist() == ["edit_synth:text_replace:too_long", ""]
+    assert batch[C.SCORE_SOURCE_ERROR].tolist() == [1.0, 0.0]
 
 
 def test_config_rejects_mistakes() -> None:
@@ -261,20 +261,18 @@ def test_ray_dataset(ray_session) -> None:
     assert len(rows) == num_rows and set(rows[0]) == set(EDIT_COLUMNS)
     expected_task = {"text_replace": "edit", "color": "edit", "background": "edit", "depth": "depth"}
     for row in rows:
-        match = re.fullmatch(r"edit-([a-z_]+)-s2-(\d{9})", row[schema.KEY])
+        match = re.fullmatch(r"edit-([a-z_]+)-s2-(\d{9})", row[C.KEY])
         kind, index = match.group(1), int(match.group(2))
         assert kind == kind_of(config, index)
-        assert row[schema.SOURCE] == f"synthetic/edit-{kind}"
-        assert row[schema.TASK] == expected_task.get(kind, "novel_view") and row[schema.SOURCE_ERROR] == ""
-        for column in (schema.IMAGE_BYTES, schema.SOURCE_IMAGE_BYTES):
+        assert row[C.SOURCE] == f"synthetic/edit-{kind}"
+        assert row[C.TASK] == expected_task.get(kind, "novel_view") and row[C.SOURCE_ERROR] == ""
+        for column in (C.IMAGE_BYTES, C.SOURCE_IMAGE_BYTES):
             decoded = decode_image(row[column])
             assert decoded.ok and (decoded.width, decoded.height) == (128, 128)
         assert bool(row[RENDERED_TEXT]) == (kind == "text_replace")
-    assert {row[schema.SOURCE] for row in rows} == {f"synthetic/edit-{kind}" for kind in EDIT_KINDS}
-    assert len({row[schema.SAMPLE_ID] for row in rows}) == len({row[schema.KEY] for row in rows}) == num_rows
+    assert {row[C.SOURCE] for row in rows} == {f"synthetic/edit-{kind}" for kind in EDIT_KINDS}
+    assert len({row[C.SAMPLE_ID] for row in rows}) == len({row[C.KEY] for row in rows}) == num_rows
     # The same ids as generated here, in one batch and another process: rows depend on neither partitioning, worker
     # nor run.
     local = triplets_batch(config, list(range(num_rows)), [generate_edit(config, index) for index in range(num_rows)])
-    assert {(row[schema.KEY], row[schema.SAMPLE_ID]) for row in rows} == set(
-        zip(local[schema.KEY], local[schema.SAMPLE_ID], strict=True)
-    )
+    assert {(row[C.KEY], row[C.SAMPLE_ID]) for row in rows} == set(zip(local[C.KEY], local[C.SAMPLE_ID], strict=True))

@@ -16,6 +16,14 @@ from PIL import Image, ImageDraw, ImageFont
 from models.ocr import OcrConfig
 from pipelines.operators.stage import compute_stage, first_drop_reason
 from pipelines.operators.text_ocr import (
+    OcrScores,
+    OcrScoresConfig,
+    S4Thresholds,
+    parse_watermarks,
+    text_ocr_checks,
+    watermark_in_text,
+)
+from store.columns import (
     OCR_ERROR,
     OCR_TEXT,
     SCORE_OCR_ERROR,
@@ -26,12 +34,6 @@ from pipelines.operators.text_ocr import (
     SCORE_WATERMARK,
     TEXT_LANGUAGE,
     WATERMARK_VERIFIED,
-    OcrScores,
-    OcrScoresConfig,
-    S4Thresholds,
-    parse_watermarks,
-    text_ocr_checks,
-    watermark_in_text,
 )
 
 FONT = "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"
@@ -220,10 +222,3 @@ def test_watermark_list_parsing_and_matching():
 def test_missing_image_column_is_an_error():
     with pytest.raises(ValueError, match="image_bytes"):
         OcrScores.__call__(SimpleNamespace(), {"caption": np.array(["a"], dtype=object)})
-
-
-def test_annotation_column_names_match():
-    from pipelines import annotation
-    from pipelines.operators import text_ocr
-
-    assert (text_ocr.ANN_WATERMARKS, text_ocr.ANN_ERROR) == (annotation.ANN_WATERMARKS, annotation.ANN_ERROR)

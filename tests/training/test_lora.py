@@ -204,10 +204,10 @@ def test_lora_loads_in_diffusers(memorized, released_folder, tmp_path):
 
 def test_finetune_from_released_layout(released_folder, tiny_components, tmp_path):
     from training.checkpointer import ensure_base
-    from training.post_training.config import DpoConfig, SftConfig
+    from training.config import PretrainConfig
+    from training.post_training.config import DpoConfig
     from training.post_training.dpo import PairBatch, dpo_step
     from training.post_training.policy import Policy
-    from training.post_training.sft import sft_pretrain_config
     from training.vae_finetune import VaeFinetuneConfig
 
     tiny = tiny_components.transformer.state_dict()
@@ -217,11 +217,11 @@ def test_finetune_from_released_layout(released_folder, tiny_components, tmp_pat
         state = {n.replace(".base_layer.", "."): p for n, p in model.state_dict().items() if ".lora_" not in n}
         assert state.keys() == tiny.keys() and all(torch.equal(state[name], tiny[name]) for name in tiny)
 
-    # SFT, full and LoRA: the pretraining config it runs starts from the released transformer, and the released
-    # folder is the run's base (sample grids' VAE and encoder, the parts every export links to).
-    sft = {"store_dir": str(tmp_path / "store"), "init": released_folder, "min_stage": 1, "num_steps": 1}
+    # SFT (a pretraining recipe), full and LoRA: it starts from the released transformer, and the released folder
+    # is the run's base (sample grids' VAE and encoder, the parts every export links to).
+    sft = {"store_dir": str(tmp_path / "store"), "init": released_folder, "phases": [{"name": "sft", "num_steps": 1}]}
     for lora in (None, {"rank": 4}):
-        config = sft_pretrain_config(SftConfig.model_validate({**sft, "lora": lora}))
+        config = PretrainConfig.model_validate({**sft, "lora": lora})
         assert config.init == config.weights_dir == str(pathlib.Path(released_folder).resolve())
         assert config.preset == "qwen-image"
         assert ensure_base(tmp_path / "run", config.preset, [config.weights_dir]) == pathlib.Path(config.init)
@@ -252,7 +252,7 @@ def test_finetune_from_released_layout(released_folder, tiny_components, tmp_pat
     shutil.copytree(released_folder, broken)
     shutil.rmtree(broken / "vae")
     jobs = {
-        "sft": lambda folder: SftConfig.model_validate({**sft, "init": str(folder)}),
+        "sft": lambda folder: PretrainConfig.model_validate({**sft, "init": str(folder)}),
         "lora": lambda folder: _lora_config(str(folder)),
         "dpo": lambda folder: DpoConfig(init=str(folder), run_name="d", pairs_dir="p", num_steps=1),
         "vae": lambda folder: VaeFinetuneConfig(init=str(folder)),

@@ -18,13 +18,14 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from models.imageio import save_png, to_grid  # noqa: E402
+from store import columns as C  # noqa: E402
 from training.evaluation.config import EvaluateConfig, ModelSpec  # noqa: E402
 from training.evaluation.stages import JUDGED, ORDINARY, TEXT_SETS  # noqa: E402
 from training.evaluation.text_accuracy import CHARS, SCENES, TEXT_EN, TEXT_ZH  # noqa: E402
 
-SCALARS_VAE = ["set", "index", "psnr", "ssim", "ocr_edit"]
-SCALARS_GEN = ["task", "group", "prompt", "expected", "read", "score", "clip_score"]
-SCENE_COLUMNS = [f"judge_{name}" for name in JUDGED]
+SCALARS_VAE = [C.EVAL_SET, C.EVAL_INDEX, C.EVAL_PSNR, C.EVAL_SSIM, C.EVAL_OCR_EDIT]
+SCALARS_GEN = [C.EVAL_TASK, C.EVAL_GROUP, C.EVAL_PROMPT, C.EVAL_EXPECTED, C.EVAL_READ, C.EVAL_SCORE, C.EVAL_CLIP_SCORE]
+SCENE_COLUMNS = [C.judge_column(name) for name in JUDGED]
 # docs/qwen_image.md §9 numbers, printed under the table for comparison.
 PUBLISHED = (
     "Published (docs/qwen_image.md §9): Qwen-Image-VAE 33.42 / 0.9159 (ImageNet), 36.63 / 0.9839 (text-rich); "
@@ -49,26 +50,28 @@ def vae_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: i
     table = pq.read_table(folder, columns=SCALARS_VAE).to_pydict()
     results = {}
     for set_name in (*TEXT_SETS, ORDINARY):
-        rows = [i for i, value in enumerate(table["set"]) if value == set_name]
+        rows = [i for i, value in enumerate(table[C.EVAL_SET]) if value == set_name]
         results[set_name] = {
             "num_images": len(rows),
-            "psnr": _mean(table["psnr"][i] for i in rows),
-            "ssim": _mean(table["ssim"][i] for i in rows),
+            "psnr": _mean(table[C.EVAL_PSNR][i] for i in rows),
+            "ssim": _mean(table[C.EVAL_SSIM][i] for i in rows),
         }
-    results["ocr_edit_text"] = _mean(table["ocr_edit"])
+    results["ocr_edit_text"] = _mean(table[C.EVAL_OCR_EDIT])
     # The grid: originals above their reconstructions, the first ``columns`` of each set (only those are read back).
     shown = pq.read_table(
-        folder, columns=["set", "index", "image_png", "reconstruction_png"], filters=[("index", "<", columns)]
+        folder,
+        columns=[C.EVAL_SET, C.EVAL_INDEX, C.EVAL_IMAGE_PNG, C.EVAL_RECONSTRUCTION_PNG],
+        filters=[(C.EVAL_INDEX, "<", columns)],
     ).to_pydict()
-    order = sorted(range(len(shown["set"])), key=shown["index"].__getitem__)
-    picks = [i for name in (*TEXT_SETS, ORDINARY) for i in order if shown["set"][i] == name]
+    order = sorted(range(len(shown[C.EVAL_SET])), key=shown[C.EVAL_INDEX].__getitem__)
+    picks = [i for name in (*TEXT_SETS, ORDINARY) for i in order if shown[C.EVAL_SET][i] == name]
     if picks:
         cells, labels = [], []
         for start in range(0, len(picks), columns):
             chunk = picks[start : start + columns]
-            cells += [_decode_png(shown["image_png"][i]) for i in chunk]
-            cells += [_decode_png(shown["reconstruction_png"][i]) for i in chunk]
-            labels += [f"{shown['set'][i]} original" for i in chunk] + ["reconstruction"] * len(chunk)
+            cells += [_decode_png(shown[C.EVAL_IMAGE_PNG][i]) for i in chunk]
+            cells += [_decode_png(shown[C.EVAL_RECONSTRUCTION_PNG][i]) for i in chunk]
+            labels += [f"{shown[C.EVAL_SET][i]} original" for i in chunk] + ["reconstruction"] * len(chunk)
         path = save_png(to_grid(_thumbs(cells), columns=columns, labels=labels), grids / f"{name}_vae.png")
         results["grid"] = str(path)
     return results
@@ -77,29 +80,35 @@ def vae_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: i
 def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: int) -> dict:
     names = pq.read_schema(next(pathlib.Path(folder).glob("*.parquet"))).names
     table = pq.read_table(folder, columns=[name for name in SCALARS_GEN if name in names]).to_pydict()
-    rows = range(len(table["task"]))
+    rows = range(len(table[C.EVAL_TASK]))
     chars = {}
-    for tier in dict.fromkeys(table["group"][i] for i in rows if table["task"][i] == CHARS):
-        scores = [table["score"][i] for i in rows if table["task"][i] == CHARS and table["group"][i] == tier]
+    for tier in dict.fromkeys(table[C.EVAL_GROUP][i] for i in rows if table[C.EVAL_TASK][i] == CHARS):
+        scores = [
+            table[C.EVAL_SCORE][i] for i in rows if table[C.EVAL_TASK][i] == CHARS and table[C.EVAL_GROUP][i] == tier
+        ]
         chars[tier] = {"accuracy": _mean(scores), "num_prompts": len(scores)}
     text = {}
     for task, language in ((TEXT_EN, "en"), (TEXT_ZH, "zh")):
-        scores = [table["score"][i] for i in rows if table["task"][i] == task]
+        scores = [table[C.EVAL_SCORE][i] for i in rows if table[C.EVAL_TASK][i] == task]
         text[language] = {"accuracy": _mean(scores), "num_prompts": len(scores)}
-    clip_score = _mean(table["clip_score"]) if "clip_score" in table else None  # None: no CLIP model configured
+    # None: no CLIP model configured.
+    clip_score = _mean(table[C.EVAL_CLIP_SCORE]) if C.EVAL_CLIP_SCORE in table else None
     results = {"chars": chars, "text": text, "clip_score": clip_score, "num_images": len(rows)}
     results["scenes"] = scene_results(folder, grids, name, columns)
     images = pq.read_table(
-        folder, columns=["task", "index", "expected", "read", "image_png"], filters=[("index", "<", columns)]
+        folder,
+        columns=[C.EVAL_TASK, C.EVAL_INDEX, C.EVAL_EXPECTED, C.EVAL_READ, C.EVAL_IMAGE_PNG],
+        filters=[(C.EVAL_INDEX, "<", columns)],
     ).to_pydict()
     grid_rows = []
     for task in (CHARS, TEXT_EN, TEXT_ZH):
         grid_rows += sorted(
-            (i for i in range(len(images["task"])) if images["task"][i] == task), key=images["index"].__getitem__
+            (i for i in range(len(images[C.EVAL_TASK])) if images[C.EVAL_TASK][i] == task),
+            key=images[C.EVAL_INDEX].__getitem__,
         )
     if grid_rows:
-        cells = _thumbs([_decode_png(images["image_png"][i]) for i in grid_rows])
-        labels = [f"{images['expected'][i]} -> {images['read'][i] or '∅'}" for i in grid_rows]
+        cells = _thumbs([_decode_png(images[C.EVAL_IMAGE_PNG][i]) for i in grid_rows])
+        labels = [f"{images[C.EVAL_EXPECTED][i]} -> {images[C.EVAL_READ][i] or '∅'}" for i in grid_rows]
         results["grid"] = str(save_png(to_grid(cells, columns=columns, labels=labels), grids / f"{name}_text.png"))
     return results
 
@@ -107,21 +116,23 @@ def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, col
 def scene_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: int) -> dict | None:
     """The judge's accuracy per attribute and overall on the shape-scene prompts, and a grid of the first images
     with each prompt and its verdict; None when the run had no scene prompts."""
-    table = pq.read_table(folder, columns=["task", "score", *SCENE_COLUMNS], filters=[("task", "=", SCENES)])
+    table = pq.read_table(
+        folder, columns=[C.EVAL_TASK, C.EVAL_SCORE, *SCENE_COLUMNS], filters=[(C.EVAL_TASK, "=", SCENES)]
+    )
     if table.num_rows == 0:
         return None
     values = table.to_pydict()
-    results = {attribute: _mean(values[f"judge_{attribute}"]) for attribute in JUDGED}
-    results.update({"overall": _mean(values["score"]), "num_prompts": table.num_rows})
+    results = {attribute: _mean(values[C.judge_column(attribute)]) for attribute in JUDGED}
+    results.update({"overall": _mean(values[C.EVAL_SCORE]), "num_prompts": table.num_rows})
     shown = pq.read_table(
         folder,
-        columns=["index", "prompt", "read", "size", "image_png"],
-        filters=[("task", "=", SCENES), ("index", "<", 4 * columns)],
+        columns=[C.EVAL_INDEX, C.EVAL_PROMPT, C.EVAL_READ, C.EVAL_SIZE, C.EVAL_IMAGE_PNG],
+        filters=[(C.EVAL_TASK, "=", SCENES), (C.EVAL_INDEX, "<", 4 * columns)],
     ).to_pydict()
-    order = sorted(range(len(shown["index"])), key=shown["index"].__getitem__)
+    order = sorted(range(len(shown[C.EVAL_INDEX])), key=shown[C.EVAL_INDEX].__getitem__)
     if order:
-        cells = _thumbs([_decode_png(shown["image_png"][i]) for i in order], size=160)
-        labels = [f"{shown['prompt'][i]}\n{shown['read'][i]}" for i in order]
+        cells = _thumbs([_decode_png(shown[C.EVAL_IMAGE_PNG][i]) for i in order], size=160)
+        labels = [f"{shown[C.EVAL_PROMPT][i]}\n{shown[C.EVAL_READ][i]}" for i in order]
         grid = to_grid(cells, columns=columns, labels=labels, label_lines=5)
         results["grid"] = str(save_png(grid, grids / f"{name}_scenes.png"))
     return results

@@ -18,6 +18,7 @@ import time
 import ray.data
 
 from pipelines.pools import map_stage
+from store import columns as C
 from training.evaluation import report
 from training.evaluation.config import EvaluateConfig, ModelSpec
 from training.evaluation.stages import (
@@ -35,8 +36,8 @@ from training.evaluation.text_accuracy import CLIP, SCENES, char_rows, text_rows
 
 
 def vae_rows(config: EvaluateConfig) -> list[dict]:
-    rows = [{"set": name, "index": i} for name in TEXT_SETS for i in range(config.vae.num_text_images)]
-    return rows + [{"set": ORDINARY, "index": i} for i in range(config.vae.num_ordinary_images)]
+    rows = [{C.EVAL_SET: name, C.EVAL_INDEX: i} for name in TEXT_SETS for i in range(config.vae.num_text_images)]
+    return rows + [{C.EVAL_SET: ORDINARY, C.EVAL_INDEX: i} for i in range(config.vae.num_ordinary_images)]
 
 
 def prompt_rows(config: EvaluateConfig) -> list[dict]:
@@ -44,14 +45,18 @@ def prompt_rows(config: EvaluateConfig) -> list[dict]:
     rows = char_rows(config.chars.tiers, config.chars.num_per_tier, config.chars.template, config.seed)
     rows += text_rows("en", config.text.num_per_language, config.text.template_en, config.seed)
     rows += text_rows("zh", config.text.num_per_language, config.text.template_zh, config.seed)
-    rows += [{"task": CLIP, "group": "general", "prompt": prompt, "expected": ""} for prompt in config.clip_prompts]
-    rows = [{**row, "size": config.generation.resolution} for row in rows]
+    rows += [
+        {C.EVAL_TASK: CLIP, C.EVAL_GROUP: "general", C.EVAL_PROMPT: prompt, C.EVAL_EXPECTED: ""}
+        for prompt in config.clip_prompts
+    ]
+    rows = [{**row, C.EVAL_SIZE: config.generation.resolution} for row in rows]
     rows += scene_rows(config)
     counts: dict[str, int] = {}
     numbered = []
     for number, row in enumerate(rows):
-        index = counts[row["task"]] = counts.get(row["task"], -1) + 1  # position within its task, for the grids
-        numbered.append({**row, "index": index, "seed": config.seed * 100_003 + number})
+        # Position within its task, for the grids.
+        index = counts[row[C.EVAL_TASK]] = counts.get(row[C.EVAL_TASK], -1) + 1
+        numbered.append({**row, C.EVAL_INDEX: index, C.EVAL_SEED: config.seed * 100_003 + number})
     return numbered
 
 
@@ -64,11 +69,11 @@ def scene_rows(config: EvaluateConfig) -> list[dict]:
     )
     return [
         {
-            "task": SCENES,
-            "group": "one" if len(scene.objects) == 1 else "two",
-            "prompt": shapes.caption(scene),
-            "expected": shapes.caption(scene),
-            "size": config.scenes.resolution,
+            C.EVAL_TASK: SCENES,
+            C.EVAL_GROUP: "one" if len(scene.objects) == 1 else "two",
+            C.EVAL_PROMPT: shapes.caption(scene),
+            C.EVAL_EXPECTED: shapes.caption(scene),
+            C.EVAL_SIZE: config.scenes.resolution,
         }
         for scene in drawn
     ]

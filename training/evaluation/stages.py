@@ -8,6 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from store import columns as C
 from training.evaluation.config import GenerationConfig, ModelSpec
 from training.evaluation.images import ordinary_images, render_text, text_rich_images
 from training.evaluation.text_accuracy import CLIP, SCENES, score
@@ -19,7 +20,7 @@ ORDINARY = "ordinary"
 def render_vae_inputs(batch: dict[str, np.ndarray], resolution: int, seed: int, folder: str | None) -> dict:
     """Rows ``(set, index)`` -> the image (and the text drawn in it) that the VAE will reconstruct."""
     images, texts = [], []
-    for name, index in zip(batch["set"], batch["index"], strict=True):
+    for name, index in zip(batch[C.EVAL_SET], batch[C.EVAL_INDEX], strict=True):
         if name == ORDINARY:
             images.append(ordinary_images(1, resolution, seed=seed, folder=folder, start=int(index))[0])
             texts.append("")
@@ -27,7 +28,7 @@ def render_vae_inputs(batch: dict[str, np.ndarray], resolution: int, seed: int, 
             rendered, drawn = text_rich_images(1, resolution, TEXT_SETS[name], seed=seed, start=int(index) * 64)
             images.append(rendered[0])
             texts.append(drawn[0])
-    return {**batch, "image": np.stack(images), "text": np.array(texts, dtype=object)}
+    return {**batch, C.EVAL_IMAGE: np.stack(images), C.EVAL_TEXT: np.array(texts, dtype=object)}
 
 
 def load_vae(spec: ModelSpec):
@@ -53,13 +54,13 @@ class VaeReconstruction:
         from models.image_metrics import psnr, ssim, uint8_to_unit
         from models.vae import images_to_tensor, tensor_to_images
 
-        reconstruction = tensor_to_images(self.vae.decode(self.vae.encode(images_to_tensor(batch["image"]))))
-        first, second = uint8_to_unit(batch["image"]), uint8_to_unit(reconstruction)
+        reconstruction = tensor_to_images(self.vae.decode(self.vae.encode(images_to_tensor(batch[C.EVAL_IMAGE]))))
+        first, second = uint8_to_unit(batch[C.EVAL_IMAGE]), uint8_to_unit(reconstruction)
         return {
             **batch,
-            "reconstruction": reconstruction,
-            "psnr": psnr(first, second).numpy(),
-            "ssim": ssim(first, second).numpy(),
+            C.EVAL_RECONSTRUCTION: reconstruction,
+            C.EVAL_PSNR: psnr(first, second).numpy(),
+            C.EVAL_SSIM: ssim(first, second).numpy(),
         }
 
 
@@ -81,7 +82,7 @@ class Generate:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each row at its own ``size`` (one generator call per size); images come back at the largest size of the
         batch (smaller ones enlarged, nearest neighbour) so that the column has one shape."""
-        sizes = [int(size) for size in batch["size"]]
+        sizes = [int(size) for size in batch[C.EVAL_SIZE]]
         images: list[np.ndarray | None] = [None] * len(sizes)
         for size in sorted(set(sizes)):
             rows = [i for i, value in enumerate(sizes) if value == size]
@@ -94,23 +95,23 @@ class Generate:
             else cv2.resize(image, (largest, largest), interpolation=cv2.INTER_NEAREST)
             for image in images
         ]
-        return {**batch, "image": np.stack(images)}
+        return {**batch, C.EVAL_IMAGE: np.stack(images)}
 
     def _generate(self, batch: dict[str, np.ndarray], rows: list[int], size: int) -> np.ndarray:
         if self.generator is None:
-            texts = [str(batch["expected"][i] or batch["prompt"][i]) for i in rows]
-            if any(batch["task"][i] == SCENES for i in rows):
+            texts = [str(batch[C.EVAL_EXPECTED][i] or batch[C.EVAL_PROMPT][i]) for i in rows]
+            if any(batch[C.EVAL_TASK][i] == SCENES for i in rows):
                 from pipelines.synth import shapes
 
                 return np.stack([shapes.render_scene(shapes.parse_caption(text), size) for text in texts])
             return np.stack([render_text(text, size) for text in texts])
         return self.generator(
-            [str(batch["prompt"][i]) for i in rows],
+            [str(batch[C.EVAL_PROMPT][i]) for i in rows],
             height=size,
             width=size,
             num_steps=self.config.num_steps,
             true_cfg_scale=self.config.true_cfg_scale,
-            seeds=[int(batch["seed"][i]) for i in rows],
+            seeds=[int(batch[C.EVAL_SEED][i]) for i in rows],
         )
 
 
@@ -126,10 +127,10 @@ class OcrScores:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipelines.synth.verify import normalise, read_text
 
-        if "reconstruction" in batch:
+        if C.EVAL_RECONSTRUCTION in batch:
             read_original, read_reconstruction, edits = [], [], []
             for name, original, reconstruction in zip(
-                batch["set"], batch["image"], batch["reconstruction"], strict=True
+                batch[C.EVAL_SET], batch[C.EVAL_IMAGE], batch[C.EVAL_RECONSTRUCTION], strict=True
             ):
                 first = second = ""
                 if name != ORDINARY:
@@ -139,12 +140,12 @@ class OcrScores:
                 edits.append(np.nan if name == ORDINARY else _normalised_edit(normalise(first), normalise(second)))
             return {
                 **batch,
-                "read_original": np.array(read_original, dtype=object),
-                "read_reconstruction": np.array(read_reconstruction, dtype=object),
-                "ocr_edit": np.array(edits, dtype=np.float64),
+                C.EVAL_READ_ORIGINAL: np.array(read_original, dtype=object),
+                C.EVAL_READ_RECONSTRUCTION: np.array(read_reconstruction, dtype=object),
+                C.EVAL_OCR_EDIT: np.array(edits, dtype=np.float64),
             }
         reads, scores = [], []
-        for task, expected, image in zip(batch["task"], batch["expected"], batch["image"], strict=True):
+        for task, expected, image in zip(batch[C.EVAL_TASK], batch[C.EVAL_EXPECTED], batch[C.EVAL_IMAGE], strict=True):
             if task == SCENES:  # the judge scores these (judge_scores)
                 reads.append("")
                 scores.append(np.nan)
@@ -152,7 +153,7 @@ class OcrScores:
             read = "" if task == CLIP else read_text(self.engine, image)
             reads.append(read)
             scores.append(score(str(task), str(expected), read))
-        return {**batch, "read": np.array(reads, dtype=object), "score": np.array(scores, dtype=np.float64)}
+        return {**batch, C.EVAL_READ: np.array(reads, dtype=object), C.EVAL_SCORE: np.array(scores, dtype=np.float64)}
 
 
 def _normalised_edit(original: str, reconstruction: str) -> float:
@@ -171,8 +172,8 @@ class ClipScores:
         self.model = ClipModel(ClipConfig.model_validate_json(clip_json))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cosine = self.model.similarity(list(batch["image"]), [str(prompt) for prompt in batch["prompt"]])
-        return {**batch, "clip_score": 100 * np.maximum(cosine, 0).astype(np.float64)}
+        cosine = self.model.similarity(list(batch[C.EVAL_IMAGE]), [str(prompt) for prompt in batch[C.EVAL_PROMPT]])
+        return {**batch, C.EVAL_CLIP_SCORE: 100 * np.maximum(cosine, 0).astype(np.float64)}
 
 
 JUDGED = ("colour", "shape", "position", "count")
@@ -184,30 +185,33 @@ def judge_scores(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     judged at its own size (``size``)."""
     from training.evaluation.judge import judge
 
-    columns = {f"judge_{name}": np.full(len(batch["task"]), np.nan) for name in JUDGED}
-    scores = np.asarray(batch["score"], dtype=np.float64).copy()
-    reads = np.asarray(batch["read"], dtype=object).copy()
-    for i, task in enumerate(batch["task"]):
+    columns = {C.judge_column(name): np.full(len(batch[C.EVAL_TASK]), np.nan) for name in JUDGED}
+    scores = np.asarray(batch[C.EVAL_SCORE], dtype=np.float64).copy()
+    reads = np.asarray(batch[C.EVAL_READ], dtype=object).copy()
+    for i, task in enumerate(batch[C.EVAL_TASK]):
         if task != SCENES:
             continue
-        image = batch["image"][i]
-        size = int(batch["size"][i])
+        image = batch[C.EVAL_IMAGE][i]
+        size = int(batch[C.EVAL_SIZE][i])
         if image.shape[0] != size:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST)
-        verdict = judge(image, str(batch["prompt"][i]))
+        verdict = judge(image, str(batch[C.EVAL_PROMPT][i]))
         for name in JUDGED:
-            columns[f"judge_{name}"][i] = float(getattr(verdict, name))
+            columns[C.judge_column(name)][i] = float(getattr(verdict, name))
         scores[i] = float(verdict.overall)
         reads[i] = verdict.label()
-    return {**batch, **columns, "score": scores, "read": reads}
+    return {**batch, **columns, C.EVAL_SCORE: scores, C.EVAL_READ: reads}
+
+
+PNG_COLUMNS = {C.EVAL_IMAGE: C.EVAL_IMAGE_PNG, C.EVAL_RECONSTRUCTION: C.EVAL_RECONSTRUCTION_PNG}
 
 
 def to_png(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Image columns -> PNG bytes columns (``<name>_png``), for Parquet rows a person can open."""
     out = {}
     for key, value in batch.items():
-        if key in ("image", "reconstruction"):
-            out[f"{key}_png"] = np.array(
+        if key in PNG_COLUMNS:
+            out[PNG_COLUMNS[key]] = np.array(
                 [cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes() for image in value],
                 dtype=object,
             )

@@ -21,6 +21,7 @@ from models.ocr import is_han
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.text import TextSampler, character_tiers
 from pipelines.synth.verify import normalise
+from store import columns as C
 
 CHARS = "chars"
 TEXT_EN = "text_en"
@@ -65,7 +66,9 @@ def char_rows(tiers: list[str], num_per_tier: int, template: str, seed: int) -> 
         rng = np.random.default_rng([seed, rank])
         for index in rng.choice(len(chars), size=min(num_per_tier, len(chars)), replace=False):
             char = chars[int(index)]
-            rows.append({"task": CHARS, "group": tier, "prompt": template.format(char), "expected": char})
+            rows.append(
+                {C.EVAL_TASK: CHARS, C.EVAL_GROUP: tier, C.EVAL_PROMPT: template.format(char), C.EVAL_EXPECTED: char}
+            )
     return rows
 
 
@@ -77,7 +80,9 @@ def text_rows(language: str, num_prompts: int, template: str, seed: int) -> list
     for _ in range(num_prompts):
         text = sampler.line(rng, language, int(rng.integers(3, 6)))
         task = TEXT_EN if language == "en" else TEXT_ZH
-        rows.append({"task": task, "group": language, "prompt": template.format(text), "expected": text})
+        rows.append(
+            {C.EVAL_TASK: task, C.EVAL_GROUP: language, C.EVAL_PROMPT: template.format(text), C.EVAL_EXPECTED: text}
+        )
     return rows
 
 

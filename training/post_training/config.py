@@ -1,4 +1,5 @@
-"""Configs of the fine-tuning jobs: one validated object per algorithm (``jobs/rl.py --algo {sft,dpo,grpo}``).
+"""Configs of the fine-tuning jobs: one validated object per algorithm (``jobs/rl.py --algo {dpo,grpo}``;
+SFT is a pretraining recipe, ``configs/sft_tiny.yaml``).
 
 Unknown keys and bad values are errors that name the key (``models.config.load_config``). Every job starts from a
 checkpoint we wrote (a diffusers-layout folder holding at least ``transformer/``); the parts it lacks (VAE,
@@ -15,15 +16,13 @@ import pydantic
 import torch
 
 from models.checkpoint import resolve_init
-from models.config import StrictModel
+from models.config import StrictModel, read_lines
 from models.lora import LoraSettings
 from models.schedule import SigmaSampling
 from pipelines.pools import PoolConfig
 from training.optim import AdamConfig
 from training.parallel import FrozenDtype, check_frozen_dtype, frozen_weights_dtype
 from training.trainer import RunSettings
-
-Predicate = tuple[str, str, float | int | str | list]
 
 
 class RewardSpec(StrictModel):
@@ -180,59 +179,6 @@ class GrpoConfig(RlBase):
                 "the last sampling step is not trained"
             )
         return self
-
-
-class SftConfig(StrictModel):
-    """SFT: one phase of the pretraining loop on a curated subset, a lower learning rate, from a checkpoint."""
-
-    store_dir: str
-    init: str  # as RlBase.init: ours, a finished run, or a released diffusers folder (``checkpoint``: older name)
-    base_weights_dir: str | None = None
-    output_dir: str = "outputs/sft"
-    run_name: str = "sft"
-    # The curated subset: hand-picked ids (inline or a file, one per line) and/or predicates over stored scores
-    # and annotation, e.g. ["score_aesthetic", ">=", 5.0] or ["category", "in", ["portrait"]].
-    sample_ids: list[str] = []
-    sample_ids_file: str | None = None
-    predicates: list[Predicate] = []
-    min_stage: int = pydantic.Field(default=0, ge=0, le=7)
-    resolution: int = 256
-    num_steps: int = pydantic.Field(ge=1)
-    lr: float = pydantic.Field(default=1e-5, gt=0)  # pretraining's demo recipe uses 5e-4
-    warmup_steps: int = pydantic.Field(default=0, ge=0)
-    batch_size: int = pydantic.Field(default=4, ge=1)
-    num_workers: int = pydantic.Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = pydantic.Field(default=1.0, gt=0)
-    lora: LoraSettings | None = None  # LoRA SFT: adapters train, the base stays frozen
-    # Any other training.config.PretrainConfig key (ema_decay, loss, samples, checkpoint_every, ...).
-    pretrain: dict[str, Any] = {}
-
-    @pydantic.field_validator("init")
-    @classmethod
-    def _init(cls, path: str) -> str:
-        return resolve_init(path)
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _legacy(cls, data: Any) -> Any:
-        return init_from_legacy_key(data)
-
-    @pydantic.model_validator(mode="after")
-    def _curated(self) -> SftConfig:
-        if not (self.sample_ids or self.sample_ids_file or self.predicates or self.min_stage):
-            raise ValueError(
-                "SFT trains on a curated subset: give sample_ids, sample_ids_file, predicates or min_stage"
-            )
-        return self
-
-
-def read_lines(path: str | pathlib.Path, what: str) -> list[str]:
-    """Non-empty stripped lines of a UTF-8 file; a missing file is an error naming ``what``."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file {path} does not exist")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def prompt_list(prompts: list[str], prompts_file: str | None) -> list[str]:

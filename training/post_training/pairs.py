@@ -14,6 +14,7 @@ Workers read pairs with ``read_pairs`` and batch them by shape with ``pair_batch
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -34,14 +35,6 @@ from store.writer import LatentStoreSink
 from training.post_training.config import DpoConfig, LabelPairsConfig, RewardPairsConfig, prompt_list
 from training.post_training.dpo import PairBatch
 
-PREFERENCE_SOURCE = "preference_source"
-REWARD_WINNER = "reward_winner"
-REWARD_LOSER = "reward_loser"
-
-
-def loser_column(resolution: int) -> str:
-    return f"loser_{C.latents_column(resolution)}"
-
 
 def pair_id(*parts: object) -> str:
     """A stable id from what defines the pair: rebuilding the same pairs commits nothing twice."""
@@ -53,25 +46,39 @@ def unit_hash(value: str, seed: int = 0) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-def pair_table(rows: list[dict], resolution: int) -> pa.Table:
-    """Rows with ``id, bucket, caption, embeds [L, D], winner, loser [16, h, w], source, reward_w, reward_l``."""
-    size = [bucket_size(row["bucket"], resolution) for row in rows]
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One preference pair before it is stored: the prompt's embedding [L, D] and both images' latents [16, h, w]."""
+
+    id: str
+    bucket: str
+    caption: str
+    embeds: np.ndarray
+    winner: np.ndarray
+    loser: np.ndarray
+    source: str  # where the preference came from: reward:<terms> or human:<labels file>
+    reward_winner: float = np.nan
+    reward_loser: float = np.nan
+
+
+def pair_table(pairs: list[Pair], resolution: int) -> pa.Table:
+    size = [bucket_size(pair.bucket, resolution) for pair in pairs]
     return pa.table(
         {
-            C.SAMPLE_ID: pa.array([row["id"] for row in rows], pa.string()),
-            C.SOURCE: pa.array([row["source"] for row in rows], pa.string()),
-            C.BUCKET: pa.array([row["bucket"] for row in rows], pa.string()),
-            C.CAPTION: pa.array([row["caption"] for row in rows], pa.string()),
-            C.TEXT_EMBEDS: pa.array([C.tensor_bytes(row["embeds"]) for row in rows], pa.binary()),
-            C.TEXT_LEN: pa.array([row["embeds"].shape[0] for row in rows], pa.int32()),
-            C.TEXT_DIM: pa.array([row["embeds"].shape[1] for row in rows], pa.int32()),
-            C.latents_column(resolution): pa.array([C.tensor_bytes(row["winner"]) for row in rows], pa.binary()),
-            loser_column(resolution): pa.array([C.tensor_bytes(row["loser"]) for row in rows], pa.binary()),
+            C.SAMPLE_ID: pa.array([pair.id for pair in pairs], pa.string()),
+            C.SOURCE: pa.array([pair.source for pair in pairs], pa.string()),
+            C.BUCKET: pa.array([pair.bucket for pair in pairs], pa.string()),
+            C.CAPTION: pa.array([pair.caption for pair in pairs], pa.string()),
+            C.TEXT_EMBEDS: pa.array([C.tensor_bytes(pair.embeds) for pair in pairs], pa.binary()),
+            C.TEXT_LEN: pa.array([pair.embeds.shape[0] for pair in pairs], pa.int32()),
+            C.TEXT_DIM: pa.array([pair.embeds.shape[1] for pair in pairs], pa.int32()),
+            C.latents_column(resolution): pa.array([C.tensor_bytes(pair.winner) for pair in pairs], pa.binary()),
+            C.loser_latents_column(resolution): pa.array([C.tensor_bytes(pair.loser) for pair in pairs], pa.binary()),
             C.height_column(resolution): pa.array([height for _, height in size], pa.int32()),
             C.width_column(resolution): pa.array([width for width, _ in size], pa.int32()),
-            PREFERENCE_SOURCE: pa.array([row["source"] for row in rows], pa.string()),
-            REWARD_WINNER: pa.array([row.get("reward_winner", np.nan) for row in rows], pa.float64()),
-            REWARD_LOSER: pa.array([row.get("reward_loser", np.nan) for row in rows], pa.float64()),
+            C.PREFERENCE_SOURCE: pa.array([pair.source for pair in pairs], pa.string()),
+            C.REWARD_WINNER: pa.array([pair.reward_winner for pair in pairs], pa.float64()),
+            C.REWARD_LOSER: pa.array([pair.reward_loser for pair in pairs], pa.float64()),
         }
     )
 
@@ -112,17 +119,17 @@ class RewardPairStage:
             if scores[best] - scores[worst] <= self.settings.min_margin:
                 continue  # no preference between these samples
             rows.append(
-                {
-                    "id": pair_id(self.source, prompt, seeds[best], seeds[worst]),
-                    "bucket": self.settings.bucket,
-                    "caption": str(prompt),
-                    "embeds": self.generator.encode([str(prompt)]).unpadded()[0].float().cpu().numpy(),
-                    "winner": latents[best].float().cpu().numpy(),
-                    "loser": latents[worst].float().cpu().numpy(),
-                    "source": self.source,
-                    "reward_winner": float(scores[best]),
-                    "reward_loser": float(scores[worst]),
-                }
+                Pair(
+                    id=pair_id(self.source, prompt, seeds[best], seeds[worst]),
+                    bucket=self.settings.bucket,
+                    caption=str(prompt),
+                    embeds=self.generator.encode([str(prompt)]).unpadded()[0].float().cpu().numpy(),
+                    winner=latents[best].float().cpu().numpy(),
+                    loser=latents[worst].float().cpu().numpy(),
+                    source=self.source,
+                    reward_winner=float(scores[best]),
+                    reward_loser=float(scores[worst]),
+                )
             )
         return pair_table(rows, self.resolution)
 
@@ -163,16 +170,16 @@ class LabelPairStage:
             pixels = np.stack([cover_and_crop(image, width, height) for image in (winner, loser)])
             latents = self.vae.encode(images_to_tensor(pixels)).float().cpu().numpy()
             rows.append(
-                {
+                Pair(
                     # By content: the same labels re-read from a moved or copied folder commit nothing twice.
-                    "id": pair_id(self.source, prompt, winner_digest, loser_digest),
-                    "bucket": bucket,
-                    "caption": str(prompt),
-                    "embeds": self.encoder.encode([str(prompt)]).unpadded()[0].float().cpu().numpy(),
-                    "winner": latents[0],
-                    "loser": latents[1],
-                    "source": self.source,
-                }
+                    id=pair_id(self.source, prompt, winner_digest, loser_digest),
+                    bucket=bucket,
+                    caption=str(prompt),
+                    embeds=self.encoder.encode([str(prompt)]).unpadded()[0].float().cpu().numpy(),
+                    winner=latents[0],
+                    loser=latents[1],
+                    source=self.source,
+                )
             )
         return pair_table(rows, self.resolution)
 
@@ -233,7 +240,7 @@ def build_pairs(config: DpoConfig, preset: str) -> int:
 
 def read_pairs(pairs_dir: str | pathlib.Path, resolution: int) -> pa.Table:
     """Every committed pair at ``resolution`` (pairs are few next to the pretraining store: read whole)."""
-    table = read_table(pairs_dir, resolution, extra_columns=[loser_column(resolution), PREFERENCE_SOURCE])
+    table = read_table(pairs_dir, resolution, extra_columns=[C.loser_latents_column(resolution), C.PREFERENCE_SOURCE])
     if table.num_rows == 0:
         raise ValueError(f"no preference pairs at resolution {resolution} in {pairs_dir}: build them first")
     return table
@@ -251,11 +258,11 @@ def decode_pairs(table: pa.Table, resolution: int) -> PairBatch:
     loser_table = table.set_column(
         table.schema.get_field_index(C.latents_column(resolution)),
         C.latents_column(resolution),
-        table.column(loser_column(resolution)),
+        table.column(C.loser_latents_column(resolution)),
     )
-    loser = decode_batch(loser_table, resolution)["latents"]
-    prompt = PromptEmbeds(winner["text_embeds"].float(), winner["text_mask"])
-    return PairBatch(winner=winner["latents"].float(), loser=loser.float(), prompt=prompt)
+    loser = decode_batch(loser_table, resolution)[C.LATENTS]
+    prompt = PromptEmbeds(winner[C.TEXT_EMBEDS].float(), winner[C.TEXT_MASK])
+    return PairBatch(winner=winner[C.LATENTS].float(), loser=loser.float(), prompt=prompt)
 
 
 def pair_batches(

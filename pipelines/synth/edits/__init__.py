@@ -20,7 +20,7 @@ seeded with ``[seed, kind, index]``. A triplet that cannot be made in ``max_atte
 the canvas, no font covering it) comes back with no images and an ``error``; in the dataset, with empty
 ``image_bytes`` and a ``source_error``.
 
-Dataset columns: ``pipelines.schema.SOURCE_COLUMNS`` plus ``rendered_text``; ``task`` is ``edit`` (text, colour,
+Dataset columns: ``store.columns.SOURCE_COLUMNS`` plus ``rendered_text``; ``task`` is ``edit`` (text, colour,
 background), ``depth`` or ``novel_view``; ``source`` is ``synthetic/edit-<kind>``; ``key`` is
 ``edit-<kind>-s<seed>-<index>``.
 

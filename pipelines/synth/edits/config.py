@@ -11,10 +11,10 @@ import numpy as np
 import pydantic
 
 from models.config import StrictModel
-from pipelines import schema
 from pipelines.pools import PoolConfig
 from pipelines.synth.config import FontConfig, Language, SynthConfig, Tier
-from pipelines.synth.source import RENDERED_TEXT
+from store import columns as C
+from store.columns import RENDERED_TEXT
 
 logger = logging.getLogger(__name__)
 EditKind = Literal["text_replace", "color", "background", "depth", "novel_view"]
@@ -26,7 +26,7 @@ TASK_OF_KIND: dict[str, str] = {
     "depth": "depth",
     "novel_view": "novel_view",
 }
-EDIT_COLUMNS: tuple[str, ...] = (*schema.SOURCE_COLUMNS, RENDERED_TEXT)
+EDIT_COLUMNS: tuple[str, ...] = (*C.SOURCE_COLUMNS, RENDERED_TEXT)
 GOLDEN = (math.sqrt(5) - 1) / 2
 MAX_TEXT_LINES = 2  # a word or a short line, wrapped at most once
 MIN_SHAPE_CONTRAST = 1.6  # WCAG ratio between a shape and the background: enough to see the shape's outline

@@ -27,7 +27,7 @@ from pipelines.synth.edits.text import make_text_replace
 from pipelines.synth.edits.views import make_depth, make_novel_view
 from pipelines.synth.preview import short_label, thumbnail
 from pipelines.synth.render import Discarded, RenderContext, encode
-from pipelines.synth.source import RENDERED_TEXT
+from store.columns import RENDERED_TEXT
 
 MAKERS = {
     "color": make_color_edit,

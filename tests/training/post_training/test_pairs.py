@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from store import columns as C
 from store.writer import commit_table
 from training.post_training.pairs import (
-    PREFERENCE_SOURCE,
-    REWARD_LOSER,
-    REWARD_WINNER,
     LabelPairStage,
     RewardPairStage,
     num_batches,
@@ -38,8 +36,8 @@ def test_reward_pairs_keep_best_and_worst(tiny_checkpoint, tmp_path):
     stage = RewardPairStage(tiny_checkpoint, None, settings, RESOLUTION)
     table = stage({"prompt": np.array(["a red square", "a blue square"], dtype=object), "index": np.array([0, 1])})
     assert table.num_rows == 2
-    assert set(table.column(PREFERENCE_SOURCE).to_pylist()) == {"reward:mean_color"}
-    winners, losers = table.column(REWARD_WINNER).to_numpy(), table.column(REWARD_LOSER).to_numpy()
+    assert set(table.column(C.PREFERENCE_SOURCE).to_pylist()) == {"reward:mean_color"}
+    winners, losers = table.column(C.REWARD_WINNER).to_numpy(), table.column(C.REWARD_LOSER).to_numpy()
     assert np.all(winners > losers)
     commit_table(tmp_path, table)
     commit_table(tmp_path, table)  # a retried write commits nothing twice
@@ -69,7 +67,7 @@ def test_label_pairs_from_a_jsonl_file(tmp_path):
     store = tmp_path / "pairs"
     commit_table(store, stage(batch))
     pairs = read_pairs(store, RESOLUTION)
-    assert pairs.num_rows == 6 and set(pairs.column(PREFERENCE_SOURCE).to_pylist()) == {"human:labels.jsonl"}
+    assert pairs.num_rows == 6 and set(pairs.column(C.PREFERENCE_SOURCE).to_pylist()) == {"human:labels.jsonl"}
     train, held = split_pairs(pairs, 0.5, seed=0)
     ids = pairs.column("sample_id").to_pylist()
     assert set(held.column("sample_id").to_pylist()) == {pid for pid in ids if unit_hash(pid) < 0.5}

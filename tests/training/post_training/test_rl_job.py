@@ -16,8 +16,9 @@ from PIL import Image
 from jobs.rl import main
 from models.checkpoint import load_checkpoint, read_metadata
 from models.presets import ALL_PARTS, build_components
+from store import columns as C
 from store.reader import read_table
-from training.post_training.pairs import PREFERENCE_SOURCE, read_pairs
+from training.post_training.pairs import read_pairs
 
 pytestmark = pytest.mark.slow
 CONFIGS = pathlib.Path(__file__).resolve().parents[3] / "configs"
@@ -47,22 +48,30 @@ def _check_outputs(summary: dict, *curves: str) -> None:
 
 
 def test_sft_from_pretraining_on_picked_samples(pretrain_run, tiny_store, tmp_path):
-    picked = read_table(tiny_store, 256).column("sample_id").to_pylist()[:8]
-    summary = main(
-        [
-            "--algo=sft",
-            f"--config={CONFIGS / 'rl_sft_tiny.yaml'}",
-            "--max-steps=3",
-            f"store_dir={tiny_store}",
-            f"init={pretrain_run}",
-            f"output_dir={tmp_path}",
-            "predicates=[]",
-            "min_stage=0",
-            f"sample_ids={json.dumps(picked)}",
-            "pretrain.samples.num_steps=2",
-        ]
-    )
-    assert summary["num_curated_rows"] == 8
+    """SFT is a pretraining recipe (configs/sft_tiny.yaml) run by jobs/pretrain.py: one phase over hand-picked ids
+    from the pretraining run's checkpoint; a selection smaller than a batch is refused before any worker starts."""
+    from jobs.pretrain import main as pretrain
+    from models.config import load_config
+    from training.config import PretrainConfig
+    from training.pretrain import count_phase_rows
+
+    picked = read_table(tiny_store, 256).column(C.SAMPLE_ID).to_pylist()[:8]
+    (tmp_path / "picked.txt").write_text("\n".join(picked[4:]) + "\n")
+    overrides = [
+        f"store_dir={tiny_store}",
+        f"init={pretrain_run}",
+        f"output_dir={tmp_path}",
+        "phases.0.predicates=[]",
+        "phases.0.min_stage=0",
+        f"phases.0.sample_ids={json.dumps(picked[:4])}",
+        f"phases.0.sample_ids_file={tmp_path / 'picked.txt'}",
+        "samples.num_steps=2",
+    ]
+    config = load_config(PretrainConfig, CONFIGS / "sft_tiny.yaml", overrides)
+    with pytest.raises(ValueError, match="phase 'sft' selects 0 rows .* fewer than batch_size=4"):
+        count_phase_rows(config, config.phases[0].model_copy(update={"predicates": [(C.SAMPLE_ID, "in", ["none"])]}))
+    summary = pretrain([f"--config={CONFIGS / 'sft_tiny.yaml'}", "--max-steps=3", *overrides])
+    assert summary["phase_rows"] == {"sft": 8}
     _check_outputs(summary, "loss_curve")
     assert [row["phase"] for row in _rows(summary["metrics"])][-1] == "sft"
 
@@ -94,7 +103,7 @@ def test_dpo_from_reward_and_label_pairs(pretrain_run, tmp_path):
             *TWO_FSDP_WORKERS,
         ]
     )
-    sources = read_pairs(tmp_path / "pairs", 64).column(PREFERENCE_SOURCE).to_pylist()
+    sources = read_pairs(tmp_path / "pairs", 64).column(C.PREFERENCE_SOURCE).to_pylist()
     assert sources.count("human:labels.jsonl") == 2 and sources.count("reward:mean_color") == summary["num_pairs"] - 2
     _check_outputs(summary, "loss_curve", "reward_curve")
     assert [int(row["step"]) for row in _rows(summary["metrics"])] == [3]  # log_every 5: the last step is logged

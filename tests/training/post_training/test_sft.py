@@ -1,4 +1,5 @@
-"""SFT as a pretraining recipe: the curated subset, the lower learning rate, the checkpoint's transformer."""
+"""SFT as a pretraining recipe (configs/sft_tiny.yaml): a phase over hand-picked ids and predicates, a lower learning
+rate, from the ``init`` checkpoint's transformer."""
 
 from __future__ import annotations
 
@@ -8,46 +9,51 @@ import pytest
 import torch
 
 from models.checkpoint import save_components
+from models.config import ConfigError, load_config
 from models.presets import build_components
-from training.post_training.config import SftConfig
-from training.post_training.sft import curated_predicates, sft_pretrain_config
+from store import columns as C
+from training.config import PhaseConfig, PretrainConfig
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[3] / "configs"
 
 
 def test_sft_recipe_selects_the_curated_subset(tiny_checkpoint, tmp_path):
     ids_file = tmp_path / "picked.txt"
     ids_file.write_text("b\n\na\n")
-    config = SftConfig(
-        store_dir=str(tmp_path / "store"),
-        checkpoint=tiny_checkpoint,
-        output_dir=str(tmp_path / "out"),
-        sample_ids=["c", "a"],
-        sample_ids_file=str(ids_file),
-        predicates=[("score_aesthetic", ">=", 5.0)],
-        num_steps=7,
-        lr=2e-5,
-        pretrain={"ema_decay": 0.99, "optim": {"lr": 1.0, "schedule": "cosine"}},
-    )
-    assert curated_predicates(config) == [("score_aesthetic", ">=", 5.0), ("sample_id", "in", ["a", "b", "c"])]
-    pretrain = sft_pretrain_config(config)
-    (phase,) = pretrain.phases
-    assert phase.num_steps == 7 and phase.predicates[-1][0] == "sample_id"
-    assert pretrain.optim.lr == 2e-5 and pretrain.optim.schedule == "cosine" and pretrain.ema_decay == 0.99
-    assert pretrain.preset == "tiny" and pretrain.weights_dir is None
-    assert pathlib.Path(pretrain.init) == pathlib.Path(tiny_checkpoint).resolve()
+    overrides = [
+        f"store_dir={tmp_path / 'store'}",
+        f"init={tiny_checkpoint}",
+        f"output_dir={tmp_path / 'out'}",
+        "phases.0.sample_ids=[c, a]",
+        f"phases.0.sample_ids_file={ids_file}",
+        "phases.0.num_steps=7",
+        "ema_decay=0.99",
+    ]
+    config = load_config(PretrainConfig, CONFIGS / "sft_tiny.yaml", overrides)
+    (phase,) = config.phases
+    assert phase.name == "sft" and phase.num_steps == 7 and phase.min_stage == 2
+    assert phase.predicates == [(C.CATEGORY, "in", ["text_rendering"]), (C.SAMPLE_ID, "in", ["a", "b", "c"])]
+    # The ids live in the predicates only: the phase a worker re-validates from its dump selects the same rows and
+    # needs no file.
+    assert phase.sample_ids == [] and phase.sample_ids_file is None
+    assert PhaseConfig.model_validate(phase.model_dump(mode="json")) == phase
+    assert config.optim.lr == 1e-4 and config.ema_decay == 0.99
+    assert config.preset == "tiny" and config.weights_dir is None  # the tiny checkpoint holds a transformer only
+    assert pathlib.Path(config.init) == pathlib.Path(tiny_checkpoint).resolve()
     # What the training loop builds from it (training.loop): the checkpoint's transformer, not the preset's.
     other = tmp_path / "other" / "model"
     save_components(other, build_components("tiny", parts=("transformer",), seed=5))
-    pretrain = sft_pretrain_config(config.model_copy(update={"init": str(other)}))
-    start = build_components("tiny", weights_dir=pretrain.init, parts=("transformer",)).transformer
-    preset = build_components("tiny", parts=("transformer",)).transformer
-    saved = build_components("tiny", parts=("transformer",), seed=5).transformer
-    pairs = list(zip(start.state_dict().values(), saved.state_dict().values(), strict=True))
-    assert all(torch.equal(a, b) for a, b in pairs)
-    assert any(
-        not torch.equal(a, b) for a, b in zip(start.state_dict().values(), preset.state_dict().values(), strict=True)
-    )
+    config = load_config(PretrainConfig, CONFIGS / "sft_tiny.yaml", [*overrides, f"init={other}"])
+    start = build_components("tiny", weights_dir=config.init, parts=("transformer",)).transformer.state_dict()
+    preset = build_components("tiny", parts=("transformer",)).transformer.state_dict()
+    saved = build_components("tiny", parts=("transformer",), seed=5).transformer.state_dict()
+    assert all(torch.equal(start[name], saved[name]) for name in saved)
+    assert any(not torch.equal(start[name], preset[name]) for name in preset)
 
-    with pytest.raises(ValueError, match="top level"):
-        sft_pretrain_config(config.model_copy(update={"pretrain": {"batch_size": 2}}))
-    with pytest.raises(ValueError, match="curated subset"):
-        SftConfig(store_dir="s", checkpoint=tiny_checkpoint, num_steps=1)
+    with pytest.raises(ConfigError, match=r"phases.1: phases has elements 0..0"):
+        load_config(PretrainConfig, CONFIGS / "sft_tiny.yaml", [*overrides, "phases.1.num_steps=3"])
+    ids_file.write_text("\n")
+    with pytest.raises(ValueError, match="lists no sample id"):
+        load_config(PretrainConfig, CONFIGS / "sft_tiny.yaml", overrides[:3] + [f"phases.0.sample_ids_file={ids_file}"])
+    with pytest.raises(ValueError, match="does not exist"):
+        PhaseConfig(name="p", num_steps=1, sample_ids_file=str(tmp_path / "missing.txt"))
