@@ -44,6 +44,9 @@ class PhaseConfig(StrictModel):
     # Share of synthetic text-rendering rows (source "synthetic/..."); None leaves the store's share.
     synthetic_share: float | None = pydantic.Field(default=None, ge=0, le=1)
     lr_scale: float = pydantic.Field(default=1.0, gt=0)
+    # Per data-parallel worker and micro-batch in this phase; None: the run's batch_size. Low resolutions fit larger
+    # batches than the last phase (the memory plan, jobs/memory_plan.py, gives the largest per resolution).
+    batch_size: int | None = pydantic.Field(default=None, ge=1)
 
     @pydantic.field_validator("tasks")
     @classmethod
@@ -140,7 +143,7 @@ class PretrainConfig(RunSettings):
     # The frozen base's dtype. auto: the compute dtype under FSDP (bf16 on GPU), fp32 under DDP.
     frozen_dtype: FrozenDtype = "auto"
     phases: list[PhaseConfig] = pydantic.Field(min_length=1)
-    batch_size: int = pydantic.Field(default=8, ge=1)  # per data-parallel worker, per micro-batch
+    batch_size: int = pydantic.Field(default=8, ge=1)  # per data-parallel worker, per micro-batch (or the phase's)
     # auto: bf16 on GPU, fp32 on CPU. With DDP it is autocast; with FSDP, the dtype parameters are gathered in
     # (gradients are always reduced, and the optimiser always steps, in fp32).
     mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -211,6 +214,10 @@ class PretrainConfig(RunSettings):
     @property
     def total_steps(self) -> int:
         return sum(phase.num_steps for phase in self.phases)
+
+    def batch_size_of(self, phase: PhaseConfig) -> int:
+        """The phase's batch per data-parallel worker and micro-batch: its own, else the run's."""
+        return phase.batch_size or self.batch_size
 
     def phase_bounds(self) -> list[tuple[int, int]]:
         """(first step, end step) of each phase in global steps."""

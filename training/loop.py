@@ -295,7 +295,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.get_dataset_shard("train"),
             phase,
             seed=config.seed + rank,
-            batch_size=config.batch_size,
+            batch_size=config.batch_size_of(phase),
             shuffle_buffer=config.shuffle_buffer,
         )
     else:  # the workers of one tensor-parallel group read the same rows
@@ -305,7 +305,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             seed=config.seed,
             rank=parallel.dp_rank,
             world=parallel.dp_world,
-            batch_size=config.batch_size,
+            batch_size=config.batch_size_of(phase),
             shuffle_buffer=config.shuffle_buffer,
         )
     writer = _metrics_writer(config) if rank == 0 else None
@@ -342,7 +342,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             break
         if not stepped:
             raise ValueError(
-                f"phase {phase.name!r} has no complete batch of {config.batch_size} rows at {phase.resolution}px on "
+                f"phase {phase.name!r} has no complete batch of {config.batch_size_of(phase)} rows at {phase.resolution}px on "
                 f"this worker; lower batch_size or add data that reaches stage {phase.min_stage}"
             )
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0

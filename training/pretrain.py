@@ -103,10 +103,10 @@ def count_phase_rows(config: PretrainConfig, phase) -> int:
     from store.reader import count_rows
 
     rows = count_rows(config.store_dir, phase.resolution, min_stage=phase.min_stage, predicates=phase.predicates)
-    if rows < config.batch_size:
+    if rows < config.batch_size_of(phase):
         raise ValueError(
             f"phase {phase.name!r} selects {rows} rows of {config.store_dir} at {phase.resolution}px (stage >= "
-            f"{phase.min_stage}, predicates {phase.predicates}), fewer than batch_size={config.batch_size}"
+            f"{phase.min_stage}, predicates {phase.predicates}), fewer than batch_size={config.batch_size_of(phase)}"
         )
     return rows
 

@@ -208,20 +208,24 @@ def test_pretraining_recipe_follows_the_memory_plan():
     assert sorted(set(resolutions)) == [256, 640, 1328] and resolutions == sorted(resolutions)
     assert recipe.preset == "qwen-image" and recipe.use_gpu
     parallel = recipe.parallel
-    plan = plan_memory(
-        model_configs(recipe.preset, [recipe.weights_dir]).transformer,
-        resolution=max(resolutions),
-        world=recipe.num_workers,
-        batch_size=recipe.batch_size,
-        text_tokens=MAX_TEXT_TOKENS,
-        strategy=parallel.strategy,
-        tensor_parallel=parallel.tensor_parallel,
-        replicate=parallel.replicate,
-        activation_checkpointing=parallel.activation_checkpointing,
-        cpu_offload=parallel.cpu_offload,
-        ema=recipe.ema_decay is not None,
-    )
-    assert recipe.batch_size <= plan.max_batch(H100_BYTES), plan.as_dict(H100_BYTES)
+    for phase in recipe.phases:  # every phase's batch at its resolution, with the longest prompts
+        batch = recipe.batch_size_of(phase)
+        plan = plan_memory(
+            model_configs(recipe.preset, [recipe.weights_dir]).transformer,
+            resolution=phase.resolution,
+            world=recipe.num_workers,
+            batch_size=batch,
+            text_tokens=MAX_TEXT_TOKENS,
+            strategy=parallel.strategy,
+            tensor_parallel=parallel.tensor_parallel,
+            replicate=parallel.replicate,
+            activation_checkpointing=parallel.activation_checkpointing,
+            cpu_offload=parallel.cpu_offload,
+            ema=recipe.ema_decay is not None,
+        )
+        assert batch <= plan.max_batch(H100_BYTES), (phase.name, plan.as_dict(H100_BYTES))
+    # Low resolutions train larger batches than the last phase (the run's batch_size is the 1328 px one).
+    assert [recipe.batch_size_of(phase) for phase in recipe.phases] == [64, 64, 32, recipe.batch_size]
     # The workers fit the group that offers their resource: one GPU and cpus_per_worker CPUs each.
     (cluster,) = [m for m in kuberay_manifests().values() if m["kind"] == "RayCluster"]
     (group,) = [
