@@ -37,7 +37,7 @@ import yaml
 
 from models.config import StrictModel
 from pipelines.annotation import Captioner, CaptionerConfig, annotate
-from pipelines.contracts import Stage, apply_chain, check_chain
+from pipelines.contracts import Stage, apply_chain, check_chain, describe_chain
 from pipelines.encode import EncodeConfig
 from pipelines.funnel import write_funnel_report
 from pipelines.operators.balance import BALANCE_READS, BALANCE_WRITES, add_quality_rank, balance_checks, balance_columns
@@ -154,7 +154,8 @@ def scoring_stages(config: CurationConfig) -> list[Stage]:
 
     def pool(stage: type, pool_config: PoolConfig, **kwargs) -> Stage:
         apply = functools.partial(map_stage, stage=stage, pool=pool_config, **kwargs)
-        return Stage(stage.__name__, stage.READS, stage.WRITES, apply)
+        actors = (pool_config.min_size, pool_config.max_size)
+        return Stage(stage.__name__, stage.READS, stage.WRITES, apply, pool_config.worker_resources(), actors)
 
     def task(function, reads: tuple[str, ...], writes: tuple[str, ...]) -> Stage:
         return Stage(function.__name__, reads, writes, lambda d: d.map_batches(function, batch_format="numpy"))
@@ -166,12 +167,23 @@ def scoring_stages(config: CurationConfig) -> list[Stage]:
         stages.append(pool(ClipScores, config.clip.pool, config=config.clip))
     if config.annotation.active:  # the configured backend: transformers actors or vLLM
         apply = functools.partial(annotate, config=config.annotation)
-        stages.append(Stage(Captioner.__name__, Captioner.READS, Captioner.WRITES, apply))
+        stages.append(Stage(Captioner.__name__, Captioner.READS, Captioner.WRITES, apply, *captioner_resources(config)))
     stages.append(pool(OcrScores, config.ocr.pool, config=config.ocr))  # reads the watermark list when annotated
     stages.append(pool(FaceScores, config.faces.pool, config=config.faces))  # reads OCR (and annotation)
     stages.append(task(balance_columns, BALANCE_READS, BALANCE_WRITES))
     stages.append(pool(CaptionScores, config.caption_pool))
     return stages
+
+
+def captioner_resources(config: CurationConfig) -> tuple[dict[str, float], tuple[int, int]]:
+    """What the annotation stage's workers ask for: the transformers pool's actors, or vLLM engine replicas of
+    ``tensor_parallel_size`` GPUs each."""
+    annotation = config.annotation
+    if annotation.backend == "transformers":
+        return annotation.pool.worker_resources(), (annotation.pool.min_size, annotation.pool.max_size)
+    replicas = annotation.vllm.concurrency  # n: autoscaling 1..n, or [min, max]
+    low, high = (1, replicas) if isinstance(replicas, int) else replicas
+    return {"GPU": float(annotation.vllm.tensor_parallel_size)}, (low, high)
 
 
 # What the sources deliver to the scoring chain (the synthesisers' rows carry the same columns).
@@ -183,6 +195,7 @@ def scoring_dataset(config: CurationConfig) -> ray.data.Dataset:
     checked first: a chain out of order fails here, before any source is read."""
     stages = scoring_stages(config)
     check_chain(stages, SCORING_INPUT)
+    logger.info("curation: scoring chain %s", describe_chain(stages))
     datasets = [read_source(source) for source in config.sources]
     dataset = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     if config.limit is not None:

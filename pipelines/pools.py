@@ -24,6 +24,10 @@ class PoolConfig(StrictModel):
     resources: dict[str, float] = {}  # custom node resources, e.g. {"producer": 0.01} (platform/README.md)
     label_selector: dict[str, str] = {}  # node labels, e.g. {"pool": "producer-cpu"} (ray start --labels)
 
+    def worker_resources(self) -> dict[str, float]:
+        """What each actor of the pool asks Ray for."""
+        return {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+
     @pydantic.model_validator(mode="after")
     def _bounds(self) -> PoolConfig:
         if self.max_size < self.min_size:

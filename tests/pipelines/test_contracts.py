@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines import curation
-from pipelines.contracts import Stage, StageContractError, check_chain
+from pipelines.contracts import Stage, StageContractError, check_chain, describe_chain
 from pipelines.operators.registry import build_operators
 from store import columns
 
@@ -61,3 +61,23 @@ def test_a_stage_reading_a_source_column_the_source_lacks_is_refused() -> None:
 
 def test_operator_scores_are_registered_in_build_order() -> None:
     assert [operator.name for operator in build_operators()] == list(columns.OPERATOR_SCORES)
+
+
+def test_stages_declare_what_their_workers_ask_for() -> None:
+    """Each stage carries its pool's resources and actor counts (the job logs the chain with them); annotation on
+    vLLM asks for its engine replicas' GPUs."""
+    clip = {"clip": {}, "pool": {"num_gpus": 0.25}}
+    chain = curation.scoring_stages(
+        config(**{**TINY_MODELS, "clip": clip, "ocr": {"pool": {"num_cpus": 2, "max_size": 3}}})
+    )
+    by_name = {stage.name: stage for stage in chain}
+    assert by_name["OcrScores"].resources == {"CPU": 2.0, "GPU": 0.0} and by_name["OcrScores"].actors == (1, 3)
+    assert by_name["ClipScores"].resources["GPU"] == 0.25
+    assert by_name["balance_columns"].actors is None  # a task, not a pool
+    assert "OcrScores (2 CPU; 1-3 actors)" in describe_chain(chain)
+    vllm = {"backend": "vllm", "weights_dir": "/models/qwen2.5-vl", "vllm": {"tensor_parallel_size": 2}}
+    resources, actors = curation.captioner_resources(
+        config(annotation={**vllm, "vllm": {**vllm["vllm"], "concurrency": [2, 4]}})
+    )
+    assert resources == {"GPU": 2.0} and actors == (2, 4)
+    assert curation.captioner_resources(config(annotation={**vllm, "vllm": {"concurrency": 3}}))[1] == (1, 3)
