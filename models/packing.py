@@ -5,10 +5,14 @@
 
 Editing (TI2I): the source image's packed latents follow the generated image's tokens in one sequence; the rotary
 embedding gives each image of ``img_shapes`` its index as frame offset, so the source sits at frame 1
-(docs/qwen_image.md §6), and the model's output is sliced back to the generated tokens.
+(docs/qwen_image.md §6), and the model's output is sliced back to the generated tokens. Multi-image editing
+(Qwen-Image-Edit-2509's ``QwenImageEditPlusPipeline``, docs/editing.md) appends several references, each at its own
+frame: 1, 2, ... in the order given.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -52,11 +56,18 @@ def unpack_latents(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 def img_shapes(
-    batch_size: int, rows: int, cols: int, source: tuple[int, int] | None = None
+    batch_size: int,
+    rows: int,
+    cols: int,
+    source: tuple[int, int] | None = None,
+    *,
+    sources: Sequence[tuple[int, int]] = (),
 ) -> list[list[tuple[int, int, int]]]:
     """Rotary grid per sample: one generated image (frame 0) of ``rows/2`` x ``cols/2`` tokens, then, for an edit,
-    the source image of latent size ``source = (rows, cols)`` (frame 1)."""
-    shapes = [(1, rows // 2, cols // 2)]
-    if source is not None:
-        shapes.append((1, source[0] // 2, source[1] // 2))
+    the source image of latent size ``source = (rows, cols)`` (frame 1), or several references of latent sizes
+    ``sources`` (frames 1, 2, ...)."""
+    if source is not None and sources:
+        raise ValueError("give one source grid (source=) or several (sources=), not both")
+    grids = [source] if source is not None else list(sources)
+    shapes = [(1, rows // 2, cols // 2)] + [(1, grid[0] // 2, grid[1] // 2) for grid in grids]
     return [shapes] * batch_size

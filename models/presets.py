@@ -233,33 +233,38 @@ class Components:
 
     def diffusers_pipeline(self):
         """``diffusers.QwenImagePipeline`` over these very modules (parity tests, benchmarks), progress bar off."""
-        from diffusers import QwenImagePipeline
-
-        self.require(*ALL_PARTS)
-        pipe = QwenImagePipeline(
-            scheduler=self.scheduler,
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            transformer=self.transformer,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return self._diffusers("QwenImagePipeline")
 
     def diffusers_edit_pipeline(self):
         """``diffusers.QwenImageEditPipeline`` over these very modules (parity tests), progress bar off."""
-        from diffusers import QwenImageEditPipeline
+        return self._diffusers("QwenImageEditPipeline", processor=True)
+
+    def diffusers_edit_plus_pipeline(self):
+        """``diffusers.QwenImageEditPlusPipeline`` (several reference images) over these very modules."""
+        return self._diffusers("QwenImageEditPlusPipeline", processor=True)
+
+    def diffusers_img2img_pipeline(self):
+        """``diffusers.QwenImageImg2ImgPipeline`` over these very modules."""
+        return self._diffusers("QwenImageImg2ImgPipeline")
+
+    def diffusers_inpaint_pipeline(self):
+        """``diffusers.QwenImageInpaintPipeline`` over these very modules."""
+        return self._diffusers("QwenImageInpaintPipeline")
+
+    def _diffusers(self, name: str, *, processor: bool = False):
+        import diffusers
 
         from models.condition_encoder import build_vl_processor
 
         self.require(*ALL_PARTS)
-        pipe = QwenImageEditPipeline(
+        extra = {"processor": build_vl_processor(self.tokenizer)} if processor else {}
+        pipe = getattr(diffusers, name)(
             scheduler=self.scheduler,
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
-            processor=build_vl_processor(self.tokenizer),
             transformer=self.transformer,
+            **extra,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe

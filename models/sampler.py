@@ -11,7 +11,7 @@ log-probability, for GRPO.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from diffusers import QwenImageTransformer2DModel
@@ -81,6 +81,24 @@ def initial_noise(
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
+def strength_start(num_steps: int, strength: float) -> int:
+    """The step an image-to-image run at ``strength`` starts from (diffusers' ``get_timesteps``): the full schedule of
+    ``num_steps`` is computed and its first ``int(num_steps - num_steps * strength)`` steps are skipped, so the run
+    starts at ``sigmas[start]`` and takes ``num_steps - start`` steps; ``strength = 1`` starts from pure noise."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    start = int(max(num_steps - min(num_steps * strength, num_steps), 0))
+    if start >= num_steps:
+        raise ValueError(f"strength={strength} with num_steps={num_steps} leaves no step to take")
+    return start
+
+
+def add_noise(image: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``sigma noise + (1 - sigma) image``: the flow-matching forward process at one noise level, written as
+    ``FlowMatchEulerDiscreteScheduler.scale_noise`` writes it (same rounding)."""
+    return sigma * noise + (1.0 - sigma) * image
+
+
 @torch.no_grad()
 def sample(
     transformer: QwenImageTransformer2DModel,
@@ -95,38 +113,58 @@ def sample(
     latents: torch.Tensor | None = None,
     scheduler_config: Mapping = QWEN_IMAGE_SCHEDULER_CONFIG,
     on_step: StepCallback | None = None,
-    source_latents: torch.Tensor | None = None,
+    source_latents: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    image_latents: torch.Tensor | None = None,
+    strength: float = 1.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euler ODE from noise to normalised latents ``[B, 16, H/8, W/8]``.
 
     ``prompt`` holds one row per image. True CFG runs when ``true_cfg_scale > 1`` and ``negative`` is given (one row
-    per image too, or one row for all). ``latents`` replaces the initial noise. ``on_step(step, num_steps)`` is
-    called after each step, for progress reporting. Editing: ``source_latents: [B, 16, h, w]`` (normalised, any
-    size) condition every step; the schedule's shift counts the generated tokens only, as diffusers does.
+    per image too, or one row for all). ``latents`` replaces the initial noise. ``on_step(step, steps)`` is called
+    after each step taken, for progress reporting. Editing: ``source_latents: [B, 16, h, w]`` (normalised, any size)
+    condition every step, or a sequence of such tensors (several references, frames 1, 2, ...); the schedule's shift
+    counts the generated tokens only, as diffusers does.
+
+    Image to image: ``image_latents: [B, 16, H/8, W/8]`` (normalised) is noised to the schedule's level at
+    ``strength_start(num_steps, strength)`` and the run takes the remaining steps. Inpainting adds ``mask: [B, 1,
+    H/8, W/8]`` (1 where the image is regenerated, 0 where it is kept): after every step the kept latents are set to
+    the image noised to the next step's level (the clean image after the last), as ``QwenImageInpaintPipeline``
+    blends them.
     """
     rows, cols = latent_size(height, width)
     batch_size = prompt.embeds.shape[0]
     device, dtype = prompt.embeds.device, prompt.embeds.dtype
+    grid = (batch_size, LATENT_CHANNELS, rows, cols)
     do_cfg = negative is not None and true_cfg_scale > 1
     if do_cfg and negative.embeds.shape[0] == 1 and batch_size > 1:
         negative = negative.repeat_interleave(batch_size)
+    if image_latents is None and (mask is not None or strength != 1.0):
+        raise ValueError("strength and mask apply to image to image: pass image_latents")
+    start = 0 if image_latents is None else strength_start(num_steps, strength)
     if latents is None:
         latents = initial_noise(batch_size, rows, cols, generator=generator, dtype=dtype, device=device)
-    elif latents.shape != (batch_size, LATENT_CHANNELS, rows, cols):
-        raise ValueError(f"latents must be {(batch_size, LATENT_CHANNELS, rows, cols)}, got {tuple(latents.shape)}")
+    elif latents.shape != grid:
+        raise ValueError(f"latents must be {grid}, got {tuple(latents.shape)}")
     tokens = pack_latents(latents.to(device, dtype))
-    source_tokens, source_grid = None, None
-    if source_latents is not None:
-        if source_latents.ndim != 4 or source_latents.shape[:2] != (batch_size, LATENT_CHANNELS):
-            raise ValueError(f"source_latents must be [{batch_size}, 16, h, w], got {tuple(source_latents.shape)}")
-        source_tokens = pack_latents(source_latents.to(device, dtype))
-        source_grid = tuple(source_latents.shape[2:])
-    shapes = img_shapes(batch_size, rows, cols, source_grid)
+    source_tokens, source_grids = _pack_sources(source_latents, batch_size, device, dtype)
+    shapes = img_shapes(batch_size, rows, cols, sources=source_grids)
     sigmas = inference_sigmas(num_steps, tokens.shape[1], scheduler_config).to(device)
+    image_tokens, noise_tokens, mask_tokens = None, tokens, None
+    if image_latents is not None:
+        if image_latents.shape != grid:
+            raise ValueError(f"image_latents must be {grid}, got {tuple(image_latents.shape)}")
+        image_tokens = pack_latents(image_latents.to(device, dtype))
+        tokens = add_noise(image_tokens, noise_tokens, sigmas[start])
+    if mask is not None:
+        if mask.shape != (batch_size, 1, rows, cols):
+            raise ValueError(f"mask must be {(batch_size, 1, rows, cols)}, got {tuple(mask.shape)}")
+        mask_tokens = pack_latents(mask.to(device, dtype).repeat(1, LATENT_CHANNELS, 1, 1))
     # The scheduler hands the model (sigma * 1000) / 1000; doing the same keeps the two samplers bit-identical.
-    timesteps = sigmas[:-1] * scheduler_config.get("num_train_timesteps", 1000)
-    for step in range(num_steps):
-        timestep = timesteps[step].expand(batch_size).to(dtype) / scheduler_config.get("num_train_timesteps", 1000)
+    train_steps = scheduler_config.get("num_train_timesteps", 1000)
+    timesteps = sigmas[:-1] * train_steps
+    for step in range(start, num_steps):
+        timestep = timesteps[step].expand(batch_size).to(dtype) / train_steps
         velocity = predict_velocity(transformer, tokens, timestep, prompt, shapes, source_tokens)
         if do_cfg:
             velocity = true_cfg(
@@ -135,9 +173,28 @@ def sample(
                 true_cfg_scale,
             )
         tokens = (tokens.float() + (sigmas[step + 1] - sigmas[step]) * velocity).to(velocity.dtype)
+        if mask_tokens is not None:
+            kept = image_tokens if step == num_steps - 1 else add_noise(image_tokens, noise_tokens, sigmas[step + 1])
+            tokens = ((1 - mask_tokens) * kept + mask_tokens * tokens).to(velocity.dtype)
         if on_step is not None:
-            on_step(step + 1, num_steps)
+            on_step(step + 1 - start, num_steps - start)
     return unpack_latents(tokens, rows, cols)
+
+
+def _pack_sources(
+    source_latents: torch.Tensor | Sequence[torch.Tensor] | None, batch_size: int, device, dtype
+) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
+    """Edit references -> (their packed tokens one after another ``[B, M, 64]``, their latent grids)."""
+    if source_latents is None:
+        return None, []
+    references = [source_latents] if isinstance(source_latents, torch.Tensor) else list(source_latents)
+    if not references:
+        raise ValueError("source_latents is an empty sequence: pass None for no reference")
+    for reference in references:
+        if reference.ndim != 4 or reference.shape[:2] != (batch_size, LATENT_CHANNELS):
+            raise ValueError(f"source_latents must be [{batch_size}, 16, h, w], got {tuple(reference.shape)}")
+    tokens = torch.cat([pack_latents(reference.to(device, dtype)) for reference in references], dim=1)
+    return tokens, [tuple(reference.shape[2:]) for reference in references]
 
 
 def sde_step(

@@ -108,8 +108,12 @@ class LatentVAE:
     def dtype(self) -> torch.dtype:
         return self.vae.dtype
 
-    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+    def normalize(self, latents: torch.Tensor, *, inverse_std: bool = False) -> torch.Tensor:
+        """``(z - mean) / std``; with ``inverse_std``, ``(z - mean) * (1 / std)`` as diffusers' image-to-image and
+        inpainting pipelines write it (the same value up to the last bit of float rounding)."""
         mean = self.latents_mean.to(latents.device, latents.dtype)
+        if inverse_std:
+            return (latents - mean) * (1.0 / self.latents_std).to(latents.device, latents.dtype)
         std = self.latents_std.to(latents.device, latents.dtype)
         return (latents - mean) / std
 
@@ -120,15 +124,21 @@ class LatentVAE:
 
     @torch.no_grad()
     def encode(
-        self, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        *,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        inverse_std: bool = False,
     ) -> torch.Tensor:
-        """``[B, 3, H, W]`` in [-1, 1] -> normalised ``[B, 16, H/8, W/8]`` (posterior mode unless ``sample``)."""
+        """``[B, 3, H, W]`` in [-1, 1] -> normalised ``[B, 16, H/8, W/8]`` (posterior mode unless ``sample``, drawn
+        with ``generator``; ``inverse_std``: see ``normalize``)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         with _frame_convs(self.frame_convs):
             posterior = self.vae.encode(images.to(self.device, self.dtype).unsqueeze(2)).latent_dist
         latents = posterior.sample(generator) if sample else posterior.mode()
-        return self.normalize(latents[:, :, 0])
+        return self.normalize(latents[:, :, 0], inverse_std=inverse_std)
 
     def configure_decoding(
         self, *, max_batch_pixels: int | None = None, tile_size: int | None = None, tile_overlap: int = 64
