@@ -62,7 +62,18 @@ EDIT_TEMPLATE = PromptTemplate(
     ),
     drop=64,
 )
+# The templates the producers encode with: ``pipelines/encode.py`` records each one's text and drop in the latent
+# store's header, so a template added here would change every store's header. Inference-only templates go below.
 TEMPLATES = {template.name: template for template in (T2I_TEMPLATE, EDIT_TEMPLATE)}
+# Multi-image editing (Qwen-Image-Edit-2509 / 2511, diffusers' ``QwenImageEditPlusPipeline``): the edit template's
+# system prompt, and in the user's part one marker per reference image, numbered from 1, before the instruction.
+EDIT_PLUS_TEMPLATE = PromptTemplate(
+    name="edit_plus",
+    text=EDIT_TEMPLATE.text.replace("<|vision_start|><|image_pad|><|vision_end|>", ""),
+    drop=64,
+)
+PICTURE_MARKER = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
+ENCODER_TEMPLATES = {**TEMPLATES, EDIT_PLUS_TEMPLATE.name: EDIT_PLUS_TEMPLATE}
 # Prompt tokens kept after the drop (diffusers' tokenizer_max_length).
 MAX_PROMPT_TOKENS = 1024
 
@@ -71,11 +82,11 @@ class ConditionEncoder:
     """Qwen2.5-VL (frozen) turned into text conditions for the MMDiT."""
 
     def __init__(self, text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: str = "t2i"):
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown prompt template {template!r}; choose from {sorted(TEMPLATES)}")
+        if template not in ENCODER_TEMPLATES:
+            raise ValueError(f"unknown prompt template {template!r}; choose from {sorted(ENCODER_TEMPLATES)}")
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
-        self.template = TEMPLATES[template]
+        self.template = ENCODER_TEMPLATES[template]
 
     @property
     def hidden_size(self) -> int:
@@ -109,16 +120,21 @@ class ConditionEncoder:
         ``<|image_pad|>``; the drop of 64 removes the system prompt and keeps the image and the instruction.
 
         ``images``: one RGB image per prompt (PIL images or uint8 ``[H, W, 3]`` arrays), already at the size the
-        caller wants the encoder to see (the processor rounds it to multiples of 28).
+        caller wants the encoder to see (the processor rounds it to multiples of 28). With the ``edit_plus``
+        template, one list of reference images per prompt, each announced by its "Picture N: " marker.
         """
-        if self.template.name != "edit":
+        if self.template.name == "t2i":
             raise ValueError("this encoder was built for the t2i template: build one with template='edit'")
         prompts = _as_list(prompts)
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
-        inputs = self.processor(
-            text=[self.template.format(prompt) for prompt in prompts], images=images, padding=True, return_tensors="pt"
-        ).to(self.text_encoder.device)
+        if self.template.name == "edit_plus":
+            texts, images = self._edit_plus_texts(prompts, images)
+        else:
+            texts = [self.template.format(prompt) for prompt in prompts]
+        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(
+            self.text_encoder.device
+        )
         outputs = self._backbone(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
@@ -127,6 +143,19 @@ class ConditionEncoder:
             output_hidden_states=True,
         )
         return self._drop_and_pad(outputs.hidden_states[-1], inputs["attention_mask"])
+
+    def _edit_plus_texts(self, prompts: list[str], images: list) -> tuple[list[str], list]:
+        """Edit-Plus: each prompt's references become "Picture 1: <vision>Picture 2: <vision>..." before its
+        instruction; the processor takes all references of the batch in that order."""
+        texts, flat = [], []
+        for prompt, references in zip(prompts, images, strict=True):
+            references = list(references) if isinstance(references, (list, tuple)) else [references]
+            if not references:
+                raise ValueError("every prompt needs at least one reference image")
+            markers = "".join(PICTURE_MARKER.format(number) for number in range(1, len(references) + 1))
+            texts.append(self.template.format(markers + prompt))
+            flat.extend(references)
+        return texts, flat
 
     @property
     def _backbone(self) -> PreTrainedModel:
