@@ -392,6 +392,13 @@ class TextToImage:
             latent_size(height, width)  # a bad output size fails before the references are encoded
             source_latents, vision = self.prepare_references(images, source_area=source_area, vision_area=vision_area)
             encoder = self.edit_plus_encoder
+        prompt, negative = self._encode_edit(encoder, prompts, vision, negative_prompt, true_cfg_scale)
+        return self._sample(
+            prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step, source_latents
+        )
+
+    def _encode_edit(self, encoder, prompts, vision, negative_prompt, true_cfg_scale):
+        """Instructions (and the negative prompt, once per instruction) with the images the vision tower sees."""
         dtype = self.components.transformer.dtype
         negative = None
         with self.placement.use(self.components.text_encoder):
@@ -399,9 +406,7 @@ class TextToImage:
             if negative_prompt is not None and true_cfg_scale > 1:
                 negative = encoder.encode_edit([negative_prompt] * len(prompts), vision)
                 negative = negative.to(self.device, dtype)
-        return self._sample(
-            prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step, source_latents
-        )
+        return prompt, negative
 
     def prepare_references(
         self,
@@ -551,6 +556,51 @@ class TextToImage:
         start = dict(image_latents=image_latents, strength=strength, mask=mask)
         return self._sample(prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step, **start)
 
+    @torch.no_grad()
+    def edit_inpaint_latents(
+        self,
+        prompts: list[str],
+        images: list,
+        masks: list | None = None,
+        *,
+        strength: float = DEFAULT_STRENGTH,
+        num_steps: int = DEFAULT_STEPS,
+        true_cfg_scale: float = DEFAULT_TRUE_CFG,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seeds: list[int] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        source_area: int | None = None,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Inpainting guided by an edit instruction (``QwenImageEditInpaintPipeline``): each image is resized
+        (Lanczos, aspect kept, sides of 32) to ``source_area`` (None: ``DIFFUSERS_EDIT_AREA``), which is also the
+        output's size; that image conditions the edit as ``template="edit"`` does (the vision tower, and its latents
+        at frame 1) and starts the run as ``inpaint_latents`` does, the one VAE sample serving both. Masks as
+        ``inpaint_mask`` reads them. The images of one call must resize to one size."""
+        if not prompts:
+            raise ValueError("no instructions")
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} instructions")
+        masks = [None] * len(images) if masks is None else masks
+        if len(masks) != len(images):
+            raise ValueError(f"{len(masks)} masks for {len(images)} images")
+        strength_start(num_steps, strength)  # a bad strength fails before any model runs
+        pairs = [inpaint_mask(image, mask) for image, mask in zip(images, masks, strict=True)]
+        area = DIFFUSERS_EDIT_AREA if source_area is None else source_area
+        resized = [resize_lanczos(image, *edit_source_size(area, *image.size)) for image, _ in pairs]
+        sizes = {image.size for image in resized}
+        if len(sizes) != 1:
+            raise ValueError(f"images of one batch must share an aspect ratio; they resize to {sorted(sizes)}")
+        width, height = sizes.pop()
+        generator = _seeded(seeds, len(prompts), generator)
+        image_latents = self.encode_start_images(resized, height=height, width=width, generator=generator)
+        mask = latent_mask([mask for _, mask in pairs], height, width).to(self.device)
+        prompt, negative = self._encode_edit(self.edit_encoder, prompts, resized, negative_prompt, true_cfg_scale)
+        start = dict(image_latents=image_latents, strength=strength, mask=mask)
+        return self._sample(
+            prompt, negative, height, width, num_steps, true_cfg_scale, generator, on_step, image_latents, **start
+        )
+
     @torch.inference_mode()
     def image_to_image(self, prompts: list[str], images: list, **kwargs) -> np.ndarray:
         """Images, uint8 RGB ``[B, H, W, 3]`` (see ``image_to_image_latents``)."""
@@ -560,6 +610,11 @@ class TextToImage:
     def inpaint(self, prompts: list[str], images: list, masks: list | None = None, **kwargs) -> np.ndarray:
         """Inpainted images, uint8 RGB ``[B, H, W, 3]`` (see ``inpaint_latents``)."""
         return self.decode(self.inpaint_latents(prompts, images, masks, **kwargs))
+
+    @torch.inference_mode()
+    def edit_inpaint(self, prompts: list[str], images: list, masks: list | None = None, **kwargs) -> np.ndarray:
+        """Inpainted edits, uint8 RGB ``[B, H, W, 3]`` (see ``edit_inpaint_latents``)."""
+        return self.decode(self.edit_inpaint_latents(prompts, images, masks, **kwargs))
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Normalised latents -> uint8 RGB ``[B, H, W, 3]`` (sliced and tiled as ``self.vae`` is configured)."""

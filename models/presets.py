@@ -251,6 +251,10 @@ class Components:
         """``diffusers.QwenImageInpaintPipeline`` over these very modules."""
         return self._diffusers("QwenImageInpaintPipeline")
 
+    def diffusers_edit_inpaint_pipeline(self):
+        """``diffusers.QwenImageEditInpaintPipeline`` over these very modules."""
+        return self._diffusers("QwenImageEditInpaintPipeline", processor=True)
+
     def _diffusers(self, name: str, *, processor: bool = False):
         import diffusers
 

@@ -171,3 +171,51 @@ def test_inpaint_rejects_bad_inputs(tiny_components):
         editor.inpaint_latents(["a", "b"], [picture, picture], [None], **kwargs)
     with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
         editor.inpaint_latents(["a"], [picture], [picture], strength=0, **kwargs)
+
+
+def test_edit_inpaint_matches_diffusers(tiny_components, monkeypatch):
+    """Inpainting guided by an edit instruction: same latents as ``QwenImageEditInpaintPipeline`` (float32, true
+    CFG on), bit for bit. The pipeline resizes the image to 1024x1024 pixels of area (the output's size too); the
+    test has it use 64x64 instead and checks that it asked for 1024^2."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_inpaint as edit_inpaint
+
+    from models.generation import DIFFUSERS_EDIT_AREA
+
+    asked: list[int] = []
+    original = edit_inpaint.calculate_dimensions
+
+    def shrunk(target_area, ratio):
+        asked.append(target_area)
+        return original(HEIGHT * WIDTH, ratio)
+
+    monkeypatch.setattr(edit_inpaint, "calculate_dimensions", shrunk)
+    picture = _picture(96, 96, seed=0)
+    alpha = _alpha(96, 96, box=(16, 24, 72, 64))
+    steps, strength, prompt = 4, 0.75, "turn the block into a window"
+    reference = tiny_components.diffusers_edit_inpaint_pipeline()(
+        prompt=prompt,
+        negative_prompt=" ",
+        image=Image.fromarray(picture),
+        mask_image=Image.fromarray(255 - alpha),
+        strength=strength,
+        num_inference_steps=steps,
+        true_cfg_scale=4.0,
+        generator=torch.Generator().manual_seed(6),
+        output_type="latent",
+    ).images
+    reference = unpack_latents(reference, HEIGHT // 8, WIDTH // 8)
+    assert asked == [DIFFUSERS_EDIT_AREA]
+
+    editor = TextToImage(tiny_components)
+    kwargs = dict(num_steps=steps, strength=strength, true_cfg_scale=4.0, source_area=HEIGHT * WIDTH)
+    rgba = np.concatenate([picture, alpha[..., None]], axis=-1)
+    ours = editor.edit_inpaint_latents([prompt], [rgba], generator=torch.Generator().manual_seed(6), **kwargs)
+    assert ours.shape == reference.shape == (1, 16, HEIGHT // 8, WIDTH // 8)
+    assert torch.equal(ours, reference)  # bit for bit
+
+    # The image is the edit's condition as well as its start: a different picture under the same mask changes the
+    # region regenerated, not only the region kept.
+    kept = latent_mask([Image.fromarray(255 - alpha)], HEIGHT, WIDTH)[0, 0] == 0
+    other_rgba = np.concatenate([_picture(96, 96, seed=1), alpha[..., None]], axis=-1)
+    other = editor.edit_inpaint_latents([prompt], [other_rgba], generator=torch.Generator().manual_seed(6), **kwargs)
+    assert (other[0][:, ~kept] - ours[0][:, ~kept]).abs().max().item() > 1e-3
