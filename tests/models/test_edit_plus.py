@@ -45,10 +45,29 @@ def test_reference_frames():
         img_shapes(1, 8, 8, (8, 8), sources=[(8, 8)])
 
 
-def test_edit_plus_matches_diffusers(tiny_components, monkeypatch):
+def _with_zero_cond_t(components):
+    """The tiny preset with a transformer configured as Qwen-Image-Edit-2511's is (``zero_cond_t``: the reference
+    tokens are modulated at timestep 0), seeded as the preset seeds its own."""
+    import dataclasses
+
+    from diffusers import QwenImageTransformer2DModel
+
+    from models.presets import TINY_TRANSFORMER_CONFIG
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        transformer = QwenImageTransformer2DModel(**TINY_TRANSFORMER_CONFIG, zero_cond_t=True).eval()
+    return dataclasses.replace(components, transformer=transformer.requires_grad_(False))
+
+
+@pytest.mark.parametrize("variant", ["2509", "2511"])
+def test_edit_plus_matches_diffusers(tiny_components, monkeypatch, variant):
     """Two references of different aspect ratios: same latents as ``QwenImageEditPlusPipeline`` (float32, true CFG
-    on), bit for bit. Each reference is VAE-encoded on its own at its own frame, and both reach the vision tower."""
+    on), bit for bit. Each reference is VAE-encoded on its own at its own frame, and both reach the vision tower.
+    2511: the transformer's ``zero_cond_t`` reads which tokens are references from the rotary grids we pass."""
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as plus
+
+    components = tiny_components if variant == "2509" else _with_zero_cond_t(tiny_components)
 
     assert (plus.VAE_IMAGE_SIZE, plus.CONDITION_IMAGE_SIZE) == (DIFFUSERS_EDIT_AREA, EDIT_PLUS_VISION_AREA)
     asked: list[int] = []
@@ -67,7 +86,7 @@ def test_edit_plus_matches_diffusers(tiny_components, monkeypatch):
         for area in (DIFFUSERS_EDIT_AREA, EDIT_PLUS_VISION_AREA, TEST_VAE_AREA):
             assert edit_source_size(area, picture.shape[1], picture.shape[0]) == original(area, ratio)
     height, width, steps, prompt = 64, 96, 3, "put the block of picture 2 on picture 1"
-    reference = tiny_components.diffusers_edit_plus_pipeline()(
+    reference = components.diffusers_edit_plus_pipeline()(
         image=[Image.fromarray(first), Image.fromarray(second)],
         prompt=prompt,
         negative_prompt=" ",
@@ -82,7 +101,7 @@ def test_edit_plus_matches_diffusers(tiny_components, monkeypatch):
     # The default output size (from the last reference), then each reference's vision and VAE sizes.
     assert asked == [DIFFUSERS_EDIT_AREA] + [EDIT_PLUS_VISION_AREA, DIFFUSERS_EDIT_AREA] * 2
 
-    editor = TextToImage(tiny_components)
+    editor = TextToImage(components)
     kwargs = dict(
         height=height,
         width=width,
@@ -101,6 +120,11 @@ def test_edit_plus_matches_diffusers(tiny_components, monkeypatch):
         [prompt], [[first, _picture(160, 224, seed=2)]], generator=torch.Generator().manual_seed(5), **kwargs
     )
     assert (other - ours).abs().max().item() > 1e-3
+    if variant == "2511":  # and zero_cond_t must change the model, or this case repeats the other
+        plain = TextToImage(tiny_components).edit_latents(
+            [prompt], [[first, second]], generator=torch.Generator().manual_seed(5), **kwargs
+        )
+        assert (plain - ours).abs().max().item() > 1e-3
 
 
 def test_edit_plus_rejects_bad_references(tiny_components):
