@@ -68,7 +68,13 @@ logger = logging.getLogger(__name__)
 SCORED_DIR = "scored"
 LABELS_FILE = "labels.parquet"
 # Columns the label pass never reads: the heavy ones.
-HEAVY_COLUMNS: tuple[str, ...] = (C.IMAGE_BYTES, C.SOURCE_IMAGE_BYTES, CLIP_EMBEDDING, ANN_RAW)
+HEAVY_COLUMNS: tuple[str, ...] = (
+    C.IMAGE_BYTES,
+    C.SOURCE_IMAGE_BYTES,
+    *C.EXTRA_SOURCE_IMAGE_COLUMNS,
+    CLIP_EMBEDDING,
+    ANN_RAW,
+)
 
 SOURCE_CHECK = Check(
     name="source",
@@ -243,27 +249,56 @@ def read_score_columns(output_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
 def fold_source_image_scores(
     columns: dict[str, np.ndarray], thresholds: FilterThresholds, checks: list[Check]
 ) -> dict[str, np.ndarray]:
-    """Edit triplets pass a check only if both their images do: where the input image fails a check that the
-    target passes, the triplet takes the input image's score of that column. Stage, drop reasons and the funnel
-    then see the worse image of each triplet on each check (the reason names the check, as for a pair)."""
+    """Edit triplets pass a check only if all their images do: where an input image fails a check that the
+    target passes, the triplet takes that input image's score of that column. Stage, drop reasons and the funnel
+    then see the worst image of each triplet on each check (the reason names the check, as for a pair). Multi-image
+    edits fold every reference in turn (``source_image_<n>.<column>``, present where the row has reference n); a
+    check with a detail column (the decoder's reason for a broken file) then reads ``source_image_<n>:<reason>``,
+    naming the reference that failed."""
     if C.TASK not in columns:
         return columns
     has_source = np.asarray(columns[C.TASK], dtype=object) != C.T2I
     if not has_source.any():
         return columns
     columns = dict(columns)
-    for column in sorted({check.column for check in checks}):
-        source_column = C.source_image_column(column)
-        if source_column not in columns:
+    for index in range(1, C.MAX_SOURCE_IMAGES + 1):
+        present = has_source
+        if index > 1:
+            marker = C.source_image_column(C.SCORE_BROKEN_FILE, index)
+            if marker not in columns:
+                continue
+            present = has_source & ~np.isnan(np.asarray(columns[marker], dtype=np.float64))
+        if not present.any():
             continue
-        worse = np.zeros(len(has_source), dtype=bool)
-        for check in checks:
-            if check.column == column:
-                worse |= check.passes(columns[column], thresholds) & ~check.passes(columns[source_column], thresholds)
-        worse &= has_source
-        if worse.any():
-            columns[column] = np.where(worse, columns[source_column], columns[column])
+        for column in sorted({check.column for check in checks}):
+            source_column = C.source_image_column(column, index)
+            if source_column not in columns:
+                continue
+            worse = np.zeros(len(has_source), dtype=bool)
+            for check in checks:
+                if check.column != column:
+                    continue
+                failed = check.passes(columns[column], thresholds) & ~check.passes(columns[source_column], thresholds)
+                failed &= present
+                worse |= failed
+                if index > 1 and check.detail_column is not None and failed.any():
+                    _name_reference(columns, check, thresholds, index, failed)
+            if worse.any():
+                columns[column] = np.where(worse, columns[source_column], columns[column])
     return columns
+
+
+def _name_reference(
+    columns: dict[str, np.ndarray], check: Check, thresholds: FilterThresholds, index: int, failed: np.ndarray
+) -> None:
+    """Where reference ``index`` fails ``check``, its detail column reads ``source_image_<n>:<reason>``."""
+    detail = np.asarray(columns.get(check.detail_column, np.full(len(failed), "", dtype=object)), dtype=object).copy()
+    own = columns.get(C.source_image_column(check.detail_column, index))
+    scores = np.asarray(columns[C.source_image_column(check.column, index)], dtype=np.float64)
+    for row in np.flatnonzero(failed):
+        reason = str(own[row]) if own is not None and own[row] else check.reason(float(scores[row]), thresholds)
+        detail[row] = f"{C.SOURCE_IMAGE_PREFIX[:-1]}_{index}:{reason}"
+    columns[check.detail_column] = detail
 
 
 def relabel(output_dir: str | pathlib.Path, config: CurationConfig) -> dict:

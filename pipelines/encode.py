@@ -36,6 +36,13 @@ resolution and encoded into ``source_latents_<res>`` in the same VAE calls as ta
 encodes the instruction (never a recaption) with the edit template and the input image through the vision tower,
 resized to ``edit_vision_area`` pixels by ``PreparePixels`` (``vision_pixels``; the serving config must use the same
 area).
+
+Multi-image edits (``edit_plus``): every reference n >= 2 (``source_image_bytes_<n>``) is decoded and cropped like
+the first (``source_pixels_<n>_<res>``; a failure is ``decode_source_image_<n>:<reason>``), counts for the smallest
+image a resolution may enlarge, and is encoded in the same VAE calls (``reference_latents_<n>_<res>``, gathered by
+``pipelines.produce.to_store_table`` into the store's ``extra_source_latents_<res>`` list). The text stage still
+encodes an Edit-Plus instruction with the single-image edit template and the first reference only: the Edit-Plus
+template (``models.condition_encoder.EDIT_PLUS_TEMPLATE``) is not among the templates a store's header records.
 """
 
 from __future__ import annotations
@@ -67,9 +74,19 @@ def pixels_column(resolution: int) -> str:
     return f"pixels_{resolution}"
 
 
-def source_pixels_column(resolution: int) -> str:
-    """``source_pixels_<res>``: an edit triplet's input image cropped like its target; ``b""`` on other rows."""
-    return f"source_pixels_{resolution}"
+def source_pixels_column(resolution: int, index: int = 1) -> str:
+    """``source_pixels_<res>``: an edit triplet's input image cropped like its target; ``b""`` on other rows.
+    Reference ``index`` >= 2 of a multi-image edit: ``source_pixels_<index>_<res>``."""
+    return f"source_pixels_{resolution}" if index == 1 else f"source_pixels_{index}_{resolution}"
+
+
+def reference_latents_column(resolution: int, index: int) -> str:
+    """``reference_latents_<index>_<res>``: reference ``index`` >= 2 of a multi-image edit, encoded like
+    ``source_latents_<res>``; None where the row has no such reference (gathered into the store's list column)."""
+    return f"reference_latents_{index}_{resolution}"
+
+
+EXTRA_REFERENCES: tuple[int, ...] = tuple(range(2, C.MAX_SOURCE_IMAGES + 1))
 
 
 class EncodeConfig(StrictModel):
@@ -223,11 +240,13 @@ class PreparePixels:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch[C.SAMPLE_ID])
         resolutions = self.config.resolutions
-        out = {key: value for key, value in batch.items() if key not in (C.IMAGE_BYTES, C.SOURCE_IMAGE_BYTES)}
+        raw = (C.IMAGE_BYTES, C.SOURCE_IMAGE_BYTES, *C.EXTRA_SOURCE_IMAGE_COLUMNS)
+        out = {key: value for key, value in batch.items() if key not in raw}
         buckets = np.full(count, "", dtype=object)
         errors = np.array(batch.get(C.ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
         crops = {r: np.full(count, b"", dtype=object) for r in resolutions}
         source_crops = {r: np.full(count, b"", dtype=object) for r in resolutions}
+        extra_crops = {(r, n): np.full(count, b"", dtype=object) for r in resolutions for n in EXTRA_REFERENCES}
         heights = {r: np.full(count, -1, dtype=np.int64) for r in resolutions}
         widths = {r: np.full(count, -1, dtype=np.int64) for r in resolutions}
         vision = np.full(count, b"", dtype=object)
@@ -248,9 +267,14 @@ class PreparePixels:
                     errors[row] = f"decode_source_image:{decoded_source.drop_reason}"
                     continue
                 source = decoded_source.image
+            extras, error = self._decode_references(batch, row)
+            if error:
+                errors[row] = error
+                continue
             bucket = nearest_bucket(image.shape[1], image.shape[0])
             buckets[row] = bucket
-            smallest = image if source is None else min(image, source, key=lambda a: a.shape[0] * a.shape[1])
+            everything = [image] + ([] if source is None else [source]) + list(extras.values())
+            smallest = min(everything, key=lambda a: a.shape[0] * a.shape[1])
             for resolution in resolutions:
                 width, height = bucket_size(bucket, resolution)
                 if upscale_factor(smallest.shape[1], smallest.shape[0], (width, height)) > self.config.max_upscale:
@@ -259,6 +283,8 @@ class PreparePixels:
                 crops[resolution][row] = pixels_bytes(cover_and_crop(image, width, height))
                 if source is not None:
                     source_crops[resolution][row] = pixels_bytes(cover_and_crop(source, width, height))
+                for index, reference in extras.items():
+                    extra_crops[resolution, index][row] = pixels_bytes(cover_and_crop(reference, width, height))
             if source is not None and tasks[row] != C.T2I:
                 seen = self.vision_image(source)
                 vision[row], vision_heights[row], vision_widths[row] = pixels_bytes(seen), *seen.shape[:2]
@@ -267,12 +293,28 @@ class PreparePixels:
             out[C.height_column(resolution)], out[C.width_column(resolution)] = heights[resolution], widths[resolution]
             out[pixels_column(resolution)] = crops[resolution]
             out[source_pixels_column(resolution)] = source_crops[resolution]
+            for index in EXTRA_REFERENCES:
+                out[source_pixels_column(resolution, index)] = extra_crops[resolution, index]
         out[C.VISION_PIXELS], out[C.VISION_HEIGHT], out[C.VISION_WIDTH] = vision, vision_heights, vision_widths
         if self.group_by_shape:
             keys = [tuple((heights[r][row], widths[r][row]) for r in resolutions) for row in range(count)]
             order = np.array(sorted(range(count), key=keys.__getitem__), dtype=np.int64)  # stable: ties keep order
             out = {key: np.asarray(value)[order] for key, value in out.items()}
         return out
+
+    def _decode_references(self, batch: dict[str, np.ndarray], row: int) -> tuple[dict[int, np.ndarray], str]:
+        """References 2..n of a multi-image edit row, decoded (``{index: pixels}``), or the first one's error."""
+        extras = {}
+        for index in EXTRA_REFERENCES:
+            column = C.source_image_bytes_column(index)
+            data = _present(batch[column][row]) if column in batch else None
+            if data is None:
+                continue
+            decoded = decode_image(data, self.decode_config)
+            if not decoded.ok:
+                return {}, f"decode_source_image_{index}:{decoded.drop_reason}"
+            extras[index] = decoded.image
+        return extras, ""
 
     def vision_image(self, source: np.ndarray) -> np.ndarray:
         """The input image of a triplet as the vision tower sees it: ``edit_vision_area`` pixels, aspect kept."""
@@ -286,8 +328,9 @@ class PreparePixels:
 
 
 def shape_groups(batch: dict[str, np.ndarray], resolutions: list[int]) -> dict[tuple[int, int], list[tuple]]:
-    """``(height, width) -> [(row, resolution, is_source), ...]``: every crop of a prepared batch by shape, the VAE
-    calls ``VaeEncodeStage`` makes (one per key). Rows with an ``encode_error`` have none."""
+    """``(height, width) -> [(row, resolution, reference), ...]``: every crop of a prepared batch by shape, the VAE
+    calls ``VaeEncodeStage`` makes (one per key). ``reference`` is 0 for the target, n for input image n (so it reads
+    as "is a source" too). Rows with an ``encode_error`` have none."""
     count = len(batch[C.SAMPLE_ID])
     errors = batch.get(C.ENCODE_ERROR, np.full(count, "", dtype=object))
     groups: dict[tuple[int, int], list[tuple]] = {}
@@ -301,7 +344,11 @@ def shape_groups(batch: dict[str, np.ndarray], resolutions: list[int]) -> dict[t
             group = groups.setdefault((height, width), [])
             group.append((row, resolution, False))
             if _present(batch[source_pixels_column(resolution)][row]) is not None:
-                group.append((row, resolution, True))
+                group.append((row, resolution, 1))
+            for index in EXTRA_REFERENCES:
+                column = source_pixels_column(resolution, index)
+                if column in batch and _present(batch[column][row]) is not None:
+                    group.append((row, resolution, index))
     return groups
 
 
@@ -341,8 +388,9 @@ class VaeEncodeStage:
         count = len(batch[C.SAMPLE_ID])
         latents = {r: np.full(count, None, dtype=object) for r in resolutions}
         source_latents = {r: np.full(count, None, dtype=object) for r in resolutions}
+        extra_latents = {(r, n): np.full(count, None, dtype=object) for r in resolutions for n in EXTRA_REFERENCES}
         for (height, width), members in shape_groups(batch, resolutions).items():
-            columns = [(source_pixels_column if is_source else pixels_column)(r) for _, r, is_source in members]
+            columns = [source_pixels_column(r, index) if index else pixels_column(r) for _, r, index in members]
             stacked = np.stack(
                 [
                     pixels(batch[column][row], height, width)
@@ -350,13 +398,19 @@ class VaeEncodeStage:
                 ]
             )
             encoded = self.vae.encode(images_to_tensor(stacked)).float().cpu().numpy()
-            for (row, resolution, is_source), tensor in zip(members, encoded, strict=True):
-                (source_latents if is_source else latents)[resolution][row] = C.tensor_bytes(tensor)
+            for (row, resolution, index), tensor in zip(members, encoded, strict=True):
+                if index > 1:
+                    extra_latents[resolution, index][row] = C.tensor_bytes(tensor)
+                else:
+                    (source_latents if index else latents)[resolution][row] = C.tensor_bytes(tensor)
         dropped = {pixels_column(r) for r in resolutions} | {source_pixels_column(r) for r in resolutions}
+        dropped |= {source_pixels_column(r, n) for r in resolutions for n in EXTRA_REFERENCES}
         out = {key: value for key, value in batch.items() if key not in dropped}
         for resolution in resolutions:
             out[C.latents_column(resolution)] = latents[resolution]
             out[C.source_latents_column(resolution)] = source_latents[resolution]
+            for index in EXTRA_REFERENCES:
+                out[reference_latents_column(resolution, index)] = extra_latents[resolution, index]
         return out
 
 

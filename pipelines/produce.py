@@ -17,7 +17,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from pipelines.encode import EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage, store_header
+from pipelines.encode import (
+    EXTRA_REFERENCES,
+    EncodeConfig,
+    PreparePixels,
+    TextEncodeStage,
+    VaeEncodeStage,
+    reference_latents_column,
+    store_header,
+)
 from pipelines.pools import PoolConfig, map_stage
 from store import columns as C
 from store.header import ensure_header
@@ -64,6 +72,7 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
     columns: dict[str, pa.Array] = {}
     fields = {field.name: field for field in C.base_fields() + C.resolution_fields(tuple(resolutions))}
     sizes = {column(resolution) for resolution in resolutions for column in (C.height_column, C.width_column)}
+    extra = {C.extra_source_latents_column(resolution): resolution for resolution in resolutions}
     for name, field in fields.items():
         if name in batch:
             values = np.asarray(batch[name])[ok]
@@ -80,6 +89,8 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
             columns[name] = pa.array([C.T2I] * count, pa.string())
         elif name in {C.source_latents_column(resolution) for resolution in resolutions}:
             columns[name] = pa.nulls(count, pa.binary())
+        elif name in extra:
+            columns[name] = _extra_references(batch, extra[name], ok)
     for name in STORED_ANNOTATION_COLUMNS:
         if name in batch:
             columns[name] = pa.array([str(v) for v in np.asarray(batch[name])[ok]], pa.string())
@@ -87,6 +98,20 @@ def to_store_table(batch: dict[str, np.ndarray], resolutions: list[int]) -> pa.T
         if C.is_score_column(name) and name != C.SCORE_PHASH:
             columns[name] = pa.array(np.asarray(batch[name], dtype=np.float64)[ok], pa.float64())
     return pa.table(columns)
+
+
+def _extra_references(batch: dict[str, np.ndarray], resolution: int, ok: np.ndarray) -> pa.Array:
+    """The store's ``extra_source_latents_<res>``: references 2..n of each kept row in order, null where none."""
+    per_index = [
+        np.asarray(batch[reference_latents_column(resolution, index)])[ok]
+        for index in EXTRA_REFERENCES
+        if reference_latents_column(resolution, index) in batch
+    ]
+    rows = []
+    for row in range(int(ok.sum())):
+        values = [column[row] for column in per_index if isinstance(column[row], bytes | bytearray)]
+        rows.append(values or None)
+    return pa.array(rows, pa.list_(pa.binary()))
 
 
 def kept_samples(labels_path: str | pathlib.Path, min_stage: int, skip: set[str] = frozenset()) -> dict[str, int]:

@@ -20,8 +20,14 @@ instruction in ``caption``, the input image in ``source_image_bytes``; ``sample_
 - ``webdataset``: ``NNNN.src.jpg`` (or ``.src.png``...) beside ``NNNN.jpg`` and ``NNNN.txt`` / ``NNNN.json``.
 - ``folder``: a JSONL manifest of ``{"source_image": path, "image": path, "instruction": text}``.
 
-A triplet whose source image is missing comes out with a ``source_error`` (``no_source_image:...``) and is dropped
-at S1 with that reason, like a sample without an image.
+Multi-image edits (Edit-Plus): an instruction over several input images. The first reference goes in
+``source_image_bytes`` as for a single-source triplet, references 2..n in ``source_image_bytes_<n>`` (at most
+``store.columns.MAX_SOURCE_IMAGES``), and an ``edit`` row with several references gets the task ``edit_plus``. Layouts:
+a ``source_images`` list column (Parquet), ``NNNN.src0.jpg``, ``NNNN.src1.jpg``... members (WebDataset; ``src.jpg``
+still names a single source), a ``source_images`` list of paths (JSONL manifest; ``source_image`` may be a list).
+
+A triplet whose source image is missing comes out with a ``source_error`` (``no_source_image:...``; for reference n
+of several, ``no_source_image_<n>:...``) and is dropped at S1 with that reason, like a sample without an image.
 """
 
 from __future__ import annotations
@@ -47,11 +53,24 @@ CAPTION_COLUMN_CANDIDATES: tuple[str, ...] = ("caption", "txt", "text", "TEXT", 
 JSON_CAPTION_KEYS: tuple[str, ...] = ("caption", "txt", "text", "TEXT", "prompt", "instruction")
 # Editing triplets: where the target, the input image and the instruction usually live.
 EDIT_TARGET_COLUMN_CANDIDATES: tuple[str, ...] = ("target_image", "edited_image", "output_image", "target")
-EDIT_SOURCE_COLUMN_CANDIDATES: tuple[str, ...] = ("source_image", "input_image", "src_jpg", "src_png", "original_image")
+EDIT_SOURCE_COLUMN_CANDIDATES: tuple[str, ...] = (
+    "source_images",
+    "input_images",
+    "reference_images",
+    "source_image",
+    "input_image",
+    "src_jpg",
+    "src_png",
+    "original_image",
+)
 EDIT_CAPTION_COLUMN_CANDIDATES: tuple[str, ...] = ("instruction", "edit_prompt", "edit_instruction")
 # WebDataset members holding the input image of a triplet: NNNN.src.jpg etc.
 WDS_SOURCE_PREFIX = "src."
-Task = Literal["t2i", "edit", "depth", "novel_view"]
+# Members holding reference n+1 of a multi-image edit: NNNN.src0.jpg, NNNN.src1.jpg, ...
+WDS_REFERENCE_PREFIX = "src"
+# JSONL manifests: the list of input images of a multi-image edit (a single ``source_image`` may also be a list).
+MANIFEST_SOURCES_KEYS: tuple[str, ...] = ("source_images", "source_image")
+Task = Literal["t2i", "edit", "depth", "novel_view", "edit_plus"]
 
 
 class SourceConfig(StrictModel):
@@ -77,9 +96,12 @@ class SourceConfig(StrictModel):
         return self.task != C.T2I
 
 
-def sample_id(image_bytes: bytes, caption_bytes: bytes, source_image_bytes: bytes = b"") -> str:
-    """Stable 128-bit hex id of a pair (or of an edit triplet, with its input image): the same bytes give the same
-    id on every machine and every run. A pair's id does not depend on the triplet extension."""
+def sample_id(
+    image_bytes: bytes, caption_bytes: bytes, source_image_bytes: bytes = b"", extra_source_images: tuple = ()
+) -> str:
+    """Stable 128-bit hex id of a pair (or of an edit triplet, with its input images): the same bytes give the same
+    id on every machine and every run. A pair's id does not depend on the triplet extension, nor a single-source
+    triplet's on the multi-image one."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(len(image_bytes).to_bytes(8, "little"))
     digest.update(image_bytes)
@@ -87,7 +109,38 @@ def sample_id(image_bytes: bytes, caption_bytes: bytes, source_image_bytes: byte
     if source_image_bytes:
         digest.update(b"\x00source-image\x00")
         digest.update(source_image_bytes)
+    for index, extra in enumerate(extra_source_images, start=2):
+        digest.update(f"\x00source-image-{index}\x00".encode())
+        digest.update(len(extra).to_bytes(8, "little"))
+        digest.update(extra)
     return digest.hexdigest()
+
+
+def collect_references(values: list[object | None], reason: str) -> tuple[bytes, list[bytes], str]:
+    """The first reference, the others and a ``source_error`` from a triplet's input images in order (None where one
+    is missing; ``reason`` says how, e.g. ``null``). The error names the reference: ``no_source_image:<reason>`` for
+    the first (or all), ``no_source_image_<n>:<reason>`` for reference n, ``too_many_source_images:<count>``."""
+    images = [_image_bytes(value) for value in values]
+    if not values:
+        return b"", [], f"no_source_image:{reason}"
+    if len(values) > C.MAX_SOURCE_IMAGES:
+        return images[0], [], f"too_many_source_images:{len(values)}"
+    error = ""
+    for index, value in enumerate(values, start=1):
+        if _is_null_image(value):
+            error = f"no_source_image:{reason}" if index == 1 else f"no_source_image_{index}:{reason}"
+            break
+        if index > 1 and not images[index - 1]:  # an empty extra reference would read as no reference at all
+            error = f"no_source_image_{index}:empty"
+            break
+    return images[0], images[1:], error
+
+
+def _as_list(value: object) -> list[object] | None:
+    """A cell holding a list of images (a list column, read as a list or an array) as a list; None otherwise."""
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1):
+        return list(value)
+    return None
 
 
 def decode_caption(raw: bytes | str | None) -> tuple[bytes, str, bool]:
@@ -128,11 +181,19 @@ def make_batch(
     *,
     task: str | list[str] = C.T2I,
     source_images: list[bytes] | None = None,
+    extra_source_images: list[list[bytes]] | None = None,
 ) -> dict[str, np.ndarray]:
     """The source columns for one batch, with ids computed from the raw bytes. Edit triplets pass their ``task``
-    (one for the batch, or one per row) and one input image per row in ``source_images``."""
+    (one for the batch, or one per row) and one input image per row in ``source_images``; multi-image edits their
+    references 2..n per row in ``extra_source_images`` (an ``edit`` row with any becomes ``edit_plus``)."""
     count = len(images)
     tasks = [task] * count if isinstance(task, str) else list(task)
+    extras = [list(row) for row in extra_source_images] if extra_source_images is not None else [[]] * count
+    if len(extras) != count or any(len(row) > C.MAX_SOURCE_IMAGES - 1 for row in extras):
+        raise ValueError(f"extra source images must be at most {C.MAX_SOURCE_IMAGES - 1} per row, for {count} rows")
+    tasks = [
+        C.EDIT_PLUS if extra and row_task == "edit" else row_task for row_task, extra in zip(tasks, extras, strict=True)
+    ]
     unknown = sorted(set(tasks) - set(C.TASKS))
     if unknown or len(tasks) != count:
         raise ValueError(f"tasks must be one of {list(C.TASKS)} per row, got {unknown or len(tasks)}")
@@ -141,9 +202,9 @@ def make_batch(
     elif len(source_images) != count:
         raise ValueError(f"{len(source_images)} source images for {count} rows")
     ids, texts, valid = [], [], []
-    for image, caption, source_image in zip(images, captions, source_images, strict=True):
+    for image, caption, source_image, extra in zip(images, captions, source_images, extras, strict=True):
         caption_bytes, text, is_valid = decode_caption(caption)
-        ids.append(sample_id(image, caption_bytes, source_image))
+        ids.append(sample_id(image, caption_bytes, source_image, tuple(extra)))
         texts.append(text)
         valid.append(is_valid)
     return {
@@ -158,6 +219,10 @@ def make_batch(
         C.SCORE_SOURCE_ERROR: np.array([1.0 if error else 0.0 for error in errors]),
         C.TASK: np.array(tasks, dtype=object),
         C.SOURCE_IMAGE_BYTES: _object_array(list(source_images)),
+        **{
+            column: _object_array([row[index] if index < len(row) else b"" for row in extras])
+            for index, column in enumerate(C.EXTRA_SOURCE_IMAGE_COLUMNS)
+        },
     }
 
 
@@ -227,13 +292,15 @@ def read_parquet_source(config: SourceConfig) -> ray.data.Dataset:
         raw = list(batch[image_col])
         images = [_image_bytes(value) for value in raw]
         errors = ["no_image:null" if _is_null_image(value) else "" for value in raw]
-        sources = None
+        sources = extras = None
         if source_col is not None:
-            sources = [_image_bytes(value) for value in batch[source_col]]
-            errors = [
-                error or ("no_source_image:null" if _is_null_image(value) else "")
-                for error, value in zip(errors, batch[source_col], strict=True)
-            ]
+            sources, extras = [], []
+            for row, value in enumerate(batch[source_col]):
+                listed = _as_list(value)
+                first, others, error = collect_references([value] if listed is None else listed, "null")
+                sources.append(first)
+                extras.append(others)
+                errors[row] = errors[row] or error
         return make_batch(
             config.name,
             images,
@@ -243,6 +310,7 @@ def read_parquet_source(config: SourceConfig) -> ray.data.Dataset:
             errors,
             task=config.task,
             source_images=sources,
+            extra_source_images=extras,
         )
 
     return read_parquet(files).select_columns(wanted).map_batches(normalise, batch_format="numpy")
@@ -277,7 +345,7 @@ def read_webdataset_source(config: SourceConfig) -> ray.data.Dataset:
 
     def normalise(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch["__key__"])
-        images, captions, errors, sources = [], [], [], []
+        images, captions, errors, sources, extras = [], [], [], [], []
         for row in range(count):
             image = next((value for ext in IMAGE_EXTENSIONS if (value := _cell(batch, ext, row)) is not None), None)
             caption = _cell(batch, "txt", row)
@@ -287,12 +355,10 @@ def read_webdataset_source(config: SourceConfig) -> ray.data.Dataset:
             captions.append(caption)
             error = "" if image is not None else "no_image:missing_in_shard"
             if config.is_edit:
-                source = next(
-                    (v for ext in IMAGE_EXTENSIONS if (v := _cell(batch, WDS_SOURCE_PREFIX + ext, row)) is not None),
-                    None,
-                )
-                sources.append(_image_bytes(source))
-                error = error or ("" if source is not None else "no_source_image:missing_in_shard")
+                first, others, source_error = collect_references(_wds_references(batch, row), "missing_in_shard")
+                sources.append(first)
+                extras.append(others)
+                error = error or source_error
             errors.append(error)
         urls = [str(u) for u in batch["__url__"]] if "__url__" in batch else [""] * count
         return make_batch(
@@ -304,9 +370,24 @@ def read_webdataset_source(config: SourceConfig) -> ray.data.Dataset:
             errors,
             task=config.task,
             source_images=sources if config.is_edit else None,
+            extra_source_images=extras if config.is_edit else None,
         )
 
     return ray.data.read_webdataset(files, decoder=None).map_batches(normalise, batch_format="numpy")
+
+
+def _wds_member(batch: dict[str, np.ndarray], row: int, prefix: str) -> object | None:
+    return next((v for ext in IMAGE_EXTENSIONS if (v := _cell(batch, prefix + ext, row)) is not None), None)
+
+
+def _wds_references(batch: dict[str, np.ndarray], row: int) -> list[object | None]:
+    """A WebDataset triplet's input images in order: ``src0.*``, ``src1.*``... up to the last one present (None for
+    a gap before it), else the single ``src.*``; one more than the maximum is kept, to be reported."""
+    numbered = [_wds_member(batch, row, f"{WDS_REFERENCE_PREFIX}{index}.") for index in range(C.MAX_SOURCE_IMAGES + 1)]
+    last = max((index for index, value in enumerate(numbered) if value is not None), default=-1)
+    if last < 0:
+        return [_wds_member(batch, row, WDS_SOURCE_PREFIX)]
+    return numbered[: last + 1]
 
 
 def _read_file(path: str) -> tuple[bytes, str]:
@@ -317,6 +398,26 @@ def _read_file(path: str) -> tuple[bytes, str]:
         return b"", f"unreadable_file:{type(error).__name__}"
 
 
+def _manifest_references(batch: dict[str, np.ndarray], row: int, root: str) -> tuple[bytes, list[bytes], str]:
+    """A manifest triplet's input images: ``source_images`` (a list of paths) or ``source_image`` (a path or a list),
+    each read from the manifest's folder; the error names the first reference that could not be read."""
+    value = next((v for key in MANIFEST_SOURCES_KEYS if (v := _cell(batch, key, row)) is not None), None)
+    paths = _as_list(value)
+    paths = paths if paths is not None else ([] if value is None or value == "" else [value])
+    if not paths:
+        return b"", [], "no_source_image:missing"
+    if len(paths) > C.MAX_SOURCE_IMAGES:
+        return b"", [], f"too_many_source_images:{len(paths)}"
+    images, error = [], ""
+    for index, path in enumerate(paths, start=1):
+        data, read_error = _read_file(os.path.join(root, str(path))) if path else (b"", "missing")
+        images.append(data)
+        read_error = read_error or ("empty" if index > 1 and not data else "")
+        if read_error and not error:
+            error = f"no_source_image:{read_error}" if index == 1 else f"no_source_image_{index}:{read_error}"
+    return images[0], images[1:], error
+
+
 def read_folder_source(config: SourceConfig) -> ray.data.Dataset:
     if config.manifest is not None:
         manifest = pathlib.Path(config.manifest)
@@ -325,16 +426,14 @@ def read_folder_source(config: SourceConfig) -> ray.data.Dataset:
         root = str(manifest.parent)
 
         def from_manifest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            images, errors, keys, sources = [], [], [], []
+            images, errors, keys, sources, extras = [], [], [], [], []
             for row, relative in enumerate(batch["image"]):
                 data, error = _read_file(os.path.join(root, str(relative)))
                 if config.is_edit:
-                    source_path = _cell(batch, "source_image", row)
-                    source, source_error = (
-                        _read_file(os.path.join(root, str(source_path))) if source_path else (b"", "missing")
-                    )
-                    sources.append(source)
-                    error = error or (f"no_source_image:{source_error}" if source_error else "")
+                    first, others, source_error = _manifest_references(batch, row, root)
+                    sources.append(first)
+                    extras.append(others)
+                    error = error or source_error
                 images.append(data)
                 errors.append(error)
                 keys.append(pathlib.Path(str(relative)).stem)
@@ -350,6 +449,7 @@ def read_folder_source(config: SourceConfig) -> ray.data.Dataset:
                 errors,
                 task=config.task,
                 source_images=sources if config.is_edit else None,
+                extra_source_images=extras if config.is_edit else None,
             )
 
         return ray.data.read_json(str(manifest), lines=True).map_batches(from_manifest, batch_format="numpy")

@@ -35,9 +35,31 @@ SCORE_SOURCE_ERROR = "score_source_error"  # 1.0 when SOURCE_ERROR is set: the c
 TASK = "task"
 SOURCE_IMAGE_BYTES = "source_image_bytes"
 T2I = "t2i"
+# Multi-image editing (Edit-Plus): an instruction over several input images ("Picture 1", "Picture 2", ...). The
+# first reference stays in SOURCE_IMAGE_BYTES (a single-source triplet is unchanged); references 2..n are in
+# ``source_image_bytes_column(n)`` (b"" where a row has fewer), up to MAX_SOURCE_IMAGES per triplet.
+EDIT_PLUS = "edit_plus"
+MAX_SOURCE_IMAGES = 3
 # Depth estimation and novel-view synthesis are edits too: an input image, an instruction, a target image.
-EDIT_TASKS: tuple[str, ...] = ("edit", "depth", "novel_view")
+EDIT_TASKS: tuple[str, ...] = ("edit", "depth", "novel_view", EDIT_PLUS)
 TASKS: tuple[str, ...] = (T2I, *EDIT_TASKS)
+
+
+def source_image_bytes_column(index: int) -> str:
+    """Reference ``index`` (1-based) of an edit triplet: 1 is ``source_image_bytes``, n is ``source_image_bytes_n``."""
+    _check_reference(index)
+    return SOURCE_IMAGE_BYTES if index == 1 else f"{SOURCE_IMAGE_BYTES}_{index}"
+
+
+def _check_reference(index: int) -> None:
+    if not 1 <= index <= MAX_SOURCE_IMAGES:
+        raise ValueError(f"reference {index} is not in 1..{MAX_SOURCE_IMAGES}")
+
+
+# References 2..MAX_SOURCE_IMAGES: every source delivers them (b"" on rows with fewer references).
+EXTRA_SOURCE_IMAGE_COLUMNS: tuple[str, ...] = tuple(
+    source_image_bytes_column(index) for index in range(2, MAX_SOURCE_IMAGES + 1)
+)
 
 # Text.
 CAPTION = "caption"  # as delivered (raw) by a source, decoded as UTF-8; in the store, the caption that was encoded
@@ -58,6 +80,7 @@ SOURCE_COLUMNS: tuple[str, ...] = (
     SCORE_SOURCE_ERROR,
     TASK,
     SOURCE_IMAGE_BYTES,
+    *EXTRA_SOURCE_IMAGE_COLUMNS,
 )
 
 # ---- Scoring: what the curation stages write (pipelines.operators, pipelines.annotation) ----
@@ -65,9 +88,12 @@ SOURCE_COLUMNS: tuple[str, ...] = (
 SOURCE_IMAGE_PREFIX = "source_image."
 
 
-def source_image_column(score_column: str) -> str:
-    """The column holding an operator's score of an edit triplet's input image."""
-    return SOURCE_IMAGE_PREFIX + score_column
+def source_image_column(score_column: str, index: int = 1) -> str:
+    """The column holding an operator's score of an edit triplet's input image (reference ``index``, 1-based:
+    ``source_image.<score>`` for the first, ``source_image_<n>.<score>`` for reference n of an Edit-Plus triplet;
+    NaN where a row has no such reference)."""
+    _check_reference(index)
+    return SOURCE_IMAGE_PREFIX + score_column if index == 1 else f"{SOURCE_IMAGE_PREFIX[:-1]}_{index}.{score_column}"
 
 
 # Metadata written next to the scores.
@@ -276,6 +302,13 @@ def source_latents_column(resolution: int) -> str:
     return f"source_latents_{resolution}"
 
 
+def extra_source_latents_column(resolution: int) -> str:
+    """``extra_source_latents_<res>``: an Edit-Plus triplet's references 2..n, list<binary> of latents shaped like
+    ``source_latents_<res>`` (each cropped to the target's bucket size); null on rows with one reference or none.
+    Stores written before Edit-Plus have no such column: readers treat it as absent."""
+    return f"extra_{source_latents_column(resolution)}"
+
+
 def height_column(resolution: int) -> str:
     return f"height_{resolution}"
 
@@ -321,6 +354,7 @@ def resolution_fields(resolutions: tuple[int, ...] = RESOLUTIONS) -> list[pa.Fie
         fields += [
             pa.field(latents_column(resolution), pa.binary()),
             pa.field(source_latents_column(resolution), pa.binary()),
+            pa.field(extra_source_latents_column(resolution), pa.list_(pa.binary())),
             pa.field(height_column(resolution), pa.int32()),
             pa.field(width_column(resolution), pa.int32()),
         ]

@@ -4,7 +4,9 @@ Columnar in and out (``dict[str, np.ndarray]``, the batch format of Ray Data's `
 the input needs ``image_bytes``; the output is the input plus ``orig_width``, ``orig_height``,
 ``decode_error`` and one ``score_*`` column per operator. Edit triplets (a non-empty ``source_image_bytes``) get
 every operator's score of their input image too, in ``source_image.<score column>`` columns (NaN on pairs): the
-label pass applies each check to both images (``pipelines.curation.relabel``). ``ScoreOperators`` is the callable
+label pass applies each check to both images (``pipelines.curation.relabel``). Multi-image edits get the scores of
+reference n in ``source_image_<n>.<score column>`` (NaN where a row has fewer), with its decoder's reason in
+``source_image_<n>.decode_error``, and the label pass applies each check to every reference. ``ScoreOperators`` is the callable
 class to hand to ``map_batches`` (it builds the OpenCV detectors once per worker)::
 
     dataset.map_batches(ScoreOperators, fn_constructor_kwargs={"config": OperatorConfig()},
@@ -120,10 +122,14 @@ class ScoreOperators:
         scores = score_images(batch[columns.IMAGE_BYTES], self.operators, self.config.decode)
         if columns.SOURCE_IMAGE_BYTES in batch:
             scores.update(self._score_source_images(batch[columns.SOURCE_IMAGE_BYTES]))
+        for index in range(2, columns.MAX_SOURCE_IMAGES + 1):
+            if columns.source_image_bytes_column(index) in batch:
+                scores.update(self._score_source_images(batch[columns.source_image_bytes_column(index)], index))
         return {**batch, **scores}
 
-    def _score_source_images(self, sources: np.ndarray) -> dict[str, np.ndarray]:
-        """``source_image.<column>`` for rows with an input image; NaN (or a missing value) elsewhere."""
+    def _score_source_images(self, sources: np.ndarray, index: int = 1) -> dict[str, np.ndarray]:
+        """``source_image.<column>`` (reference ``index``: ``source_image_<n>.<column>``, with its decode error)
+        for rows with that input image; NaN (or a missing value) elsewhere."""
         rows = [row for row, data in enumerate(sources) if data is not None and len(data)]
         out = {}
         scored = score_images([sources[row] for row in rows], self.operators, self.config.decode) if rows else {}
@@ -132,5 +138,10 @@ class ScoreOperators:
             column = column.astype(operator.dtype)
             if rows:
                 column[rows] = scored[operator.name]
-            out[columns.source_image_column(operator.name)] = column
+            out[columns.source_image_column(operator.name, index)] = column
+        if index > 1:
+            errors = np.full(len(sources), "", dtype=object)
+            if rows:
+                errors[rows] = scored[columns.DECODE_ERROR]
+            out[columns.source_image_column(columns.DECODE_ERROR, index)] = errors
         return out
