@@ -40,9 +40,10 @@ area).
 Multi-image edits (``edit_plus``): every reference n >= 2 (``source_image_bytes_<n>``) is decoded and cropped like
 the first (``source_pixels_<n>_<res>``; a failure is ``decode_source_image_<n>:<reason>``), counts for the smallest
 image a resolution may enlarge, and is encoded in the same VAE calls (``reference_latents_<n>_<res>``, gathered by
-``pipelines.produce.to_store_table`` into the store's ``extra_source_latents_<res>`` list). The text stage still
-encodes an Edit-Plus instruction with the single-image edit template and the first reference only: the Edit-Plus
-template (``models.condition_encoder.EDIT_PLUS_TEMPLATE``) is not among the templates a store's header records.
+``pipelines.produce.to_store_table`` into the store's ``extra_source_latents_<res>`` list). Every reference is
+also sized for the vision tower (``vision_pixels_<n>``), and the text stage encodes an ``edit_plus`` row with the
+Edit-Plus template (``models.condition_encoder.EDIT_PLUS_TEMPLATE``: "Picture 1: <image>Picture 2: <image>..." before
+the instruction), as ``QwenImageEditPlusPipeline`` does; the store's header records that template too.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def store_header(config: EncodeConfig) -> dict:
     the VAE's latent normalisation, the resolutions, the prompt templates and the edit vision area."""
     import pathlib
 
-    from models.condition_encoder import TEMPLATES
+    from models.condition_encoder import EDIT_PLUS_TEMPLATE, TEMPLATES
     from models.presets import nano_vae_folder, vae_config
     from store.header import weights_fingerprint
 
@@ -163,7 +164,7 @@ def store_header(config: EncodeConfig) -> dict:
         "resolutions": list(config.resolutions),
         "prompt_templates": {
             name: {"drop": template.drop, "text": hashlib.blake2b(template.text.encode(), digest_size=8).hexdigest()}
-            for name, template in sorted(TEMPLATES.items())
+            for name, template in sorted({**TEMPLATES, EDIT_PLUS_TEMPLATE.name: EDIT_PLUS_TEMPLATE}.items())
         },
         "edit_vision_area": config.edit_vision_area,
     }
@@ -249,8 +250,9 @@ class PreparePixels:
         extra_crops = {(r, n): np.full(count, b"", dtype=object) for r in resolutions for n in EXTRA_REFERENCES}
         heights = {r: np.full(count, -1, dtype=np.int64) for r in resolutions}
         widths = {r: np.full(count, -1, dtype=np.int64) for r in resolutions}
-        vision = np.full(count, b"", dtype=object)
-        vision_heights, vision_widths = np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64)
+        vision = {n: np.full(count, b"", dtype=object) for n in (1, *EXTRA_REFERENCES)}
+        vision_heights = {n: np.full(count, -1, dtype=np.int64) for n in (1, *EXTRA_REFERENCES)}
+        vision_widths = {n: np.full(count, -1, dtype=np.int64) for n in (1, *EXTRA_REFERENCES)}
         tasks = batch.get(C.TASK, np.full(count, C.T2I, dtype=object))
         sources = batch.get(C.SOURCE_IMAGE_BYTES, np.full(count, b"", dtype=object))
         for row in range(count):
@@ -286,8 +288,10 @@ class PreparePixels:
                 for index, reference in extras.items():
                     extra_crops[resolution, index][row] = pixels_bytes(cover_and_crop(reference, width, height))
             if source is not None and tasks[row] != C.T2I:
-                seen = self.vision_image(source)
-                vision[row], vision_heights[row], vision_widths[row] = pixels_bytes(seen), *seen.shape[:2]
+                for index, reference in {1: source, **extras}.items():
+                    seen = self.vision_image(reference)
+                    vision[index][row] = pixels_bytes(seen)
+                    vision_heights[index][row], vision_widths[index][row] = seen.shape[:2]
         out[C.BUCKET], out[C.ENCODE_ERROR] = buckets, errors
         for resolution in resolutions:
             out[C.height_column(resolution)], out[C.width_column(resolution)] = heights[resolution], widths[resolution]
@@ -295,7 +299,10 @@ class PreparePixels:
             out[source_pixels_column(resolution)] = source_crops[resolution]
             for index in EXTRA_REFERENCES:
                 out[source_pixels_column(resolution, index)] = extra_crops[resolution, index]
-        out[C.VISION_PIXELS], out[C.VISION_HEIGHT], out[C.VISION_WIDTH] = vision, vision_heights, vision_widths
+        for index in (1, *EXTRA_REFERENCES):
+            out[C.vision_column(C.VISION_PIXELS, index)] = vision[index]
+            out[C.vision_column(C.VISION_HEIGHT, index)] = vision_heights[index]
+            out[C.vision_column(C.VISION_WIDTH, index)] = vision_widths[index]
         if self.group_by_shape:
             keys = [tuple((heights[r][row], widths[r][row]) for r in resolutions) for row in range(count)]
             order = np.array(sorted(range(count), key=keys.__getitem__), dtype=np.int64)  # stable: ties keep order
@@ -433,17 +440,26 @@ class TextEncodeStage:
         )
         self.encoder = ConditionEncoder(components.text_encoder, components.tokenizer)
         self.edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
+        self.edit_plus_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit_plus")
 
     @staticmethod
-    def _vision_image(batch: dict[str, np.ndarray], row: int) -> Image.Image | None:
-        """The input image of a triplet as ``PreparePixels`` sized it for the vision tower; None where it has none
-        (the prepare stage has recorded why, or the triplet came without an input image)."""
+    def _vision_image(batch: dict[str, np.ndarray], row: int, index: int = 1) -> Image.Image | None:
+        """Input image ``index`` of a triplet as ``PreparePixels`` sized it for the vision tower; None where it has
+        none (the prepare stage has recorded why, or the triplet came without that input image)."""
         from PIL import Image
 
-        data = _present(batch[C.VISION_PIXELS][row])
+        column = C.vision_column(C.VISION_PIXELS, index)
+        data = _present(batch[column][row]) if column in batch else None
         if data is None:
             return None
-        return Image.fromarray(pixels(data, int(batch[C.VISION_HEIGHT][row]), int(batch[C.VISION_WIDTH][row])))
+        height = int(batch[C.vision_column(C.VISION_HEIGHT, index)][row])
+        width = int(batch[C.vision_column(C.VISION_WIDTH, index)][row])
+        return Image.fromarray(pixels(data, height, width))
+
+    def _references(self, batch: dict[str, np.ndarray], row: int) -> list[Image.Image]:
+        """Every input image of an Edit-Plus row, in order, as the vision tower sees them."""
+        references = [self._vision_image(batch, row, index) for index in (1, *EXTRA_REFERENCES)]
+        return [image for image in references if image is not None]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(batch[C.SAMPLE_ID])
@@ -471,6 +487,17 @@ class TextEncodeStage:
             _missing_prepared(batch, [C.VISION_PIXELS, C.VISION_HEIGHT, C.VISION_WIDTH], "TextEncodeStage")
         images = {row: self._vision_image(batch, row) for row in triplets}
         triplets = [row for row in triplets if images[row] is not None]
+        # Edit-Plus rows: every reference behind its "Picture N" marker, one call per list of image sizes.
+        plus = [row for row in triplets if tasks[row] == C.EDIT_PLUS]
+        triplets = [row for row in triplets if tasks[row] != C.EDIT_PLUS]
+        references = {row: self._references(batch, row) for row in plus}
+        by_sizes: dict[tuple, list[int]] = {}
+        for row in plus:
+            by_sizes.setdefault(tuple(image.size for image in references[row]), []).append(row)
+        for rows in by_sizes.values():
+            embeds = self.edit_plus_encoder.encode_edit([captions[r] for r in rows], [references[r] for r in rows])
+            for row, sequence in zip(rows, embeds.unpadded(), strict=True):
+                sequences[row] = sequence
         # One vision-tower call per image size (the processor batches images of one patch grid most cheaply).
         by_size: dict[tuple[int, int], list[int]] = {}
         for row in triplets:
@@ -479,7 +506,12 @@ class TextEncodeStage:
             embeds = self.edit_encoder.encode_edit([captions[r] for r in rows], [images[r] for r in rows])
             for row, sequence in zip(rows, embeds.unpadded(), strict=True):
                 sequences[row] = sequence
-        dropped = {C.SOURCE_IMAGE_BYTES, C.VISION_PIXELS, C.VISION_HEIGHT, C.VISION_WIDTH}
+        dropped = {C.SOURCE_IMAGE_BYTES, *C.EXTRA_SOURCE_IMAGE_COLUMNS}
+        dropped |= {
+            C.vision_column(column, index)
+            for column in (C.VISION_PIXELS, C.VISION_HEIGHT, C.VISION_WIDTH)
+            for index in (1, *EXTRA_REFERENCES)
+        }
         out = {key: value for key, value in batch.items() if key not in dropped}
         errors = np.array(out.get(C.ENCODE_ERROR, np.full(count, "", dtype=object)), dtype=object)
         for row in range(count):

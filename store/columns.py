@@ -226,6 +226,14 @@ VISION_PIXELS = "vision_pixels"
 VISION_HEIGHT = "vision_height"
 VISION_WIDTH = "vision_width"
 
+
+def vision_column(column: str, index: int) -> str:
+    """``VISION_PIXELS`` / ``VISION_HEIGHT`` / ``VISION_WIDTH`` of reference ``index`` of a multi-image edit (the
+    column itself for the first, ``<column>_<n>`` for reference n; b"" / -1 where a row has no such reference)."""
+    _check_reference(index)
+    return column if index == 1 else f"{column}_{index}"
+
+
 # ---- The latent store: one row per sample, one column per resolution ----
 
 # Identity and text, beside SAMPLE_ID, SOURCE, CAPTION, TEXT_LANGUAGE, CATEGORY, STAGE and TASK above.

@@ -288,3 +288,7 @@ def test_multi_source_triplets_curated_and_stored(ray_session, tmp_path):
         else:
             assert extras is None
     assert {row[C.TASK] for row in stored} == {"edit", C.EDIT_PLUS}
+    # The instruction was encoded with every reference through the vision tower (Edit-Plus template): each 320 px
+    # reference at the 384^2 vision area is 49 image tokens, which the single-source triplet has once.
+    lengths = {task: [row[C.TEXT_LEN] for row in stored if row[C.TASK] == task] for task in ("edit", C.EDIT_PLUS)}
+    assert min(lengths[C.EDIT_PLUS]) > max(lengths["edit"]) + 40, lengths
