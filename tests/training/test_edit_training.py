@@ -90,6 +90,9 @@ def test_task_weights_become_the_task_mixture():
         PhaseConfig(name="p", num_steps=1, tasks={"paint": 1.0})
     with pytest.raises(ValueError, match="non-negative"):
         PhaseConfig(name="p", num_steps=1, tasks={"edit": -1.0})
+    # Multi-image edits have their own weight (a phase can leave them out: they train on one reference for now).
+    phase = PhaseConfig(name="p", num_steps=1, tasks={"edit": 1.0, "edit_plus": 0.0})
+    assert phase.mixture == {"task": {"edit": 1.0, "edit_plus": 0.0}}
 
 
 def test_edit_memorizes(ray_session, edit_store, tmp_path):
