@@ -171,6 +171,10 @@ class EditSettings(StrictModel):
     max_source_pixels: pydantic.PositiveInt = 4096 * 4096
     min_source_side: pydantic.PositiveInt = 32
     max_aspect_ratio: float = pydantic.Field(default=8.0, ge=1.0)
+    # Images one edit may send (``image[]``): more than one makes it an Edit-Plus edit (Qwen-Image-Edit-2509 and
+    # later read "Picture 1", "Picture 2", ... in the prompt), each a reference of its own. At most 8: the form
+    # parser takes 16 files, so a few more than allowed are still refused by name (`param: image`).
+    max_images: int = pydantic.Field(default=3, ge=1, le=8)
 
 
 class Batching(StrictModel):

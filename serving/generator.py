@@ -4,7 +4,8 @@ Requests reach it one by one; ``@serve.batch`` collects those that arrive within
 ``batching.max_batch_images`` images) and the batch handler makes one sampler call per group of equal size, steps,
 CFG scale and negative prompt (``GenerationJob.batch_key``). Edits (``EditJob``) come through the same queue, so a
 batch never holds more than ``max_batch_images`` images of either kind; they group only with edits whose sources
-resize to the same sizes, and go to ``TextToImage.edit``. On CPU a call's fixed costs (the negative prompt's
+resize to the same sizes, and go to ``TextToImage.edit`` (several images: ``template="edit_plus"``; a mask:
+``TextToImage.edit_inpaint``, or ``edit_plus_inpaint`` with several images; masked edits group by ``strength`` too). On CPU a call's fixed costs (the negative prompt's
 encoding, Python per step, the VAE's set-up) are shared by its images, and on GPU a larger batch fills the device;
 per-image seeds keep each image the same whatever it is batched with.
 """
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from ray import serve
 
-from models.generation import TextToImage
+from models.generation import TextToImage, inpaint_mask, latent_mask, resize_lanczos
 from models.placement import place, resolve_device
 from models.presets import drop_lm_head
 from serving.config import AdapterSettings, ModelSettings, ServeSettings, parse_adapters
@@ -121,11 +122,96 @@ def generate_group(model: TextToImage, jobs: list[GenerationJob]) -> np.ndarray:
     )
     if not isinstance(first, EditJob):
         return model(prompts, **kwargs)
+    if first.mask is not None:
+        return inpaint_group(model, jobs, prompts, kwargs)
+    if first.references:
+        references = [job.reference_pixels() for job in jobs for _ in job.seeds]
+        # Edit-Plus's own default source area is 1024^2; the server's is the output's area, as for one image.
+        area = first.source_area if first.source_area is not None else first.width * first.height
+        return model.edit(
+            prompts, references, template="edit_plus", source_area=area, vision_area=first.vision_area, **kwargs
+        )
     sources = []
     for job in jobs:
         pixels = job.source_pixels()
         sources.extend(pixels for _ in job.seeds)
     return model.edit(prompts, sources, source_area=first.source_area, vision_area=first.vision_area, **kwargs)
+
+
+def inpaint_group(model: TextToImage, jobs: list[EditJob], prompts: list[str], kwargs: dict) -> np.ndarray:
+    """Masked edits of one ``batch_key``: the first image and its mask resized (Lanczos) to the output's size, then
+    instruction-guided inpainting (``TextToImage.edit_inpaint``, at that size); with several images, the same
+    inpainting of the first image with every image as an Edit-Plus reference (``edit_plus_inpaint``)."""
+    first = jobs[0]
+    width, height = kwargs.pop("width"), kwargs.pop("height")
+    starts, repaints = [], []
+    for job in jobs:
+        image, repaint = inpaint_mask(job.source_pixels(), job.mask_pixels())
+        image, repaint = resize_lanczos(image, width, height), resize_lanczos(repaint, width, height)
+        starts.extend(image for _ in job.seeds)
+        repaints.extend(repaint for _ in job.seeds)
+    if not first.references:
+        return model.edit_inpaint(
+            prompts, starts, repaints, strength=first.strength, source_area=width * height, **kwargs
+        )
+    references = [job.reference_pixels() for job in jobs for _ in job.seeds]
+    area = first.source_area if first.source_area is not None else width * height
+    return edit_plus_inpaint(
+        model,
+        prompts,
+        references,
+        starts,
+        repaints,
+        height=height,
+        width=width,
+        strength=first.strength,
+        source_area=area,
+        vision_area=first.vision_area,
+        **kwargs,
+    )
+
+
+def edit_plus_inpaint(
+    model: TextToImage,
+    prompts: list[str],
+    references: list[list[np.ndarray]],
+    starts: list[Image.Image],
+    repaints: list[Image.Image],
+    *,
+    height: int,
+    width: int,
+    strength: float,
+    num_steps: int,
+    true_cfg_scale: float,
+    negative_prompt: str | None,
+    seeds: list[int],
+    source_area: int,
+    vision_area: int,
+) -> np.ndarray:
+    """Inpainting guided by an Edit-Plus instruction, uint8 ``[B, H, W, 3]``: the references condition the run as
+    ``edit_latents(template="edit_plus")`` does, and the run starts from ``starts`` (one per prompt, already
+    ``width x height``) at ``strength`` with the region outside ``repaints`` (white = change) kept, as
+    ``inpaint_latents`` does. Built from ``TextToImage``'s own steps; diffusers has no such pipeline to match."""
+    generator = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+    source_latents, vision = model.prepare_references(references, source_area=source_area, vision_area=vision_area)
+    image_latents = model.encode_start_images(starts, height=height, width=width, generator=generator)
+    mask = latent_mask(repaints, height, width).to(model.device)
+    prompt, negative = model._encode_edit(model.edit_plus_encoder, prompts, vision, negative_prompt, true_cfg_scale)
+    latents = model._sample(
+        prompt,
+        negative,
+        height,
+        width,
+        num_steps,
+        true_cfg_scale,
+        generator,
+        None,
+        source_latents,
+        image_latents=image_latents,
+        strength=strength,
+        mask=mask,
+    )
+    return model.decode(latents)
 
 
 def generate_jobs(model: TextToImage, jobs: list[GenerationJob]) -> list[list[bytes]]:

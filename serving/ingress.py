@@ -1,7 +1,7 @@
 """The HTTP ingress: a FastAPI app that checks every request before any model work, then asks the generator.
 
 Routes: ``POST /v1/images/generations`` (OpenAI images API plus extensions, ``serving.schema``), ``POST
-/v1/images/edits`` (the same as ``multipart/form-data`` with an ``image`` file), ``GET /v1/models``, ``GET /healthz``
+/v1/images/edits`` (the same as ``multipart/form-data`` with ``image`` files and an optional ``mask``), ``GET /v1/models``, ``GET /healthz``
 (liveness, never needs the key) and ``GET /`` (the web page; it holds no data and sends the key the user types with
 each generation, so it is not behind the key either).
 
@@ -41,8 +41,10 @@ from serving.page import render_page
 from serving.ratelimit import BearerKey, InFlight, RateLimiter, busy, client_id
 from serving.schema import (
     ApiError,
+    EditUpload,
     GenerationJob,
     check_edit_request,
+    check_mask,
     check_request,
     check_source,
     parse_body,
@@ -122,9 +124,10 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return bytes(body)
 
 
-# Text fields plus a file or two: more parts than this is not an edit request.
+# Text fields plus a few images and a mask: more parts than this is not an edit request (``edit.max_images`` is
+# held below this by the form check, which names the ``image`` parameter).
 MAX_FORM_FIELDS = 32
-MAX_FORM_FILES = 4
+MAX_FORM_FILES = 16
 
 
 async def read_form(
@@ -163,6 +166,14 @@ async def read_form(
         return fields, files
     finally:
         await form.close()
+
+
+def check_uploads(upload: EditUpload, edit) -> list[tuple[int, int]]:
+    """Each image's upright (width, height) (``check_source``), after checking the mask against the first."""
+    sizes = [check_source(image, edit) for image in upload.images]
+    if upload.mask is not None:
+        check_mask(upload.mask, sizes[0], edit)
+    return sizes
 
 
 class MissingApiKey(RuntimeError):
@@ -265,12 +276,12 @@ class Ingress:
         if not edit.enabled:
             raise ApiError(404, "image editing is turned off on this server", code="not_found")
         fields, files = await read_form(request, edit.max_upload_bytes, self.settings.limits.max_body_bytes)
-        body, image = parse_edit_form(fields, files)
+        body, upload = parse_edit_form(fields, files, edit.max_images)
         adapter = await self.check_model(body.model)
         # Decoding a large photo takes a while: off the event loop, which serves every other request meanwhile.
-        source_size = await asyncio.to_thread(check_source, image, edit)
+        source_sizes = await asyncio.to_thread(check_uploads, upload, edit)
         job = check_edit_request(
-            body, image, source_size, self.settings.limits, self.settings.defaults, edit, self.count_tokens
+            body, upload, source_sizes, self.settings.limits, self.settings.defaults, edit, self.count_tokens
         )
         return await self.answer(dataclasses.replace(job, adapter=adapter), response, client)
 

@@ -387,8 +387,9 @@ def serve_workload(settings) -> Workload:
         images=settings.batching.max_batch_images,
         pixels=settings.limits.max_pixels,
         text_tokens=settings.limits.max_prompt_tokens,
-        source_pixels=(edit.source_area or settings.limits.max_pixels) if edit.enabled else 0,
-        vision_pixels=edit.vision_area if edit.enabled else 0,
+        # Several images (Edit-Plus references) are that many sources per image.
+        source_pixels=(edit.source_area or settings.limits.max_pixels) * edit.max_images if edit.enabled else 0,
+        vision_pixels=(edit.vision_area or 0) * edit.max_images if edit.enabled else 0,
     )
 
 

@@ -6,11 +6,16 @@ only: this server keeps no images to link to), ``user`` (accepted, as OpenAI doe
 ``negative_prompt``, ``num_inference_steps``, ``true_cfg_scale``, ``seed``. Types are strict (``"n": "2"`` is an
 error, not a 2) and unknown fields are errors, so a client's typo is reported instead of silently ignored.
 
-Edits (a ``multipart/form-data`` body) take the same fields as text, plus the source image as a file part named
-``image`` (``image[]`` too, as the OpenAI client names a list; one image per request). Form values are text, so
-numbers are parsed from it (``n=2`` is a 2). ``size`` may be left out or ``"auto"``: the source's aspect ratio at
-the area of ``defaults.size``. The upload must be a PNG, JPEG or WebP image; it is decoded as the producers decode
-training sources (``pipelines.decode``: EXIF orientation applied, transparency on white, the first frame).
+Edits (a ``multipart/form-data`` body) take the same fields as text, plus the source images as file parts named
+``image`` or ``image[]`` (as the OpenAI client names a list; up to ``edit.max_images``), an optional ``mask`` file
+(a PNG of the first image's size: transparent pixels, or white ones in a mask without alpha, mark the region to
+change) and the extension ``strength`` (in (0, 1], masked edits only; default ``models.generation.DEFAULT_STRENGTH``).
+One image is an edit (Qwen-Image-Edit); several are Edit-Plus references ("Picture 1", "Picture 2", ... in the
+prompt); a mask makes it an inpainting guided by the instruction, of the first image. Form values are text, so
+numbers are parsed from it (``n=2`` is a 2). ``size`` may be left out or ``"auto"``: the first image's aspect ratio at
+the area of ``defaults.size`` (a masked edit's sides are multiples of 32). Uploads must be PNG, JPEG or WebP images;
+they are decoded as the producers decode training sources (``pipelines.decode``: EXIF orientation applied,
+transparency on white, the first frame).
 
 Error convention (OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``): 400 for a body that is not
 JSON (or multipart for edits), a field that is wrong or an image that cannot be used, 401 for a missing or wrong API
@@ -21,6 +26,7 @@ full or no generator replica answers.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import secrets
@@ -29,15 +35,21 @@ from typing import Literal
 
 import numpy as np
 import pydantic
+from PIL import Image
 
-from models.generation import edit_source_size
+from models.generation import DEFAULT_STRENGTH, edit_source_size
+from models.sampler import strength_start
 from pipelines.decode import DecodeConfig, decode_image
 from serving.config import Defaults, EditSettings, Limits
 from serving.sizes import SIZE_MULTIPLE, parse_size
 
 MAX_SEED = 2**32 - 1
-# Form parts that carry the source image: the OpenAI client sends one file as "image", a list as "image[]".
+# Form parts that carry the source images: the OpenAI client sends one file as "image", a list as "image[]".
 IMAGE_FIELDS = ("image", "image[]")
+# The form part that carries the mask (OpenAI's name).
+MASK_FIELD = "mask"
+# A masked edit's output sides: the instruction-guided inpainting resizes its image to sides of 32.
+MASK_SIZE_MULTIPLE = 32
 
 
 class ApiError(Exception):
@@ -97,6 +109,16 @@ class ImageGenerationRequest(_ImageRequest):
 class ImageEditRequest(_ImageRequest):
     """The text fields of ``POST /v1/images/edits``; form values are text, so numbers are parsed from it."""
 
+    strength: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EditUpload:
+    """An edit form's files: the source images in the order sent, and the mask (None: none sent)."""
+
+    images: tuple[bytes, ...]
+    mask: bytes | None = None
+
 
 @dataclasses.dataclass(frozen=True)
 class GenerationJob:
@@ -154,21 +176,26 @@ def parse_body(raw: bytes) -> ImageGenerationRequest:
         raise _field_error(error) from None
 
 
-def parse_edit_form(fields: list[tuple[str, str]], files: list[tuple[str, bytes]]) -> tuple[ImageEditRequest, bytes]:
-    """A multipart form's text ``fields`` and ``files`` (name, bytes) -> (request model, the source image's bytes);
-    ``ApiError(400)`` names the field that is missing, repeated, unknown or of the wrong type."""
+def parse_edit_form(
+    fields: list[tuple[str, str]], files: list[tuple[str, bytes]], max_images: int = 1
+) -> tuple[ImageEditRequest, EditUpload]:
+    """A multipart form's text ``fields`` and ``files`` (name, bytes) -> (request model, the uploads);
+    ``ApiError(400)`` names the field that is missing, repeated, unknown or of the wrong type, and ``image`` when more
+    than ``max_images`` images came."""
+    masks = [data for name, data in files if name == MASK_FIELD]
     for name, _ in files:
-        if name == "mask":
-            raise _invalid("mask", "masks are not supported; say in the prompt what to change")
-        if name not in IMAGE_FIELDS:
+        if name not in (*IMAGE_FIELDS, MASK_FIELD):
             raise ApiError(400, f"unknown file field {name!r}", param=name, code="invalid_value")
-    images = [data for name, data in files if name in IMAGE_FIELDS]
-    if len(images) > 1:
-        raise _invalid("image", f"one source image per request, got {len(images)}")
+    if len(masks) > 1:
+        raise _invalid("mask", f"one mask per request, got {len(masks)}")
+    images = tuple(data for name, data in files if name in IMAGE_FIELDS)
+    if len(images) > max_images:
+        raise _invalid("image", f"at most {max_images} images per request, got {len(images)}")
     values: dict[str, str] = {}
     for name, value in fields:
-        if name in IMAGE_FIELDS:
-            raise _invalid("image", "must be a file part (for example curl -F image=@photo.png), not a text field")
+        if name in (*IMAGE_FIELDS, MASK_FIELD):
+            param = "mask" if name == MASK_FIELD else "image"
+            raise _invalid(param, "must be a file part (for example curl -F image=@photo.png), not a text field")
         if name in values:
             raise _invalid(name, "given more than once")
         values[name] = value
@@ -178,7 +205,7 @@ def parse_edit_form(fields: list[tuple[str, str]], files: list[tuple[str, bytes]
         request = ImageEditRequest.model_validate(values)
     except pydantic.ValidationError as error:
         raise _field_error(error) from None
-    return request, images[0]
+    return request, EditUpload(images, masks[0] if masks else None)
 
 
 def _invalid(param: str, message: str) -> ApiError:
@@ -300,10 +327,35 @@ def default_edit_size(area: int, source_width: int, source_height: int, max_pixe
     raise ValueError(f"no size with the source's aspect ratio fits in {max_pixels} pixels; give one")
 
 
+def decode_mask(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """An uploaded mask -> uint8 ``[H, W, 4]`` when it has transparency (transparent = change), else greyscale
+    ``[H, W]`` (white = change), as ``models.generation.inpaint_mask`` reads either. ``ApiError(400)`` with
+    ``param="mask"`` unless it is a PNG that decodes, of at most ``max_pixels`` pixels (checked on the header)."""
+    if not data:
+        raise _invalid("mask", "the uploaded file is empty")
+    if _image_format(data) != "PNG":
+        raise _invalid("mask", "not a PNG image (a mask is a PNG whose transparent pixels mark the region to change)")
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            if image.width * image.height > max_pixels:
+                raise _invalid("mask", f"{image.width}x{image.height} is more than this server's {max_pixels} pixels")
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            image.load()
+            pixels = image.convert("RGBA") if has_alpha else image.convert("L")
+    except ApiError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise _invalid("mask", f"the file does not decode as a PNG image ({type(error).__name__})") from None
+    return np.asarray(pixels)
+
+
 @dataclasses.dataclass(frozen=True)
 class EditJob(GenerationJob):
     """An edit that passed every check: the job's fields, the source image as uploaded (the generator decodes it
-    again: the file is a fraction of the pixels' size to send) and the areas the model resizes it to."""
+    again: the file is a fraction of the pixels' size to send) and the areas the model resizes it to.
+
+    ``references`` (with their upright sizes) are the images after the first: an Edit-Plus edit. ``mask``: the mask
+    as uploaded (None: none), which makes the job an inpainting of the first image at ``strength``."""
 
     image: bytes = dataclasses.field(repr=False)
     # Upright size of the decoded upload.
@@ -312,55 +364,111 @@ class EditJob(GenerationJob):
     # ``TextToImage.edit_latents``'s ``source_area`` (None: the output's area) and ``vision_area``.
     source_area: int | None
     vision_area: int
+    references: tuple[bytes, ...] = dataclasses.field(default=(), repr=False)
+    reference_sizes: tuple[tuple[int, int], ...] = ()
+    mask: bytes | None = dataclasses.field(default=None, repr=False)
+    strength: float = DEFAULT_STRENGTH
 
-    def source_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(width, height) of the source as the VAE sees it, then as the vision tower sees it."""
+    @property
+    def kind(self) -> str:
+        """ "edit", "edit_plus" (several images), "edit_inpaint" (a mask) or "edit_plus_inpaint" (both)."""
+        return ("edit_plus" if self.references else "edit") + ("_inpaint" if self.mask is not None else "")
+
+    def source_sizes(self) -> tuple[tuple[int, int], ...]:
+        """(width, height) of each image as the VAE sees it, then as the vision tower sees it."""
         area = self.source_area if self.source_area is not None else self.width * self.height
-        return (
-            edit_source_size(area, self.source_width, self.source_height),
-            edit_source_size(self.vision_area, self.source_width, self.source_height),
+        sizes = [(self.source_width, self.source_height), *self.reference_sizes]
+        return tuple(edit_source_size(area, *size) for size in sizes) + tuple(
+            edit_source_size(self.vision_area, *size) for size in sizes
         )
 
     def batch_key(self) -> tuple:
-        """Edits share a sampler call only with edits whose sources resize to the same sizes."""
-        return ("edit", *super().batch_key(), *self.source_sizes())
+        """Edits share a sampler call only with edits of their kind (and ``strength``, when masked) whose images
+        resize to the same sizes."""
+        strength = self.strength if self.mask is not None else None
+        return (self.kind, *super().batch_key(), strength, *self.source_sizes())
 
     def source_pixels(self) -> np.ndarray:
         """The source, uint8 RGB ``[H, W, 3]``, decoded as ``check_source`` decoded it."""
         return decode_source(self.image, max_pixels=self.source_width * self.source_height)
 
+    def reference_pixels(self) -> list[np.ndarray]:
+        """Every image, the first included, uint8 RGB ``[H, W, 3]``."""
+        pixels = [self.source_pixels()]
+        for data, (width, height) in zip(self.references, self.reference_sizes, strict=True):
+            pixels.append(decode_source(data, max_pixels=width * height))
+        return pixels
+
+    def mask_pixels(self) -> np.ndarray:
+        """The mask, as ``decode_mask`` gives it."""
+        assert self.mask is not None
+        return decode_mask(self.mask, max_pixels=self.source_width * self.source_height)
+
+
+def check_mask(data: bytes, source_size: tuple[int, int], edit: EditSettings) -> None:
+    """The mask decodes (``decode_mask``) and has the first image's upright size; else ``ApiError(400)``, ``mask``."""
+    height, width = decode_mask(data, max_pixels=edit.max_source_pixels).shape[:2]
+    if (width, height) != tuple(source_size):
+        raise _invalid(
+            "mask", f"{width}x{height}; it must be the (first) image's size, {source_size[0]}x{source_size[1]}"
+        )
+
 
 def check_edit_request(
     request: ImageEditRequest,
-    image: bytes,
-    source_size: tuple[int, int],
+    upload: EditUpload | bytes,
+    source_size: tuple[int, int] | list[tuple[int, int]],
     limits: Limits,
     defaults: Defaults,
     edit: EditSettings,
     count_tokens: Callable[[str], int],
 ) -> EditJob:
-    """Apply ``limits`` and ``defaults`` to an edit whose upload ``check_source`` passed (``source_size`` is what it
-    returned); without ``size`` (or with "auto") the output takes the source's aspect ratio at ``defaults.size``'s
-    area."""
+    """Apply ``limits`` and ``defaults`` to an edit whose uploads ``check_source`` (and ``check_mask``) passed
+    (``source_size``: what ``check_source`` returned, one per image); without ``size`` (or with "auto") the output
+    takes the first image's aspect ratio at ``defaults.size``'s area. A masked edit's sides must be multiples of
+    ``MASK_SIZE_MULTIPLE``; ``strength`` applies to masked edits only."""
+    if isinstance(upload, bytes):
+        upload = EditUpload((upload,))
+    sizes = [source_size] if isinstance(source_size, tuple) else list(source_size)
     fields = _check_fields(request, limits, defaults, count_tokens)
-    source_width, source_height = source_size
+    masked = upload.mask is not None
+    source_width, source_height = sizes[0]
     if request.size in (None, "auto"):
         default_width, default_height = parse_size(defaults.size, limits.max_pixels)
+        area = default_width * default_height
         try:
-            width, height = default_edit_size(
-                default_width * default_height, source_width, source_height, limits.max_pixels
-            )
+            if masked:
+                width, height = edit_source_size(area, source_width, source_height)
+                if width * height > limits.max_pixels:
+                    raise ValueError(f"no size with the image's aspect ratio fits in {limits.max_pixels} pixels")
+            else:
+                width, height = default_edit_size(area, source_width, source_height, limits.max_pixels)
         except ValueError as error:
             raise _invalid("size", str(error)) from None
     else:
         width, height = _check_size(request.size, limits)
+    if masked and (width % MASK_SIZE_MULTIPLE or height % MASK_SIZE_MULTIPLE):
+        raise _invalid("size", f"{width}x{height}: a masked edit's sides must be multiples of {MASK_SIZE_MULTIPLE}")
+    strength = DEFAULT_STRENGTH
+    if request.strength is not None:
+        if not masked:
+            raise _invalid("strength", "applies to masked edits only: send a mask, or leave strength out")
+        strength = request.strength
+        try:
+            strength_start(fields["num_steps"], strength)
+        except ValueError as error:
+            raise _invalid("strength", str(error)) from None
     return EditJob(
         width=width,
         height=height,
         **fields,
-        image=image,
+        image=upload.images[0],
         source_width=source_width,
         source_height=source_height,
         source_area=edit.source_area,
         vision_area=edit.vision_area,
+        references=upload.images[1:],
+        reference_sizes=tuple(tuple(size) for size in sizes[1:]),
+        mask=upload.mask,
+        strength=float(strength),
     )
