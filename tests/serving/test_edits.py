@@ -1,5 +1,5 @@
 """``POST /v1/images/edits`` on a live Serve app (tiny preset at 64x64, two steps, API key set): the OpenAI client,
-reproducibility, the source's effect, batching by source size, and hostile uploads."""
+reproducibility, the source's effect, batching by source size, several images and a mask, and hostile uploads."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ def source_png(width: int = 64, height: int = 64, seed: int = 0, fmt: str = "PNG
     return buffer.getvalue()
 
 
+def mask_png(width: int = 64, height: int = 64, *, alpha: bool = True) -> bytes:
+    """A mask whose top half marks the region to change: transparent (OpenAI's convention), or white without alpha."""
+    if alpha:
+        pixels = np.full((height, width, 4), 255, np.uint8)
+        pixels[: height // 2, :, 3] = 0
+    else:
+        pixels = np.zeros((height, width), np.uint8)
+        pixels[: height // 2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def noise_png(width: int, height: int) -> bytes:
     """Random pixels: a PNG that does not compress (about 3 bytes a pixel)."""
     buffer = io.BytesIO()
@@ -59,16 +72,27 @@ def server(ray_session):
     serve.shutdown()
 
 
-def edit(url: str, image: bytes | None, fields: dict, headers: dict = AUTH) -> requests.Response:
-    """A multipart request, as the OpenAI client sends one: text fields as parts without a file name."""
+def edit(
+    url: str,
+    image: bytes | list[bytes] | None,
+    fields: dict,
+    headers: dict = AUTH,
+    mask: bytes | None = None,
+) -> requests.Response:
+    """A multipart request, as the OpenAI client sends one: text fields as parts without a file name; a list of
+    images as ``image[]`` parts."""
     parts = [(key, (None, str(value))) for key, value in fields.items()]
-    if image is not None:
+    if isinstance(image, list):
+        parts += [("image[]", (f"source{i}.png", data, "image/png")) for i, data in enumerate(image)]
+    elif image is not None:
         parts.append(("image", ("source.png", image, "image/png")))
+    if mask is not None:
+        parts.append(("mask", ("mask.png", mask, "image/png")))
     return requests.post(f"{url}/v1/images/edits", files=parts, headers=headers, timeout=120)
 
 
-def edited(url: str, image: bytes, fields: dict) -> list[np.ndarray]:
-    response = edit(url, image, fields)
+def edited(url: str, image: bytes | list[bytes], fields: dict, mask: bytes | None = None) -> list[np.ndarray]:
+    response = edit(url, image, fields, mask=mask)
     assert response.status_code == 200, response.text[:300]
     return [decode_png(item["b64_json"]) for item in response.json()["data"]]
 
@@ -95,6 +119,52 @@ def test_edits_endpoint(server):
         openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).images.edit(
             model=MODEL, image=("source.png", source_png(), "image/png"), prompt="x"
         )
+
+
+def test_edits_endpoint_with_mask_and_several_images(server):
+    """The official client's ``images.edit`` with two images and a mask (Edit-Plus references, the first image
+    inpainted where the mask is transparent): images of the requested size. A mask of the wrong size is a 400 naming
+    ``mask``; more images than ``edit.max_images`` (3) a 400 naming ``image``."""
+    openai = pytest.importorskip("openai", reason="the official client is in the test extras: pip install openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    images = [("first.png", source_png(seed=0), "image/png"), ("second.png", source_png(96, 64, seed=1), "image/png")]
+    options = dict(model=MODEL, prompt="put the block of picture 2 on picture 1", response_format="b64_json")
+    steps = {"seed": 3, "num_inference_steps": 2}
+    for size, n in (("64x64", 2), ("96x64", 1)):
+        result = client.images.edit(
+            image=images, mask=("mask.png", mask_png(), "image/png"), size=size, n=n, extra_body=steps, **options
+        )
+        width, height = (int(side) for side in size.split("x"))
+        assert len(result.data) == n
+        for item in result.data:
+            assert decode_png(item.b64_json).shape == (height, width, 3)
+    with pytest.raises(openai.BadRequestError, match="must be the") as refused:
+        client.images.edit(image=images, mask=("mask.png", mask_png(32, 32), "image/png"), size="64x64", **options)
+    assert refused.value.status_code == 400 and refused.value.body["param"] == "mask"
+    with pytest.raises(openai.BadRequestError, match="at most 3 images") as refused:
+        client.images.edit(image=images * 2, size="64x64", **options)
+    assert refused.value.status_code == 400 and refused.value.body["param"] == "image"
+
+
+def test_masked_and_multi_image_edits(server):
+    """One image and a mask: instruction-guided inpainting. A transparent mask and a white-means-change mask without
+    alpha of the same region give the same image; ``strength`` changes the masked region, the kept one much less; a
+    mask changes the result. Several images without a mask: an Edit-Plus edit whose second image counts."""
+    fields = {"prompt": "make the top blue", "size": "64x64", "seed": 5, "num_inference_steps": 4}
+    (first,) = edited(server, source_png(seed=0), fields, mask=mask_png())
+    (again,) = edited(server, source_png(seed=0), fields, mask=mask_png(alpha=False))
+    np.testing.assert_array_equal(again, first)
+    (stronger,) = edited(server, source_png(seed=0), {**fields, "strength": 1.0}, mask=mask_png())
+    assert not np.array_equal(stronger, first)
+    plain = edited(server, source_png(seed=0), fields)[0]
+    assert not np.array_equal(plain, first)
+    (pair,) = edited(server, [source_png(seed=0), source_png(seed=1)], fields)
+    (other_pair,) = edited(server, [source_png(seed=0), source_png(seed=2)], fields)
+    assert not np.array_equal(pair, other_pair) and not np.array_equal(pair, plain)
+    # The strength moves the masked top half (rows 0-31) far more than the kept rows far from the mask's edge (the
+    # kept latents are the image's; the decoder's reach blurs the edge): about 6 against 2.3 levels on average.
+    change = np.abs(stronger.astype(int) - first.astype(int))
+    assert change[48:].mean() < 0.5 * change[:32].mean()
 
 
 def test_edit_is_reproducible_and_follows_the_source(server):
@@ -171,6 +241,25 @@ class _RecordingModel:
         return self._images(prompts, height, width)
 
 
+def test_edit_kinds_never_share_a_batch():
+    """Edit, Edit-Plus, masked edit and masked Edit-Plus keys differ; masked edits differ by strength; equal jobs
+    of one kind share a key."""
+    common = dict(prompt="p", negative_prompt=" ", width=64, height=64, num_steps=2, true_cfg_scale=4.0, seeds=(0,))
+    source = dict(image=b"", source_width=64, source_height=64, source_area=None, vision_area=384 * 384)
+    more = dict(references=(b"",), reference_sizes=((96, 64),))
+    jobs = [
+        EditJob(**common, **source),
+        EditJob(**common, **source, **more),
+        EditJob(**common, **source, mask=b""),
+        EditJob(**common, **source, **more, mask=b""),
+        EditJob(**common, **source, mask=b"", strength=0.9),
+        EditJob(**common, **source, references=(b"",), reference_sizes=((64, 96),)),
+    ]
+    assert [job.kind for job in jobs[:4]] == ["edit", "edit_plus", "edit_inpaint", "edit_plus_inpaint"]
+    assert len({job.batch_key() for job in jobs}) == len(jobs)
+    assert EditJob(**common, **source, mask=b"x").batch_key() == jobs[2].batch_key()
+
+
 def test_generate_jobs_groups_edits_by_source_size():
     """One sampler call per compatible group: text-to-image apart from edits, edits apart by source size, and
     each LoRA adapter (or the base) apart from the others."""
@@ -227,6 +316,16 @@ HOSTILE = [
     ("cfg-nan", source_png(), {**GOOD, "true_cfg_scale": "nan"}, None, 400, "true_cfg_scale", "between"),
     ("url-format", source_png(), {**GOOD, "response_format": "url"}, None, 400, "response_format", "b64_json"),
     ("unknown-field", source_png(), {**GOOD, "quality": "hd"}, None, 400, "quality", "unknown field"),
+    ("too-many-images", [source_png()] * 4, GOOD, None, 400, "image", "at most 3 images"),
+    ("second-not-image", [source_png(), b"text"], GOOD, None, 400, "image", "not a PNG, JPEG or WebP"),
+    ("mask-not-png", source_png(), GOOD, None, 400, "mask", "not a PNG"),
+    ("mask-wrong-size", source_png(), GOOD, None, 400, "mask", "48x64; it must be the (first) image's size, 64x64"),
+    ("mask-twice", source_png(), GOOD, None, 400, "mask", "one mask per request"),
+    ("mask-as-text", source_png(), {**GOOD, "mask": "mask.png"}, None, 400, "mask", "file part"),
+    ("mask-size-not-32", source_png(), {**GOOD, "size": "48x64"}, None, 400, "size", "multiples of 32"),
+    ("strength-no-mask", source_png(), {**GOOD, "strength": 0.5}, None, 400, "strength", "masked edits only"),
+    ("strength-zero", source_png(), {**GOOD, "strength": 0}, None, 400, "strength", "(0, 1]"),
+    ("strength-nan", source_png(), {**GOOD, "strength": "nan"}, None, 400, "strength", "(0, 1]"),
     ("unknown-model", source_png(), {**GOOD, "model": "dall-e-2"}, None, 404, "model", "does not exist"),
     ("key-missing", source_png(), GOOD, {}, 401, None, "API key"),
     ("key-wrong", source_png(), GOOD, {"Authorization": "Bearer nope"}, 401, None, "API key"),
@@ -247,6 +346,15 @@ def _bomb() -> bytes:
 
 
 _BUILT = {"gif-upload": _gif, "too-many-pixels": _bomb}
+# The mask each masked case sends ("mask-twice" adds a second one as a raw part).
+_MASKS = {
+    "mask-not-png": b"GIF89a not a png",
+    "mask-wrong-size": mask_png(48, 64),
+    "mask-twice": mask_png(),
+    "mask-size-not-32": mask_png(),
+    "strength-zero": mask_png(),
+    "strength-nan": mask_png(),
+}
 
 
 @pytest.mark.parametrize(
@@ -255,7 +363,13 @@ _BUILT = {"gif-upload": _gif, "too-many-pixels": _bomb}
 def test_rejects_bad_edits(server, case, image, fields, headers, status, param, fragment):
     if case in _BUILT:
         image = _BUILT[case]()
-    response = edit(server, image, fields, AUTH if headers is None else headers)
+    if case == "mask-twice":
+        fields = {**fields}
+        parts = [(key, (None, str(value))) for key, value in fields.items()]
+        parts += [("image", ("a.png", image, "image/png"))] + [("mask", ("m.png", mask_png(), "image/png"))] * 2
+        response = requests.post(f"{server}/v1/images/edits", files=parts, headers=AUTH, timeout=120)
+    else:
+        response = edit(server, image, fields, AUTH if headers is None else headers, mask=_MASKS.get(case))
     assert response.status_code == status, response.text[:300]
     error = response.json()["error"]
     assert fragment in error["message"] and error["param"] == param, error
