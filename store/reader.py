@@ -67,8 +67,8 @@ def projection(resolution: int, extra: Iterable[str] = ()) -> list[str]:
     ]
 
 
-# Columns a store written before editing existed lacks; reads leave them out there (every row is text-to-image).
-OPTIONAL_COLUMNS_PREFIXES: tuple[str, ...] = ("source_latents_", C.TASK)
+# Columns a store written before editing (or multi-image editing) existed lacks; reads leave them out there.
+OPTIONAL_COLUMNS_PREFIXES: tuple[str, ...] = ("source_latents_", "extra_source_latents_", C.TASK)
 
 
 def present(columns: list[str], names: Iterable[str]) -> list[str]:

@@ -292,3 +292,32 @@ def test_multi_source_triplets_curated_and_stored(ray_session, tmp_path):
     # reference at the 384^2 vision area is 49 image tokens, which the single-source triplet has once.
     lengths = {task: [row[C.TEXT_LEN] for row in stored if row[C.TASK] == task] for task in ("edit", C.EDIT_PLUS)}
     assert min(lengths[C.EDIT_PLUS]) > max(lengths["edit"]) + 40, lengths
+
+
+def test_every_reference_folds_into_the_triplets_checks():
+    """Without Ray: the label pass sees the worst reference of each row on each check; a broken second image is
+    named in the reason; a row without a second reference (NaN scores) is not touched by it."""
+    from pipelines.curation import fold_source_image_scores
+    from pipelines.operators.base import Check
+    from pipelines.operators.stage import first_drop_reason
+    from pipelines.operators.thresholds import FilterThresholds
+
+    thresholds = FilterThresholds()
+    broken = Check("broken_file", 1, C.SCORE_BROKEN_FILE, lambda t: (None, 0.0), "broken", "broken", C.DECODE_ERROR)
+    small = Check("resolution", 1, C.SCORE_RESOLUTION, lambda t: (256.0, None), "resolution:low", "resolution:high")
+    nan = float("nan")
+    columns = {
+        C.TASK: np.array([C.EDIT_PLUS, C.EDIT_PLUS, "edit", C.T2I], dtype=object),
+        C.SCORE_BROKEN_FILE: np.zeros(4),
+        C.SCORE_RESOLUTION: np.full(4, 512.0),
+        C.DECODE_ERROR: np.full(4, "", dtype=object),
+        C.source_image_column(C.SCORE_BROKEN_FILE): np.array([0.0, 0.0, 0.0, nan]),
+        C.source_image_column(C.SCORE_RESOLUTION): np.array([512.0, 512.0, 512.0, nan]),
+        C.source_image_column(C.SCORE_BROKEN_FILE, 2): np.array([1.0, 0.0, nan, nan]),
+        C.source_image_column(C.SCORE_RESOLUTION, 2): np.array([nan, 64.0, nan, nan]),
+        C.source_image_column(C.DECODE_ERROR, 2): np.array(["broken_file:unidentified", "", "", ""], dtype=object),
+    }
+    folded = fold_source_image_scores(columns, thresholds, [broken, small])
+    reasons = first_drop_reason(folded, thresholds, [broken, small]).tolist()
+    assert reasons == ["source_image_2:broken_file:unidentified", "resolution:low", "", ""]
+    assert columns[C.DECODE_ERROR].tolist() == ["", "", "", ""]  # the input columns are not changed in place
