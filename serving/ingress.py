@@ -239,6 +239,7 @@ class Ingress:
             height=height,
             steps=defaults.num_inference_steps,
             max_steps=self.settings.limits.max_steps,
+            edits=self.settings.edit.enabled,
         )
 
     async def model_ids(self) -> list[str]:
