@@ -167,6 +167,51 @@ def test_masked_and_multi_image_edits(server):
     assert change[48:].mean() < 0.5 * change[:32].mean()
 
 
+def test_web_page_edit_tab(server, browser, tmp_path):
+    """The page's Edit tab: upload two images, paint a stroke on the first, submit, and see a masked edit of the
+    requested size; "Clear mask" sends a plain (unmasked) Edit-Plus edit."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    paths = []
+    for index, data in enumerate((source_png(seed=0), source_png(96, 64, seed=1))):
+        paths.append(tmp_path / f"source{index}.png")
+        paths[-1].write_bytes(data)
+    browser.get(f"{server}/")
+    browser.find_element(By.ID, "key").send_keys(API_KEY)
+    browser.find_element(By.ID, "tab-edit").click()
+    browser.find_element(By.ID, "edit-images").send_keys("\n".join(str(path) for path in paths))
+    canvas = browser.find_element(By.ID, "mask-canvas")
+    WebDriverWait(browser, 30).until(lambda _: canvas.get_attribute("width") == "64")
+    ActionChains(browser).move_to_element_with_offset(canvas, -40, -40).click_and_hold().move_by_offset(
+        80, 0
+    ).release().perform()
+    assert browser.find_element(By.ID, "mask-info").text.startswith("mask painted")
+    # The mask the page will send: the first image's size, transparent along the stroke, opaque elsewhere.
+    alpha = browser.execute_script(
+        "const pixels = mask.getContext('2d').getImageData(0, 0, mask.width, mask.height).data;"
+        "return [mask.width, mask.height, pixels.filter((v, i) => i % 4 === 3 && v === 0).length];"
+    )
+    assert alpha[:2] == [64, 64] and 0 < alpha[2] < 64 * 64
+    browser.find_element(By.ID, "edit-prompt").send_keys("put the block of picture 2 on picture 1")
+    for field, value in (("edit-width", "64"), ("edit-height", "64"), ("edit-steps", "2"), ("edit-seed", "5")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    status = browser.find_element(By.ID, "edit-status")
+    result = browser.find_element(By.ID, "edit-result")
+    browser.find_element(By.ID, "edit").click()
+    WebDriverWait(browser, 90).until(lambda _: "seed" in status.text or status.get_attribute("class") == "error")
+    assert status.text == "masked edit, 2 image(s), seed 5"
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", result)
+    assert size == [64, 64] and result.get_attribute("src").startswith("data:image/png;base64,")
+    browser.find_element(By.ID, "clear-mask").click()
+    browser.find_element(By.ID, "edit").click()
+    WebDriverWait(browser, 90).until(lambda _: status.text.startswith("edit, "))
+    assert status.text == "edit, 2 image(s), seed 5"
+
+
 def test_edit_is_reproducible_and_follows_the_source(server):
     fields = {"prompt": "make the block blue", "size": "64x48", "seed": 3, "num_inference_steps": 2}
     (first,) = edited(server, source_png(seed=0), fields)
