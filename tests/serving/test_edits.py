@@ -4,6 +4,9 @@ reproducibility, the source's effect, batching by source size, several images an
 from __future__ import annotations
 
 import io
+import os
+import pathlib
+import shutil
 import threading
 
 import numpy as np
@@ -15,6 +18,9 @@ from serving.generator import generate_jobs
 from serving.schema import EditJob, GenerationJob
 
 from .conftest import decode_png, start_serve, tiny_settings
+
+# The README's picture of the Edit tab; the test writes it to its own folder, and here with UPDATE_DOCS_IMAGES=1.
+DOCS_EDIT_TAB = pathlib.Path(__file__).resolve().parents[2] / "docs" / "images" / "serving_edit_tab.png"
 
 API_KEY = "edit-key-51c9"
 KEY_ENV = "SERVING_EDIT_TEST_API_KEY"
@@ -206,6 +212,17 @@ def test_web_page_edit_tab(server, browser, tmp_path):
     assert status.text == "masked edit, 2 image(s), seed 5"
     size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", result)
     assert size == [64, 64] and result.get_attribute("src").startswith("data:image/png;base64,")
+    # The tab as a user sees it (the uploads, the painted stroke, the result): the README's picture of it.
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    metrics = {"width": 900, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # the whole page in one shot
+    screenshot = tmp_path / "edit_tab.png"
+    assert browser.save_screenshot(str(screenshot))
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert Image.open(screenshot).size == (900, height)
+    if os.environ.get("UPDATE_DOCS_IMAGES") == "1":
+        DOCS_EDIT_TAB.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(screenshot, DOCS_EDIT_TAB)
     browser.find_element(By.ID, "clear-mask").click()
     browser.find_element(By.ID, "edit").click()
     WebDriverWait(browser, 90).until(lambda _: status.text.startswith("edit, "))
