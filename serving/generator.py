@@ -5,7 +5,7 @@ Requests reach it one by one; ``@serve.batch`` collects those that arrive within
 CFG scale and negative prompt (``GenerationJob.batch_key``). Edits (``EditJob``) come through the same queue, so a
 batch never holds more than ``max_batch_images`` images of either kind; they group only with edits whose sources
 resize to the same sizes, and go to ``TextToImage.edit`` (several images: ``template="edit_plus"``; a mask:
-``TextToImage.edit_inpaint``, or ``edit_plus_inpaint`` with several images; masked edits group by ``strength`` too). On CPU a call's fixed costs (the negative prompt's
+``TextToImage.edit_inpaint``, or ``TextToImage.edit_plus_inpaint`` with several images; masked edits group by ``strength`` too). On CPU a call's fixed costs (the negative prompt's
 encoding, Python per step, the VAE's set-up) are shared by its images, and on GPU a larger batch fills the device;
 per-image seeds keep each image the same whatever it is batched with.
 """
@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from ray import serve
 
-from models.generation import TextToImage, inpaint_mask, latent_mask, resize_lanczos
+from models.generation import TextToImage, inpaint_mask, resize_lanczos
 from models.placement import place, resolve_device
 from models.presets import drop_lm_head
 from serving.config import AdapterSettings, ModelSettings, ServeSettings, parse_adapters
@@ -141,7 +141,7 @@ def generate_group(model: TextToImage, jobs: list[GenerationJob]) -> np.ndarray:
 def inpaint_group(model: TextToImage, jobs: list[EditJob], prompts: list[str], kwargs: dict) -> np.ndarray:
     """Masked edits of one ``batch_key``: the first image and its mask resized (Lanczos) to the output's size, then
     instruction-guided inpainting (``TextToImage.edit_inpaint``, at that size); with several images, the same
-    inpainting of the first image with every image as an Edit-Plus reference (``edit_plus_inpaint``)."""
+    inpainting of the first image with every image as an Edit-Plus reference (``TextToImage.edit_plus_inpaint``)."""
     first = jobs[0]
     width, height = kwargs.pop("width"), kwargs.pop("height")
     starts, repaints = [], []
@@ -156,8 +156,7 @@ def inpaint_group(model: TextToImage, jobs: list[EditJob], prompts: list[str], k
         )
     references = [job.reference_pixels() for job in jobs for _ in job.seeds]
     area = first.source_area if first.source_area is not None else width * height
-    return edit_plus_inpaint(
-        model,
+    return model.edit_plus_inpaint(
         prompts,
         references,
         starts,
@@ -169,49 +168,6 @@ def inpaint_group(model: TextToImage, jobs: list[EditJob], prompts: list[str], k
         vision_area=first.vision_area,
         **kwargs,
     )
-
-
-def edit_plus_inpaint(
-    model: TextToImage,
-    prompts: list[str],
-    references: list[list[np.ndarray]],
-    starts: list[Image.Image],
-    repaints: list[Image.Image],
-    *,
-    height: int,
-    width: int,
-    strength: float,
-    num_steps: int,
-    true_cfg_scale: float,
-    negative_prompt: str | None,
-    seeds: list[int],
-    source_area: int,
-    vision_area: int,
-) -> np.ndarray:
-    """Inpainting guided by an Edit-Plus instruction, uint8 ``[B, H, W, 3]``: the references condition the run as
-    ``edit_latents(template="edit_plus")`` does, and the run starts from ``starts`` (one per prompt, already
-    ``width x height``) at ``strength`` with the region outside ``repaints`` (white = change) kept, as
-    ``inpaint_latents`` does. Built from ``TextToImage``'s own steps; diffusers has no such pipeline to match."""
-    generator = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-    source_latents, vision = model.prepare_references(references, source_area=source_area, vision_area=vision_area)
-    image_latents = model.encode_start_images(starts, height=height, width=width, generator=generator)
-    mask = latent_mask(repaints, height, width).to(model.device)
-    prompt, negative = model._encode_edit(model.edit_plus_encoder, prompts, vision, negative_prompt, true_cfg_scale)
-    latents = model._sample(
-        prompt,
-        negative,
-        height,
-        width,
-        num_steps,
-        true_cfg_scale,
-        generator,
-        None,
-        source_latents,
-        image_latents=image_latents,
-        strength=strength,
-        mask=mask,
-    )
-    return model.decode(latents)
 
 
 def generate_jobs(model: TextToImage, jobs: list[GenerationJob]) -> list[list[bytes]]:
