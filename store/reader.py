@@ -55,6 +55,12 @@ def shard_paths(store_dir: str | pathlib.Path) -> list[str]:
     return [str(root / entry["path"]) for entry in list_shards(store_dir)]
 
 
+def stored_columns(store_dir: str | pathlib.Path) -> list[str]:
+    """The column names of the store's shards (of its first shard: one schema for all), [] while it has none."""
+    paths = shard_paths(store_dir)
+    return pq.read_schema(paths[0]).names if paths else []
+
+
 def projection(resolution: int, extra: Iterable[str] = ()) -> list[str]:
     """The columns a training batch at ``resolution`` reads (edit rows' source latents included)."""
     return [

@@ -40,8 +40,8 @@ class PhaseConfig(StrictModel):
     mixture: dict[str, dict[str, float]] = {}
     # Task mixture: weights per task ("t2i", "edit", "depth", "novel_view", "edit_plus"), applied like ``mixture`` to
     # the stored ``task`` column (a task left out weighs 1.0; weight 0 leaves it out of the phase). Empty: every task
-    # as stored. Edit-Plus rows train on their first reference only until the loop conditions on several frames
-    # (store/batches.py reads ``source_latents_<res>``, not ``extra_source_latents_<res>``): weigh them 0 until then.
+    # as stored. Edit-Plus rows (several references) cannot train yet: the loop conditions on one frame, so a phase
+    # that selects them without weighing them 0 is refused when it starts (training.pretrain.count_phase_rows).
     tasks: dict[Literal["t2i", "edit", "depth", "novel_view", "edit_plus"], float] = {}
     # Share of synthetic text-rendering rows (source "synthetic/..."); None leaves the store's share.
     synthetic_share: float | None = pydantic.Field(default=None, ge=0, le=1)

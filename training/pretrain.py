@@ -18,6 +18,7 @@ import pathlib
 
 import ray
 
+from store import columns as C
 from training.config import PretrainConfig
 from training.loop import export_folder, merged_folder, train_loop_per_worker
 from training.metrics import plot_loss_curve
@@ -100,9 +101,23 @@ def count_phase_rows(config: PretrainConfig, phase) -> int:
     """The stored rows a phase selects (stage, predicates, hand-picked ids), counted from the filter's columns only;
     fewer than one batch is an error before any worker starts (a curated subset that matched nothing, a typo in a
     predicate's column value)."""
-    from store.reader import count_rows
+    from store.reader import count_rows, stored_columns
 
     rows = count_rows(config.store_dir, phase.resolution, min_stage=phase.min_stage, predicates=phase.predicates)
+    if phase.mixture.get(C.TASK, {}).get(C.EDIT_PLUS, 1.0) > 0 and C.TASK in stored_columns(config.store_dir):
+        # Edit-Plus rows hold several references; the loop conditions on the first only (the instruction was encoded
+        # with all of them), so training on them would be quietly wrong: they must be weighed out until it can.
+        plus = count_rows(
+            config.store_dir,
+            phase.resolution,
+            min_stage=phase.min_stage,
+            predicates=[*phase.predicates, (C.TASK, "==", C.EDIT_PLUS)],
+        )
+        if plus:
+            raise ValueError(
+                f"phase {phase.name!r} selects {plus} {C.EDIT_PLUS} rows (several reference images), and training "
+                f"conditions on one reference frame only: set tasks: {{{C.EDIT_PLUS}: 0}} in the phase"
+            )
     if rows < config.batch_size_of(phase):
         raise ValueError(
             f"phase {phase.name!r} selects {rows} rows of {config.store_dir} at {phase.resolution}px (stage >= "
@@ -148,7 +163,6 @@ def _streamed_phase(config: PretrainConfig, phase, curated: pathlib.Path):
 
     from pipelines.curation import LABELS_FILE, SCORED_DIR
     from pipelines.produce import encoded_dataset, kept_samples
-    from store import columns as C
     from training.data import SYNTHETIC_PREFIX, odds_for_share, streamed_phase_dataset
 
     keep = kept_samples(curated / LABELS_FILE, phase.min_stage)

@@ -95,6 +95,22 @@ def test_task_weights_become_the_task_mixture():
     assert phase.mixture == {"task": {"edit": 1.0, "edit_plus": 0.0}}
 
 
+def test_a_phase_with_multi_reference_rows_is_refused_before_training(tmp_path):
+    """Edit-Plus rows (several references) cannot train yet (the loop conditions on one frame): a phase that would
+    read them is refused before any worker starts, naming the fix; weighed out, it runs."""
+    from training.pretrain import count_phase_rows
+
+    folder = tmp_path / "store"
+    commit_table(folder, encoded_triplet_table(TRIPLETS, task=C.EDIT_PLUS, resolutions=(RESOLUTION,)))
+    commit_table(folder, encoded_sample_table(6, seed=3, resolutions=(RESOLUTION,), max_upscale=8.0))
+    phases = [{"name": "p", "num_steps": 1, "resolution": RESOLUTION, "min_stage": 0}]
+    config = PretrainConfig(store_dir=str(folder), preset="tiny", batch_size=2, phases=phases)
+    with pytest.raises(ValueError, match="selects 2 edit_plus rows .* set tasks: {edit_plus: 0}"):
+        count_phase_rows(config, config.phases[0])
+    weighed_out = config.phases[0].model_copy(update={"tasks": {C.T2I: 1.0, C.EDIT_PLUS: 0.0}})
+    assert count_phase_rows(config, PhaseConfig.model_validate(weighed_out.model_dump())) == 8
+
+
 def test_edit_memorizes(ray_session, edit_store, tmp_path):
     """Trained (Ray Train, from the store, the phase selecting edit rows by its task weights) on two triplets, the
     tiny model edits each source with its instruction into its own target, through the inference path (source
