@@ -137,6 +137,14 @@ def resize_lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.resize((width, height), resample=Image.LANCZOS)
 
 
+def _one_image_each(prompts: list[str], images: list, images_are: str, prompts_are: str) -> None:
+    """At least one prompt, and one image (or one list of references) per prompt."""
+    if not prompts:
+        raise ValueError(f"no {prompts_are}")
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} {images_are} for {len(prompts)} {prompts_are}")
+
+
 def _seeded(seeds: list[int] | None, count: int, generator):
     """One generator per image from ``seeds`` (each image reproducible on its own), else ``generator``."""
     if seeds is None:
@@ -378,10 +386,7 @@ class TextToImage:
         """
         if template not in ("edit", "edit_plus"):
             raise ValueError(f"template must be 'edit' or 'edit_plus', got {template!r}")
-        if not prompts:
-            raise ValueError("no instructions")
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} source images for {len(prompts)} instructions")
+        _one_image_each(prompts, images, "source images", "instructions")
         generator = _seeded(seeds, len(prompts), generator)
         if template == "edit":
             source_latents, vision = self.prepare_sources(
@@ -543,10 +548,7 @@ class TextToImage:
         negative_prompt,
     ) -> torch.Tensor:
         """Image to image (``masks`` None) or inpainting (one repaint mask per image, ``inpaint_mask``'s)."""
-        if not prompts:
-            raise ValueError("no prompts")
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        _one_image_each(prompts, images, "images", "prompts")
         strength_start(num_steps, strength)  # a bad strength fails before any model runs
         latent_size(height, width)  # a bad output size fails before any model runs
         generator = _seeded(seeds, len(prompts), generator)
@@ -577,10 +579,7 @@ class TextToImage:
         output's size; that image conditions the edit as ``template="edit"`` does (the vision tower, and its latents
         at frame 1) and starts the run as ``inpaint_latents`` does, the one VAE sample serving both. Masks as
         ``inpaint_mask`` reads them. The images of one call must resize to one size."""
-        if not prompts:
-            raise ValueError("no instructions")
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images for {len(prompts)} instructions")
+        _one_image_each(prompts, images, "images", "instructions")
         masks = [None] * len(images) if masks is None else masks
         if len(masks) != len(images):
             raise ValueError(f"{len(masks)} masks for {len(images)} images")
