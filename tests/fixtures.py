@@ -122,3 +122,13 @@ def encoded_triplet_table(
     config = EncodeConfig(resolutions=list(resolutions), max_upscale=max_upscale, edit_vision_area=edit_vision_area)
     encoded = TextEncodeStage(config)(VaeEncodeStage(config)(PreparePixels(config)(batch)))
     return to_store_table(encoded, list(resolutions))
+
+
+def structured_picture(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """RGB uint8 gradients and a block of one colour, not noise: the VAE and the vision tower see real shapes."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
+    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+    image[top : top + height // 3, left : left + width // 3] = rng.integers(0, 256, 3)
+    return image.astype(np.uint8)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from models.generation import DIFFUSERS_EDIT_AREA, TextToImage, edit_source_size
 from models.packing import img_shapes, unpack_latents
 
-
-def _source_image(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A structured RGB picture (gradients and a block), not noise: the VAE and the vision tower see real shapes."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
-    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-    image[top : top + height // 3, left : left + width // 3] = rng.integers(0, 256, 3)
-    return image.astype(np.uint8)
+from ..fixtures import structured_picture
 
 
 def test_edit_source_size_matches_diffusers():
@@ -53,7 +44,7 @@ def test_edit_matches_diffusers_pipeline(tiny_components, monkeypatch):
         return original(TEST_SOURCE_AREA, ratio)
 
     monkeypatch.setattr(pipeline_qwenimage_edit, "calculate_dimensions", smaller)
-    source = _source_image(320, 192)
+    source = structured_picture(320, 192)
     height, width, steps, prompt = 64, 96, 3, "make the block blue"
     reference = tiny_components.diffusers_edit_pipeline()(
         image=Image.fromarray(source),
@@ -77,17 +68,17 @@ def test_edit_matches_diffusers_pipeline(tiny_components, monkeypatch):
 
     # The source image must matter, or the comparison above says nothing about the edit conditioning.
     other = editor.edit_latents(
-        [prompt], [_source_image(320, 192, seed=1)], generator=torch.Generator().manual_seed(5), **kwargs
+        [prompt], [structured_picture(320, 192, seed=1)], generator=torch.Generator().manual_seed(5), **kwargs
     )
     assert (other - ours).abs().max().item() > 1e-3
 
 
 def test_edit_rejects_mismatched_inputs(tiny_components):
     editor = TextToImage(tiny_components)
-    image = _source_image(64, 64)
+    image = structured_picture(64, 64)
     with pytest.raises(ValueError, match="source images for"):
         editor.edit_latents(["a", "b"], [image], height=32, width=32, num_steps=1)
     with pytest.raises(ValueError, match="RGB uint8"):
         editor.edit_latents(["a"], [image[..., 0]], height=32, width=32, num_steps=1)
     with pytest.raises(ValueError, match="share an aspect ratio"):
-        editor.edit_latents(["a", "b"], [image, _source_image(128, 32)], height=32, width=32, num_steps=1)
+        editor.edit_latents(["a", "b"], [image, structured_picture(128, 32)], height=32, width=32, num_steps=1)

@@ -3,7 +3,6 @@ built from the same modules."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,21 +11,13 @@ from models.condition_encoder import EDIT_PLUS_TEMPLATE, EDIT_TEMPLATE, PICTURE_
 from models.generation import DIFFUSERS_EDIT_AREA, EDIT_PLUS_VISION_AREA, TextToImage, edit_source_size
 from models.packing import img_shapes, unpack_latents
 
+from ..fixtures import structured_picture
+
 # The pipeline VAE-encodes every reference at 1024x1024 pixels of area and shows it to the vision tower at 384x384;
 # on CPU the tiny VAE takes seconds per image even at 256^2, so the test has the pipeline use these areas instead
 # (and checks that it asked for the real ones).
 TEST_VAE_AREA = 64 * 64
 TEST_VISION_AREA = 64 * 64
-
-
-def _picture(width: int, height: int, seed: int) -> np.ndarray:
-    """Gradients and a coloured block: shapes for the VAE and the vision tower to see, not noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
-    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-    image[top : top + height // 3, left : left + width // 3] = rng.integers(0, 256, 3)
-    return image.astype(np.uint8)
 
 
 def test_edit_plus_template_matches_diffusers(tiny_components):
@@ -79,7 +70,7 @@ def test_edit_plus_matches_diffusers(tiny_components, monkeypatch, variant):
         return original(smaller[target_area], ratio)
 
     monkeypatch.setattr(plus, "calculate_dimensions", shrunk)
-    first, second = _picture(320, 192, seed=0), _picture(160, 224, seed=1)
+    first, second = structured_picture(320, 192, seed=0), structured_picture(160, 224, seed=1)
     # The sizes our sizing rule gives match the pipeline's (checked at the real areas, for both references).
     for picture in (first, second):
         ratio = picture.shape[1] / picture.shape[0]
@@ -117,7 +108,7 @@ def test_edit_plus_matches_diffusers(tiny_components, monkeypatch, variant):
 
     # The second reference must matter, or the comparison above says nothing about multi-image conditioning.
     other = editor.edit_latents(
-        [prompt], [[first, _picture(160, 224, seed=2)]], generator=torch.Generator().manual_seed(5), **kwargs
+        [prompt], [[first, structured_picture(160, 224, seed=2)]], generator=torch.Generator().manual_seed(5), **kwargs
     )
     assert (other - ours).abs().max().item() > 1e-3
     if variant == "2511":  # and zero_cond_t must change the model, or this case repeats the other
@@ -129,7 +120,7 @@ def test_edit_plus_matches_diffusers(tiny_components, monkeypatch, variant):
 
 def test_edit_plus_rejects_bad_references(tiny_components):
     editor = TextToImage(tiny_components)
-    image = _picture(64, 64, seed=0)
+    image = structured_picture(64, 64, seed=0)
     kwargs = dict(height=32, width=32, num_steps=1, template="edit_plus", source_area=32 * 32, vision_area=56 * 56)
     with pytest.raises(ValueError, match="as many reference images"):
         editor.edit_latents(["a", "b"], [[image], [image, image]], **kwargs)
@@ -138,6 +129,6 @@ def test_edit_plus_rejects_bad_references(tiny_components):
     with pytest.raises(ValueError, match="RGB uint8"):
         editor.edit_latents(["a"], [[image, image[..., 0]]], **kwargs)
     with pytest.raises(ValueError, match="share an aspect ratio"):
-        editor.edit_latents(["a", "b"], [[image], [_picture(128, 32, seed=0)]], **kwargs)
+        editor.edit_latents(["a", "b"], [[image], [structured_picture(128, 32, seed=0)]], **kwargs)
     with pytest.raises(ValueError, match="template must be"):
         editor.edit_latents(["a"], [image], height=32, width=32, num_steps=1, template="plus")

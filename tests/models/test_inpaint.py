@@ -12,17 +12,9 @@ from models.generation import DEFAULT_STRENGTH, TextToImage, inpaint_mask, laten
 from models.packing import unpack_latents
 from models.sampler import strength_start
 
+from ..fixtures import structured_picture
+
 HEIGHT, WIDTH = 64, 64
-
-
-def _picture(width: int, height: int, seed: int) -> np.ndarray:
-    """Gradients and a coloured block: shapes for the VAE to see, not noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
-    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-    image[top : top + height // 3, left : left + width // 3] = rng.integers(0, 256, 3)
-    return image.astype(np.uint8)
 
 
 def _alpha(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -48,7 +40,7 @@ def test_strength_start_matches_diffusers(tiny_components, num_steps, strength):
 
 def test_strength_outside_range_is_refused(tiny_components):
     editor = TextToImage(tiny_components)
-    image = _picture(64, 64, seed=0)
+    image = structured_picture(64, 64, seed=0)
     for strength in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
             editor.image_to_image_latents(["a"], [image], height=HEIGHT, width=WIDTH, num_steps=2, strength=strength)
@@ -57,7 +49,7 @@ def test_strength_outside_range_is_refused(tiny_components):
 def test_img2img_matches_diffusers(tiny_components):
     """Same latents as ``QwenImageImg2ImgPipeline`` (float32, true CFG on), bit for bit: the image resized to the
     output, a posterior sample drawn with the seed, noised to the level where ``strength`` starts the schedule."""
-    source = _picture(96, 80, seed=0)  # resized to 64x64, aspect ratio not kept, as diffusers does
+    source = structured_picture(96, 80, seed=0)  # resized to 64x64, aspect ratio not kept, as diffusers does
     steps, prompt = 4, "a watercolour of the same scene"
     assert DEFAULT_STRENGTH == 0.6 and strength_start(steps, DEFAULT_STRENGTH) == 1  # three of the four steps run
     reference = tiny_components.diffusers_img2img_pipeline()(
@@ -86,7 +78,7 @@ def test_img2img_matches_diffusers(tiny_components):
     )
     assert (stronger - ours).abs().max().item() > 1e-3
     other = editor.image_to_image_latents(
-        [prompt], [_picture(96, 80, seed=1)], generator=torch.Generator().manual_seed(3), **kwargs
+        [prompt], [structured_picture(96, 80, seed=1)], generator=torch.Generator().manual_seed(3), **kwargs
     )
     assert (other - ours).abs().max().item() > 1e-3
 
@@ -95,7 +87,7 @@ def test_inpaint_matches_diffusers(tiny_components):
     """Same latents as ``QwenImageInpaintPipeline`` (float32, true CFG on), bit for bit, for the mask given three
     ways: the image's own alpha channel (transparent = regenerate), a separate RGBA mask read the same way, and a
     separate greyscale mask in diffusers' convention (white = regenerate), which is what the pipeline is given."""
-    picture = _picture(96, 96, seed=0)
+    picture = structured_picture(96, 96, seed=0)
     alpha = _alpha(96, 96, box=(16, 24, 72, 64))
     repaint = Image.fromarray(255 - alpha)  # diffusers: white = regenerate
     steps, strength, prompt = 4, 0.75, "a red balloon"
@@ -141,7 +133,7 @@ def test_inpaint_matches_diffusers(tiny_components):
 
 
 def test_mask_conventions():
-    picture = _picture(32, 32, seed=0)
+    picture = structured_picture(32, 32, seed=0)
     alpha = _alpha(32, 32, box=(0, 0, 16, 32))
     image, repaint = inpaint_mask(np.concatenate([picture, alpha[..., None]], axis=-1))
     assert image.mode == "RGB" and np.array_equal(np.asarray(image), picture)
@@ -157,7 +149,7 @@ def test_mask_conventions():
 
 def test_inpaint_rejects_bad_inputs(tiny_components):
     editor = TextToImage(tiny_components)
-    picture = _picture(64, 64, seed=0)
+    picture = structured_picture(64, 64, seed=0)
     kwargs = dict(height=HEIGHT, width=WIDTH, num_steps=2)
     with pytest.raises(ValueError, match="needs a mask"):
         editor.inpaint_latents(["a"], [picture], **kwargs)
@@ -189,7 +181,7 @@ def test_edit_inpaint_matches_diffusers(tiny_components, monkeypatch):
         return original(HEIGHT * WIDTH, ratio)
 
     monkeypatch.setattr(edit_inpaint, "calculate_dimensions", shrunk)
-    picture = _picture(96, 96, seed=0)
+    picture = structured_picture(96, 96, seed=0)
     alpha = _alpha(96, 96, box=(16, 24, 72, 64))
     steps, strength, prompt = 4, 0.75, "turn the block into a window"
     reference = tiny_components.diffusers_edit_inpaint_pipeline()(
@@ -216,6 +208,6 @@ def test_edit_inpaint_matches_diffusers(tiny_components, monkeypatch):
     # The image is the edit's condition as well as its start: a different picture under the same mask changes the
     # region regenerated, not only the region kept.
     kept = latent_mask([Image.fromarray(255 - alpha)], HEIGHT, WIDTH)[0, 0] == 0
-    other_rgba = np.concatenate([_picture(96, 96, seed=1), alpha[..., None]], axis=-1)
+    other_rgba = np.concatenate([structured_picture(96, 96, seed=1), alpha[..., None]], axis=-1)
     other = editor.edit_inpaint_latents([prompt], [other_rgba], generator=torch.Generator().manual_seed(6), **kwargs)
     assert (other[0][:, ~kept] - ours[0][:, ~kept]).abs().max().item() > 1e-3

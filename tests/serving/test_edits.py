@@ -17,6 +17,7 @@ from PIL import Image
 from serving.generator import generate_jobs
 from serving.schema import EditJob, GenerationJob
 
+from ..fixtures import structured_picture
 from .conftest import decode_png, start_serve, tiny_settings
 
 # The README's picture of the Edit tab; the test writes it to its own folder, and here with UPDATE_DOCS_IMAGES=1.
@@ -31,13 +32,8 @@ MODEL = "qwen-image-tiny"
 
 def source_png(width: int = 64, height: int = 64, seed: int = 0, fmt: str = "PNG") -> bytes:
     """A structured picture (gradients and a block of one colour), encoded as ``fmt``."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
-    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-    image[top : top + height // 3, left : left + width // 3] = rng.integers(0, 256, 3)
     buffer = io.BytesIO()
-    Image.fromarray(image.astype(np.uint8)).save(buffer, format=fmt)
+    Image.fromarray(structured_picture(width, height, seed)).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
