@@ -70,7 +70,6 @@ WDS_SOURCE_PREFIX = "src."
 WDS_REFERENCE_PREFIX = "src"
 # JSONL manifests: the list of input images of a multi-image edit (a single ``source_image`` may also be a list).
 MANIFEST_SOURCES_KEYS: tuple[str, ...] = ("source_images", "source_image")
-Task = Literal["t2i", "edit", "depth", "novel_view", "edit_plus"]
 
 
 class SourceConfig(StrictModel):
@@ -84,8 +83,9 @@ class SourceConfig(StrictModel):
     url_column: str | None = None
     key_column: str | None = None
     manifest: str | None = None  # folder: a JSONL manifest instead of sidecar .txt files
-    # "t2i": image-caption pairs. "edit" / "depth" / "novel_view": (source image, instruction, target) triplets.
-    task: Task = "t2i"
+    # "t2i": image-caption pairs. The edit tasks (store.columns.EDIT_TASKS): (source image, instruction, target)
+    # triplets; "edit" rows with several input images become "edit_plus".
+    task: C.Task = C.T2I
     source_image_column: str | None = None  # parquet triplets: the input image (detected when not given)
     # Put before every caption of this source, e.g. a LoRA's trigger word ("sks dog, "); sample ids keep hashing
     # the file's own caption, so a changed prefix does not make new samples of the same files.

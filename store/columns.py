@@ -13,6 +13,8 @@ copying a binary column into a batch buffer runs at about 5 GB/s here against 2 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pyarrow as pa
 
@@ -40,9 +42,12 @@ T2I = "t2i"
 # ``source_image_bytes_column(n)`` (b"" where a row has fewer), up to MAX_SOURCE_IMAGES per triplet.
 EDIT_PLUS = "edit_plus"
 MAX_SOURCE_IMAGES = 3
-# Depth estimation and novel-view synthesis are edits too: an input image, an instruction, a target image.
-EDIT_TASKS: tuple[str, ...] = ("edit", "depth", "novel_view", EDIT_PLUS)
+# Inpainting is an edit whose input has a region blanked out and whose target fills it in. Depth estimation and
+# novel-view synthesis are edits too: an input image, an instruction, a target image.
+INPAINT = "inpaint"
+EDIT_TASKS: tuple[str, ...] = ("edit", "depth", "novel_view", EDIT_PLUS, INPAINT)
 TASKS: tuple[str, ...] = (T2I, *EDIT_TASKS)
+Task = Literal[TASKS]  # a config field naming a task
 
 
 def source_image_bytes_column(index: int) -> str:

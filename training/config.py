@@ -38,11 +38,10 @@ class PhaseConfig(StrictModel):
     # Mixture weights per value of a stored categorical column, e.g. {"category": {"text_rendering": 2.0}};
     # rows are kept with probability weight / max weight (values not listed weigh 1.0).
     mixture: dict[str, dict[str, float]] = {}
-    # Task mixture: weights per task ("t2i", "edit", "depth", "novel_view", "edit_plus"), applied like ``mixture`` to
-    # the stored ``task`` column (a task left out weighs 1.0; weight 0 leaves it out of the phase). Empty: every task
-    # as stored. Edit-Plus rows (several references) cannot train yet: the loop conditions on one frame, so a phase
-    # that selects them without weighing them 0 is refused when it starts (training.pretrain.count_phase_rows).
-    tasks: dict[Literal["t2i", "edit", "depth", "novel_view", "edit_plus"], float] = {}
+    # Task mixture: weights per task (store.columns.TASKS: "t2i", "edit", "depth", "novel_view", "edit_plus",
+    # "inpaint"), applied like ``mixture`` to the stored ``task`` column (a task left out weighs 1.0; weight 0 leaves
+    # it out of the phase). Empty: every task as stored.
+    tasks: dict[C.Task, float] = {}
     # Share of synthetic text-rendering rows (source "synthetic/..."); None leaves the store's share.
     synthetic_share: float | None = pydantic.Field(default=None, ge=0, le=1)
     lr_scale: float = pydantic.Field(default=1.0, gt=0)
