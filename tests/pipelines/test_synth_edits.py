@@ -1,5 +1,6 @@
 """Synthetic edit triplets: exact depth, consistent novel views, edits confined to what the instruction names, text
-read back by OCR, determinism, failures reported as rows, and the Ray source."""
+read back by OCR, shapes composed from two pictures, blanked areas filled, determinism, failures reported as rows,
+and the Ray source."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from models.ocr import OcrConfig, OcrEngine
 from pipelines.decode import decode_image
 from pipelines.synth import captions
 from pipelines.synth.edits import (
+    BLANK_RGB,
     EDIT_COLUMNS,
     EDIT_KINDS,
     SHAPE_NAMES,
     EditGenerator,
     EditSynthConfig,
+    EditTriplet,
     generate_edit,
     kind_of,
+    preview_edits,
+    sample_flat_scene,
     sample_view,
     sample_view_change,
     synthetic_edit_dataset,
@@ -185,6 +190,90 @@ def test_background_edit_changes_only_the_background() -> None:
         assert re.search(rf"(to|background|with a) {COLOR_OF_RGB[new].en}( one)?\.$", triplet.instruction)
 
 
+def test_compose_pastes_the_named_shape_of_picture_1_into_picture_2() -> None:
+    config = only("compose")
+    sides = {"left": (1, 0), "right": (1, 1), "top": (0, 0), "bottom": (0, 1)}  # axis, half
+    for index in range(8):
+        triplet = generate_edit(config, index)
+        assert triplet.error == "" and triplet.task == C.EDIT_PLUS and len(triplet.references) == 1
+        second = triplet.references[0]
+        # The first draw's scenes: Picture 1 and Picture 2 as generated (rows that needed a second draw are skipped).
+        rng = EditGenerator(config).rng("compose", index)
+        first_scene, second_scene = sample_flat_scene(rng, *config.size), sample_flat_scene(rng, *config.size)
+        changed = (second != triplet.target).any(axis=2)
+        assert changed.any() and np.array_equal(changed, triplet.region)
+        assert np.array_equal(triplet.target[~changed], second[~changed])
+        (pasted,) = {tuple(pixel) for pixel in triplet.target[changed].tolist()}
+        color = COLOR_OF_RGB[pasted]
+        shape = re.search(rf"the {color.en} ({SHAPES}) (from|of) Picture 1 ", triplet.instruction).group(1)
+        assert "Picture 2" in triplet.instruction
+        if not np.array_equal(first_scene.image(), triplet.source):
+            continue
+        assert np.array_equal(second_scene.image(), second)
+        pairs = list(zip(first_scene.colors, first_scene.shapes, strict=True))
+        (number,) = [k for k, (c, name) in enumerate(pairs) if c.en == color.en and name == shape]  # unique
+        # The pasted pixels are that shape's mask moved as a whole, onto Picture 2's background only.
+        mask_rows, mask_cols = np.nonzero(first_scene.labels == number + 1)
+        rows, cols = np.nonzero(triplet.region)
+        assert len(set((rows - mask_rows).tolist())) == len(set((cols - mask_cols).tolist())) == 1
+        assert (second_scene.labels[triplet.region] == 0).all()
+        side = re.search(r"in the (left|right|top|bottom) half of", triplet.instruction)
+        if side:
+            axis, half = sides[side.group(1)]
+            where = cols if axis else rows
+            middle = config.size[1 - axis] / 2
+            assert (where >= middle).all() if half else (where < middle).all(), triplet.instruction
+    chinese = generate_edit(config.model_copy(update={"instruction_zh_ratio": 1.0}), 0)
+    changed = (chinese.references[0] != chinese.target).any(axis=2)
+    color = COLOR_OF_RGB[tuple(chinese.target[changed][0].tolist())]
+    assert re.fullmatch(rf"(把|将)图1.*{color.zh}({'|'.join(SHAPE_NAMES.values())}).*图2.*。", chinese.instruction)
+
+
+def test_inpaint_source_is_the_target_with_a_grey_area() -> None:
+    config = only("inpaint")
+    assert BLANK_RGB not in COLOR_OF_RGB  # no scene pixel can be the blank
+    for index in range(8):
+        triplet = generate_edit(config, index)
+        assert triplet.error == "" and triplet.task == C.INPAINT and triplet.references == ()
+        region = triplet.region
+        assert 0 < region.mean() < 0.3
+        assert np.array_equal(triplet.source[~region], triplet.target[~region])
+        assert (triplet.source[region] == BLANK_RGB).all()
+        filled = {tuple(pixel) for pixel in triplet.target[region].tolist()}
+        assert len(filled) >= 2 and BLANK_RGB not in filled  # part of a shape and background, not blank
+        assert np.array_equal((triplet.source != triplet.target).any(axis=2), region)
+        assert "grey" in triplet.instruction
+    chinese = generate_edit(config.model_copy(update={"instruction_zh_ratio": 1.0}), 0)
+    assert "灰色" in chinese.instruction and chinese.instruction.endswith("。")
+
+
+def test_compose_and_inpaint_rows_carry_their_task_and_references() -> None:
+    config = only("compose", kinds={"compose": 1.0, "inpaint": 1.0})
+    triplets = [generate_edit(config, index) for index in range(4)]
+    failed = EditTriplet(None, None, "", C.EDIT_PLUS, "compose", error="edit_synth:compose:no_room")
+    batch = triplets_batch(config, [0, 1, 2, 3, 4], [*triplets, failed])
+    second = C.source_image_bytes_column(2)
+    by_key = {key: row for row, key in enumerate(batch[C.KEY])}
+    for index, triplet in enumerate([*triplets, failed]):
+        row = by_key[f"edit-{triplet.kind}-s5-{index:09d}"]
+        assert batch[C.TASK][row] == {"compose": C.EDIT_PLUS, "inpaint": C.INPAINT}[triplet.kind]
+        assert batch[C.SOURCE_ERROR][row] == triplet.error and not batch[C.source_image_bytes_column(3)][row]
+        if triplet.error:
+            assert batch[C.IMAGE_BYTES][row] == batch[C.SOURCE_IMAGE_BYTES][row] == batch[second][row] == b""
+        elif triplet.kind == "compose":
+            decoded = decode_image(batch[second][row])
+            assert decoded.ok and np.array_equal(decoded.image, triplet.references[0])
+        else:
+            assert batch[second][row] == b""
+    assert {kind_of(config, index) for index in range(4)} == {"compose", "inpaint"}
+
+
+def test_preview_shows_every_input_of_a_compose_row() -> None:
+    sheet = preview_edits(only("compose"), 1)
+    single = preview_edits(only("inpaint"), 1)
+    assert sheet.shape[1] > single.shape[1] >= 2 * 256  # Picture 1 | Picture 2 | target against input | target
+
+
 @pytest.fixture(scope="module")
 def ocr() -> OcrEngine:
     return OcrEngine(OcrConfig(num_threads=2))
@@ -214,18 +303,23 @@ def test_text_replacement_changes_only_the_text(ocr: OcrEngine) -> None:
 # Determinism, failures, the dataset.
 def test_same_seed_and_index_same_triplet() -> None:
     config = EditSynthConfig(seed=9, size=(96, 96), text_languages={"en": 1.0})
-    assert {kind_of(config, index) for index in range(5)} == set(EDIT_KINDS)
-    first = [generate_edit(config, index) for index in range(5)]
+    rows = list(range(8))
+    assert {kind_of(config, index) for index in rows} == set(EDIT_KINDS)
+    first = [generate_edit(config, index) for index in rows]
     fresh = EditGenerator(config)  # another generator, rows in another order
-    second = [fresh.generate(index) for index in (4, 3, 2, 1, 0)][::-1]
+    second = [fresh.generate(index) for index in rows[::-1]][::-1]
     for one, other in zip(first, second, strict=True):
         assert one.instruction == other.instruction and one.kind == other.kind
         assert np.array_equal(one.source, other.source) and np.array_equal(one.target, other.target)
-    batch, again = triplets_batch(config, list(range(5)), first), triplets_batch(config, list(range(5)), second)
+        assert len(one.references) == len(other.references) == (one.kind == "compose")
+        assert all(np.array_equal(a, b) for a, b in zip(one.references, other.references, strict=True))
+        if one.region is not None:
+            assert np.array_equal(one.region, other.region)
+    batch, again = triplets_batch(config, rows, first), triplets_batch(config, rows, second)
     assert batch[C.SAMPLE_ID].tolist() == again[C.SAMPLE_ID].tolist()
     assert batch[C.IMAGE_BYTES].tolist() == again[C.IMAGE_BYTES].tolist()
     other_seed = config.model_copy(update={"seed": 10})
-    other = triplets_batch(other_seed, list(range(5)), [generate_edit(other_seed, index) for index in range(5)])
+    other = triplets_batch(other_seed, rows, [generate_edit(other_seed, index) for index in rows])
     assert not set(batch[C.SAMPLE_ID]) & set(other[C.SAMPLE_ID])
     weighted = EditSynthConfig(kinds={"color": 3.0, "depth": 1.0})
     assert sum(kind_of(weighted, index) == "color" for index in range(400)) == pytest.approx(300, abs=3)
@@ -246,7 +340,7 @@ def test_config_rejects_mistakes() -> None:
     with pytest.raises(ValueError, match="kinds"):
         EditSynthConfig(kinds={})
     with pytest.raises(ValueError, match="kinds"):
-        EditSynthConfig(kinds={"inpaint": 1.0})
+        EditSynthConfig(kinds={"sketch": 1.0})
     with pytest.raises(ValueError, match="size"):
         EditSynthConfig(size=(32, 32))
     with pytest.raises(ValueError, match="azimuths"):
@@ -259,16 +353,25 @@ def test_ray_dataset(ray_session) -> None:
 
     rows = synthetic_edit_dataset(config, num_rows).take_all()  # ten rows: fine on the driver
     assert len(rows) == num_rows and set(rows[0]) == set(EDIT_COLUMNS)
-    expected_task = {"text_replace": "edit", "color": "edit", "background": "edit", "depth": "depth"}
+    expected_task = {
+        "text_replace": "edit",
+        "color": "edit",
+        "background": "edit",
+        "depth": "depth",
+        "compose": C.EDIT_PLUS,
+        "inpaint": C.INPAINT,
+    }
     for row in rows:
         match = re.fullmatch(r"edit-([a-z_]+)-s2-(\d{9})", row[C.KEY])
         kind, index = match.group(1), int(match.group(2))
         assert kind == kind_of(config, index)
         assert row[C.SOURCE] == f"synthetic/edit-{kind}"
         assert row[C.TASK] == expected_task.get(kind, "novel_view") and row[C.SOURCE_ERROR] == ""
-        for column in (C.IMAGE_BYTES, C.SOURCE_IMAGE_BYTES):
+        references = (C.source_image_bytes_column(2),) if kind == "compose" else ()
+        for column in (C.IMAGE_BYTES, C.SOURCE_IMAGE_BYTES, *references):
             decoded = decode_image(row[column])
             assert decoded.ok and (decoded.width, decoded.height) == (128, 128)
+        assert bool(row[C.source_image_bytes_column(2)]) == (kind == "compose")
         assert bool(row[RENDERED_TEXT]) == (kind == "text_replace")
     assert {row[C.SOURCE] for row in rows} == {f"synthetic/edit-{kind}" for kind in EDIT_KINDS}
     assert len({row[C.SAMPLE_ID] for row in rows}) == len({row[C.KEY] for row in rows}) == num_rows

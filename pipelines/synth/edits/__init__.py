@@ -1,6 +1,6 @@
 """Synthetic edit triplets (source image, instruction, target image) with exact ground truth.
 
-Five kinds, each a pure function of ``(config, index)``:
+Seven kinds, each a pure function of ``(config, index)``:
 
 - ``text_replace``: a word or short line rendered like the synthesiser's pure mode (plain or gradient background,
   a font, colour and position); the target is the same image with the text replaced by another one in the same
@@ -13,6 +13,14 @@ Five kinds, each a pure function of ``(config, index)``:
   ``scenes.depth_to_image``). ``Estimate the depth map of this image.``
 - ``novel_view``: the same 3-D scene seen from the camera orbited about the scene centre by 15 to 90 degrees (left
   or right, sometimes also up or down). ``Rotate the camera 30 degrees to the left around the scene.``
+- ``compose`` (two input images): Picture 1 and Picture 2 are flat scenes; the target is Picture 2 with one shape of
+  Picture 1 (named by colour and shape, unique in Picture 1, visible on Picture 2's background) pasted pixel for
+  pixel, at its own place when that keeps apart from Picture 2's shapes, else at a free place drawn at random; some
+  instructions name a side, and the shape then lies wholly in that half. ``Put the red star from Picture 1 into
+  Picture 2.`` (``把图1中的红色五角星放进图2。``); ``references`` holds Picture 2, ``region`` the pasted pixels.
+- ``inpaint``: a flat scene with a rectangle or an ellipse painted mid grey ``(128, 128, 128)``, a colour outside
+  the palette, over part of one shape and some background (every shape it touches keeps 40 % in view); the target
+  is the scene whole and ``region`` the grey pixels. ``Fill in the grey area.`` (``补全灰色区域。``)
 
 Which kind row ``index`` gets follows a low-discrepancy sequence over the kind weights (golden-ratio steps), so any
 run of consecutive rows holds the kinds in about their proportions; everything else is drawn from a generator
@@ -21,13 +29,13 @@ the canvas, no font covering it) comes back with no images and an ``error``; in 
 ``image_bytes`` and a ``source_error``.
 
 Dataset columns: ``store.columns.SOURCE_COLUMNS`` plus ``rendered_text``; ``task`` is ``edit`` (text, colour,
-background), ``depth`` or ``novel_view``; ``source`` is ``synthetic/edit-<kind>``; ``key`` is
-``edit-<kind>-s<seed>-<index>``.
+background), ``edit_plus`` (compose: Picture 2 in ``source_image_bytes_2``), ``inpaint``, ``depth`` or
+``novel_view``; ``source`` is ``synthetic/edit-<kind>``; ``key`` is ``edit-<kind>-s<seed>-<index>``.
 
     python -m pipelines.synth.edits --num 12 --out outputs/edit_preview.png
 
-Modules: ``config`` (the config, the kinds, the triplet), ``text``, ``flat`` and ``views`` (the makers by kind),
-``source`` (generation by row index, the Ray Data source, the preview).
+Modules: ``config`` (the config, the kinds, the triplet), ``text``, ``flat``, ``compose``, ``inpaint`` and
+``views`` (the makers by kind), ``source`` (generation by row index, the Ray Data source, the preview).
 """
 
 from pipelines.synth.edits.config import (
@@ -39,7 +47,8 @@ from pipelines.synth.edits.config import (
     EditTriplet,
     kind_of,
 )
-from pipelines.synth.edits.flat import SHAPE_NAMES, FlatScene, sample_flat_scene, shape_polygon
+from pipelines.synth.edits.flat import SHAPE_NAMES, FlatScene, sample_flat_scene, shape_polygon, unique_shapes
+from pipelines.synth.edits.inpaint import BLANK_RGB
 from pipelines.synth.edits.source import (
     EditGenerator,
     edit_key,
@@ -52,6 +61,7 @@ from pipelines.synth.edits.source import (
 from pipelines.synth.edits.views import sample_view, sample_view_change, view_instruction
 
 __all__ = [
+    "BLANK_RGB",
     "EDIT_COLUMNS",
     "EDIT_KINDS",
     "SHAPE_NAMES",
@@ -72,5 +82,6 @@ __all__ = [
     "source_name",
     "synthetic_edit_dataset",
     "triplets_batch",
+    "unique_shapes",
     "view_instruction",
 ]

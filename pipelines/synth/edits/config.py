@@ -17,14 +17,17 @@ from store import columns as C
 from store.columns import RENDERED_TEXT
 
 logger = logging.getLogger(__name__)
-EditKind = Literal["text_replace", "color", "background", "depth", "novel_view"]
-EDIT_KINDS: tuple[str, ...] = ("text_replace", "color", "background", "depth", "novel_view")
+EditKind = Literal["text_replace", "color", "background", "depth", "novel_view", "compose", "inpaint"]
+# New kinds go last: a kind's place here seeds its rows' generators.
+EDIT_KINDS: tuple[str, ...] = ("text_replace", "color", "background", "depth", "novel_view", "compose", "inpaint")
 TASK_OF_KIND: dict[str, str] = {
     "text_replace": "edit",
     "color": "edit",
     "background": "edit",
     "depth": "depth",
     "novel_view": "novel_view",
+    "compose": C.EDIT_PLUS,
+    "inpaint": C.INPAINT,
 }
 EDIT_COLUMNS: tuple[str, ...] = (*C.SOURCE_COLUMNS, RENDERED_TEXT)
 GOLDEN = (math.sqrt(5) - 1) / 2
@@ -96,8 +99,10 @@ class EditSynthConfig(StrictModel):
 class EditTriplet:
     """One generated triplet: RGB uint8 ``[H, W, 3]`` images (None, and ``error`` set, when it could not be made).
 
-    ``region`` (bool ``[H, W]``) marks the pixels a 2-D edit may change (text ink, the shape, the background);
-    None for depth and novel view, where every pixel may.
+    ``source`` is the input image (Picture 1); ``references`` the further inputs of a multi-image edit (Picture 2
+    onward, empty for single-input kinds). ``region`` (bool ``[H, W]``) marks the pixels a 2-D edit may change (text
+    ink, the shape, the background, the pasted shape, the blanked area), in the target's frame; None for depth and
+    novel view, where every pixel may.
     """
 
     source: np.ndarray | None
@@ -108,6 +113,7 @@ class EditTriplet:
     rendered_text: str = ""
     error: str = ""
     region: np.ndarray | None = None
+    references: tuple[np.ndarray, ...] = ()
 
 
 def kind_of(config: EditSynthConfig, index: int) -> str:

@@ -118,11 +118,16 @@ def _names(color: captions.Color, language: str) -> str:
     return color.zh if language == "zh" else color.en
 
 
+def unique_shapes(scene: FlatScene) -> list[int]:
+    """The shapes (by number) whose colour and shape no other shape of the scene shares: a name that points at one."""
+    pairs = [(color.en, shape) for color, shape in zip(scene.colors, scene.shapes, strict=True)]
+    return [number for number, pair in enumerate(pairs) if pairs.count(pair) == 1]
+
+
 def make_color_edit(rng: np.random.Generator, config: EditSynthConfig) -> EditTriplet:
     """Recolour one shape, named by colour and shape (a pair unique in the scene)."""
     scene = sample_flat_scene(rng, *config.size)
-    pairs = [(color.en, shape) for color, shape in zip(scene.colors, scene.shapes, strict=True)]
-    unique = [number for number, pair in enumerate(pairs) if pairs.count(pair) == 1]
+    unique = unique_shapes(scene)
     if not unique:
         raise Discarded("ambiguous")
     number = int(pick(rng, unique))

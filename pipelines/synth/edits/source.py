@@ -13,6 +13,7 @@ import ray.data
 from models.imageio import save_png, to_grid
 from pipelines.pools import map_stage
 from pipelines.sources import make_batch
+from pipelines.synth.edits.compose import make_compose
 from pipelines.synth.edits.config import (
     EDIT_COLUMNS,
     EDIT_KINDS,
@@ -23,6 +24,7 @@ from pipelines.synth.edits.config import (
     logger,
 )
 from pipelines.synth.edits.flat import make_background_edit, make_color_edit
+from pipelines.synth.edits.inpaint import make_inpaint
 from pipelines.synth.edits.text import make_text_replace
 from pipelines.synth.edits.views import make_depth, make_novel_view
 from pipelines.synth.preview import short_label, thumbnail
@@ -34,6 +36,8 @@ MAKERS = {
     "background": make_background_edit,
     "depth": make_depth,
     "novel_view": make_novel_view,
+    "compose": make_compose,
+    "inpaint": make_inpaint,
 }
 
 
@@ -105,6 +109,7 @@ def triplets_batch(config: EditSynthConfig, indices: list[int], triplets: list[E
             [t.error for t in made],
             task=[t.task for t in made],
             source_images=[encode(t.source, synth) if t.source is not None else b"" for t in made],
+            extra_source_images=[[encode(image, synth) for image in t.references] for t in made],
         )
         batch[RENDERED_TEXT] = np.array([t.rendered_text for t in made], dtype=object)
         parts.append(batch)
@@ -132,22 +137,28 @@ def synthetic_edit_dataset(config: EditSynthConfig, num_samples: int) -> ray.dat
 
 # Preview.
 def preview_edits(config: EditSynthConfig, num_triplets: int, columns: int = 2) -> np.ndarray:
-    """A contact sheet uint8 ``[H, W, 3]``: each cell is source | target, labelled with the instruction."""
+    """A contact sheet uint8 ``[H, W, 3]``: each cell is input | target (Picture 1 | Picture 2 | target for a
+    multi-image edit), labelled with the instruction; cells are as wide as the widest, padded with white."""
     if num_triplets < 1:
         raise ValueError(f"num_triplets must be at least 1, got {num_triplets}")
     generator = EditGenerator(config)
     cells, labels = [], []
+    gap = np.full((256, 6, 3), 255, dtype=np.uint8)
     for index in range(num_triplets):
         triplet = generator.generate(index)
         if triplet.source is None or triplet.target is None:
             logger.warning("row %d (%s) failed: %s", index, triplet.kind, triplet.error)
             continue
-        gap = np.full((256, 6, 3), 255, dtype=np.uint8)
-        cells.append(np.concatenate([thumbnail(triplet.source, 256), gap, thumbnail(triplet.target, 256)], axis=1))
+        images = [triplet.source, *triplet.references, triplet.target]
+        parts = [part for image in images for part in (gap, thumbnail(image, 256))][1:]
+        cells.append(np.concatenate(parts, axis=1))
         instruction = re.sub(r"\s+", " ", triplet.instruction)
-        labels.append(short_label(f"[{triplet.kind}] {instruction}", 518))
+        labels.append(f"[{triplet.kind}] {instruction}")
     if not cells:
         raise ValueError("no triplet could be made: check the fonts and the text settings")
+    width = max(cell.shape[1] for cell in cells)
+    cells = [np.pad(cell, ((0, 0), (0, width - cell.shape[1]), (0, 0)), constant_values=255) for cell in cells]
+    labels = [short_label(label, width) for label in labels]
     return to_grid(np.stack(cells), columns=min(columns, len(cells)), labels=labels)
 
 
