@@ -23,7 +23,7 @@ MIN_KEPT = 0.4  # of every shape the blank touches, the part that stays in view:
 
 
 def blank_region(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarray, str]:
-    """A rectangle or ellipse (a bool mask, and which) centred on an edge pixel of one shape, 40 to 90 % of the
+    """A rectangle or ellipse (a bool mask, and which) centred on an edge pixel of one shape, 50 to 100 % of the
     shape's extent a side; it covers part of that shape and some background, and leaves ``MIN_KEPT`` of every shape
     it touches in view."""
     height, width = labels.shape
@@ -36,7 +36,7 @@ def blank_region(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarr
     cy, cx = float(rows[at]) + 0.5, float(cols[at]) + 0.5
     all_rows, all_cols = np.nonzero(shape)
     extents = (all_cols.max() - all_cols.min() + 1, all_rows.max() - all_rows.min() + 1)
-    half_w, half_h = (float(rng.uniform(0.4, 0.9)) * extent / 2 + 2 for extent in extents)
+    half_w, half_h = (float(rng.uniform(0.5, 1.0)) * extent / 2 + 2 for extent in extents)
     outline = str(pick(rng, list(OUTLINES)))
     mask = Image.new("1", (width, height), 0)
     box = (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
