@@ -8,11 +8,12 @@ them between a winner and a loser.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from diffusers import QwenImageTransformer2DModel
 
-from models.packing import img_shapes, pack_latents, unpack_latents
+from models.packing import img_shapes, pack_latents, pack_sources, unpack_latents
 from models.prompt_embeds import PromptEmbeds
 from models.sampler import predict_velocity
 from models.schedule import LossWeighting, SigmaSampling, loss_weights, sample_training_sigmas
@@ -37,16 +38,14 @@ def velocity_at(
     noisy: torch.Tensor,
     sigmas: torch.Tensor,
     prompt: PromptEmbeds,
-    source_latents: torch.Tensor | None = None,
+    source_latents: torch.Tensor | Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The model's velocity ``[B, 16, h, w]`` for unpacked noisy latents ``[B, 16, h, w]`` at ``sigmas: [B]``;
-    editing: conditioned on the clean ``source_latents: [B, 16, h', w']`` (frame 1 of the sequence)."""
+    editing: conditioned on the clean ``source_latents: [B, 16, h', w']`` (frame 1 of the sequence), or on several
+    references (a sequence of such, frames 1, 2, ... in order: Edit-Plus)."""
     batch, _, rows, cols = noisy.shape
-    source_tokens, source_grid = None, None
-    if source_latents is not None:
-        source_tokens = pack_latents(source_latents.to(noisy.dtype))
-        source_grid = tuple(source_latents.shape[2:])
-    shapes = img_shapes(batch, rows, cols, source_grid)
+    source_tokens, source_grids = pack_sources(source_latents, batch, noisy.device, noisy.dtype)
+    shapes = img_shapes(batch, rows, cols, sources=source_grids)
     tokens = predict_velocity(transformer, pack_latents(noisy), sigmas, prompt, shapes, source_tokens)
     return unpack_latents(tokens, rows, cols)
 
@@ -63,10 +62,11 @@ def flow_matching_loss(
     logit_std: float = 1.0,
     weighting: LossWeighting = "none",
     generator: torch.Generator | None = None,
-    source_latents: torch.Tensor | None = None,
+    source_latents: torch.Tensor | Sequence[torch.Tensor] | None = None,
 ) -> FlowMatchingOutput:
     """Flow-matching loss for normalised latents ``[B, 16, h, w]`` conditioned on ``prompt`` (one row per sample)
-    and, for edit samples, on the clean ``source_latents`` (the loss is on the generated tokens only)."""
+    and, for edit samples, on the clean ``source_latents`` (one tensor, or a sequence for several references; the
+    loss is on the generated tokens only)."""
     batch = latents.shape[0]
     if prompt.embeds.shape[0] != batch:
         raise ValueError(f"{prompt.embeds.shape[0]} prompts for {batch} latents")

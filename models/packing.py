@@ -71,3 +71,21 @@ def img_shapes(
     grids = [source] if source is not None else list(sources)
     shapes = [(1, rows // 2, cols // 2)] + [(1, grid[0] // 2, grid[1] // 2) for grid in grids]
     return [shapes] * batch_size
+
+
+def pack_sources(
+    source_latents: torch.Tensor | Sequence[torch.Tensor] | None, batch_size: int, device, dtype
+) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
+    """Edit references (``[B, 16, h, w]``, or a sequence of such for several) -> their packed tokens one after another
+    ``[B, M, 64]`` on ``device`` in ``dtype`` and their latent grids, for ``img_shapes(..., sources=)``; None: no
+    reference."""
+    if source_latents is None:
+        return None, []
+    references = [source_latents] if isinstance(source_latents, torch.Tensor) else list(source_latents)
+    if not references:
+        raise ValueError("source_latents is an empty sequence: pass None for no reference")
+    for reference in references:
+        if reference.ndim != 4 or reference.shape[:2] != (batch_size, LATENT_CHANNELS):
+            raise ValueError(f"source_latents must be [{batch_size}, 16, h, w], got {tuple(reference.shape)}")
+    tokens = torch.cat([pack_latents(reference.to(device, dtype)) for reference in references], dim=1)
+    return tokens, [tuple(reference.shape[2:]) for reference in references]

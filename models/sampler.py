@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from diffusers import QwenImageTransformer2DModel
 
-from models.packing import LATENT_CHANNELS, img_shapes, latent_size, pack_latents, unpack_latents
+from models.packing import LATENT_CHANNELS, img_shapes, latent_size, pack_latents, pack_sources, unpack_latents
 from models.presets import QWEN_IMAGE_SCHEDULER_CONFIG
 from models.prompt_embeds import PromptEmbeds
 from models.schedule import inference_sigmas
@@ -147,7 +147,7 @@ def sample(
     elif latents.shape != grid:
         raise ValueError(f"latents must be {grid}, got {tuple(latents.shape)}")
     tokens = pack_latents(latents.to(device, dtype))
-    source_tokens, source_grids = _pack_sources(source_latents, batch_size, device, dtype)
+    source_tokens, source_grids = pack_sources(source_latents, batch_size, device, dtype)
     shapes = img_shapes(batch_size, rows, cols, sources=source_grids)
     sigmas = inference_sigmas(num_steps, tokens.shape[1], scheduler_config).to(device)
     image_tokens, noise_tokens, mask_tokens = None, tokens, None
@@ -179,22 +179,6 @@ def sample(
         if on_step is not None:
             on_step(step + 1 - start, num_steps - start)
     return unpack_latents(tokens, rows, cols)
-
-
-def _pack_sources(
-    source_latents: torch.Tensor | Sequence[torch.Tensor] | None, batch_size: int, device, dtype
-) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
-    """Edit references -> (their packed tokens one after another ``[B, M, 64]``, their latent grids)."""
-    if source_latents is None:
-        return None, []
-    references = [source_latents] if isinstance(source_latents, torch.Tensor) else list(source_latents)
-    if not references:
-        raise ValueError("source_latents is an empty sequence: pass None for no reference")
-    for reference in references:
-        if reference.ndim != 4 or reference.shape[:2] != (batch_size, LATENT_CHANNELS):
-            raise ValueError(f"source_latents must be [{batch_size}, 16, h, w], got {tuple(reference.shape)}")
-    tokens = torch.cat([pack_latents(reference.to(device, dtype)) for reference in references], dim=1)
-    return tokens, [tuple(reference.shape[2:]) for reference in references]
 
 
 def sde_step(

@@ -1,7 +1,8 @@
 """Decoded training batches from stored rows: tensors copied once from the Arrow buffers, rows regrouped by shape.
 
 ``decode_batch`` turns rows of one bucket into ``latents``, ``text_embeds`` and ``text_mask`` tensors (and the edit
-rows' ``source_latents``); ``iter_bucketed_batches`` regroups a stream of mixed-bucket rows into batches of one shape.
+rows' ``source_latents``, Edit-Plus rows' ``extra_source_latents``); ``iter_bucketed_batches`` regroups a stream of
+mixed-bucket rows into batches of one shape and one kind (text to image, or edits with a given number of inputs).
 torch is imported by ``decode_batch`` only.
 """
 
@@ -87,6 +88,7 @@ def decode_batch(batch: pa.Table | dict[str, np.ndarray], resolution: int) -> di
         if batch.column(source).null_count:
             raise ValueError("decode_batch takes edit rows or text-to-image rows, not both; use iter_bucketed_batches")
         source_latents = fixed_size_rows(batch.column(source), shape, "source latents (the target's shape)")
+    extra_latents = _extra_references(batch, resolution, shape) if source_latents is not None else None
 
     lengths = batch.column(C.TEXT_LEN).to_numpy().astype(np.int64)
     dim = int(batch.column(C.TEXT_DIM)[0].as_py())
@@ -109,7 +111,39 @@ def decode_batch(batch: pa.Table | dict[str, np.ndarray], resolution: int) -> di
     }
     if source_latents is not None:
         out[C.SOURCE_LATENTS] = torch.from_numpy(source_latents)
+    if extra_latents is not None:
+        out[C.EXTRA_SOURCE_LATENTS] = torch.from_numpy(extra_latents)
     return out
+
+
+def reference_counts(batch: pa.Table, resolution: int) -> np.ndarray:
+    """Input images per row: 0 on text-to-image rows, 1 on edits, 1 + the extra references on Edit-Plus rows."""
+    source = C.source_latents_column(resolution)
+    if source not in batch.column_names:
+        return np.zeros(batch.num_rows, dtype=np.int64)
+    counts = pc.is_valid(batch.column(source)).to_numpy(zero_copy_only=False).astype(np.int64)
+    extra = C.extra_source_latents_column(resolution)
+    if extra in batch.column_names:
+        counts += pc.fill_null(pc.list_value_length(batch.column(extra)), 0).to_numpy(zero_copy_only=False)
+    return counts
+
+
+def _extra_references(batch: pa.Table, resolution: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    """References 2..n of Edit-Plus rows as ``[B, n - 1, *shape]`` float16, or None when the rows have none; rows
+    with different counts are an error (``iter_bucketed_batches`` keeps them apart)."""
+    extra = C.extra_source_latents_column(resolution)
+    if extra not in batch.column_names or batch.column(extra).null_count == batch.num_rows:
+        return None
+    counts = set(reference_counts(batch, resolution).tolist())
+    if len(counts) != 1:
+        raise ValueError(
+            f"decode_batch takes edit rows with one number of input images, got {sorted(counts)}; "
+            "use iter_bucketed_batches"
+        )
+    references = counts.pop() - 1
+    flat = pc.list_flatten(batch.column(extra))
+    values = fixed_size_rows(flat, shape, "extra source latents (the target's shape)")
+    return values.reshape(batch.num_rows, references, *shape)
 
 
 def iter_bucketed_batches(
@@ -122,7 +156,8 @@ def iter_bucketed_batches(
     """Regroup a stream of row batches (any buckets) into decoded batches of ``batch_size`` rows of one shape.
 
     Rows wait in one buffer per bucket (Arrow slices, no copies) until it holds a full batch; edit rows (with source
-    latents) and text-to-image rows wait apart, so a batch is all of one kind; rows without latents
+    latents) wait apart from text-to-image rows and by their number of input images, so a batch is all of one kind
+    and every row has as many condition frames; rows without latents
     at ``resolution`` are skipped; at the end, partial batches are emitted unless ``drop_last``. Order within a
     bucket is kept, so a seeded stream gives the same batches every time. Feed it ``batch_format="pyarrow"``.
     """
@@ -142,10 +177,10 @@ def iter_bucketed_batches(
         if batch.column(latents).null_count:
             batch = batch.filter(pc.is_valid(batch.column(latents)))
         buckets = batch.column(C.BUCKET).to_numpy(zero_copy_only=False)
-        source = C.source_latents_column(resolution)
-        if source in batch.column_names and batch.column(source).null_count < batch.num_rows:
-            edit = pc.is_valid(batch.column(source)).to_numpy(zero_copy_only=False)
-            buckets = np.where(edit, np.char.add(buckets.astype(str), "+edit"), buckets.astype(str)).astype(object)
+        references = reference_counts(batch, resolution)
+        if references.any():
+            kinds = np.where(references > 0, np.char.add("+edit", references.astype(str)), "")
+            buckets = np.char.add(buckets.astype(str), kinds).astype(object)
         for bucket in np.unique(buckets):
             part = batch.filter(pa.array(buckets == bucket)) if len(np.unique(buckets)) > 1 else batch
             buffers.setdefault(str(bucket), []).append(part)

@@ -298,10 +298,12 @@ def judge_column(attribute: str) -> str:
 
 
 # Keys of a decoded training batch (store.batches.decode_batch), beside TEXT_EMBEDS and SAMPLE_ID: latents of one
-# resolution [B, 16, h, w], the text mask [B, L], and an edit batch's input-image latents.
+# resolution [B, 16, h, w], the text mask [B, L], an edit batch's input-image latents [B, 16, h, w] and, in an
+# Edit-Plus batch, its references 2..n [B, n - 1, 16, h, w] (every row of a batch has as many references).
 LATENTS = "latents"
 TEXT_MASK = "text_mask"
 SOURCE_LATENTS = "source_latents"
+EXTRA_SOURCE_LATENTS = "extra_source_latents"
 
 
 def latents_column(resolution: int) -> str:

@@ -62,11 +62,12 @@ def stored_columns(store_dir: str | pathlib.Path) -> list[str]:
 
 
 def projection(resolution: int, extra: Iterable[str] = ()) -> list[str]:
-    """The columns a training batch at ``resolution`` reads (edit rows' source latents included)."""
+    """The columns a training batch at ``resolution`` reads (edit rows' source latents, all references, included)."""
     return [
         *TRAINING_COLUMNS,
         C.latents_column(resolution),
         C.source_latents_column(resolution),
+        C.extra_source_latents_column(resolution),
         C.height_column(resolution),
         C.width_column(resolution),
         *extra,

@@ -91,7 +91,7 @@ def encoded_sample_table(
 
 
 def encoded_triplet_table(
-    triplets: list[tuple[np.ndarray, str, np.ndarray]],
+    triplets: list[tuple[np.ndarray | list[np.ndarray], str, np.ndarray]],
     *,
     task: str = "edit",
     resolutions: tuple[int, ...] = (256,),
@@ -101,7 +101,9 @@ def encoded_triplet_table(
 ):
     """(source image, instruction, target image) triplets (uint8 RGB arrays) encoded as edit rows of a latent-store
     table, through the producers' encoding stages: source latents beside target latents, the instruction with the
-    edit template and the source image through the vision tower. No Ray, no curation: for tests and benchmarks."""
+    edit template and the source image through the vision tower. A list of source images makes an Edit-Plus row
+    (its references 2..n stored too, the instruction encoded with the Edit-Plus template). No Ray, no curation: for
+    tests and benchmarks."""
     from pipelines.encode import EncodeConfig, PreparePixels, TextEncodeStage, VaeEncodeStage
     from pipelines.produce import to_store_table
     from pipelines.sources import make_batch
@@ -115,13 +117,18 @@ def encoded_triplet_table(
         [""] * len(triplets),
         [""] * len(triplets),
         task=task,
-        source_images=[png_bytes(image) for image, _, _ in triplets],
+        source_images=[png_bytes(_sources(images)[0]) for images, _, _ in triplets],
+        extra_source_images=[[png_bytes(image) for image in _sources(images)[1:]] for images, _, _ in triplets],
     )
     batch["stage"] = np.full(len(triplets), 7, dtype=np.int8)
     batch["category"] = np.full(len(triplets), "general", dtype=object)
     config = EncodeConfig(resolutions=list(resolutions), max_upscale=max_upscale, edit_vision_area=edit_vision_area)
     encoded = TextEncodeStage(config)(VaeEncodeStage(config)(PreparePixels(config)(batch)))
     return to_store_table(encoded, list(resolutions))
+
+
+def _sources(images: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
+    return list(images) if isinstance(images, list | tuple) else [images]
 
 
 def structured_picture(width: int, height: int, seed: int = 0) -> np.ndarray:

@@ -96,10 +96,26 @@ class LossConfig(StrictModel):
 
 
 class EditSample(StrictModel):
-    """An edit for the sample grids: an input image file and an instruction."""
+    """An edit for the sample grids: an instruction and its input image file (``image``: the edit template), or
+    several (``images``: the Edit-Plus template, "Picture 1", "Picture 2", ... in the order given)."""
 
-    image: str
+    image: str | None = None
+    images: list[str] = pydantic.Field(default=[], max_length=C.MAX_SOURCE_IMAGES)
     instruction: str
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self) -> EditSample:
+        if (self.image is None) == (not self.images):
+            raise ValueError("an edit sample takes an input image (image: path) or several (images: [paths])")
+        return self
+
+    @property
+    def template(self) -> str:
+        return "edit" if self.image is not None else "edit_plus"
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.image] if self.image is not None else list(self.images)
 
 
 class SampleConfig(StrictModel):

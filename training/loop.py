@@ -194,7 +194,8 @@ def _sample_grid(model, loop_config: dict, config: PretrainConfig, step: int, ph
 
 
 def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, size: int, device):
-    """Each edit's input image and result (one sampler call per edit: inputs differ in aspect ratio)."""
+    """Each edit's input images and result (one sampler call per edit: inputs differ in aspect ratio). Every input
+    is VAE-encoded at the grid's area in its own aspect ratio, each at its own frame when there are several."""
     from PIL import Image
 
     from models.generation import edit_source_size, resize_lanczos
@@ -202,9 +203,11 @@ def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, s
 
     cells, labels = [], []
     for index, edit in enumerate(edits):
-        image = Image.fromarray(np.asarray(edit["image"], dtype=np.uint8))
-        source = np.array(resize_lanczos(image, *edit_source_size(size * size, *image.size)))
-        source_latents = vae.encode(images_to_tensor(source[None]).to(device)).float()
+        images = [Image.fromarray(np.asarray(image, dtype=np.uint8)) for image in edit["images"]]
+        references = []
+        for image in images:
+            source = np.array(resize_lanczos(image, *edit_source_size(size * size, *image.size)))
+            references.append(vae.encode(images_to_tensor(source[None]).to(device)).float())
         latents = _grid_latents(
             transformer,
             _single_prompt(edit["embeds"], device),
@@ -212,12 +215,25 @@ def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, s
             config,
             size,
             first_seed=config.samples.seed + index,
-            source_latents=source_latents,
+            source_latents=references[0] if len(references) == 1 else references,
         )
         result = tensor_to_images(vae.decode(latents))[0]
-        cells += [np.asarray(resize_lanczos(image, size, size)), result]
-        labels += ["input", edit["instruction"]]
+        cells += [_inputs_cell(images, size), result]
+        labels += ["input" if len(images) == 1 else f"inputs 1-{len(images)}", edit["instruction"]]
     return cells, labels
+
+
+def _inputs_cell(images: list, size: int) -> np.ndarray:
+    """The inputs of an edit side by side in one ``size`` x ``size`` cell (on white below when several)."""
+    from models.generation import resize_lanczos
+
+    if len(images) == 1:
+        return np.asarray(resize_lanczos(images[0], size, size))
+    side = size // len(images)
+    row = np.concatenate([np.asarray(resize_lanczos(image, side, side)) for image in images], axis=1)
+    cell = np.full((size, size, 3), 255, dtype=np.uint8)
+    cell[(size - side) // 2 : (size - side) // 2 + side, : row.shape[1]] = row
+    return cell
 
 
 def _sample_prompts(transformer, vae, prompts: dict, config: PretrainConfig, size: int, device) -> np.ndarray:
@@ -471,6 +487,19 @@ def drop_captions(
     return PromptEmbeds(embeds, mask), dropped
 
 
+def condition_frames(batch: dict, device) -> torch.Tensor | list[torch.Tensor] | None:
+    """The clean input images' latents that condition an edit batch (all rows of a batch are one kind, with as
+    many input images): ``[B, 16, h, w]`` for one, a list in the stored order for several (Edit-Plus: references 1,
+    2, ..., each at its own rotary frame), None for text to image."""
+    source = batch.get(C.SOURCE_LATENTS)
+    if source is None:
+        return None
+    source = source.to(device, torch.float32)
+    if C.EXTRA_SOURCE_LATENTS not in batch:
+        return source
+    return [source, *batch[C.EXTRA_SOURCE_LATENTS].to(device, torch.float32).unbind(1)]
+
+
 def _train_step(
     model, optimizer, group, state: TrainState, config: PretrainConfig, lr_scale: float, parallel, dropped=None
 ):
@@ -482,9 +511,7 @@ def _train_step(
     for micro, batch in enumerate(group):
         latents = batch[C.LATENTS].to(device, torch.float32)
         prompt = PromptEmbeds(batch[C.TEXT_EMBEDS].to(device, torch.float32), batch[C.TEXT_MASK].to(device))
-        # Edit batches (all rows of a batch are one kind): the clean source image's latents condition the model.
-        source = batch.get(C.SOURCE_LATENTS)
-        source = None if source is None else source.to(device, torch.float32)
+        source = condition_frames(batch, device)
         # Noise and sigmas depend on (seed, step, micro-batch, data-parallel rank) only: a resumed run draws the
         # same ones, and the workers of a tensor-parallel group draw the same.
         generator = torch.Generator().manual_seed(

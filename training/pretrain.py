@@ -19,7 +19,7 @@ import pathlib
 import ray
 
 from store import columns as C
-from training.config import PretrainConfig
+from training.config import EditSample, PretrainConfig
 from training.loop import export_folder, merged_folder, train_loop_per_worker
 from training.metrics import plot_loss_curve
 from training.progress import Progress
@@ -57,16 +57,25 @@ def encode_sample_prompts(preset: str, weights_dir: str | None, samples: list[st
     embeds = [e.float().numpy() for e in encoder.encode(prompts).unpadded()] if prompts else []
     negative = encoder.encode([" "]).unpadded()[0].float().numpy()
     out = {"texts": prompts, "embeds": embeds, "negative": negative, "edits": []}
-    edit_encoder = ConditionEncoder(components.text_encoder, components.tokenizer, template="edit")
+    encoders = {
+        template: ConditionEncoder(components.text_encoder, components.tokenizer, template=template)
+        for template in ("edit", "edit_plus")
+    }
     for edit in samples["edits"]:
-        image = read_edit_image(edit["image"])
-        vision = resize_lanczos(image, *edit_source_size(samples["edit_vision_area"], *image.size))
+        sample = EditSample.model_validate(edit)
+        images = [read_edit_image(path) for path in sample.paths]
+        vision = [
+            resize_lanczos(image, *edit_source_size(samples["edit_vision_area"], *image.size)) for image in images
+        ]
+        # The edit template takes one image per instruction, the Edit-Plus template a list of them.
+        seen = vision if sample.template == "edit" else [vision]
+        encoder = encoders[sample.template]
         out["edits"].append(
             {
-                "instruction": edit["instruction"],
-                "image": np.asarray(image),
-                "embeds": edit_encoder.encode_edit([edit["instruction"]], [vision]).unpadded()[0].float().numpy(),
-                "negative": edit_encoder.encode_edit([" "], [vision]).unpadded()[0].float().numpy(),
+                "instruction": sample.instruction,
+                "images": [np.asarray(image) for image in images],
+                "embeds": encoder.encode_edit([sample.instruction], seen).unpadded()[0].float().numpy(),
+                "negative": encoder.encode_edit([" "], seen).unpadded()[0].float().numpy(),
             }
         )
     return out
@@ -101,23 +110,9 @@ def count_phase_rows(config: PretrainConfig, phase) -> int:
     """The stored rows a phase selects (stage, predicates, hand-picked ids), counted from the filter's columns only;
     fewer than one batch is an error before any worker starts (a curated subset that matched nothing, a typo in a
     predicate's column value)."""
-    from store.reader import count_rows, stored_columns
+    from store.reader import count_rows
 
     rows = count_rows(config.store_dir, phase.resolution, min_stage=phase.min_stage, predicates=phase.predicates)
-    if phase.mixture.get(C.TASK, {}).get(C.EDIT_PLUS, 1.0) > 0 and C.TASK in stored_columns(config.store_dir):
-        # Edit-Plus rows hold several references; the loop conditions on the first only (the instruction was encoded
-        # with all of them), so training on them would be quietly wrong: they must be weighed out until it can.
-        plus = count_rows(
-            config.store_dir,
-            phase.resolution,
-            min_stage=phase.min_stage,
-            predicates=[*phase.predicates, (C.TASK, "==", C.EDIT_PLUS)],
-        )
-        if plus:
-            raise ValueError(
-                f"phase {phase.name!r} selects {plus} {C.EDIT_PLUS} rows (several reference images), and training "
-                f"conditions on one reference frame only: set tasks: {{{C.EDIT_PLUS}: 0}} in the phase"
-            )
     if rows < config.batch_size_of(phase):
         raise ValueError(
             f"phase {phase.name!r} selects {rows} rows of {config.store_dir} at {phase.resolution}px (stage >= "
@@ -199,7 +194,8 @@ def run_pretraining(config: PretrainConfig) -> dict:
         update["store_dir"] = str(pathlib.Path(config.store_dir).resolve())
     config = config.model_copy(update=update)
     for edit in config.samples.edits:  # an unreadable image is an error before anything starts
-        read_edit_image(edit.image)
+        for path in edit.paths:
+            read_edit_image(path)
     if config.feed == "store":
         check_store(config)
     config = with_edit_vision_area(config)

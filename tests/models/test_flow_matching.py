@@ -32,6 +32,41 @@ def test_loss_is_mse_to_noise_minus_data():
     assert out.loss.item() == pytest.approx(0.0, abs=1e-10)
 
 
+def test_edit_references_are_frames_in_order():
+    """An Edit-Plus training batch: the references follow the noisy tokens in the order given, each with its own
+    grid in ``img_shapes`` (frames 1, 2), and the loss is on the generated tokens only; the batch the training loop
+    decodes reaches the loss that way."""
+    from models.packing import pack_latents
+    from store import columns as C
+    from training.loop import condition_frames
+
+    latents, noise, sigmas = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4), torch.tensor([0.25, 0.75])
+    first, second = torch.randn(2, 16, 4, 6), torch.randn(2, 16, 2, 2)
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def forward(self, hidden_states, timestep, img_shapes, **kwargs):
+            seen.update(hidden=hidden_states, shapes=img_shapes)
+            return (hidden_states * 0 + 1,)
+
+    prompt = type("P", (), {"embeds": torch.zeros(2, 3, 8), "mask": torch.ones(2, 3, dtype=torch.long)})()
+    out = flow_matching_loss(Recorder(), latents, prompt, sigmas=sigmas, noise=noise, source_latents=[first, second])
+    noisy = pack_latents(noisy_latents(latents, noise, sigmas))
+    assert torch.equal(seen["hidden"], torch.cat([noisy, pack_latents(first), pack_latents(second)], dim=1))
+    assert seen["shapes"] == [[(1, 2, 2), (1, 2, 3), (1, 1, 1)]] * 2
+    assert out.prediction.shape == latents.shape and bool((out.prediction == 1).all())
+
+    batch = {C.SOURCE_LATENTS: first, C.EXTRA_SOURCE_LATENTS: torch.stack([second[:, :, :, :2].repeat(1, 1, 2, 3)], 1)}
+    frames = condition_frames(batch, torch.device("cpu"))
+    assert (
+        len(frames) == 2
+        and torch.equal(frames[0], first)
+        and torch.equal(frames[1], batch[C.EXTRA_SOURCE_LATENTS][:, 0])
+    )
+    assert torch.equal(condition_frames({C.SOURCE_LATENTS: first}, torch.device("cpu")), first)
+    assert condition_frames({}, torch.device("cpu")) is None
+
+
 def test_sigma_sampling_distributions():
     generator = torch.Generator().manual_seed(0)
     uniform = sample_training_sigmas(20000, "uniform", generator=generator)

@@ -50,27 +50,56 @@ TRIPLETS = [
 ]
 
 
+# Edit-Plus: one instruction over two pictures, the same two in either order; the order decides the target.
+PLUS_INSTRUCTION = "put the shape of picture 1 on the background of picture 2"
+PLUS_TRIPLETS = [
+    (
+        [TRIPLETS[0][0], TRIPLETS[1][0]],
+        PLUS_INSTRUCTION,
+        _scene((250, 220, 30), (220, 20, 20), "square"),
+    ),
+    (
+        [TRIPLETS[1][0], TRIPLETS[0][0]],
+        PLUS_INSTRUCTION,
+        _scene((240, 240, 240), (20, 200, 20), "circle"),
+    ),
+]
+
+
 @pytest.fixture(scope="module")
 def edit_store(tmp_path_factory) -> str:
-    """Two edit triplets and six text-to-image pairs, at 64 px."""
+    """Two edit triplets, two Edit-Plus triplets (two inputs each) and six text-to-image pairs, at 64 px."""
     folder = tmp_path_factory.mktemp("edit-store")
     commit_table(folder, encoded_triplet_table(TRIPLETS, resolutions=(RESOLUTION,), edit_vision_area=VISION_AREA))
+    commit_table(
+        folder,
+        encoded_triplet_table(PLUS_TRIPLETS, task=C.EDIT_PLUS, resolutions=(RESOLUTION,), edit_vision_area=VISION_AREA),
+    )
     commit_table(folder, encoded_sample_table(6, seed=3, resolutions=(RESOLUTION,), max_upscale=8.0))
     return str(folder)
 
 
 def test_edit_rows_batch_apart_from_pairs(edit_store):
     table = read_table(edit_store, RESOLUTION, extra_columns=[C.TASK])
-    assert sorted(table.column(C.TASK).to_pylist()) == ["edit"] * 2 + ["t2i"] * 6
+    assert sorted(table.column(C.TASK).to_pylist()) == ["edit"] * 2 + ["edit_plus"] * 2 + ["t2i"] * 6
     batches = list(iter_bucketed_batches([table], 3, RESOLUTION))
-    edits = [batch for batch in batches if "source_latents" in batch]
-    pairs = [batch for batch in batches if "source_latents" not in batch]
-    # The two edit rows share a batch of their own; the six pairs fill the others (one bucket per batch).
-    assert [len(batch["sample_id"]) for batch in edits] == [2]
-    assert sum(len(batch["sample_id"]) for batch in pairs) == 6
+    edits = [batch for batch in batches if C.SOURCE_LATENTS in batch and C.EXTRA_SOURCE_LATENTS not in batch]
+    plus = [batch for batch in batches if C.EXTRA_SOURCE_LATENTS in batch]
+    pairs = [batch for batch in batches if C.SOURCE_LATENTS not in batch]
+    # The two edit rows share a batch of their own, as do the two Edit-Plus rows (two inputs each); the six pairs
+    # fill the others (one bucket per batch).
+    assert [len(batch[C.SAMPLE_ID]) for batch in edits] == [2]
+    assert [len(batch[C.SAMPLE_ID]) for batch in plus] == [2]
+    assert sum(len(batch[C.SAMPLE_ID]) for batch in pairs) == 6
     edit = edits[0]
-    assert edit["source_latents"].shape == edit["latents"].shape
-    assert not torch.equal(edit["source_latents"], edit["latents"])  # the source image, not the target
+    assert edit[C.SOURCE_LATENTS].shape == edit[C.LATENTS].shape
+    assert not torch.equal(edit[C.SOURCE_LATENTS], edit[C.LATENTS])  # the source image, not the target
+    # Edit-Plus: reference 1 in source_latents, reference 2 in extra_source_latents [B, 1, 16, h, w]; the second
+    # row holds the first row's pictures in the other order.
+    both = plus[0]
+    assert both[C.EXTRA_SOURCE_LATENTS].shape == (2, 1, *both[C.LATENTS].shape[1:])
+    assert torch.equal(both[C.SOURCE_LATENTS][0], both[C.EXTRA_SOURCE_LATENTS][1, 0])
+    assert torch.equal(both[C.EXTRA_SOURCE_LATENTS][0, 0], both[C.SOURCE_LATENTS][1])
     # Mixed rows handed to decode_batch directly are an error, not a silent mix.
     from store.batches import decode_batch
 
@@ -81,6 +110,9 @@ def test_edit_rows_batch_apart_from_pairs(edit_store):
     )
     with pytest.raises(ValueError, match="not both"):
         decode_batch(mixed, RESOLUTION)
+    one_and_two = table.filter(pa.compute.is_in(table.column(C.TASK), pa.array(["edit", "edit_plus"]))).slice(1, 2)
+    with pytest.raises(ValueError, match=r"one number of input images, got \[1, 2\]"):
+        decode_batch(one_and_two, RESOLUTION)
 
 
 def test_task_weights_become_the_task_mixture():
@@ -90,78 +122,106 @@ def test_task_weights_become_the_task_mixture():
         PhaseConfig(name="p", num_steps=1, tasks={"paint": 1.0})
     with pytest.raises(ValueError, match="non-negative"):
         PhaseConfig(name="p", num_steps=1, tasks={"edit": -1.0})
-    # Multi-image edits have their own weight (a phase can leave them out: they train on one reference for now).
-    phase = PhaseConfig(name="p", num_steps=1, tasks={"edit": 1.0, "edit_plus": 0.0})
-    assert phase.mixture == {"task": {"edit": 1.0, "edit_plus": 0.0}}
+    # Multi-image edits and inpainting have weights of their own.
+    phase = PhaseConfig(name="p", num_steps=1, tasks={"edit": 1.0, "edit_plus": 0.5, "inpaint": 0.0})
+    assert phase.mixture == {"task": {"edit": 1.0, "edit_plus": 0.5, "inpaint": 0.0}}
 
 
-def test_a_phase_with_multi_reference_rows_is_refused_before_training(tmp_path):
-    """Edit-Plus rows (several references) cannot train yet (the loop conditions on one frame): a phase that would
-    read them is refused before any worker starts, naming the fix; weighed out, it runs."""
-    from training.pretrain import count_phase_rows
+def test_edit_samples_take_one_image_or_several():
+    from training.config import EditSample
 
-    folder = tmp_path / "store"
-    commit_table(folder, encoded_triplet_table(TRIPLETS, task=C.EDIT_PLUS, resolutions=(RESOLUTION,)))
-    commit_table(folder, encoded_sample_table(6, seed=3, resolutions=(RESOLUTION,), max_upscale=8.0))
-    phases = [{"name": "p", "num_steps": 1, "resolution": RESOLUTION, "min_stage": 0}]
-    config = PretrainConfig(store_dir=str(folder), preset="tiny", batch_size=2, phases=phases)
-    with pytest.raises(ValueError, match="selects 2 edit_plus rows .* set tasks: {edit_plus: 0}"):
-        count_phase_rows(config, config.phases[0])
-    weighed_out = config.phases[0].model_copy(update={"tasks": {C.T2I: 1.0, C.EDIT_PLUS: 0.0}})
-    assert count_phase_rows(config, PhaseConfig.model_validate(weighed_out.model_dump())) == 8
+    assert EditSample(image="a.png", instruction="x").template == "edit"
+    several = EditSample(images=["a.png", "b.png"], instruction="x")
+    assert several.template == "edit_plus" and several.paths == ["a.png", "b.png"]
+    with pytest.raises(ValueError, match="an input image .* or several"):
+        EditSample(image="a.png", images=["b.png"], instruction="x")
+    with pytest.raises(ValueError, match="an input image .* or several"):
+        EditSample(instruction="x")
+    with pytest.raises(ValueError, match="at most 3"):
+        EditSample(images=["a.png"] * 4, instruction="x")
 
 
-def test_edit_memorizes(ray_session, edit_store, tmp_path):
-    """Trained (Ray Train, from the store, the phase selecting edit rows by its task weights) on two triplets, the
-    tiny model edits each source with its instruction into its own target, through the inference path (source
-    image resized and VAE-encoded, instruction and image through the condition encoder)."""
-    from models.generation import TextToImage
-    from training.metrics import read_metrics
-    from training.pretrain import run_pretraining
-
-    steps = 800
+@pytest.fixture(scope="module")
+def edit_run(ray_session, edit_store, tmp_path_factory) -> dict:
+    """The tiny model trained (Ray Train, from the store, the phase selecting edit rows by its task weights) on the
+    two edit and the two Edit-Plus triplets, with an edit and an Edit-Plus sample grid."""
     from PIL import Image
 
-    Image.fromarray(TRIPLETS[0][0]).save(tmp_path / "input.png")
+    from training.pretrain import run_pretraining
+
+    folder = tmp_path_factory.mktemp("edit-run")
+    for index, (image, _, _) in enumerate(TRIPLETS):
+        Image.fromarray(image).save(folder / f"input{index}.png")
     config = PretrainConfig.model_validate(
         {
             "store_dir": edit_store,
-            "output_dir": str(tmp_path),
+            "output_dir": str(folder),
             "run_name": "edit",
             "batch_size": 2,
             "cpus_per_worker": 1,
             "optim": {"lr": 2e-3, "warmup_steps": 20, "weight_decay": 0.0},
             "log_every": 100,
-            "checkpoint_every": steps,
+            "checkpoint_every": EDIT_STEPS,
             "shuffle_buffer": 0,
             "samples": {
                 "num_steps": 2,
                 "prompts": [],
-                "edits": [{"image": str(tmp_path / "input.png"), "instruction": TRIPLETS[0][1]}],
+                "edits": [
+                    {"image": str(folder / "input0.png"), "instruction": TRIPLETS[0][1]},
+                    {
+                        "images": [str(folder / "input0.png"), str(folder / "input1.png")],
+                        "instruction": PLUS_INSTRUCTION,
+                    },
+                ],
                 "edit_vision_area": VISION_AREA,
             },
             "phases": [
                 {
                     "name": "edit",
-                    "num_steps": steps,
+                    "num_steps": EDIT_STEPS,
                     "resolution": RESOLUTION,
                     "min_stage": 1,
-                    "tasks": {"t2i": 0.0, "edit": 1.0},
+                    "tasks": {"t2i": 0.0, "edit": 1.0, "edit_plus": 1.0},
                 }
             ],
         }
     )
-    summary = run_pretraining(config)
-    assert int(read_metrics(summary["metrics"])[-1]["step"]) == steps
-    (grid,) = pathlib.Path(summary["samples"]).glob("*-edits.png")  # input | result, for a person to look at
-    assert not list(pathlib.Path(summary["samples"]).glob("*-edit.png"))  # no prompts: no text-to-image grid
+    return run_pretraining(config)
 
-    stored = read_table(edit_store, RESOLUTION, extra_columns=[C.TASK])
-    targets = {}
-    for row in stored.filter(pa.compute.equal(stored.column(C.TASK), "edit")).to_pylist():
-        latents = np.frombuffer(row[C.latents_column(RESOLUTION)], dtype="<f2").reshape(16, 8, 8)
-        targets[row[C.CAPTION]] = torch.from_numpy(latents.astype(np.float32))
-    editor = TextToImage.from_checkpoint(summary["checkpoint"])
+
+EDIT_STEPS = 1000
+
+
+def _stored_targets(store: str, task: str) -> list[torch.Tensor]:
+    """The target latents of the stored rows of ``task`` in the order of their triplets: edit rows by instruction,
+    Edit-Plus rows by their first picture (the edit triplet whose input it is)."""
+    stored = read_table(store, RESOLUTION, extra_columns=[C.TASK]).to_pylist()
+    source = C.source_latents_column(RESOLUTION)
+    firsts = {row[source]: [i for _, i, _ in TRIPLETS].index(row[C.CAPTION]) for row in stored if row[C.TASK] == "edit"}
+    rows = sorted((row for row in stored if row[C.TASK] == task), key=lambda row: firsts[row[source]])
+    return [_latents(row[C.latents_column(RESOLUTION)]) for row in rows]
+
+
+def _latents(value: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(value, dtype="<f2").reshape(16, 8, 8).astype(np.float32))
+
+
+def _nearest_own_target(edited: torch.Tensor, targets: list[torch.Tensor]) -> None:
+    distances = torch.cdist(edited.flatten(1), torch.stack(targets).flatten(1))  # [edited i, target j]
+    assert distances[0, 0] < distances[0, 1] and distances[1, 1] < distances[1, 0], distances
+
+
+def test_edit_memorizes(edit_run, edit_store):
+    """Each source with its instruction is edited into its own target, through the inference path (source image
+    resized and VAE-encoded, instruction and image through the condition encoder)."""
+    from models.generation import TextToImage
+    from training.metrics import read_metrics
+
+    assert int(read_metrics(edit_run["metrics"])[-1]["step"]) == EDIT_STEPS
+    (grid,) = pathlib.Path(edit_run["samples"]).glob("*-edits.png")  # inputs | result, for a person to look at
+    assert not list(pathlib.Path(edit_run["samples"]).glob("*-edit.png"))  # no prompts: no text-to-image grid
+
+    editor = TextToImage.from_checkpoint(edit_run["checkpoint"])
     instructions = [instruction for _, instruction, _ in TRIPLETS]
 
     def edit(sources: list[np.ndarray]) -> torch.Tensor:
@@ -177,13 +237,36 @@ def test_edit_memorizes(ray_session, edit_store, tmp_path):
         )
 
     edited = edit([source for source, _, _ in TRIPLETS])
-    target = torch.stack([targets[instruction] for instruction in instructions])
-    distances = torch.cdist(edited.flatten(1), target.flatten(1))  # [edited i, target j]
     # Each edit lands nearer its own target than the other one's: the model uses the source and the instruction.
-    assert distances[0, 0] < distances[0, 1] and distances[1, 1] < distances[1, 0], distances
+    _nearest_own_target(edited, _stored_targets(edit_store, "edit"))
     # Swapping the sources between the instructions changes the outputs: the source image conditions the edit.
     swapped = edit([source for source, _, _ in reversed(TRIPLETS)])
     assert (swapped - edited).abs().max() > 1e-2
+
+
+def test_edit_plus_memorizes(edit_run, edit_store):
+    """Two input pictures per sample, one instruction: through the Edit-Plus inference path (every picture
+    VAE-encoded at its own rotary frame and seen by the vision tower behind its "Picture N" marker) the pictures in
+    one order give the first target and in the other order the second: the order of the sources decides the
+    result."""
+    from models.generation import TextToImage
+
+    editor = TextToImage.from_checkpoint(edit_run["checkpoint"])
+    edited = editor.edit_latents(
+        [PLUS_INSTRUCTION] * 2,
+        [sources for sources, _, _ in PLUS_TRIPLETS],
+        height=RESOLUTION,
+        width=RESOLUTION,
+        num_steps=20,
+        true_cfg_scale=1.0,
+        seeds=[0, 0],
+        source_area=RESOLUTION * RESOLUTION,
+        vision_area=VISION_AREA,
+        template="edit_plus",
+    )
+    targets = _stored_targets(edit_store, "edit_plus")
+    _nearest_own_target(edited, targets)
+    assert (edited[0] - edited[1]).abs().max() > 1e-2
 
 
 def test_edit_configs_name_the_edit_source_and_task_mixture():
