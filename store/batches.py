@@ -123,7 +123,9 @@ def reference_counts(batch: pa.Table, resolution: int) -> np.ndarray:
         return np.zeros(batch.num_rows, dtype=np.int64)
     counts = pc.is_valid(batch.column(source)).to_numpy(zero_copy_only=False).astype(np.int64)
     extra = C.extra_source_latents_column(resolution)
-    if extra in batch.column_names:
+    if extra in batch.column_names and not pa.types.is_null(batch.column(extra).type):  # all null: no references
+        if not pa.types.is_list(batch.column(extra).type):
+            raise TypeError(f"{extra} must be list<binary>, got {batch.column(extra).type}")
         counts += pc.fill_null(pc.list_value_length(batch.column(extra)), 0).to_numpy(zero_copy_only=False)
     return counts
 

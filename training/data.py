@@ -46,15 +46,31 @@ def keep_probabilities(batch: dict[str, np.ndarray], phase: PhaseConfig, synthet
     return keep
 
 
+def mixture_sample(table, phase: PhaseConfig, seed: int, synthetic_odds: float | None):
+    """The rows of an Arrow table the phase's mixture keeps, each decided by its ``sample_id`` (the same row is kept
+    or dropped in every reader and epoch); Arrow in and out, so list columns (Edit-Plus references) pass as they are."""
+    import pyarrow as pa
+
+    if not phase.mixture and synthetic_odds is None:
+        return table
+    ids = table.column(C.SAMPLE_ID).to_numpy(zero_copy_only=False)
+    values = {
+        name: table.column(name).to_numpy(zero_copy_only=False)
+        for name in mixture_columns(phase)
+        if name in table.column_names
+    }
+    keep = _unit_hash(ids, seed) < keep_probabilities({C.SAMPLE_ID: ids, **values}, phase, synthetic_odds)
+    return table.filter(pa.array(keep))
+
+
 class MixtureFilter:
-    """``map_batches`` function: keeps each row with its mixture probability, decided by its ``sample_id``."""
+    """``map_batches`` function (``batch_format="pyarrow"``): ``mixture_sample`` of each batch."""
 
     def __init__(self, phase: PhaseConfig, seed: int, synthetic_odds: float | None):
         self.phase, self.seed, self.synthetic_odds = phase, seed, synthetic_odds
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keep = _unit_hash(batch[C.SAMPLE_ID], self.seed) < keep_probabilities(batch, self.phase, self.synthetic_odds)
-        return {key: np.asarray(value)[keep] for key, value in batch.items()}
+    def __call__(self, batch):
+        return mixture_sample(batch, self.phase, self.seed, self.synthetic_odds)
 
 
 def synthetic_odds(store_dir: str, phase: PhaseConfig) -> float | None:
@@ -95,7 +111,7 @@ def phase_dataset(store_dir: str, phase: PhaseConfig, seed: int):
     )
     if phase.mixture or phase.synthetic_share is not None:
         dataset = dataset.map_batches(
-            MixtureFilter(phase, seed, synthetic_odds(store_dir, phase)), batch_format="numpy"
+            MixtureFilter(phase, seed, synthetic_odds(store_dir, phase)), batch_format="pyarrow"
         )
     return dataset
 
@@ -111,7 +127,7 @@ def streamed_phase_dataset(encoded, phase: PhaseConfig, seed: int, synthetic_odd
         encoded = encoded.filter(expr=ray_filter(conditions))
     encoded = encoded.select_columns(projection(phase.resolution, mixture_columns(phase)))
     if phase.mixture or synthetic_odds is not None:
-        encoded = encoded.map_batches(MixtureFilter(phase, seed, synthetic_odds), batch_format="numpy")
+        encoded = encoded.map_batches(MixtureFilter(phase, seed, synthetic_odds), batch_format="pyarrow")
     return encoded
 
 
@@ -205,17 +221,7 @@ class StoreStream:
                 keep = (np.arange(offset, offset + table.num_rows) % self.world) == self.rank
                 offset += table.num_rows
                 table = table.filter(pa.array(keep))
-            if self.phase.mixture or self.synthetic_odds is not None:
-                ids = table.column(C.SAMPLE_ID).to_numpy(zero_copy_only=False)
-                values = {
-                    name: table.column(name).to_numpy(zero_copy_only=False)
-                    for name in mixture_columns(self.phase)
-                    if name in table.column_names
-                }
-                keep = _unit_hash(ids, self.seed) < keep_probabilities(
-                    {C.SAMPLE_ID: ids, **values}, self.phase, self.synthetic_odds
-                )
-                table = table.filter(pa.array(keep))
+            table = mixture_sample(table, self.phase, self.seed, self.synthetic_odds)
             if table.num_rows:
                 yield table
 

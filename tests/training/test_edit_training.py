@@ -115,6 +115,16 @@ def test_edit_rows_batch_apart_from_pairs(edit_store):
         decode_batch(one_and_two, RESOLUTION)
 
 
+def test_ray_data_feed_keeps_every_reference(ray_session, edit_store):
+    """Through Ray Data (the "dataset" feed, the task mixture applied by an Arrow map) Edit-Plus rows keep their
+    references 2..n: a list column that went through numpy batches would come back as pickled objects."""
+    from training.data import phase_dataset, worker_batches
+
+    phase = PhaseConfig(name="p", num_steps=1, resolution=RESOLUTION, tasks={"t2i": 0.0, "edit": 0.0, "edit_plus": 1.0})
+    batches = list(worker_batches(phase_dataset(edit_store, phase, seed=0), 2, RESOLUTION, shuffle_buffer=0, seed=0))
+    assert [tuple(batch[C.EXTRA_SOURCE_LATENTS].shape) for batch in batches] == [(2, 1, 16, 8, 8)]
+
+
 def test_task_weights_become_the_task_mixture():
     phase = PhaseConfig(name="p", num_steps=1, tasks={"edit": 1.0, "t2i": 0.0})
     assert phase.mixture == {"task": {"edit": 1.0, "t2i": 0.0}}
