@@ -62,9 +62,6 @@ EDIT_TEMPLATE = PromptTemplate(
     ),
     drop=64,
 )
-# The templates the producers encode with: ``pipelines/encode.py`` records each one's text and drop in the latent
-# store's header, so a template added here would change every store's header. Inference-only templates go below.
-TEMPLATES = {template.name: template for template in (T2I_TEMPLATE, EDIT_TEMPLATE)}
 # Multi-image editing (Qwen-Image-Edit-2509 / 2511, diffusers' ``QwenImageEditPlusPipeline``): the edit template's
 # system prompt, and in the user's part one marker per reference image, numbered from 1, before the instruction.
 EDIT_PLUS_TEMPLATE = PromptTemplate(
@@ -73,7 +70,9 @@ EDIT_PLUS_TEMPLATE = PromptTemplate(
     drop=64,
 )
 PICTURE_MARKER = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
-ENCODER_TEMPLATES = {**TEMPLATES, EDIT_PLUS_TEMPLATE.name: EDIT_PLUS_TEMPLATE}
+# The templates the producers encode with: ``pipelines/encode.py`` records each one's text and drop in the latent
+# store's header, so a template added here changes every store's header.
+ENCODER_TEMPLATES = {template.name: template for template in (T2I_TEMPLATE, EDIT_TEMPLATE, EDIT_PLUS_TEMPLATE)}
 # Prompt tokens kept after the drop (diffusers' tokenizer_max_length).
 MAX_PROMPT_TOKENS = 1024
 

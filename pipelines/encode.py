@@ -144,7 +144,7 @@ def store_header(config: EncodeConfig) -> dict:
     the VAE's latent normalisation, the resolutions, the prompt templates and the edit vision area."""
     import pathlib
 
-    from models.condition_encoder import EDIT_PLUS_TEMPLATE, TEMPLATES
+    from models.condition_encoder import ENCODER_TEMPLATES
     from models.presets import nano_vae_folder, vae_config
     from store.header import weights_fingerprint
 
@@ -164,7 +164,7 @@ def store_header(config: EncodeConfig) -> dict:
         "resolutions": list(config.resolutions),
         "prompt_templates": {
             name: {"drop": template.drop, "text": hashlib.blake2b(template.text.encode(), digest_size=8).hexdigest()}
-            for name, template in sorted({**TEMPLATES, EDIT_PLUS_TEMPLATE.name: EDIT_PLUS_TEMPLATE}.items())
+            for name, template in sorted(ENCODER_TEMPLATES.items())
         },
         "edit_vision_area": config.edit_vision_area,
     }
