@@ -224,7 +224,7 @@ def _sample_edits(transformer, vae, edits: list[dict], config: PretrainConfig, s
 
 
 def _inputs_cell(images: list, size: int) -> np.ndarray:
-    """The inputs of an edit side by side in one ``size`` x ``size`` cell (on white below when several)."""
+    """The inputs of an edit side by side in one ``size`` x ``size`` cell (several: a row centred on white)."""
     from models.generation import resize_lanczos
 
     if len(images) == 1:
