@@ -71,3 +71,25 @@ def test_report_of_a_scenes_only_run_shows_what_it_measured(tmp_path):
     assert table.splitlines()[0] == "| model | scenes colour | shape | position | count | all |"
     assert "| trained | 1.000 | 0.750 | 1.000 | 1.000 | 0.750 |" in table
     assert "no CLIP score" in table and "VAE at" not in table and "48 prompts (held_out split) at 64px" in table
+
+
+def test_scenes_only_evaluation_needs_no_ocr_stage():
+    """A run of shape scenes only (the nano evaluation) starts no OCR actors: the judge scores the scenes from a batch
+    that never went through OCR, and fills the score and verdict columns the report reads."""
+    import numpy as np
+
+    from models.config import load_config
+    from pipelines.synth import shapes
+    from store import columns as C
+    from training.evaluation.config import EvaluateConfig
+    from training.evaluation.run import needs_ocr, prompt_rows
+    from training.evaluation.stages import judge_scores
+
+    rows = prompt_rows(load_config(EvaluateConfig, "configs/evaluate_nano.yaml", ["scenes.num_prompts=3"]))
+    assert not needs_ocr(rows)
+    assert needs_ocr(prompt_rows(load_config(EvaluateConfig, None, ["scenes.num_prompts=3"])))  # characters, texts
+    batch = {key: np.array([row[key] for row in rows]) for key in (C.EVAL_TASK, C.EVAL_PROMPT, C.EVAL_SIZE)}
+    batch[C.EVAL_IMAGE] = np.stack([shapes.render_scene(shapes.parse_caption(row[C.EVAL_PROMPT]), 64) for row in rows])
+    judged = judge_scores(batch)
+    assert judged[C.EVAL_SCORE].tolist() == [1.0, 1.0, 1.0]
+    assert all("shape✓" in read for read in judged[C.EVAL_READ])

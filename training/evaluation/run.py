@@ -98,8 +98,15 @@ def run_vae(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path) -> pa
     return _write(dataset, folder)
 
 
+def needs_ocr(rows: list[dict]) -> bool:
+    """Whether any generated row is scored by OCR: shape scenes are not (the judge scores them, and reads their
+    words itself), so a run of scenes only starts no OCR actors."""
+    return any(row[C.EVAL_TASK] != SCENES for row in rows)
+
+
 def run_generation(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path) -> pathlib.Path:
-    dataset = ray.data.from_items(prompt_rows(config))
+    rows = prompt_rows(config)
+    dataset = ray.data.from_items(rows)
     dataset = map_stage(
         dataset,
         Generate,
@@ -107,7 +114,8 @@ def run_generation(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path
         spec_json=spec.model_dump_json(),
         generation_json=config.generation.model_dump_json(),
     )
-    dataset = map_stage(dataset, OcrScores, config.ocr_pool)
+    if needs_ocr(rows):
+        dataset = map_stage(dataset, OcrScores, config.ocr_pool)
     dataset = dataset.map_batches(judge_scores, batch_format="numpy", batch_size=64)
     if config.clip is not None:
         dataset = map_stage(dataset, ClipScores, config.clip_pool, clip_json=config.clip.model_dump_json())
@@ -128,7 +136,7 @@ def run_evaluation(config: EvaluateConfig) -> dict:
         if config.vae.enabled and not spec.reference:
             print(f"[evaluate]   VAE reconstruction of {len(vae_rows(config))} images", flush=True)
             vae_folder = run_vae(config, spec, folder / "vae")
-        print(f"[evaluate]   generation, OCR and CLIP for {len(prompt_rows(config))} prompts", flush=True)
+        print(f"[evaluate]   generation and scores of {len(prompt_rows(config))} prompts", flush=True)
         gen_folder = run_generation(config, spec, folder / "gen")
         results[spec.name] = report.model_results(spec, vae_folder, gen_folder, output, config.grid_size)
         print(f"[evaluate]   done in {time.perf_counter() - started:.0f} s", flush=True)

@@ -185,9 +185,11 @@ def judge_scores(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     judged at its own size (``size``)."""
     from training.evaluation.judge import judge
 
-    columns = {C.judge_column(name): np.full(len(batch[C.EVAL_TASK]), np.nan) for name in JUDGED}
-    scores = np.asarray(batch[C.EVAL_SCORE], dtype=np.float64).copy()
-    reads = np.asarray(batch[C.EVAL_READ], dtype=object).copy()
+    count = len(batch[C.EVAL_TASK])
+    columns = {C.judge_column(name): np.full(count, np.nan) for name in JUDGED}
+    # Batches of shape scenes only skip the OCR stage (``run.needs_ocr``): they arrive without its columns.
+    scores = np.asarray(batch.get(C.EVAL_SCORE, np.full(count, np.nan)), dtype=np.float64).copy()
+    reads = np.asarray(batch.get(C.EVAL_READ, np.full(count, "", dtype=object)), dtype=object).copy()
     for i, task in enumerate(batch[C.EVAL_TASK]):
         if task != SCENES:
             continue
