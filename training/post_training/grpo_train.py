@@ -51,12 +51,35 @@ def make_rollout_actors(config: GrpoConfig, prompts: dict) -> list:
     ]
 
 
-def iteration_prompts(config: GrpoConfig, num_prompts: int, step: int, rank: int, world: int) -> list[int]:
-    """This rank's prompt indices for iteration ``step``: a seeded draw without repeats while prompts last."""
-    rng = np.random.default_rng([config.seed, step])
+def iteration_prompts(
+    config: GrpoConfig, num_prompts: int, step: int, rank: int, world: int, rollout_round: int = 0
+) -> list[int]:
+    """This rank's prompt indices for iteration ``step`` (and round ``rollout_round`` of dynamic sampling): a seeded
+    draw without repeats while prompts last."""
+    rng = np.random.default_rng([config.seed, step] + ([rollout_round] if rollout_round else []))
     wanted = config.prompts_per_iteration * world
     drawn = rng.choice(num_prompts, size=wanted, replace=wanted > num_prompts)
     return drawn[rank * config.prompts_per_iteration : (rank + 1) * config.prompts_per_iteration].tolist()
+
+
+def informative(result: dict) -> bool:
+    """Whether a group's images score differently (a group that scores alike has zero advantage everywhere)."""
+    return bool(np.ptp(result["rewards"]) > 0)
+
+
+def choose_groups(rolled: list[dict], wanted: int) -> list[dict]:
+    """``wanted`` groups to train on: those whose rewards differ first (in the order rolled), uniform ones after."""
+    return ([r for r in rolled if informative(r)] + [r for r in rolled if not informative(r)])[:wanted]
+
+
+def reward_terms(results: list[dict]) -> dict[str, float]:
+    """Mean and spread of the total reward and the mean of each term, over every image rolled out."""
+    rewards = np.concatenate([r["rewards"] for r in results])
+    terms = {
+        name: float(np.concatenate([r["components"][name] for r in results]).mean())
+        for name in results[0]["components"]
+    }
+    return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(ddof=1)), **terms}
 
 
 def rollout_batch(results: list[dict], prompts: dict, config: GrpoConfig, device) -> tuple[RolloutBatch, dict]:
@@ -79,11 +102,7 @@ def rollout_batch(results: list[dict], prompts: dict, config: GrpoConfig, device
         sigma_max=float(results[0]["sigma_max"]),
         negative=negative,
     )
-    terms = {
-        name: float(np.concatenate([r["components"][name] for r in results]).mean())
-        for name in results[0]["components"]
-    }
-    return batch, {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **terms}
+    return batch, reward_terms(results)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -138,17 +157,31 @@ def train_loop_per_worker(loop_config: dict) -> None:
     while worker.step < config.num_iterations:
         sync_s = push_weights()
         started = time.perf_counter()
-        indices = iteration_prompts(config, len(prompts["texts"]), worker.step, worker.rank, worker.world)
-        seed_base = (config.seed * 1_000_003 + worker.step) * 1_009 + worker.rank * 101
-        calls = [
-            actors[(worker.rank * len(indices) + i) % len(actors)].rollout.remote(
-                [index], config.group_size, seed_base + i
+        rolled = []
+        for rollout_round in range(config.max_rollout_rounds):
+            indices = iteration_prompts(
+                config, len(prompts["texts"]), worker.step, worker.rank, worker.world, rollout_round
             )
-            for i, index in enumerate(indices)
-        ]
-        results = ray.get(calls)
+            seed_base = (config.seed * 1_000_003 + worker.step) * 1_009 + worker.rank * 101
+            seed_base += rollout_round * len(indices)
+            calls = [
+                actors[(worker.rank * len(indices) + i) % len(actors)].rollout.remote(
+                    [index], config.group_size, seed_base + i
+                )
+                for i, index in enumerate(indices)
+            ]
+            rolled += ray.get(calls)
+            if sum(informative(r) for r in rolled) >= config.prompts_per_iteration:
+                break
+        results = choose_groups(rolled, config.prompts_per_iteration)
         rollouts_s = time.perf_counter() - started
-        batch, rewards = rollout_batch(results, prompts, config, worker.device)
+        batch, _ = rollout_batch(results, prompts, config, worker.device)
+        # What the policy scores now: every image rolled out, not only the groups chosen to train on.
+        rewards = {
+            **reward_terms(rolled),
+            "informative_groups": float(sum(informative(r) for r in results)),
+            "rollout_rounds": float(rollout_round + 1),
+        }
         lr = worker.set_learning_rate()
         updated = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + worker.step * 97 + worker.rank)
@@ -162,7 +195,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             **rewards,
             **update,
             "lr": lr,
-            "images_per_s": len(indices) * config.group_size / max(rollouts_s, 1e-9),
+            "images_per_s": len(rolled) * config.group_size / max(rollouts_s, 1e-9),
             "sync_s": sync_s,
             "rollouts_wall_s": rollouts_s,
             "actor_rollout_s": sum(r["rollout_s"] for r in results),

@@ -36,6 +36,23 @@ def test_group_advantages_are_normalised_per_group_and_clipped():
         group_advantages(torch.ones(4))
 
 
+def test_dynamic_sampling_trains_on_groups_whose_rewards_differ():
+    """DAPO's dynamic sampling (``max_rollout_rounds``): groups that score alike come last, and each further round
+    draws other prompts, while round 0 draws what a run without it draws."""
+    from training.post_training.config import GrpoConfig
+    from training.post_training.grpo_train import choose_groups, informative, iteration_prompts
+
+    groups = [{"name": name, "rewards": np.array(r)} for name, r in [("a", [1, 1]), ("b", [0, 1]), ("c", [0.5, 0.2])]]
+    assert [informative(g) for g in groups] == [False, True, True]
+    assert [g["name"] for g in choose_groups(groups, 2)] == ["b", "c"]
+    assert [g["name"] for g in choose_groups(groups[:2], 2)] == ["b", "a"]  # too few: a uniform group fills the rest
+    config = GrpoConfig.model_construct(seed=0, prompts_per_iteration=4)
+    first = iteration_prompts(config, 100, 3, 0, 1)
+    assert first == iteration_prompts(config, 100, 3, 0, 1, 0)
+    assert first == np.random.default_rng([config.seed, 3]).choice(100, size=4, replace=False).tolist()
+    assert iteration_prompts(config, 100, 3, 0, 1, 1) != first
+
+
 def test_clipped_objective_and_kl():
     advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
     old = torch.zeros(4)

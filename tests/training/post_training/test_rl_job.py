@@ -125,6 +125,7 @@ def test_grpo_with_rollout_actors_lora_and_kl(pretrain_run, tmp_path):
             "train_steps=2",
             "eval_images_per_prompt=1",
             "prompts_per_iteration=1",
+            "max_rollout_rounds=2",  # every group of a continuous reward differs: one round suffices
             *TWO_FSDP_WORKERS,
         ]
     )
@@ -134,6 +135,7 @@ def test_grpo_with_rollout_actors_lora_and_kl(pretrain_run, tmp_path):
     # The policy has left the frozen reference after its first update, so the KL term is positive, not 0 as it would
     # be if the reference were the policy itself.
     assert all(float(row["kl"]) > 0 and float(row["actor_rollout_s"]) > 0 for row in rows)
+    assert all(float(row["informative_groups"]) == 1 and float(row["rollout_rounds"]) == 1 for row in rows)
     assert [int(row["step"]) for row in _rows(pathlib.Path(summary["metrics"]).parent / "eval.csv")] == [0, 2]
     # LoRA: the merged checkpoint differs from the start, by the trained adapters only.
     start_folder = json.loads((pathlib.Path(pretrain_run) / "summary.json").read_text())["checkpoint"]
