@@ -1,10 +1,12 @@
 """Does the platform's chain produce a model that draws what it is asked? The demo's chain, measured.
 
     python benchmarks/learning.py [--output outputs/learning] [--prompts 48] [--skip-rl] [--rl-start half]
+                                  [--demo outputs/demo]
 
 1. ``jobs/demo.py`` from scratch: scene corpus -> curation -> latent store -> nano pretraining -> evaluation;
    ``demo_minutes`` is its wall time (target: at most 10 on two cores), and the judge's held-out accuracies of the
    trained and the untrained model come from its evaluation (``colour_acc``, ``untrained_colour_acc``, ...).
+   ``--demo DIR`` reads a finished demo's report (``DIR/demo.json``, its times and scores) instead of running one.
 2. ``vae_psnr``: the shipped nano VAE on 64 held-out scenes at 64 px.
 3. RL from the demo's checkpoint, or with ``--rl-start half`` from its half-way export (``jobs/rl.py``): GRPO with
    the judge's reward (``configs/rl_grpo_nano.yaml``), the same with the reward negated, and DPO on judge-built
@@ -78,12 +80,16 @@ def main() -> None:
         default="final",
         help="RL starts from the demo's final model, or from its half-way export (configs/pretrain_nano.yaml)",
     )
+    parser.add_argument("--demo", help="a finished demo's output folder: its report instead of a new run")
     args = parser.parse_args()
     output = pathlib.Path(args.output).resolve()
 
-    from jobs.demo import main as demo
+    if args.demo:
+        report = json.loads((pathlib.Path(args.demo) / "demo.json").read_text())
+    else:
+        from jobs.demo import main as demo
 
-    report = demo([f"output_dir={output / 'demo'}", f"num_prompts={args.prompts}"])
+        report = demo([f"output_dir={output / 'demo'}", f"num_prompts={args.prompts}"])
     trained, untrained = report["judge"]["trained"], report["judge"]["untrained"]
     result = {
         "demo_minutes": report["minutes"]["total"],
@@ -91,6 +97,7 @@ def main() -> None:
         "vae_psnr": round(shipped_vae_psnr(), 2),
         "vae_resolution": 64,
         "held_out_prompts": trained["num_prompts"],
+        "demo": str(pathlib.Path(args.demo).resolve()) if args.demo else str(output / "demo"),
     }
     for attribute in ("colour", "shape", "position", "count", "overall"):
         result[f"{attribute}_acc"] = round(trained[attribute], 3)
