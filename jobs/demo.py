@@ -36,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 class DemoConfig(StrictModel):
     output_dir: str = "outputs/demo"
-    num_scenes: int = 1200  # scenes written to the corpus, defects included
+    num_scenes: int = 800  # scenes written to the corpus, defects included
     scene_kinds: list[str] = ["one"]
     curation_recipe: str = str(ROOT / "configs" / "preprocess_scenes.yaml")
     vae_recipe: str = str(ROOT / "configs" / "train_vae_nano.yaml")  # used only when no nano VAE is found
