@@ -82,8 +82,8 @@ def reward_terms(results: list[dict]) -> dict[str, float]:
     return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(ddof=1)), **terms}
 
 
-def rollout_batch(results: list[dict], prompts: dict, config: GrpoConfig, device) -> tuple[RolloutBatch, dict]:
-    """Actor results -> a ``RolloutBatch`` with group advantages, and the rewards per term for logging."""
+def rollout_batch(results: list[dict], prompts: dict, config: GrpoConfig, device) -> RolloutBatch:
+    """Actor results -> a ``RolloutBatch`` with group advantages."""
     rewards = torch.as_tensor(np.concatenate([r["rewards"] for r in results]), dtype=torch.float32)
     advantages = group_advantages(
         rewards.view(-1, config.group_size), eps=config.adv_eps, clip=config.adv_clip
@@ -102,7 +102,7 @@ def rollout_batch(results: list[dict], prompts: dict, config: GrpoConfig, device
         sigma_max=float(results[0]["sigma_max"]),
         negative=negative,
     )
-    return batch, reward_terms(results)
+    return batch
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -175,7 +175,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 break
         results = choose_groups(rolled, config.prompts_per_iteration)
         rollouts_s = time.perf_counter() - started
-        batch, _ = rollout_batch(results, prompts, config, worker.device)
+        batch = rollout_batch(results, prompts, config, worker.device)
         # What the policy scores now: every image rolled out, not only the groups chosen to train on.
         rewards = {
             **reward_terms(rolled),
@@ -198,8 +198,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "images_per_s": len(rolled) * config.group_size / max(rollouts_s, 1e-9),
             "sync_s": sync_s,
             "rollouts_wall_s": rollouts_s,
-            "actor_rollout_s": sum(r["rollout_s"] for r in results),
-            "actor_reward_s": sum(r["reward_s"] for r in results),
+            "actor_rollout_s": sum(r["rollout_s"] for r in rolled),  # every round's, not only the groups kept
+            "actor_reward_s": sum(r["reward_s"] for r in rolled),
             "update_s": time.perf_counter() - updated,
         }
         last = worker.step == config.num_iterations
