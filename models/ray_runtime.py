@@ -17,6 +17,13 @@ value wins). Every ``ray.train.report`` with a checkpoint waits for that poll, a
 run with six checkpoints took 9 s instead of 22 (docs/costs.md §3). Nor does a local Ray start Ray Train's preemption
 watcher (``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``): it polls for nodes being drained (spot reclaims), which one
 machine does not have, and costs a process start per run. On a cluster, Ray's defaults stand.
+
+Nor does a local Ray start idle workers ahead of need, and it keeps at most two idle ones (``local_system_config``).
+By default Ray starts one worker process per logical CPU at once (16 here, 2-3 CPU-seconds each) and keeps as many
+idle: on two cores an idle local Ray then took 9% of the CPU time and 2,900 context switches a second, each
+preempting a training thread that its partner waits for at the next parallel region; without them, 3% and 465
+(``benchmarks/idle_ray.py``). Workers still start as tasks and actors need them, as many at once as there are
+logical CPUs.
 """
 
 from __future__ import annotations
@@ -33,6 +40,19 @@ _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 _AUTH_NOTICE = "Token authentication is enabled for this Ray cluster."
 TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+LOCAL_IDLE_WORKERS = 2
+
+
+def local_system_config(num_cpus: int) -> dict:
+    """Ray's system settings for a local Ray of ``num_cpus`` logical CPUs (see the module's doc)."""
+    return {
+        # The oversubscribed pools start many workers at once on purpose: the raylet may start as many workers
+        # concurrently as there are logical CPUs (else it warns at 4x the physical cores, over and over).
+        "worker_maximum_startup_concurrency": num_cpus,
+        "enable_worker_prestart": False,
+        "prestart_worker_first_driver": False,
+        "num_workers_soft_limit": LOCAL_IDLE_WORKERS,
+    }
 
 
 def use_local_train_settings() -> None:
@@ -62,13 +82,11 @@ def init_ray(num_cpus: int | None = None) -> dict:
             logging.getLogger(_AUTH_LOGGER).addFilter(_drop_auth_notice)
             use_local_train_settings()
             # address="local": start our own, never attach to a Ray another process left running on this machine.
-            # The oversubscribed pools start many workers at once on purpose: the raylet may start as many workers
-            # concurrently as there are logical CPUs (else it warns at 4x the physical cores, over and over).
             context = ray.init(
                 address="local",
                 num_cpus=cpus,
                 include_dashboard=False,
-                _system_config={"worker_maximum_startup_concurrency": cpus},
+                _system_config=local_system_config(cpus),
                 **quiet,
             )
             where = f"started a local Ray ({cpus} logical CPUs, token authentication on)"

@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from models.ray_runtime import use_local_train_settings  # noqa: E402
+from models.ray_runtime import local_system_config, use_local_train_settings  # noqa: E402
 
 # Ray Train's controllers poll their workers every 0.25 s and start no preemption watcher, as in a job's local Ray;
 # the variables reach every Ray this session starts and every process it spawns (job drivers, the multi-node
@@ -81,8 +81,9 @@ def ray_session():
     the job tests submit to it with ``ray job submit`` (``ray_job_address``).
 
     Logical CPUs are oversubscribed (16 on 2 cores, as models.ray_runtime does) so Ray Data tasks and train workers
-    never starve each other. The venv's ``bin`` leads the PATH Ray starts with, as in an activated venv or an image:
-    a submitted job's ``python`` is the venv's.
+    never starve each other; the worker pool has a local Ray's settings (no idle workers started ahead of need, at
+    most two kept: ``models.ray_runtime.local_system_config``). The venv's ``bin`` leads the PATH Ray starts with, as
+    in an activated venv or an image: a submitted job's ``python`` is the venv's.
     """
     import logging
     import socket
@@ -112,6 +113,7 @@ def ray_session():
                 dashboard_port=dashboard_port,
                 log_to_driver=False,
                 configure_logging=False,
+                _system_config=local_system_config(16),
             )
             os.environ["QWEN_IMAGE_TEST_RAY_JOBS"] = f"http://{started.dashboard_url}"
         DataContext.get_current().enable_progress_bars = False
