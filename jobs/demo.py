@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"output_dir={output / 'curated'}",
             f"encode.store_dir={output / 'store'}",
         ]
+        # Shapes without words hold no text to read: OCR, the producers' slowest operator, is switched off and the
+        # funnel says so (stage 4's text checks left out; the store keeps stages 1-3 either way).
+        + ([] if "word" in config.scene_kinds else ["ocr.enabled=false"])
     )
     lap("producers", since)
 

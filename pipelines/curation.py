@@ -54,14 +54,20 @@ from pipelines.operators.dedup import add_duplicate_column
 from pipelines.operators.faces import FaceScores, FaceScoresConfig, face_checks
 from pipelines.operators.registry import OperatorConfig, ScoreOperators, build_operators, operator_checks
 from pipelines.operators.stage import compute_stage, first_drop_reason
-from pipelines.operators.text_ocr import OcrScores, OcrScoresConfig, text_ocr_checks
+from pipelines.operators.text_ocr import (
+    DISABLED_OCR_READS,
+    OcrScores,
+    OcrScoresConfig,
+    disabled_ocr_columns,
+    text_ocr_checks,
+)
 from pipelines.operators.thresholds import FilterThresholds
 from pipelines.pools import PoolConfig, map_stage
 from pipelines.sources import SourceConfig, read_source
 from pipelines.synth.config import SynthConfig
 from pipelines.synth.edits import EditSynthConfig
 from store import columns as C
-from store.columns import ANN_RAW, CLIP_EMBEDDING, CLIP_SCORES, ELIGIBLE
+from store.columns import ANN_RAW, CLIP_EMBEDDING, CLIP_SCORES, ELIGIBLE, OCR_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +129,8 @@ class CurationResult:
 def all_checks(config: CurationConfig) -> list[Check]:
     """Every check of every stage for this configuration, in stage order (the order of drop reasons)."""
     checks = [SOURCE_CHECK, *operator_checks(build_operators(config.operators))]
-    checks += [*caption_checks(), *clip_checks(config.clip), *text_ocr_checks(watermark=config.annotation.active)]
+    checks += [*caption_checks(), *clip_checks(config.clip)]
+    checks += text_ocr_checks(watermark=config.annotation.active, ocr=config.ocr.enabled)
     checks += [*face_checks(), *balance_checks()]
     return sorted(checks, key=lambda check: check.stage)
 
@@ -131,7 +138,11 @@ def all_checks(config: CurationConfig) -> list[Check]:
 def disabled_notes(config: CurationConfig) -> dict[str, str]:
     """Model-based operators that do not run under ``config`` (no weights configured), with why: logged at the
     start and shown in the funnel report."""
-    notes = {"clip": config.clip.disabled_note(), "annotation": config.annotation.disabled_note()}
+    notes = {
+        "clip": config.clip.disabled_note(),
+        "annotation": config.annotation.disabled_note(),
+        "ocr": config.ocr.disabled_note(),
+    }
     return {name: note for name, note in notes.items() if note}
 
 
@@ -174,7 +185,10 @@ def scoring_stages(config: CurationConfig) -> list[Stage]:
     if config.annotation.active:  # the configured backend: transformers actors or vLLM
         apply = functools.partial(annotate, config=config.annotation)
         stages.append(Stage(Captioner.__name__, Captioner.READS, Captioner.WRITES, apply, *captioner_resources(config)))
-    stages.append(pool(OcrScores, config.ocr.pool, config=config.ocr))  # reads the watermark list when annotated
+    if config.ocr.enabled:
+        stages.append(pool(OcrScores, config.ocr.pool, config=config.ocr))  # reads the watermark list when annotated
+    else:
+        stages.append(task(disabled_ocr_columns, DISABLED_OCR_READS, OCR_COLUMNS))
     stages.append(pool(FaceScores, config.faces.pool, config=config.faces))  # reads OCR (and annotation)
     stages.append(task(balance_columns, BALANCE_READS, BALANCE_WRITES))
     stages.append(pool(CaptionScores, config.caption_pool))
@@ -333,7 +347,8 @@ def run_curation(config: CurationConfig) -> CurationResult:
     if scored_already:
         _say(f"1/3 scoring: {output / SCORED_DIR} holds a complete scoring pass; resuming after it")
     else:
-        _say("1/3 scoring: decode, every operator, models, OCR, faces (streaming; nothing dropped)")
+        ocr = "OCR" if config.ocr.enabled else "no OCR (switched off)"
+        _say(f"1/3 scoring: decode, every operator, models, {ocr}, faces (streaming; nothing dropped)")
         started = time.perf_counter()
         scoring_dataset(config).write_parquet(str(output / SCORED_DIR), min_rows_per_file=config.min_rows_per_file)
         (output / SCORED_DIR / SCORED_DONE).write_text("")

@@ -25,6 +25,11 @@ Thresholds are ours (the report publishes none): ``S4Thresholds`` below, and ``S
 (``bool = False``, to be added next to ``allow_qr_code``). A row whose annotation failed fails S5 with
 ``watermark:missing`` (its watermarks are unknown); with annotation switched off, build the checks with
 ``text_ocr_checks(watermark=False)``.
+
+A corpus known to hold no text (the shape scenes of the demo) can switch the pass off (``OcrScoresConfig.enabled``):
+``disabled_ocr_columns`` then writes the same columns without reading the images (no text, no language, NaN
+measures; the annotation's watermark list still sets ``score_watermark``, unverified), and the stage-4 checks are
+left out (``text_ocr_checks(ocr=False)``), as the CLIP checks are without a CLIP model.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from store.columns import (
     OCR_COLUMNS,
     OCR_ERROR,
     OCR_TEXT,
+    SAMPLE_ID,
     SCORE_OCR_ERROR,
     SCORE_TEXT_AREA,
     SCORE_TEXT_CHARS,
@@ -81,6 +87,19 @@ class OcrScoresConfig(StrictModel):
     ocr: OcrConfig = OcrConfig()
     image_short_side: int = pydantic.Field(default=640, ge=64)  # decode size the OCR reads at
     pool: PoolConfig = PoolConfig(batch_size=8)
+    # False: no OCR pass, for a corpus known to hold no text (see the module docstring). RapidOCR is the producers'
+    # most expensive CPU stage: 126 ms of a core per 256 px shape scene, 92% of the three image-reading stages
+    # (benchmarks/scene_scoring.py).
+    enabled: bool = True
+
+    def disabled_note(self) -> str | None:
+        """Why the text measures are missing from this run's funnel, or None when OCR runs."""
+        if self.enabled:
+            return None
+        return (
+            "OCR switched off (ocr.enabled: false): text lines, text area and small characters are not measured, "
+            "their stage-4 checks left out, and the text_rendering category comes from the annotation alone"
+        )
 
 
 def text_area_fraction(lines: list[TextLine], height: int, width: int) -> float:
@@ -195,9 +214,33 @@ class OcrScores:
         return watermark, verified
 
 
-def text_ocr_checks(watermark: bool = True) -> tuple[Check, ...]:
-    """Stage-4 checks (the OCR engine read the image, intensive text, small characters) and, unless annotation is
-    off, the S5 watermark check."""
+def disabled_ocr_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The OCR columns of a run without OCR (``OcrScoresConfig.enabled`` False): no text read, the measures NaN,
+    ``score_watermark`` from the annotation's list alone (never verified)."""
+    count = len(batch[SAMPLE_ID])
+    watermark, verified = OcrScores._watermarks(batch, [""] * count)
+    empty = np.full(count, "", dtype=object)
+    return {
+        **batch,
+        OCR_TEXT: empty,
+        TEXT_LANGUAGE: empty.copy(),
+        **{name: np.full(count, np.nan) for name in (SCORE_TEXT_LINES, SCORE_TEXT_CHARS, SCORE_TEXT_AREA)},
+        SCORE_TEXT_MIN_HEIGHT: np.full(count, np.nan),
+        SCORE_WATERMARK: watermark,
+        WATERMARK_VERIFIED: verified,
+        OCR_ERROR: empty.copy(),
+        SCORE_OCR_ERROR: np.full(count, np.nan),
+    }
+
+
+# The contract of disabled_ocr_columns (pipelines.contracts): it writes OCR_COLUMNS (and reads the annotation's
+# watermark list when it is there).
+DISABLED_OCR_READS: tuple[str, ...] = (SAMPLE_ID,)
+
+
+def text_ocr_checks(watermark: bool = True, ocr: bool = True) -> tuple[Check, ...]:
+    """Stage-4 checks (the OCR engine read the image, intensive text, small characters) unless OCR is off, and,
+    unless annotation is off, the S5 watermark check."""
     checks: list[Check] = [
         Check(
             name="ocr",
@@ -227,6 +270,8 @@ def text_ocr_checks(watermark: bool = True) -> tuple[Check, ...]:
             missing_passes=True,  # no text line: nothing too small
         ),
     ]
+    if not ocr:
+        checks = []
     if watermark:
         checks.append(
             Check(

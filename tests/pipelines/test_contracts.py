@@ -38,11 +38,13 @@ def test_pipeline_contract_checked_at_build(monkeypatch) -> None:
 
 
 def test_every_configured_chain_is_in_order() -> None:
-    """The chains the configs build (CLIP off or on, annotation off or on) pass their own check, and a chain without
-    the OCR stage names the column nobody writes."""
-    for overrides in ({}, TINY_MODELS):
+    """The chains the configs build (CLIP off or on, annotation off or on, OCR switched off) pass their own check,
+    and a chain that merely lacks the OCR stage names the column nobody writes."""
+    for overrides in ({}, TINY_MODELS, {"ocr": {"enabled": False}}, {**TINY_MODELS, "ocr": {"enabled": False}}):
         stages = curation.scoring_stages(config(**overrides))
         check_chain(stages, curation.SCORING_INPUT)
+    switched_off = [stage.name for stage in curation.scoring_stages(config(ocr={"enabled": False}))]
+    assert "OcrScores" not in switched_off and "disabled_ocr_columns" in switched_off
     assert [s.name for s in curation.scoring_stages(config(**TINY_MODELS))][:3] == [
         "ScoreOperators",
         "ClipScores",

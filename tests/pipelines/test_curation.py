@@ -73,7 +73,7 @@ def bad_corpus(tmp_path_factory) -> tuple[str, list[str]]:
 
 def test_default_config_uses_no_random_model(ray_session, tmp_path):
     """The job's defaults (no weights configured) build no CLIP and no captioner stage and no check of theirs; the
-    funnel says why. Asked for by name, the tiny models run."""
+    funnel says why; OCR switched off likewise. Asked for by name, the tiny models run."""
     from models.config import load_config
 
     photos = tmp_path / "photos"
@@ -88,6 +88,11 @@ def test_default_config_uses_no_random_model(ray_session, tmp_path):
     names = {check.name for check in all_checks(default)}
     assert not names & {"clip_alignment", "nsfw", "aesthetic", "watermark"} and "ocr" in names
     assert sorted(disabled_notes(default)) == ["annotation", "clip"]
+    without_ocr = default.model_validate({**default.model_dump(), "ocr": {"enabled": False}})
+    plan = repr(scoring_dataset(without_ocr))
+    assert "OcrScores" not in plan and "disabled_ocr_columns" in plan
+    assert not {check.name for check in all_checks(without_ocr)} & {"ocr", "text_area", "text_height"}
+    assert sorted(disabled_notes(without_ocr)) == ["annotation", "clip", "ocr"]
 
     chosen = default.model_validate({**default.model_dump(), **TINY_MODELS})
     plan = repr(scoring_dataset(chosen))

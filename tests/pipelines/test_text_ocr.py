@@ -19,13 +19,18 @@ from pipelines.operators.text_ocr import (
     OcrScores,
     OcrScoresConfig,
     S4Thresholds,
+    disabled_ocr_columns,
     parse_watermarks,
     text_ocr_checks,
     watermark_in_text,
 )
 from store.columns import (
+    ANN_ERROR,
+    ANN_WATERMARKS,
+    OCR_COLUMNS,
     OCR_ERROR,
     OCR_TEXT,
+    SAMPLE_ID,
     SCORE_OCR_ERROR,
     SCORE_TEXT_AREA,
     SCORE_TEXT_CHARS,
@@ -222,3 +227,27 @@ def test_watermark_list_parsing_and_matching():
 def test_missing_image_column_is_an_error():
     with pytest.raises(ValueError, match="image_bytes"):
         OcrScores.__call__(SimpleNamespace(), {"caption": np.array(["a"], dtype=object)})
+
+
+def test_ocr_switched_off_reads_nothing_and_keeps_the_annotations_watermarks():
+    """``ocr.enabled: false`` (a corpus without text): the OCR columns are written without reading an image (the
+    image bytes are not even there), the text measures NaN so no text check can drop a sample, the stage-4 checks
+    are left out, and a watermark the annotation lists still counts (unverified), unknown where annotation failed."""
+    batch = {
+        SAMPLE_ID: np.array(["a", "b", "c"], dtype=object),
+        ANN_WATERMARKS: np.array(['["Getty"]', "[]", '["x"]'], dtype=object),
+        ANN_ERROR: np.array(["", "", "timeout"], dtype=object),
+    }
+    out = disabled_ocr_columns(batch)
+    assert set(OCR_COLUMNS) <= set(out) and list(out[SAMPLE_ID]) == ["a", "b", "c"]
+    assert list(out[OCR_TEXT]) == ["", "", ""] and list(out[OCR_ERROR]) == ["", "", ""]
+    for name in (SCORE_TEXT_LINES, SCORE_TEXT_CHARS, SCORE_TEXT_AREA, SCORE_TEXT_MIN_HEIGHT, SCORE_OCR_ERROR):
+        assert np.isnan(out[name]).all(), name
+    assert out[SCORE_WATERMARK][0] == 1.0 and out[SCORE_WATERMARK][1] == 0.0 and math.isnan(out[SCORE_WATERMARK][2])
+    assert not out[WATERMARK_VERIFIED].any()
+    assert [check.name for check in text_ocr_checks(ocr=False)] == ["watermark"]
+    assert text_ocr_checks(watermark=False, ocr=False) == ()
+    assert OcrScoresConfig().disabled_note() is None
+    assert "stage-4 checks left out" in OcrScoresConfig(enabled=False).disabled_note()
+    without_annotation = disabled_ocr_columns({SAMPLE_ID: batch[SAMPLE_ID]})
+    assert np.isnan(without_annotation[SCORE_WATERMARK]).all()
