@@ -6,7 +6,8 @@
         'models=[{name: tiny}, {name: trained, checkpoint: outputs/pretrain/tiny/ray/.../model}]'
 
 Connects to ``RAY_ADDRESS`` when set, else starts a local Ray. Writes ``<output_dir>/results.json`` (and one JSON per
-model), ``comparison.md`` (one row per model), ``grids/*.png`` and the Parquet rows under ``rows/``.
+model), ``comparison.md`` (one row per model), ``grids/*.png`` and the Parquet rows under ``rows/`` (``rows/<model>/vae/``
+and ``rows/generation/``, every model's generations with their ``model``).
 """
 
 from __future__ import annotations

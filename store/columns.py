@@ -279,6 +279,7 @@ EVAL_READ_ORIGINAL = "read_original"
 EVAL_READ_RECONSTRUCTION = "read_reconstruction"
 EVAL_OCR_EDIT = "ocr_edit"  # edit distance of the two readings over the original's length
 # Generation rows: the task (chars / text_en / text_zh / clip / scenes), its group, the prompt, what it should show.
+EVAL_MODEL = "model"  # the evaluated model's name (ModelSpec.name), on generation rows
 EVAL_TASK = "task"
 EVAL_GROUP = "group"
 EVAL_PROMPT = "prompt"

@@ -93,3 +93,41 @@ def test_scenes_only_evaluation_needs_no_ocr_stage():
     judged = judge_scores(batch)
     assert judged[C.EVAL_SCORE].tolist() == [1.0, 1.0, 1.0]
     assert all("shape✓" in read for read in judged[C.EVAL_READ])
+
+
+def test_one_generator_actor_serves_every_model_with_the_images_each_would_get_alone():
+    """The generation stage holds one model at a time and switches on the rows' ``model``: a batch mixing the
+    reference and a model gives each row the image its model gives it in a batch of its own (bit for bit), and a row
+    naming a model the run does not have is refused."""
+    import numpy as np
+    import pydantic
+    import pytest
+
+    from models.config import load_config
+    from store import columns as C
+    from training.evaluation.config import EvaluateConfig, ModelSpec
+    from training.evaluation.run import prompt_rows
+    from training.evaluation.stages import Generate
+
+    config = load_config(
+        EvaluateConfig, "configs/evaluate_nano.yaml", ["scenes.num_prompts=2", "generation.num_steps=2"]
+    )
+    specs = [ModelSpec(name="reference-render", reference=True), ModelSpec(name="untrained", preset="tiny")]
+    stage = Generate(
+        pydantic.TypeAdapter(list[ModelSpec]).dump_json(specs).decode(), config.generation.model_dump_json()
+    )
+
+    def batch(rows: list[tuple[str, dict]]) -> dict:
+        keys = (C.EVAL_TASK, C.EVAL_PROMPT, C.EVAL_EXPECTED, C.EVAL_SIZE, C.EVAL_SEED)
+        out = {key: np.array([row[key] for _, row in rows]) for key in keys}
+        return {**out, C.EVAL_MODEL: np.array([name for name, _ in rows])}
+
+    first, second = prompt_rows(config)
+    mixed = stage(batch([("untrained", first), ("reference-render", second), ("untrained", second)]))[C.EVAL_IMAGE]
+    alone = stage(batch([("untrained", first), ("untrained", second)]))[C.EVAL_IMAGE]
+    reference = stage(batch([("reference-render", second)]))[C.EVAL_IMAGE]
+    assert np.array_equal(mixed[0], alone[0]) and np.array_equal(mixed[2], alone[1])
+    assert np.array_equal(mixed[1], reference[0]) and not np.array_equal(mixed[1], mixed[2])
+    assert stage.loaded == "reference-render" and stage.generator is None
+    with pytest.raises(ValueError, match="'trained', which is not one of this run's models"):
+        stage(batch([("trained", first)]))

@@ -78,8 +78,12 @@ def vae_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: i
 
 
 def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: int) -> dict:
+    """Model ``name``'s generation rows of ``folder`` (the rows of every model, told apart by their ``model``)."""
+    mine = [(C.EVAL_MODEL, "=", name)]
     names = pq.read_schema(next(pathlib.Path(folder).glob("*.parquet"))).names
-    table = pq.read_table(folder, columns=[name for name in SCALARS_GEN if name in names]).to_pydict()
+    table = pq.read_table(folder, columns=[name for name in SCALARS_GEN if name in names], filters=mine).to_pydict()
+    if not table[C.EVAL_TASK]:
+        raise ValueError(f"{folder} holds no generation rows of model {name!r}")
     rows = range(len(table[C.EVAL_TASK]))
     chars = {}
     for tier in dict.fromkeys(table[C.EVAL_GROUP][i] for i in rows if table[C.EVAL_TASK][i] == CHARS):
@@ -98,7 +102,7 @@ def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, col
     images = pq.read_table(
         folder,
         columns=[C.EVAL_TASK, C.EVAL_INDEX, C.EVAL_EXPECTED, C.EVAL_READ, C.EVAL_IMAGE_PNG],
-        filters=[(C.EVAL_INDEX, "<", columns)],
+        filters=[*mine, (C.EVAL_INDEX, "<", columns)],
     ).to_pydict()
     grid_rows = []
     for task in (CHARS, TEXT_EN, TEXT_ZH):
@@ -116,9 +120,8 @@ def generation_results(folder: pathlib.Path, grids: pathlib.Path, name: str, col
 def scene_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns: int) -> dict | None:
     """The judge's accuracy per attribute and overall on the shape-scene prompts, and a grid of the first images
     with each prompt and its verdict; None when the run had no scene prompts."""
-    table = pq.read_table(
-        folder, columns=[C.EVAL_TASK, C.EVAL_SCORE, *SCENE_COLUMNS], filters=[(C.EVAL_TASK, "=", SCENES)]
-    )
+    mine = [(C.EVAL_MODEL, "=", name), (C.EVAL_TASK, "=", SCENES)]
+    table = pq.read_table(folder, columns=[C.EVAL_TASK, C.EVAL_SCORE, *SCENE_COLUMNS], filters=mine)
     if table.num_rows == 0:
         return None
     values = table.to_pydict()
@@ -127,7 +130,7 @@ def scene_results(folder: pathlib.Path, grids: pathlib.Path, name: str, columns:
     shown = pq.read_table(
         folder,
         columns=[C.EVAL_INDEX, C.EVAL_PROMPT, C.EVAL_READ, C.EVAL_SIZE, C.EVAL_IMAGE_PNG],
-        filters=[(C.EVAL_TASK, "=", SCENES), (C.EVAL_INDEX, "<", 4 * columns)],
+        filters=[*mine, (C.EVAL_INDEX, "<", 4 * columns)],
     ).to_pydict()
     order = sorted(range(len(shown[C.EVAL_INDEX])), key=shown[C.EVAL_INDEX].__getitem__)
     if order:

@@ -1,10 +1,12 @@
-"""The evaluation of each model: two Ray Data pipelines whose rows land as Parquet, then the report.
+"""The evaluation of the models: Ray Data pipelines whose rows land as Parquet, then the report.
 
-- VAE reconstruction: ``(set, index)`` rows -> render (tasks) -> encode / decode, PSNR / SSIM (VAE actors) -> OCR of
-  original and reconstruction (OCR actors) -> PNG -> ``<output>/rows/<model>/vae/``;
-- generation: prompt rows (characters per tier, English and Chinese texts, CLIP prompts, shape scenes) -> images
-  (generator actors, each row at its task's size) -> OCR and task score (OCR actors) -> the judge's verdicts on
-  shape scenes -> CLIP score (CLIP actors) -> PNG -> ``<output>/rows/<model>/gen/``.
+- VAE reconstruction, per model: ``(set, index)`` rows -> render (tasks) -> encode / decode, PSNR / SSIM (VAE
+  actors) -> OCR of original and reconstruction (OCR actors) -> PNG -> ``<output>/rows/<model>/vae/``;
+- generation, one pipeline for every model: prompt rows (characters per tier, English and Chinese texts, CLIP
+  prompts, shape scenes) for each model in turn -> images (generator actors, each row with its model at its task's
+  size) -> OCR and task score (OCR actors) -> the judge's verdicts on shape scenes -> CLIP score (CLIP actors) ->
+  PNG -> ``<output>/rows/generation/`` (a ``model`` column tells the models apart). One pipeline starts its actors
+  once: on two CPU cores a generator actor's start (imports, model, pipeline) cost about 20 s a model.
 
 The driver only lists the rows it hands to ``from_items`` and reads back the scalar columns it aggregates.
 """
@@ -104,17 +106,21 @@ def needs_ocr(rows: list[dict]) -> bool:
     return any(row[C.EVAL_TASK] != SCENES for row in rows)
 
 
-def run_generation(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path) -> pathlib.Path:
-    rows = prompt_rows(config)
+def run_generation(config: EvaluateConfig, specs: list[ModelSpec], folder: pathlib.Path) -> pathlib.Path:
+    """Every prompt row for each model of ``specs``, in one pipeline (rows ordered by model)."""
+    import pydantic
+
+    prompts = prompt_rows(config)
+    rows = [{C.EVAL_MODEL: spec.name, **row} for spec in specs for row in prompts]
     dataset = ray.data.from_items(rows)
     dataset = map_stage(
         dataset,
         Generate,
         config.generation.pool,
-        spec_json=spec.model_dump_json(),
+        specs_json=pydantic.TypeAdapter(list[ModelSpec]).dump_json(specs).decode(),
         generation_json=config.generation.model_dump_json(),
     )
-    if needs_ocr(rows):
+    if needs_ocr(prompts):
         dataset = map_stage(dataset, OcrScores, config.ocr_pool)
     dataset = dataset.map_batches(judge_scores, batch_format="numpy", batch_size=64)
     if config.clip is not None:
@@ -123,21 +129,35 @@ def run_generation(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path
 
 
 def run_evaluation(config: EvaluateConfig) -> dict:
-    """Every model in turn; returns where the JSON, the comparison table and the grids are."""
+    """The models' VAEs in turn, then their generations in one pipeline; returns where the JSON, the comparison
+    table and the grids are."""
     output = pathlib.Path(config.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(config.model_dump_json(indent=2))
-    results = {}
-    for number, spec in enumerate(config.models, 1):
-        started = time.perf_counter()
-        print(f"[evaluate] model {number}/{len(config.models)} {spec.name!r}", flush=True)
-        folder = output / "rows" / spec.name
-        vae_folder = None
-        if config.vae.enabled and not spec.reference:
-            print(f"[evaluate]   VAE reconstruction of {len(vae_rows(config))} images", flush=True)
-            vae_folder = run_vae(config, spec, folder / "vae")
-        print(f"[evaluate]   generation and scores of {len(prompt_rows(config))} prompts", flush=True)
-        gen_folder = run_generation(config, spec, folder / "gen")
-        results[spec.name] = report.model_results(spec, vae_folder, gen_folder, output, config.grid_size)
-        print(f"[evaluate]   done in {time.perf_counter() - started:.0f} s", flush=True)
+    vae_folders: dict[str, pathlib.Path | None] = {spec.name: None for spec in config.models}
+    if config.vae.enabled:
+        for number, spec in enumerate(config.models, 1):
+            if spec.reference:
+                continue
+            started = time.perf_counter()
+            print(
+                f"[evaluate] model {number}/{len(config.models)} {spec.name!r}: VAE reconstruction of "
+                f"{len(vae_rows(config))} images",
+                flush=True,
+            )
+            vae_folders[spec.name] = run_vae(config, spec, output / "rows" / spec.name / "vae")
+            print(f"[evaluate]   done in {time.perf_counter() - started:.0f} s", flush=True)
+    started = time.perf_counter()
+    names = ", ".join(spec.name for spec in config.models)
+    print(
+        f"[evaluate] generation and scores of {len(prompt_rows(config))} prompts for each of {len(config.models)} "
+        f"models ({names}), in one pipeline",
+        flush=True,
+    )
+    gen_folder = run_generation(config, config.models, output / "rows" / "generation")
+    print(f"[evaluate]   done in {time.perf_counter() - started:.0f} s", flush=True)
+    results = {
+        spec.name: report.model_results(spec, vae_folders[spec.name], gen_folder, output, config.grid_size)
+        for spec in config.models
+    }
     return report.write_report(results, config, output)

@@ -65,29 +65,58 @@ class VaeReconstruction:
 
 
 class Generate:
-    """Prompts -> images with the model (``TextToImage``), or, for the reference, the expected text drawn plainly."""
+    """Prompts -> images with each row's model (the ``model`` column names one of the run's ``ModelSpec``), by
+    ``TextToImage``, or for the reference the expected text drawn plainly.
 
-    def __init__(self, spec_json: str, generation_json: str):
-        self.spec = ModelSpec.model_validate_json(spec_json)
+    One actor serves every model of a run, holding one at a time: the rows come ordered by model, so an actor loads
+    each model about once, and a run of several models pays the actor's start (imports, the pipeline) once instead
+    of once a model."""
+
+    def __init__(self, specs_json: str, generation_json: str):
+        import pydantic
+
+        specs = pydantic.TypeAdapter(list[ModelSpec]).validate_json(specs_json)
+        self.specs = {spec.name: spec for spec in specs}
         self.config = GenerationConfig.model_validate_json(generation_json)
+        self.loaded: str | None = None
         self.generator = None
-        if not self.spec.reference:
+
+    def _load(self, name: str) -> None:
+        if name == self.loaded:
+            return
+        if name not in self.specs:
+            raise ValueError(f"row of model {name!r}, which is not one of this run's models {sorted(self.specs)}")
+        if self.generator is not None:  # the previous model goes before the next one comes
+            import gc
+
+            import torch
+
+            self.generator = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        spec = self.specs[name]
+        if not spec.reference:
             from models.generation import TextToImage
 
-            if self.spec.checkpoint:
-                self.generator = TextToImage.from_checkpoint(self.spec.checkpoint, weights_dir=self.spec.weights_dir)
+            if spec.checkpoint:
+                self.generator = TextToImage.from_checkpoint(spec.checkpoint, weights_dir=spec.weights_dir)
             else:
-                self.generator = TextToImage.from_preset(self.spec.preset, weights_dir=self.spec.weights_dir)
+                self.generator = TextToImage.from_preset(spec.preset, weights_dir=spec.weights_dir)
+        self.loaded = name
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each row at its own ``size`` (one generator call per size); images come back at the largest size of the
-        batch (smaller ones enlarged, nearest neighbour) so that the column has one shape."""
+        """Each row with its model at its own ``size`` (one generator call per model and size); images come back at
+        the largest size of the batch (smaller ones enlarged, nearest neighbour) so that the column has one shape."""
         sizes = [int(size) for size in batch[C.EVAL_SIZE]]
+        models = [str(name) for name in batch[C.EVAL_MODEL]]
         images: list[np.ndarray | None] = [None] * len(sizes)
-        for size in sorted(set(sizes)):
-            rows = [i for i, value in enumerate(sizes) if value == size]
-            for i, image in zip(rows, self._generate(batch, rows, size), strict=True):
-                images[i] = image
+        for name in dict.fromkeys(models):
+            self._load(name)
+            for size in sorted({size for size, model in zip(sizes, models, strict=True) if model == name}):
+                rows = [i for i in range(len(sizes)) if sizes[i] == size and models[i] == name]
+                for i, image in zip(rows, self._generate(batch, rows, size), strict=True):
+                    images[i] = image
         largest = max(sizes)
         images = [
             image
