@@ -35,7 +35,15 @@ FROZEN_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler")  # linked into 
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    """Whether DCP runs its collectives: only in a process group of more than one rank.
+
+    A one-rank group (a single Ray Train worker) saves and loads without them (``no_dist``), and not only because
+    they are useless there: on CPU, gloo runs them in its own threads, where the tensor copies of the planning step
+    start OpenMP thread teams of their own. libgomp then manages more threads than there are CPUs and, for the rest
+    of the process, stops spin-waiting at every parallel region's barrier: the training threads sleep and wake
+    thousands of times a second. After its first checkpoint the demo's worker ran 107-160 samples/s instead of
+    160-215, the machine a quarter idle (docs/nano.md, "Seven minutes")."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _options(trainable_only: bool):
