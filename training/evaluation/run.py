@@ -6,7 +6,7 @@
   prompts, shape scenes) for each model in turn -> images (generator actors, each row with its model at its task's
   size) -> OCR and task score (OCR actors) -> the judge's verdicts on shape scenes -> CLIP score (CLIP actors) ->
   PNG -> ``<output>/rows/generation/`` (a ``model`` column tells the models apart). One pipeline starts its actors
-  once: on two CPU cores a generator actor's start (imports, model, pipeline) cost about 20 s a model.
+  and Ray Data's execution once, not once a model; each actor still loads each model it meets.
 
 The driver only lists the rows it hands to ``from_items`` and reads back the scalar columns it aggregates.
 """
