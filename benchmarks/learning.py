@@ -139,6 +139,7 @@ def main() -> None:
             result[f"{name}_minutes"] = round((time.perf_counter() - started) / 60, 2)
             result[f"{name}_curve"] = summary.get("reward_curve") or summary.get("loss_curve")
             print(f"[learning] {name}: " + json.dumps({k: v for k, v in result.items() if k.startswith(name)}))
+    output.mkdir(parents=True, exist_ok=True)  # with --demo and --skip-rl nothing else has made it
     (output / "learning.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result), flush=True)
 
