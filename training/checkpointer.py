@@ -41,8 +41,8 @@ def _distributed() -> bool:
     they are useless there: on CPU, gloo runs them in its own threads, where the tensor copies of the planning step
     start OpenMP thread teams of their own. libgomp then manages more threads than there are CPUs and, for the rest
     of the process, stops spin-waiting at every parallel region's barrier: the training threads sleep and wake
-    thousands of times a second. After its first checkpoint the demo's worker ran 107-160 samples/s instead of
-    160-215, the machine a quarter idle (docs/nano.md, "Seven minutes")."""
+    thousands of times a second. After its first checkpoint the demo's worker ran 142 samples/s instead of
+    176, the machine a quarter idle (docs/nano.md, "Seven minutes")."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
