@@ -219,17 +219,13 @@ def disabled_ocr_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ``score_watermark`` from the annotation's list alone (never verified)."""
     count = len(batch[SAMPLE_ID])
     watermark, verified = OcrScores._watermarks(batch, [""] * count)
-    empty = np.full(count, "", dtype=object)
+    unmeasured = (SCORE_TEXT_LINES, SCORE_TEXT_CHARS, SCORE_TEXT_AREA, SCORE_TEXT_MIN_HEIGHT, SCORE_OCR_ERROR)
     return {
         **batch,
-        OCR_TEXT: empty,
-        TEXT_LANGUAGE: empty.copy(),
-        **{name: np.full(count, np.nan) for name in (SCORE_TEXT_LINES, SCORE_TEXT_CHARS, SCORE_TEXT_AREA)},
-        SCORE_TEXT_MIN_HEIGHT: np.full(count, np.nan),
+        **{name: np.full(count, "", dtype=object) for name in (OCR_TEXT, TEXT_LANGUAGE, OCR_ERROR)},
+        **{name: np.full(count, np.nan) for name in unmeasured},
         SCORE_WATERMARK: watermark,
         WATERMARK_VERIFIED: verified,
-        OCR_ERROR: empty.copy(),
-        SCORE_OCR_ERROR: np.full(count, np.nan),
     }
 
 

@@ -100,12 +100,11 @@ def test_one_generator_actor_serves_every_model_with_the_images_each_would_get_a
     reference and a model gives each row the image its model gives it in a batch of its own (bit for bit), and a row
     naming a model the run does not have is refused."""
     import numpy as np
-    import pydantic
     import pytest
 
     from models.config import load_config
     from store import columns as C
-    from training.evaluation.config import EvaluateConfig, ModelSpec
+    from training.evaluation.config import MODEL_SPECS, EvaluateConfig, ModelSpec
     from training.evaluation.run import prompt_rows
     from training.evaluation.stages import Generate
 
@@ -113,9 +112,7 @@ def test_one_generator_actor_serves_every_model_with_the_images_each_would_get_a
         EvaluateConfig, "configs/evaluate_nano.yaml", ["scenes.num_prompts=2", "generation.num_steps=2"]
     )
     specs = [ModelSpec(name="reference-render", reference=True), ModelSpec(name="untrained", preset="tiny")]
-    stage = Generate(
-        pydantic.TypeAdapter(list[ModelSpec]).dump_json(specs).decode(), config.generation.model_dump_json()
-    )
+    stage = Generate(MODEL_SPECS.dump_json(specs).decode(), config.generation.model_dump_json())
 
     def batch(rows: list[tuple[str, dict]]) -> dict:
         keys = (C.EVAL_TASK, C.EVAL_PROMPT, C.EVAL_EXPECTED, C.EVAL_SIZE, C.EVAL_SEED)

@@ -29,6 +29,10 @@ class ModelSpec(StrictModel):
         return self
 
 
+# A run's models as one JSON string (what the generation stage's actors are built with) and back.
+MODEL_SPECS = pydantic.TypeAdapter(list[ModelSpec])
+
+
 class VaeEvalConfig(StrictModel):
     enabled: bool = True
     resolution: int = pydantic.Field(default=256, ge=64)  # docs/qwen_image.md §9 compares at 256x256

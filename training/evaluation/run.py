@@ -22,7 +22,7 @@ import ray.data
 from pipelines.pools import map_stage
 from store import columns as C
 from training.evaluation import report
-from training.evaluation.config import EvaluateConfig, ModelSpec
+from training.evaluation.config import MODEL_SPECS, EvaluateConfig, ModelSpec
 from training.evaluation.stages import (
     ORDINARY,
     TEXT_SETS,
@@ -108,8 +108,6 @@ def needs_ocr(rows: list[dict]) -> bool:
 
 def run_generation(config: EvaluateConfig, specs: list[ModelSpec], folder: pathlib.Path) -> pathlib.Path:
     """Every prompt row for each model of ``specs``, in one pipeline (rows ordered by model)."""
-    import pydantic
-
     prompts = prompt_rows(config)
     rows = [{C.EVAL_MODEL: spec.name, **row} for spec in specs for row in prompts]
     dataset = ray.data.from_items(rows)
@@ -117,7 +115,7 @@ def run_generation(config: EvaluateConfig, specs: list[ModelSpec], folder: pathl
         dataset,
         Generate,
         config.generation.pool,
-        specs_json=pydantic.TypeAdapter(list[ModelSpec]).dump_json(specs).decode(),
+        specs_json=MODEL_SPECS.dump_json(specs).decode(),
         generation_json=config.generation.model_dump_json(),
     )
     if needs_ocr(prompts):
