@@ -34,8 +34,16 @@ ELSEWHERE: dict[str, set[str]] = {
     "store/writer.py": {C.BUCKET},
     # The caption checks' reason for a caption that is only a URL.
     "pipelines/operators/caption.py": {C.URL},
-    # The evaluation's results JSON (per-set "psnr" / "ssim", "text" accuracies, "clip_score") and a grid label.
-    "training/evaluation/report.py": {C.EVAL_PSNR, C.EVAL_SSIM, C.EVAL_TEXT, C.EVAL_CLIP_SCORE, C.EVAL_RECONSTRUCTION},
+    # The evaluation's results JSON (per-set "psnr" / "ssim", "text" accuracies, "clip_score", the "model" spec) and
+    # the comparison table's "model" header and a grid label.
+    "training/evaluation/report.py": {
+        C.EVAL_PSNR,
+        C.EVAL_SSIM,
+        C.EVAL_TEXT,
+        C.EVAL_CLIP_SCORE,
+        C.EVAL_RECONSTRUCTION,
+        C.EVAL_MODEL,
+    },
     # The text-accuracy section of the evaluation config; the judge's "text" attribute; a stage's seed argument.
     "training/evaluation/config.py": {C.EVAL_TEXT},
     "training/evaluation/judge.py": {C.EVAL_TEXT},
