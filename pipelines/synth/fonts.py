@@ -3,16 +3,25 @@
 Every face (each member of a ``.ttc`` collection counts) is loaded with its character map (fontTools). A text is
 drawn only with a face whose map holds every one of its characters, so nothing is ever drawn as a tofu box; a
 text that no face covers is discarded by the caller and counted.
+
+Reading the character maps of Debian's Noto CJK collections takes fontTools about 8 s on two cores, and every
+process that renders text (each synthesiser actor) needs them; so each font file's faces are also kept on disk, in
+``$XDG_CACHE_HOME/qwen-image-ray/fonts`` (``~/.cache`` when unset), under a key of the file's path, size and
+modification time: the first process reads the file, the others read the cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
+import os
 import pathlib
 import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 from fontTools.ttLib import TTCollection, TTFont, TTLibError
@@ -78,9 +87,83 @@ def _name(font: TTFont, name_id: int) -> str:
     return record or ""
 
 
+CACHE_FORMAT = 1
+
+
+def cache_folder() -> pathlib.Path:
+    """Where the character maps of font files are kept between processes."""
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "qwen-image-ray" / "fonts"
+
+
+def _cache_file(path: str) -> pathlib.Path:
+    stat = pathlib.Path(path).stat()
+    key = json.dumps([CACHE_FORMAT, str(pathlib.Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    return cache_folder() / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.json"
+
+
+def _ranges(codepoints: frozenset[int]) -> list[list[int]]:
+    """Sorted code points as inclusive ``[first, last]`` runs."""
+    runs: list[list[int]] = []
+    for point in sorted(codepoints):
+        if runs and point == runs[-1][1] + 1:
+            runs[-1][1] = point
+        else:
+            runs.append([point, point])
+    return runs
+
+
+def _faces_to_json(faces: tuple[FontFace, ...]) -> str:
+    return json.dumps(
+        [{"index": f.index, "family": f.family, "style": f.style, "ranges": _ranges(f.codepoints)} for f in faces]
+    )
+
+
+def _faces_from_json(path: str, text: str) -> tuple[FontFace, ...]:
+    return tuple(
+        FontFace(
+            path,
+            int(face["index"]),
+            face["family"],
+            face["style"],
+            frozenset(point for first, last in face["ranges"] for point in range(first, last + 1)),
+        )
+        for face in json.loads(text)
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def load_faces(path: str) -> tuple[FontFace, ...]:
-    """The faces of one font file with their character maps; empty (and a warning) for an unreadable file."""
+    """The faces of one font file with their character maps; empty (and a warning) for an unreadable file.
+
+    Read from the on-disk cache when it holds this file at its current size and modification time; otherwise read
+    from the file and written to the cache (a cache that cannot be read or written is only a slower start).
+    """
+    try:
+        cached = _cache_file(path)
+    except OSError as error:
+        logger.warning("skipping font file %s: %s", path, error)
+        return ()
+    try:
+        return _faces_from_json(path, cached.read_text())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("font cache %s unreadable (%s): reading %s again", cached, error, path)
+    faces = read_faces(path)
+    if faces:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=cached.parent, suffix=".tmp", delete=False) as handle:
+                handle.write(_faces_to_json(faces))
+            os.replace(handle.name, cached)  # atomic: a process reading at the same time sees all or nothing
+        except OSError as error:
+            logger.info("font cache not written (%s): every process reads %s itself", error, path)
+    return faces
+
+
+def read_faces(path: str) -> tuple[FontFace, ...]:
+    """The faces of one font file read with fontTools; empty (and a warning) for an unreadable file."""
     try:
         if path.lower().endswith((".ttc", ".otc")):
             fonts = list(TTCollection(path, lazy=True).fonts)
@@ -154,7 +237,7 @@ class FontLibrary:
 
 
 def font_library(config: FontConfig) -> FontLibrary:
-    """One library per process and font config (character maps cost about 0.1 s per CJK face)."""
+    """One library per process and font config (the character maps come from the on-disk cache after the first)."""
     return _cached_library(config.model_dump_json())
 
 

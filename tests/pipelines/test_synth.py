@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 
 from models.ocr import OcrConfig, OcrEngine
 from pipelines.decode import decode_image
-from pipelines.synth import SynthConfig, synthetic_dataset
+from pipelines.synth import SynthConfig, fonts, synthetic_dataset
 from pipelines.synth.fonts import font_library
 from pipelines.synth.generator import SynthGenerator, generate_samples
 from pipelines.synth.render import encode
@@ -39,6 +42,32 @@ def test_synthetic_text_is_legible(mode: str, ocr: OcrEngine) -> None:
     overall = float(np.mean(accuracies["en"] + accuracies["zh"]))
     print(f"{mode}: OCR character accuracy {overall:.3f} (en {means['en']:.3f}, zh {means['zh']:.3f})")
     assert overall >= MIN_ACCURACY[mode], f"{mode}: mean accuracy {overall:.3f} ({means})"
+
+
+def test_character_maps_come_from_the_disk_cache_until_the_file_changes(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    system = next(path for path in fonts.fontconfig_files() if path.endswith(".ttc"))  # a collection: several faces
+    font = tmp_path / "collection.ttc"
+    shutil.copy(system, font)
+    read = fonts.read_faces(str(font))
+    assert len(read) > 1 and all(face.codepoints for face in read)
+
+    def load() -> tuple[fonts.FontFace, ...]:
+        fonts.load_faces.cache_clear()  # a new process: nothing kept in memory
+        return fonts.load_faces(str(font))
+
+    assert load() == read and len(list(fonts.cache_folder().glob("*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(fonts, "read_faces", lambda path: calls.append(path) or read)
+    assert load() == read and calls == []  # from the cache, the file not read
+
+    stat = font.stat()
+    os.utime(font, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the file changed: read it again
+    assert load() == read and calls == [str(font)]
+    for cached in fonts.cache_folder().glob("*.json"):
+        cached.write_text("{not json")  # a damaged cache: read again, said in the log
+    assert load() == read and calls == [str(font)] * 2 and "unreadable" in caplog.text
+    fonts.load_faces.cache_clear()
 
 
 def test_unrenderable_paragraph_is_discarded(tmp_path) -> None:
