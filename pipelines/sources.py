@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from models.config import StrictModel
+from models.ray_runtime import local_read_blocks
 from store import columns as C
 from store.parquet import read_parquet
 
@@ -373,7 +374,9 @@ def read_webdataset_source(config: SourceConfig) -> ray.data.Dataset:
             extra_source_images=extras if config.is_edit else None,
         )
 
-    return ray.data.read_webdataset(files, decoder=None).map_batches(normalise, batch_format="numpy")
+    return ray.data.read_webdataset(files, decoder=None, override_num_blocks=local_read_blocks()).map_batches(
+        normalise, batch_format="numpy"
+    )
 
 
 def _wds_member(batch: dict[str, np.ndarray], row: int, prefix: str) -> object | None:
@@ -452,7 +455,9 @@ def read_folder_source(config: SourceConfig) -> ray.data.Dataset:
                 extra_source_images=extras if config.is_edit else None,
             )
 
-        return ray.data.read_json(str(manifest), lines=True).map_batches(from_manifest, batch_format="numpy")
+        return ray.data.read_json(str(manifest), lines=True, override_num_blocks=local_read_blocks()).map_batches(
+            from_manifest, batch_format="numpy"
+        )
 
     if config.is_edit:
         raise ValueError(
@@ -471,7 +476,9 @@ def read_folder_source(config: SourceConfig) -> ray.data.Dataset:
         images = [bytes(b) for b in batch["bytes"]]
         return make_batch(config.name, images, captions, keys, [""] * len(images), [""] * len(images))
 
-    return ray.data.read_binary_files(files, include_paths=True).map_batches(with_sidecar, batch_format="numpy")
+    return ray.data.read_binary_files(files, include_paths=True, override_num_blocks=local_read_blocks()).map_batches(
+        with_sidecar, batch_format="numpy"
+    )
 
 
 def read_source(config: SourceConfig) -> ray.data.Dataset:

@@ -23,6 +23,7 @@ import math
 import numpy as np
 import ray.data
 
+from models.ray_runtime import local_read_blocks
 from pipelines.pools import map_stage
 from pipelines.sources import make_batch
 from pipelines.synth.config import SynthConfig
@@ -123,5 +124,13 @@ def synthetic_dataset(
         else:
             if mode == "compositional":
                 logger.info("no background dataset: compositional mode composites onto photo-like generated images")
-            parts.append(map_stage(ray.data.range(count), SynthStage, config.pool, config_json=config_json, mode=mode))
+            parts.append(
+                map_stage(
+                    ray.data.range(count, override_num_blocks=local_read_blocks()),
+                    SynthStage,
+                    config.pool,
+                    config_json=config_json,
+                    mode=mode,
+                )
+            )
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

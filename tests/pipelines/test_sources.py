@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 
 import cv2
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from models.ray_runtime import local_read_blocks
 from pipelines.sources import SourceConfig, read_source, sample_id
 from store import columns as C
 
@@ -61,8 +63,8 @@ def test_parquet_hf_image_struct_and_missing_image(ray_session, tmp_path):
         read_source(SourceConfig(kind="parquet", paths=[str(tmp_path)], caption_column="nope"))
 
 
-def test_webdataset_source(ray_session, tmp_path):
-    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+def _write_shard(path) -> None:
+    with tarfile.open(path, "w") as tar:
         for i, (image, caption) in enumerate(PAIRS):
             members = {f"{i:04d}.jpg": image}
             # Half the samples carry the caption in .txt, the others only in img2dataset's .json.
@@ -74,8 +76,25 @@ def test_webdataset_source(ray_session, tmp_path):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_source(ray_session, tmp_path):
+    _write_shard(tmp_path / "00000.tar")
     rows = _rows(read_source(SourceConfig(kind="webdataset", paths=[str(tmp_path / "*.tar")])))
     assert {k: r[C.SAMPLE_ID] for k, r in rows.items()} == _expected_ids()
+
+
+def test_a_local_ray_reads_in_blocks_for_its_cores(ray_session, tmp_path):
+    """The session's Ray has 16 logical CPUs: Ray Data alone would split the read into 32 blocks, a task each."""
+    cores = os.cpu_count() or 1
+    assert ray_session.cluster_resources()["CPU"] == 16
+    assert local_read_blocks() == (2 * cores if cores < 16 else None)
+    for shard in range(3):
+        _write_shard(tmp_path / f"{shard:05d}.tar")
+    dataset = read_source(SourceConfig(kind="webdataset", paths=[str(tmp_path / "*.tar")])).materialize()
+    assert dataset.count() == 3 * len(PAIRS)
+    # Ray Data may still cut a read task's output in two; split for 16 CPUs, this read made 15 blocks, a row each.
+    assert dataset.num_blocks() <= (4 * cores if cores < 16 else 32)
 
 
 def test_folder_sources(ray_session, tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import ray.data
 
 from models.imageio import save_png, to_grid
+from models.ray_runtime import local_read_blocks
 from pipelines.pools import map_stage
 from pipelines.sources import make_batch
 from pipelines.synth.edits.compose import make_compose
@@ -132,7 +133,12 @@ def synthetic_edit_dataset(config: EditSynthConfig, num_samples: int) -> ray.dat
     """Rows ``0 .. num_samples - 1`` as a Ray Dataset of ``EDIT_COLUMNS``, generated on ``config.pool``."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    return map_stage(ray.data.range(num_samples), EditStage, config.pool, config_json=config.model_dump_json())
+    return map_stage(
+        ray.data.range(num_samples, override_num_blocks=local_read_blocks()),
+        EditStage,
+        config.pool,
+        config_json=config.model_dump_json(),
+    )
 
 
 # Preview.
