@@ -26,7 +26,7 @@ preempting a training thread that its partner waits for at the next parallel reg
 logical CPUs.
 
 Reads on such a Ray are split for the machine's cores, not its logical CPUs (``local_read_blocks``). Ray Data
-splits a read into twice the CPUs it sees (32 blocks here, 128 for a 24-sample corpus of four shards) and runs a
+splits a read into twice the CPUs it sees (32 blocks here; a small corpus then gets a block per row) and runs a
 task per block, up to a logical CPU each: a dozen worker processes at once, each starting Python and importing the
 source's modules (about 5 CPU-seconds here) for a row or two. With twice the cores (4 blocks) the same reads start
 a few processes and the same rows come out.
