@@ -25,11 +25,11 @@ preempting a training thread that its partner waits for at the next parallel reg
 (``benchmarks/idle_ray.py``). Workers still start as tasks and actors need them, as many at once as there are
 logical CPUs.
 
-Reads on such a Ray are split for the machine's cores, not its logical CPUs (``local_read_blocks``). Ray Data
-splits a read into twice the CPUs it sees (32 blocks here; a small corpus then gets a block per row) and runs a
-task per block, up to a logical CPU each: a dozen worker processes at once, each starting Python and importing the
-source's modules (about 5 CPU-seconds here) for a row or two. With twice the cores (4 blocks) the same reads start
-a few processes and the same rows come out.
+Reads on such a Ray (or on several raylets of one machine, as the platform tests start) are split for the
+machine's cores, not its logical CPUs (``local_read_blocks``). Ray Data splits a read into twice the CPUs it sees
+(32 blocks here; a small corpus then gets a block per row) and runs a task per block, up to a logical CPU each: a
+dozen worker processes at once, each starting Python and importing the source's modules (about 5 CPU-seconds here)
+for a row or two. With twice the cores (4 blocks) the same reads start a few processes and the same rows come out.
 """
 
 from __future__ import annotations
@@ -103,15 +103,17 @@ def init_ray(num_cpus: int | None = None) -> dict:
 
 
 def local_read_blocks() -> int | None:
-    """Blocks for a Ray Data read (its ``override_num_blocks``): twice this machine's cores on a one-node Ray on this
-    machine with more logical CPUs than cores (the oversubscribed local Ray), else None (Ray Data's own choice)."""
+    """Blocks for a Ray Data read (its ``override_num_blocks``): twice this machine's cores on a Ray whose nodes all
+    run on this machine with more logical CPUs than cores (the oversubscribed local Ray, or a test's ``Cluster`` of
+    several raylets), else None (Ray Data's own choice)."""
     if not ray.is_initialized():
         return None
     cores = os.cpu_count() or 1
     nodes = [node for node in ray.nodes() if node.get("Alive")]
-    if len(nodes) != 1 or nodes[0].get("NodeManagerAddress") != ray.util.get_node_ip_address():
+    here = ray.util.get_node_ip_address()
+    if not nodes or any(node.get("NodeManagerAddress") != here for node in nodes):
         return None
-    return 2 * cores if nodes[0].get("Resources", {}).get("CPU", 0) > cores else None
+    return 2 * cores if sum(node.get("Resources", {}).get("CPU", 0) for node in nodes) > cores else None
 
 
 def quiet_console() -> None:

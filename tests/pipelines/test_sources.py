@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from models import ray_runtime
 from models.ray_runtime import local_read_blocks
 from pipelines.sources import SourceConfig, read_source, sample_id
 from store import columns as C
@@ -82,6 +83,24 @@ def test_webdataset_source(ray_session, tmp_path):
     _write_shard(tmp_path / "00000.tar")
     rows = _rows(read_source(SourceConfig(kind="webdataset", paths=[str(tmp_path / "*.tar")])))
     assert {k: r[C.SAMPLE_ID] for k, r in rows.items()} == _expected_ids()
+
+
+def test_read_blocks_follow_the_cores_only_where_every_node_is_this_machine(monkeypatch):
+    here, cores = "10.0.0.7", os.cpu_count() or 1
+
+    def node(address: str, cpus: float) -> dict:
+        return {"Alive": True, "NodeManagerAddress": address, "Resources": {"CPU": cpus}}
+
+    monkeypatch.setattr(ray_runtime.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray_runtime.ray.util, "get_node_ip_address", lambda: here)
+    for nodes, expected in [
+        ([node(here, 8 * cores)], 2 * cores),  # the oversubscribed local Ray
+        ([node(here, 2), node(here, 6 * cores), {**node("10.0.0.9", 6), "Alive": False}], 2 * cores),  # a test Cluster
+        ([node(here, cores)], None),  # as many logical CPUs as cores: Ray Data's own choice
+        ([node(here, 8 * cores), node("10.0.0.8", 8)], None),  # a real cluster
+    ]:
+        monkeypatch.setattr(ray_runtime.ray, "nodes", lambda nodes=nodes: nodes)
+        assert local_read_blocks() == expected, nodes
 
 
 def test_a_local_ray_reads_in_blocks_for_its_cores(ray_session, tmp_path):

@@ -19,6 +19,7 @@ import time
 
 import ray.data
 
+from models.ray_runtime import local_read_blocks
 from pipelines.pools import map_stage
 from store import columns as C
 from training.evaluation import report
@@ -89,7 +90,7 @@ def _write(dataset: ray.data.Dataset, folder: pathlib.Path) -> pathlib.Path:
 
 def run_vae(config: EvaluateConfig, spec: ModelSpec, folder: pathlib.Path) -> pathlib.Path:
     rows = vae_rows(config)
-    dataset = ray.data.from_items(rows).map_batches(
+    dataset = ray.data.from_items(rows, override_num_blocks=local_read_blocks()).map_batches(
         render_vae_inputs,
         batch_format="numpy",
         batch_size=config.vae.pool.batch_size,
@@ -110,7 +111,7 @@ def run_generation(config: EvaluateConfig, specs: list[ModelSpec], folder: pathl
     """Every prompt row for each model of ``specs``, in one pipeline (rows ordered by model)."""
     prompts = prompt_rows(config)
     rows = [{C.EVAL_MODEL: spec.name, **row} for spec in specs for row in prompts]
-    dataset = ray.data.from_items(rows)
+    dataset = ray.data.from_items(rows, override_num_blocks=local_read_blocks())
     dataset = map_stage(
         dataset,
         Generate,

@@ -26,6 +26,7 @@ import ray.data
 import torch
 
 from models.prompt_embeds import PromptEmbeds
+from models.ray_runtime import local_read_blocks
 from pipelines.pools import map_stage
 from store import columns as C
 from store.batches import decode_batch
@@ -211,7 +212,7 @@ def build_pairs(config: DpoConfig, preset: str) -> int:
         prompts = prompt_list(config.from_reward.prompts, config.from_reward.prompts_file)
         items = [{"prompt": prompt, "index": index} for index, prompt in enumerate(prompts)]
         dataset = map_stage(
-            ray.data.from_items(items),
+            ray.data.from_items(items, override_num_blocks=local_read_blocks()),
             RewardPairStage,
             config.from_reward.pool,
             checkpoint=config.init,
@@ -225,7 +226,7 @@ def build_pairs(config: DpoConfig, preset: str) -> int:
         labels: LabelPairsConfig = config.from_labels
         items = read_label_file(labels.path)
         dataset = map_stage(
-            ray.data.from_items(items),
+            ray.data.from_items(items, override_num_blocks=local_read_blocks()),
             LabelPairStage,
             labels.pool,
             preset=preset,
