@@ -107,6 +107,7 @@ def test_one_generator_actor_serves_every_model_with_the_images_each_would_get_a
     from training.evaluation.config import MODEL_SPECS, EvaluateConfig, ModelSpec
     from training.evaluation.run import prompt_rows
     from training.evaluation.stages import Generate
+    from training.evaluation.text_accuracy import TEXT_EN
 
     config = load_config(
         EvaluateConfig, "configs/evaluate_nano.yaml", ["scenes.num_prompts=2", "generation.num_steps=2"]
@@ -126,5 +127,10 @@ def test_one_generator_actor_serves_every_model_with_the_images_each_would_get_a
     assert np.array_equal(mixed[0], alone[0]) and np.array_equal(mixed[2], alone[1])
     assert np.array_equal(mixed[1], reference[0]) and not np.array_equal(mixed[1], mixed[2])
     assert stage.loaded == "reference-render" and stage.generator is None
+    # The reference draws each row as its task says, in a batch that mixes scenes and text (as blocks do).
+    text = {**second, C.EVAL_TASK: TEXT_EN, C.EVAL_EXPECTED: "HELLO", C.EVAL_PROMPT: 'a sign that says "HELLO"'}
+    both = stage(batch([("reference-render", second), ("reference-render", text)]))[C.EVAL_IMAGE]
+    assert np.array_equal(both[0], reference[0])
+    assert np.array_equal(both[1], stage(batch([("reference-render", text)]))[C.EVAL_IMAGE][0])
     with pytest.raises(ValueError, match="'trained', which is not one of this run's models"):
         stage(batch([("trained", first)]))

@@ -124,13 +124,19 @@ class Generate:
         return {**batch, C.EVAL_IMAGE: np.stack(images)}
 
     def _generate(self, batch: dict[str, np.ndarray], rows: list[int], size: int) -> np.ndarray:
-        if self.generator is None:
-            texts = [str(batch[C.EVAL_EXPECTED][i] or batch[C.EVAL_PROMPT][i]) for i in rows]
-            if any(batch[C.EVAL_TASK][i] == SCENES for i in rows):
-                from pipelines.synth import shapes
+        if (
+            self.generator is None
+        ):  # the reference: each row's expected scene or text, drawn (rows of a block mix tasks)
+            from pipelines.synth import shapes
 
-                return np.stack([shapes.render_scene(shapes.parse_caption(text), size) for text in texts])
-            return np.stack([render_text(text, size) for text in texts])
+            texts = [str(batch[C.EVAL_EXPECTED][i] or batch[C.EVAL_PROMPT][i]) for i in rows]
+            scene = [batch[C.EVAL_TASK][i] == SCENES for i in rows]
+            return np.stack(
+                [
+                    shapes.render_scene(shapes.parse_caption(text), size) if is_scene else render_text(text, size)
+                    for text, is_scene in zip(texts, scene, strict=True)
+                ]
+            )
         return self.generator(
             [str(batch[C.EVAL_PROMPT][i]) for i in rows],
             height=size,
