@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
+from models.ray_runtime import local_read_blocks
 from pipelines.encode import (
     EXTRA_REFERENCES,
     EncodeConfig,
@@ -127,7 +128,7 @@ def kept_samples(labels_path: str | pathlib.Path, min_stage: int, skip: set[str]
 def encoded_dataset(scored_dir: str | pathlib.Path, keep: dict[str, int], config: EncodeConfig) -> ray.data.Dataset:
     """The kept samples encoded, as a lazy Ray Dataset of store-schema rows: what ``encode_pass`` commits to the
     store, and what a streaming pretraining job (``feed: stream``) hands its workers directly."""
-    dataset = read_parquet(scored_dir)
+    dataset = read_parquet(scored_dir, override_num_blocks=local_read_blocks())
     # The filter runs where the VAE encoder runs and in its batch size: one light actor holding the lookup. A
     # larger batch would merge the stream's blocks, and the store would only grow at the end of a small run.
     pool = {key: getattr(config.vae_pool, key) for key in ("batch_size", "resources", "label_selector")}

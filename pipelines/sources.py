@@ -314,7 +314,11 @@ def read_parquet_source(config: SourceConfig) -> ray.data.Dataset:
             extra_source_images=extras,
         )
 
-    return read_parquet(files).select_columns(wanted).map_batches(normalise, batch_format="numpy")
+    return (
+        read_parquet(files, override_num_blocks=local_read_blocks())
+        .select_columns(wanted)
+        .map_batches(normalise, batch_format="numpy")
+    )
 
 
 def _caption_from_json(raw: bytes | None) -> str | None:

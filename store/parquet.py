@@ -18,8 +18,6 @@ from collections.abc import Sequence
 
 import ray.data
 
-from models.ray_runtime import local_read_blocks
-
 NUM_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 BATCH_SIZE_ENV = "RAY_DATA_PARQUET_FOOTER_BATCH_SIZE"
 RAY_NUM_ACTORS, RAY_BATCH_SIZE = 32, 10  # Ray Data's defaults for the two variables
@@ -47,10 +45,8 @@ def count_parquet_files(paths: str | pathlib.Path | Sequence[str | pathlib.Path]
 
 
 def read_parquet(paths: str | pathlib.Path | Sequence[str | pathlib.Path], **kwargs) -> ray.data.Dataset:
-    """``ray.data.read_parquet(paths, **kwargs)`` starting only the footer readers its files need, in blocks for this
-    machine's cores on a local Ray (``models.ray_runtime.local_read_blocks``) unless ``override_num_blocks`` is given."""
+    """``ray.data.read_parquet(paths, **kwargs)`` starting only the footer readers its files need."""
     names = _names(paths)
-    kwargs.setdefault("override_num_blocks", local_read_blocks())
     wanted = str(footer_actors(count_parquet_files(names)))
     with _ENV_LOCK:
         before = os.environ.get(NUM_ACTORS_ENV)

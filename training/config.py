@@ -161,9 +161,10 @@ class PretrainConfig(RunSettings):
     frozen_dtype: FrozenDtype = "auto"
     phases: list[PhaseConfig] = pydantic.Field(min_length=1)
     batch_size: int = pydantic.Field(default=8, ge=1)  # per data-parallel worker, per micro-batch (or the phase's)
-    # auto: bf16 on GPU, fp32 on CPU. With DDP it is autocast; with FSDP, the dtype parameters are gathered in
+    # auto: bf16 on GPU, fp32 on CPU; bf16_if_native: bf16 on GPU and on CPUs with native bf16 (AVX512-BF16, AMX),
+    # fp32 on others, where bf16 is emulated and many times slower. With DDP it is autocast; with FSDP, the dtype parameters are gathered in
     # (gradients are always reduced, and the optimiser always steps, in fp32).
-    mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    mixed_precision: Literal["auto", "fp32", "bf16", "bf16_if_native"] = "auto"
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     ema_decay: float | None = pydantic.Field(default=None, gt=0, lt=1)

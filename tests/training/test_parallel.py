@@ -340,3 +340,20 @@ def test_one_rank_checkpoint_runs_no_collective(tmp_path):
     spin-waiting in the training threads' team for the rest of the process (the demo's worker lost a quarter of its
     speed after its first checkpoint). The collective save beside it shows the teams the check looks for."""
     run_ranks(_one_rank_checkpoint, 1, str(tmp_path))
+
+
+def test_bf16_if_native_follows_the_cpu(monkeypatch):
+    """``bf16_if_native`` computes in bf16 on GPU and on CPUs with native bf16 only: emulated bf16 (AVX2) is many
+    times slower than fp32."""
+    from training import parallel
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(parallel, "cpu_has_bf16", lambda native=native: native)
+        assert parallel.compute_dtype("bf16_if_native", cpu) == (torch.bfloat16 if native else torch.float32)
+        assert parallel.compute_dtype("bf16_if_native", gpu) == torch.bfloat16
+        assert (
+            parallel.compute_dtype("auto", cpu) == torch.float32
+            and parallel.compute_dtype("bf16", cpu) == torch.bfloat16
+        )
+    assert parallel.cpu_has_bf16() in (True, False)

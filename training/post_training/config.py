@@ -68,7 +68,7 @@ class RlBase(RunSettings):
 
     # auto: bf16 on GPU, fp32 on CPU. Under DDP it is autocast; under FSDP, the dtype parameters are gathered in
     # (gradients are reduced, and the optimiser steps, in fp32).
-    mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    mixed_precision: Literal["auto", "fp32", "bf16", "bf16_if_native"] = "auto"
     # The weights that do not train (the base under LoRA, a full fine-tune's reference) are stored in this dtype.
     # auto: under FSDP the compute dtype (bf16 on GPU: half the memory), under DDP fp32.
     frozen_dtype: FrozenDtype = "auto"
