@@ -30,8 +30,8 @@ machine's cores, not its logical CPUs (``local_read_blocks``). Ray Data splits a
 (32 blocks here; a small corpus then gets a block per row) and runs a task per block, up to a logical CPU each: a
 dozen worker processes at once, each starting Python and importing the source's modules (about 5 CPU-seconds here)
 for a row or two. With twice the cores (4 blocks) the same reads start a few processes and the same rows come out.
-The latent store's reads for training keep Ray Data's blocks: Ray Data's local shuffle buffer over a few large
-blocks held a train worker to a few samples a second.
+The latent store's reads for training keep Ray Data's blocks (a train worker's shuffle buffer and read-ahead work on
+them; fewer blocks there are not measured).
 """
 
 from __future__ import annotations
