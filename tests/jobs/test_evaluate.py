@@ -104,7 +104,7 @@ def test_one_generator_actor_serves_every_model_with_the_images_each_would_get_a
 
     from models.config import load_config
     from store import columns as C
-    from training.evaluation.config import MODEL_SPECS, EvaluateConfig, ModelSpec
+    from training.evaluation.config import MODEL_LIST, EvaluateConfig, ModelSpec
     from training.evaluation.run import prompt_rows
     from training.evaluation.stages import Generate
     from training.evaluation.text_accuracy import TEXT_EN
@@ -113,7 +113,7 @@ def test_one_generator_actor_serves_every_model_with_the_images_each_would_get_a
         EvaluateConfig, "configs/evaluate_nano.yaml", ["scenes.num_prompts=2", "generation.num_steps=2"]
     )
     specs = [ModelSpec(name="reference-render", reference=True), ModelSpec(name="untrained", preset="tiny")]
-    stage = Generate(MODEL_SPECS.dump_json(specs).decode(), config.generation.model_dump_json())
+    stage = Generate(MODEL_LIST.dump_json(specs).decode(), config.generation.model_dump_json())
 
     def batch(rows: list[tuple[str, dict]]) -> dict:
         keys = (C.EVAL_TASK, C.EVAL_PROMPT, C.EVAL_EXPECTED, C.EVAL_SIZE, C.EVAL_SEED)

@@ -30,7 +30,7 @@ class ModelSpec(StrictModel):
 
 
 # A run's models as one JSON string (what the generation stage's actors are built with) and back.
-MODEL_SPECS = pydantic.TypeAdapter(list[ModelSpec])
+MODEL_LIST = pydantic.TypeAdapter(list[ModelSpec])
 
 
 class VaeEvalConfig(StrictModel):

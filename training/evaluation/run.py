@@ -23,7 +23,7 @@ from models.ray_runtime import local_read_blocks
 from pipelines.pools import map_stage
 from store import columns as C
 from training.evaluation import report
-from training.evaluation.config import MODEL_SPECS, EvaluateConfig, ModelSpec
+from training.evaluation.config import MODEL_LIST, EvaluateConfig, ModelSpec
 from training.evaluation.stages import (
     ORDINARY,
     TEXT_SETS,
@@ -116,7 +116,7 @@ def run_generation(config: EvaluateConfig, specs: list[ModelSpec], folder: pathl
         dataset,
         Generate,
         config.generation.pool,
-        specs_json=MODEL_SPECS.dump_json(specs).decode(),
+        specs_json=MODEL_LIST.dump_json(specs).decode(),
         generation_json=config.generation.model_dump_json(),
     )
     if needs_ocr(prompts):

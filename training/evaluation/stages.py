@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from store import columns as C
-from training.evaluation.config import MODEL_SPECS, GenerationConfig, ModelSpec
+from training.evaluation.config import MODEL_LIST, GenerationConfig, ModelSpec
 from training.evaluation.images import ordinary_images, render_text, text_rich_images
 from training.evaluation.text_accuracy import CLIP, SCENES, score
 
@@ -73,7 +73,7 @@ class Generate:
     of once a model."""
 
     def __init__(self, specs_json: str, generation_json: str):
-        self.specs = {spec.name: spec for spec in MODEL_SPECS.validate_json(specs_json)}
+        self.specs = {spec.name: spec for spec in MODEL_LIST.validate_json(specs_json)}
         self.config = GenerationConfig.model_validate_json(generation_json)
         self.loaded: str | None = None
         self.generator = None
