@@ -112,7 +112,7 @@ def build_mesh(config: ParallelConfig, device: torch.device, world: int, rank: i
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, through oneDNN); elsewhere (AVX2 only) bf16 is
-    emulated and a step of the nano recipe took about 30 times as long as in fp32."""
+    emulated: the nano recipe trained at 4.7 samples/s in bf16 on an AVX2-only CPU, 73 in fp32 on the same CPU."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -122,12 +122,10 @@ def cpu_has_bf16() -> bool:
 def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     """The dtype the transformer computes in: ``auto`` is bf16 on GPU and fp32 on CPU; ``bf16_if_native`` is bf16 on
     GPU and on a CPU that computes bf16 natively (``cpu_has_bf16``), fp32 elsewhere."""
-    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-    bf16 = (
-        mixed_precision == "bf16"
-        or (mixed_precision == "auto" and device.type == "cuda")
-        or (mixed_precision == "bf16_if_native" and native)
-    )
+    if mixed_precision == "bf16_if_native":
+        bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    else:
+        bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
     return torch.bfloat16 if bf16 else torch.float32
 
 
