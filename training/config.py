@@ -17,7 +17,7 @@ from models.schedule import LossWeighting, SigmaSampling
 from pipelines.curation import CurationConfig
 from store import columns as C
 from training.optim import AdamConfig
-from training.parallel import FrozenDtype, check_frozen_dtype
+from training.parallel import FrozenDtype, MixedPrecision, check_frozen_dtype
 from training.trainer import RunSettings
 
 
@@ -161,10 +161,9 @@ class PretrainConfig(RunSettings):
     frozen_dtype: FrozenDtype = "auto"
     phases: list[PhaseConfig] = pydantic.Field(min_length=1)
     batch_size: int = pydantic.Field(default=8, ge=1)  # per data-parallel worker, per micro-batch (or the phase's)
-    # auto: bf16 on GPU, fp32 on CPU; bf16_if_native: bf16 on GPU and on CPUs with native bf16 (AVX512-BF16, AMX),
-    # fp32 on others, where bf16 is emulated and many times slower. With DDP it is autocast; with FSDP, the dtype parameters are gathered in
+    # training.parallel.MixedPrecision. With DDP it is autocast; with FSDP, the dtype parameters are gathered in
     # (gradients are always reduced, and the optimiser always steps, in fp32).
-    mixed_precision: Literal["auto", "fp32", "bf16", "bf16_if_native"] = "auto"
+    mixed_precision: MixedPrecision = "auto"
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     ema_decay: float | None = pydantic.Field(default=None, gt=0, lt=1)

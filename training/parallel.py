@@ -119,7 +119,12 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+# auto: bf16 on GPU, fp32 on CPU; bf16_if_native: bf16 on GPU and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 on
+# others, where bf16 is emulated and many times slower.
+MixedPrecision = Literal["auto", "fp32", "bf16", "bf16_if_native"]
+
+
+def compute_dtype(mixed_precision: MixedPrecision, device: torch.device) -> torch.dtype:
     """The dtype the transformer computes in: ``auto`` is bf16 on GPU and fp32 on CPU; ``bf16_if_native`` is bf16 on
     GPU and on a CPU that computes bf16 natively (``cpu_has_bf16``), fp32 elsewhere."""
     if mixed_precision == "bf16_if_native":

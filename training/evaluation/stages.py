@@ -124,19 +124,18 @@ class Generate:
         return {**batch, C.EVAL_IMAGE: np.stack(images)}
 
     def _generate(self, batch: dict[str, np.ndarray], rows: list[int], size: int) -> np.ndarray:
-        if (
-            self.generator is None
-        ):  # the reference: each row's expected scene or text, drawn (rows of a block mix tasks)
+        # The reference: each row's expected scene or text, drawn as its own task says (a block's rows mix tasks).
+        if self.generator is None:
             from pipelines.synth import shapes
 
-            texts = [str(batch[C.EVAL_EXPECTED][i] or batch[C.EVAL_PROMPT][i]) for i in rows]
-            scene = [batch[C.EVAL_TASK][i] == SCENES for i in rows]
-            return np.stack(
-                [
-                    shapes.render_scene(shapes.parse_caption(text), size) if is_scene else render_text(text, size)
-                    for text, is_scene in zip(texts, scene, strict=True)
-                ]
-            )
+            drawn = []
+            for i in rows:
+                text = str(batch[C.EVAL_EXPECTED][i] or batch[C.EVAL_PROMPT][i])
+                scene = batch[C.EVAL_TASK][i] == SCENES
+                drawn.append(
+                    shapes.render_scene(shapes.parse_caption(text), size) if scene else render_text(text, size)
+                )
+            return np.stack(drawn)
         return self.generator(
             [str(batch[C.EVAL_PROMPT][i]) for i in rows],
             height=size,

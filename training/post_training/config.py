@@ -21,7 +21,7 @@ from models.lora import LoraSettings
 from models.schedule import SigmaSampling
 from pipelines.pools import PoolConfig
 from training.optim import AdamConfig
-from training.parallel import FrozenDtype, check_frozen_dtype, frozen_weights_dtype
+from training.parallel import FrozenDtype, MixedPrecision, check_frozen_dtype, frozen_weights_dtype
 from training.trainer import RunSettings
 
 
@@ -66,9 +66,9 @@ class RlBase(RunSettings):
     checkpoint_every: int = pydantic.Field(default=50, ge=1)
     log_every: int = pydantic.Field(default=1, ge=1)
 
-    # auto: bf16 on GPU, fp32 on CPU. Under DDP it is autocast; under FSDP, the dtype parameters are gathered in
+    # training.parallel.MixedPrecision. Under DDP it is autocast; under FSDP, the dtype parameters are gathered in
     # (gradients are reduced, and the optimiser steps, in fp32).
-    mixed_precision: Literal["auto", "fp32", "bf16", "bf16_if_native"] = "auto"
+    mixed_precision: MixedPrecision = "auto"
     # The weights that do not train (the base under LoRA, a full fine-tune's reference) are stored in this dtype.
     # auto: under FSDP the compute dtype (bf16 on GPU: half the memory), under DDP fp32.
     frozen_dtype: FrozenDtype = "auto"

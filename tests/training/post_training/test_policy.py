@@ -106,8 +106,8 @@ def _sharded_policy(rank: int, world: int, checkpoint: str, folder: str) -> None
         assert fsdp_pushed.keys() == ddp_pushed.keys() and all("lora_" in name for name in fsdp_pushed)
         # AdamW moves each weight by up to lr (1e-2) a step whatever its gradient's size, so the two strategies'
         # different reduction orders can move a weight whose gradient is mostly cancellation by a few 1e-6 (2.2e-6
-        # measured on an AVX2 CPU; under 1e-6 on the earlier CI machines); a wrong gradient moves it by about lr. Tolerance: a
-        # thousandth of one step.
+        # measured on an AVX2 CPU; under 1e-6 on the earlier CI machines); a wrong gradient moves it by about lr.
+        # Tolerance: a thousandth of one step.
         step_tolerance = dict(rtol=1e-5, atol=1e-5)
         for name, value in ddp_pushed.items():
             torch.testing.assert_close(fsdp_pushed[name], value, **step_tolerance)
