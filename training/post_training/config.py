@@ -137,6 +137,9 @@ class DpoConfig(RlBase):
     # beta depends on the loss scaling: per-sample means here, for which Flow-GRPO's DPO uses 100
     # (docs/qwen_image.md §8).
     beta: float = pydantic.Field(default=100.0, ge=0)
+    # The winners' flow-matching error added to the loss with this weight (training.post_training.dpo); 0: plain
+    # Diffusion-DPO.
+    sft_weight: float = pydantic.Field(default=0.0, ge=0)
     num_steps: int = pydantic.Field(ge=1)
     batch_size: int = pydantic.Field(default=4, ge=1)  # pairs per worker and step
     sigma_sampling: SigmaSampling = "uniform"  # Diffusion-DPO draws t uniformly

@@ -5,6 +5,11 @@ Winner and loser get the same sigma and the same noise. With per-sample mean squ
 ``loss = -log sigmoid(-beta (d_policy - d_ref))``. ``-beta (d_policy - d_ref)`` is the implicit reward margin
 (winner's implicit reward minus loser's); a pair counts as correct when the policy has moved towards the winner
 relative to the reference (margin > 0), half when it has not moved at all (margin = 0, as at the start).
+
+The margin can grow while the winner's own error grows too (both images get less likely, the loser faster), which
+degrades a model that drew most winners right to begin with. ``sft_weight`` adds the winner's flow-matching error
+to the loss, ``sft_weight * e_policy(x_w)`` (RPO's negative log-likelihood term on the chosen sample, in flow
+matching's units), which keeps the winners likely while the margin grows; 0 is plain Diffusion-DPO.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class DpoOutput:
     margin: torch.Tensor  # [B] implicit reward margin, -beta (d_policy - d_ref)
     d_policy: torch.Tensor  # [B]
     d_ref: torch.Tensor  # [B]
+    winner_error: torch.Tensor  # [B] the policy's flow-matching error on the winners (the sft term's)
 
     @property
     def accuracy(self) -> torch.Tensor:
@@ -49,15 +55,17 @@ def pair_accuracy(delta: torch.Tensor) -> torch.Tensor:
     return ((delta < 0).float() + 0.5 * (delta == 0).float()).mean()
 
 
-def _pair_errors(model, batch: PairBatch, sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """``[B]`` winner error minus loser error, both at the same sigma and noise, in one forward pass."""
+def _pair_errors(
+    model, batch: PairBatch, sigmas: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B]`` winner errors and ``[B]`` loser errors, both at the same sigma and noise, in one forward pass."""
     latents = torch.cat([batch.winner, batch.loser])
     prompt = PromptEmbeds(torch.cat([batch.prompt.embeds] * 2), torch.cat([batch.prompt.mask] * 2))
     errors = flow_matching_loss(
         model, latents, prompt, sigmas=torch.cat([sigmas, sigmas]), noise=torch.cat([noise, noise])
     ).per_sample
     winner, loser = errors.chunk(2)
-    return winner - loser
+    return winner, loser
 
 
 def dpo_loss(
@@ -66,20 +74,26 @@ def dpo_loss(
     batch: PairBatch,
     *,
     beta: float,
+    sft_weight: float = 0.0,
     sigma_sampling: SigmaSampling = "uniform",
     generator: torch.Generator | None = None,
 ) -> DpoOutput:
-    """The DPO loss of a batch of pairs; ``reference()`` enters a context yielding the reference model."""
+    """The DPO loss of a batch of pairs (plus ``sft_weight`` times the winners' mean error); ``reference()`` enters
+    a context yielding the reference model."""
     if batch.winner.shape != batch.loser.shape:
         raise ValueError(f"winner {tuple(batch.winner.shape)} and loser {tuple(batch.loser.shape)} differ in shape")
     count = batch.winner.shape[0]
     sigmas = sample_training_sigmas(count, sigma_sampling, generator=generator, device=batch.winner.device)
     noise = torch.randn(batch.winner.shape, generator=generator, dtype=batch.winner.dtype).to(batch.winner.device)
-    d_policy = _pair_errors(model, batch, sigmas, noise)
+    winner, loser = _pair_errors(model, batch, sigmas, noise)
     with torch.no_grad(), reference() as reference_model:
-        d_ref = _pair_errors(reference_model, batch, sigmas, noise)
+        d_ref = torch.sub(*_pair_errors(reference_model, batch, sigmas, noise))
+    d_policy = winner - loser
     margin = -beta * (d_policy - d_ref)
-    return DpoOutput(loss=-F.logsigmoid(margin).mean(), margin=margin.detach(), d_policy=d_policy, d_ref=d_ref)
+    loss = -F.logsigmoid(margin).mean()
+    if sft_weight:
+        loss = loss + sft_weight * winner.mean()
+    return DpoOutput(loss=loss, margin=margin.detach(), d_policy=d_policy, d_ref=d_ref, winner_error=winner.detach())
 
 
 @torch.no_grad()
@@ -120,13 +134,16 @@ def dpo_step(
     batch: PairBatch,
     *,
     beta: float,
+    sft_weight: float = 0.0,
     sigma_sampling: SigmaSampling = "uniform",
     grad_clip: float | None = 1.0,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """One optimiser step; returns loss, implicit reward margin, pair accuracy and grad norm."""
+    """One optimiser step; returns loss, implicit reward margin, pair accuracy, the winners' error and grad norm."""
     optimizer.zero_grad(set_to_none=True)
-    out = dpo_loss(model, reference, batch, beta=beta, sigma_sampling=sigma_sampling, generator=generator)
+    out = dpo_loss(
+        model, reference, batch, beta=beta, sft_weight=sft_weight, sigma_sampling=sigma_sampling, generator=generator
+    )
     out.loss.backward()
     grad_norm = 0.0
     if grad_clip is not None:
@@ -136,5 +153,6 @@ def dpo_step(
         "loss": float(out.loss.detach()),
         "margin": float(out.margin.mean()),
         "accuracy": float(out.accuracy),
+        "winner_error": float(out.winner_error.mean()),
         "grad_norm": grad_norm,
     }

@@ -84,6 +84,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     worker.policy.reference,
                     to_device(batch, worker.device),
                     beta=config.beta,
+                    sft_weight=config.sft_weight,
                     sigma_sampling=config.sigma_sampling,
                     grad_clip=config.optim.grad_clip,
                     generator=generator,

@@ -97,6 +97,7 @@ class RewardPairStage:
         self.resolution = resolution
         self.width, self.height = bucket_size(self.settings.bucket, resolution)
         self.source = "reward:" + "+".join(self.reward.terms)
+        self.prompts_done = self.pairs_kept = 0  # this actor's, printed after each batch (the job's progress)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from training.post_training.rewards import Generated
@@ -132,6 +133,9 @@ class RewardPairStage:
                     reward_loser=float(scores[worst]),
                 )
             )
+        self.prompts_done += len(batch["prompt"])
+        self.pairs_kept += len(rows)
+        print(f"[pairs] {self.prompts_done} prompts sampled here, {self.pairs_kept} pairs kept", flush=True)
         return pair_table(rows, self.resolution)
 
 

@@ -61,6 +61,15 @@ def test_dpo_loss_uses_the_same_sigma_and_noise_for_winner_and_loser():
     out = dpo_loss(transformer, lambda: contextlib.nullcontext(transformer), batch, beta=100.0)
     assert torch.all(out.margin == 0) and out.loss.item() == pytest.approx(math.log(2))
     assert out.accuracy.item() == 0.5 and torch.all(out.d_policy != 0)
+    # The sft term: the winners' mean flow-matching error at the same sigma and noise, times its weight.
+    generator = torch.Generator().manual_seed(1)
+    plain = dpo_loss(transformer, lambda: contextlib.nullcontext(transformer), batch, beta=100.0, generator=generator)
+    generator = torch.Generator().manual_seed(1)
+    with_sft = dpo_loss(
+        transformer, lambda: contextlib.nullcontext(transformer), batch, beta=100.0, sft_weight=0.5, generator=generator
+    )
+    assert torch.equal(plain.winner_error, with_sft.winner_error) and torch.all(plain.winner_error > 0)
+    assert with_sft.loss.item() == pytest.approx(math.log(2) + 0.5 * plain.winner_error.mean().item())
 
 
 def test_dpo_learns_preference():
