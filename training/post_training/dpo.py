@@ -9,7 +9,7 @@ relative to the reference (margin > 0), half when it has not moved at all (margi
 The margin can grow while the winner's own error grows too (both images get less likely, the loser faster), which
 degrades a model that drew most winners right to begin with. ``sft_weight`` adds the winner's flow-matching error
 to the loss, ``sft_weight * e_policy(x_w)`` (RPO's negative log-likelihood term on the chosen sample, in flow
-matching's units), which keeps the winners likely while the margin grows; 0 is plain Diffusion-DPO.
+matching's units), meant to keep the winners likely while the margin grows; 0 is plain Diffusion-DPO.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ class RewardPairStage:
         self.resolution = resolution
         self.width, self.height = bucket_size(self.settings.bucket, resolution)
         self.source = "reward:" + "+".join(self.reward.terms)
-        self.prompts_done = self.pairs_kept = 0  # this actor's, printed after each batch (the job's progress)
+        self.prompts_done = self.pairs_kept = 0  # this actor's, printed to its worker log after each batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from training.post_training.rewards import Generated
