@@ -34,19 +34,28 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def held_out_accuracy(folder: str, num_prompts: int, seed: int = 1) -> dict:
-    """The judge's accuracies of a checkpoint on ``num_prompts`` one-object prompts of held-out pairs, sampled as
-    the evaluation job samples them (20 steps, true CFG 4, fixed seeds)."""
-    from models.generation import TextToImage
+def held_out_captions(num_prompts: int, seed: int = 1) -> list[str]:
+    """``num_prompts`` one-object prompts of held-out colour-shape pairs (the same for every model judged)."""
     from pipelines.synth import shapes
+
+    return [shapes.caption(scene) for scene in shapes.scenes(num_prompts, seed=seed, kinds=("one",), split="held_out")]
+
+
+def draw_held_out(folder: str, captions: list[str]):
+    """A checkpoint's images of ``captions``, sampled as the evaluation job samples them (20 steps, true CFG 4, the
+    seed of prompt i is i)."""
+    from models.generation import TextToImage
+
+    generator = TextToImage.from_checkpoint(folder)
+    return generator(captions, height=64, width=64, num_steps=20, true_cfg_scale=4.0, seeds=list(range(len(captions))))
+
+
+def held_out_accuracy(folder: str, num_prompts: int, seed: int = 1) -> dict:
+    """The judge's accuracies of a checkpoint on ``num_prompts`` held-out prompts (``held_out_captions``)."""
     from training.evaluation import judge
 
-    captions = [
-        shapes.caption(scene) for scene in shapes.scenes(num_prompts, seed=seed, kinds=("one",), split="held_out")
-    ]
-    generator = TextToImage.from_checkpoint(folder)
-    images = generator(captions, height=64, width=64, num_steps=20, true_cfg_scale=4.0, seeds=list(range(num_prompts)))
-    return judge.score(images, captions)
+    captions = held_out_captions(num_prompts, seed)
+    return judge.score(draw_held_out(folder, captions), captions)
 
 
 def half_way_export(final: str) -> str:

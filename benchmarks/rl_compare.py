@@ -3,7 +3,7 @@
     python benchmarks/rl_compare.py START AFTER [AFTER ...] [--prompts 192] [--output outputs/rl_compare]
 
 Every checkpoint draws the same held-out one-object prompts with the same seeds as ``benchmarks/learning.py``
-judges RL (``held_out_accuracy``: 20 steps, true CFG 4, the seed of prompt i is i), and the judge says whether each
+judges RL (its ``held_out_captions`` and ``draw_held_out``: 20 steps, true CFG 4, the seed of prompt i is i), and the judge says whether each
 image has every attribute right. Per checkpoint: ``fixed`` (wrong at the start, right after), ``broken`` (the
 reverse) and the one-sided sign tests of that split: ``p_up``, how likely so few broken if a change were as likely
 to break a prompt as to fix it, and ``p_down`` the same for so few fixed. Because the prompts and seeds are shared,
@@ -40,21 +40,18 @@ def short_verdict(verdict) -> str:
 
 
 def draw_and_judge(folder: str, captions: list[str]):
-    from models.generation import TextToImage
+    from benchmarks.learning import draw_held_out
     from training.evaluation.judge import judge
 
-    generator = TextToImage.from_checkpoint(folder)
-    images = generator(
-        captions, height=64, width=64, num_steps=20, true_cfg_scale=4.0, seeds=list(range(len(captions)))
-    )
+    images = draw_held_out(folder, captions)
     return images, [judge(image, caption) for image, caption in zip(images, captions, strict=True)]
 
 
 def main() -> None:
     import numpy as np
 
+    from benchmarks.learning import held_out_captions
     from models.imageio import save_png, to_grid
-    from pipelines.synth import shapes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("start")
@@ -63,9 +60,7 @@ def main() -> None:
     parser.add_argument("--output", default="outputs/rl_compare")
     args = parser.parse_args()
 
-    captions = [
-        shapes.caption(scene) for scene in shapes.scenes(args.prompts, seed=1, kinds=("one",), split="held_out")
-    ]
+    captions = held_out_captions(args.prompts)
     start_images, start_verdicts = draw_and_judge(args.start, captions)
     start_right = [verdict.overall for verdict in start_verdicts]
     result = {"prompts": args.prompts, "start": args.start, "start_right": sum(start_right), "checkpoints": {}}

@@ -87,8 +87,8 @@ def dpo_loss(
     noise = torch.randn(batch.winner.shape, generator=generator, dtype=batch.winner.dtype).to(batch.winner.device)
     winner, loser = _pair_errors(model, batch, sigmas, noise)
     with torch.no_grad(), reference() as reference_model:
-        d_ref = torch.sub(*_pair_errors(reference_model, batch, sigmas, noise))
-    d_policy = winner - loser
+        reference_winner, reference_loser = _pair_errors(reference_model, batch, sigmas, noise)
+    d_policy, d_ref = winner - loser, reference_winner - reference_loser
     margin = -beta * (d_policy - d_ref)
     loss = -F.logsigmoid(margin).mean()
     if sft_weight:
