@@ -2,13 +2,15 @@
 judge as ``jobs/rl.py --algo grpo``, without Ray, for sweeping a recipe quickly on a small machine.
 
     python benchmarks/grpo_in_process.py --start outputs/demo/pretrain/nano/exports/step0000750-s64 \
-        [--iters 40] [--prompts 16] [--group 8] [--lr 1e-3] [--clip 2e-4] [--minibatches 2] [--cfg 4]
+        [--iters 40] [--prompts 16] [--group 8] [--lr 1e-3] [--clip 2e-4] [--minibatches 2] [--cfg 4] \
+        [--shape-margin 0] [--eval-prompts 48]
 
 Each iteration rolls out ``--group`` SDE samples of ``--prompts`` training-split one-object prompts (drawn from
 ``--train-scenes`` scenes of ``pipelines.synth.shapes``), scores them with the judge (the share of attributes
-right), and trains LoRA adapters on the groups whose rewards differ (dynamic sampling; the others have no
-advantage). Every ``--eval-every`` iterations the judge scores ODE samples (20 steps, true CFG ``--eval-cfg``, fixed
-seeds) of 48 prompts of held-out colour-shape pairs and of 64 training prompts. The last line is one JSON object.
+right, plus ``--shape-margin`` times the judge's shape margin), and trains LoRA adapters on the groups whose
+rewards differ (dynamic sampling; the others have no advantage). Every ``--eval-every`` iterations the judge scores ODE samples (20 steps, true CFG ``--eval-cfg``, fixed
+seeds, the seed of prompt i is i, as ``benchmarks/learning.py`` judges RL) of ``--eval-prompts`` prompts of held-out
+colour-shape pairs and of 64 training prompts. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -55,13 +57,15 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha the same)")
     parser.add_argument("--train-scenes", type=int, default=512, help="scenes the training prompts are drawn from")
     parser.add_argument("--sign", type=float, default=1.0, help="-1 negates the reward")
+    parser.add_argument("--shape-margin", type=float, default=0.0, help="weight of the judge's shape margin")
+    parser.add_argument("--eval-prompts", type=int, default=48, help="held-out prompts judged")
     parser.add_argument("--eval-every", type=int, default=10)
     args = parser.parse_args()
     print(json.dumps(vars(args)), flush=True)
 
     torch.manual_seed(0)
     generator = TextToImage.from_checkpoint(args.start)
-    held_out = [shapes.caption(s) for s in shapes.scenes(48, seed=1, kinds=("one",), split="held_out")]
+    held_out = [shapes.caption(s) for s in shapes.scenes(args.eval_prompts, seed=1, kinds=("one",), split="held_out")]
     train = sorted(
         {shapes.caption(s) for s in shapes.scenes(args.train_scenes, seed=11, kinds=("one",), split="train")}
     )
@@ -90,7 +94,7 @@ def main() -> None:
                 width=64,
                 num_steps=20,
                 true_cfg_scale=args.eval_cfg,
-                seeds=list(range(64))[: len(captions)],
+                seeds=list(range(len(captions))),
             )
             scores[name] = round(judge.score(images, captions)["overall"], 3)
         policy.model.train()
@@ -118,7 +122,9 @@ def main() -> None:
         policy.model.train()
         captions = [train[i] for i in indices for _ in range(args.group)]
         images = generator.decode(trajectory.final)
-        rewards = torch.tensor([judge.reward(image, c) for image, c in zip(images, captions, strict=True)])
+        rewards = torch.tensor(
+            [judge.reward(image, c, shape_margin=args.shape_margin) for image, c in zip(images, captions, strict=True)]
+        )
         grouped = (rewards * args.sign).float().view(args.prompts, args.group)
         advantages = group_advantages(grouped).reshape(-1)
         keep = (grouped.std(dim=1) > 0).repeat_interleave(args.group).nonzero().squeeze(1)

@@ -51,6 +51,15 @@ class Detection:
     position: str
     centroid: tuple[float, float]  # fractions of width and height
     area: float  # fraction of the image
+    shape_iou: tuple[float, ...] = ()  # the mask's overlap with each of ``shapes.SHAPES``' templates, in that order
+
+    def shape_margin(self, shape: str) -> float:
+        """How clearly the mask is ``shape``: its template's IoU minus the best other template's, in [-1, 1]
+        (positive exactly when ``shape`` is the shape read)."""
+        if len(self.shape_iou) != len(shapes.SHAPES):
+            raise ValueError("this detection carries no template overlaps (shape_iou); detect() fills them")
+        own = self.shape_iou[shapes.SHAPES.index(shape)]
+        return own - max(iou for name, iou in zip(shapes.SHAPES, self.shape_iou, strict=True) if name != shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,19 +126,18 @@ def _area_per_radius2(shape: str) -> float:
     return _template_area(shape, 100.0, 256) / 100.0**2
 
 
-def _classify_shape(component: np.ndarray, cx: float, cy: float) -> str:
+def _shape_ious(component: np.ndarray, cx: float, cy: float) -> tuple[float, ...]:
+    """The mask's IoU with each shape's template drawn at its centroid with its area, in ``shapes.SHAPES``' order."""
     size = component.shape[0]
     area = float(component.sum())
-    best, best_iou = shapes.SHAPES[0], -1.0
+    ious = []
     for shape in shapes.SHAPES:
         radius = float(np.sqrt(area / _area_per_radius2(shape)))
         # The generator draws shapes around their centroid (an equilateral triangle's centroid is its centre).
         template = shapes.shape_mask(shape, size, cx, cy, radius) > 0.5
         union = np.logical_or(template, component).sum()
-        iou = float(np.logical_and(template, component).sum() / max(union, 1))
-        if iou > best_iou:
-            best, best_iou = shape, iou
-    return best
+        ious.append(float(np.logical_and(template, component).sum() / max(union, 1)))
+    return tuple(ious)
 
 
 def _nearest_position(fx: float, fy: float) -> str:
@@ -156,9 +164,10 @@ def detect(image: np.ndarray, config: JudgeConfig = JudgeConfig()) -> list[Detec
         component = labels == index
         cx, cy = centroids[index]
         colour = names[int(np.argmin(np.linalg.norm(palette - _lab(np.median(image[component], axis=0)), axis=1)))]
-        shape = _classify_shape(component, float(cx), float(cy))
+        ious = _shape_ious(component, float(cx), float(cy))
+        shape = shapes.SHAPES[int(np.argmax(ious))]  # on a tie, the first in SHAPES
         position = _nearest_position(cx / size, cy / size)
-        found.append(Detection(colour, shape, position, (cx / size, cy / size), area / (size * size)))
+        found.append(Detection(colour, shape, position, (cx / size, cy / size), area / (size * size), ious))
     return sorted(found, key=lambda detection: -detection.area)
 
 
@@ -235,8 +244,19 @@ def summarise(verdicts: list[Verdict]) -> dict[str, float]:
     return result
 
 
-def reward(image: np.ndarray, caption: str) -> float:
-    """The judge as a reward in [0, 1]: the share of the caption's attributes the image gets right."""
-    verdict = judge(image, caption)
+def reward(image: np.ndarray, caption: str, shape_margin: float = 0.0) -> float:
+    """The judge as a reward: the share of the caption's attributes the image gets right, in [0, 1].
+
+    ``shape_margin`` > 0 adds that weight times how clearly each object has its caption's shape (its template's IoU
+    minus the best other's, ``Detection.shape_margin``; -1 for an object not found), averaged over the caption's
+    objects. The share alone is the same for every image that gets everything right; the margin still ranks them,
+    by how far each outline is from being read as another shape."""
+    scene = shapes.parse_caption(caption)
+    verdict = judge(image, scene)
     values = list(verdict.scores().values())
-    return float(np.mean(values)) if values else 0.0
+    value = float(np.mean(values)) if values else 0.0
+    if shape_margin and not scene.word:
+        matched = _match(scene.objects, list(verdict.detections))
+        margins = [-1.0 if d is None else d.shape_margin(o.shape) for o, d in zip(scene.objects, matched, strict=True)]
+        value += shape_margin * float(np.mean(margins))
+    return value

@@ -131,12 +131,25 @@ class MeanColorReward(Reward):
 class JudgeReward(Reward):
     """The shape-scene judge (``training.evaluation.judge``): the share of the prompt's attributes (colour, shape,
     position, count; or the word) the image gets right, in [0, 1]. Prompts must be captions of the scene grammar
-    (``pipelines.synth.shapes``); any other prompt is an error that names it."""
+    (``pipelines.synth.shapes``); any other prompt is an error that names it.
+
+    ``shape_margin``: weight of how clearly each object has its caption's shape (``judge.reward``), which still ranks
+    images that get every attribute right; 0 (the default) is the share alone."""
+
+    def __init__(self, shape_margin: float = 0.0):
+        if shape_margin < 0:
+            raise ValueError(f"shape_margin must be at least 0, got {shape_margin}")
+        self.shape_margin = shape_margin
 
     def __call__(self, batch: Generated) -> np.ndarray:
         from training.evaluation.judge import reward
 
-        return np.array([reward(image, prompt) for image, prompt in zip(batch.images, batch.prompts, strict=True)])
+        return np.array(
+            [
+                reward(image, prompt, shape_margin=self.shape_margin)
+                for image, prompt in zip(batch.images, batch.prompts, strict=True)
+            ]
+        )
 
 
 @register_reward("latent_target")

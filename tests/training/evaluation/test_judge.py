@@ -63,6 +63,31 @@ def test_judge_reads_words_and_rewards_partial_credit(rendered):
     assert 0.0 < reward(images[0], shapes.caption(_wrong(scenes[0], "colour", np.random.default_rng(1)))) < 1.0
 
 
+def _drawn(mask: np.ndarray, colour: str) -> np.ndarray:
+    image = np.full((*mask.shape, 3), 200, np.uint8)
+    image[mask > 0.5] = shapes.COLOURS[colour]
+    return image
+
+
+def test_shape_margin_ranks_outlines_the_share_cannot():
+    """A clean blue square and a square with rounded corners (still read as a square) get the same share; the
+    shape margin ranks the clean one higher, and a caption of another shape gets a negative margin."""
+    size, centre = 64, 32.0
+    square = shapes.shape_mask("square", size, centre, centre, 12.0)
+    rounded = np.minimum(square, shapes.shape_mask("circle", size, centre, centre, 12.5))
+    caption = "a big blue square in the centre, on a light grey background"
+    clean, blob = _drawn(square, "blue"), _drawn(rounded, "blue")
+    assert judge(clean, caption).shape and judge(blob, caption).shape
+    assert reward(clean, caption) == reward(blob, caption) == 1.0
+    detection = judge(clean, caption).detections[0]
+    assert detection.shape_margin("square") > judge(blob, caption).detections[0].shape_margin("square") > 0
+    assert detection.shape_margin("circle") < 0
+    assert reward(clean, caption, shape_margin=1.0) > reward(blob, caption, shape_margin=1.0) > 1.0
+    assert reward(clean, caption.replace("square", "circle"), shape_margin=1.0) < 0.75
+    # No object at all: the share is 0 and the margin counts as -1.
+    assert reward(np.full((size, size, 3), 200, np.uint8), caption, shape_margin=0.5) == -0.5
+
+
 def test_caption_grammar_round_trips_and_refuses_others():
     for scene in shapes.scenes(200, seed=3, kinds=shapes.KINDS, split="any"):
         assert shapes.parse_caption(shapes.caption(scene)) == scene.spec()

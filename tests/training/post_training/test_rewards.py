@@ -117,5 +117,9 @@ def test_judge_reward_scores_scene_prompts_and_can_be_negated():
     assert reward(wrong).max() < 1.0
     # A negated judge (the sanity check that GRPO follows the reward's sign).
     np.testing.assert_allclose(build_reward([{"kind": "judge", "weight": -1.0}])(batch), -1.0)
+    # The shape margin's option: ground-truth renders read clearly as their shapes, so the margin adds to the share.
+    assert (build_reward([{"kind": "judge", "options": {"shape_margin": 1.0}}])(batch) > 1.0).all()
+    with pytest.raises(ValueError, match="shape_margin must be at least 0"):
+        build_reward([{"kind": "judge", "options": {"shape_margin": -1.0}}])
     with pytest.raises(ValueError, match="not a shape-scene caption"):
         reward(Generated(["a red car"], images[:1], batch.latents[:1]))
