@@ -34,6 +34,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def negated_rewards(config: pathlib.Path) -> str:
+    """An override of ``config``'s rewards with every weight negated (options kept)."""
+    import yaml
+
+    rewards = yaml.safe_load(config.read_text())["rewards"]
+    return "rewards=" + json.dumps([{**reward, "weight": -reward.get("weight", 1.0)} for reward in rewards])
+
+
 def held_out_captions(num_prompts: int, seed: int = 1) -> list[str]:
     """``num_prompts`` one-object prompts of held-out colour-shape pairs (the same for every model judged)."""
     from pipelines.synth import shapes
@@ -92,8 +100,17 @@ def main() -> None:
         default="final",
         help="RL starts from the demo's final model, or from its half-way export (configs/pretrain_nano.yaml)",
     )
+    parser.add_argument(
+        "--rl-runs",
+        default="grpo,negated_grpo,dpo",
+        help="comma-separated RL runs: grpo, negated_grpo, dpo (all three by default)",
+    )
     parser.add_argument("--demo", help="a finished demo's output folder: its report instead of a new run")
     args = parser.parse_args()
+    chosen = [name for name in args.rl_runs.split(",") if name]
+    unknown = sorted(set(chosen) - {"grpo", "negated_grpo", "dpo"})
+    if unknown:
+        parser.error(f"--rl-runs: unknown {unknown}; choose from grpo, negated_grpo, dpo")
     output = pathlib.Path(args.output).resolve()
 
     if args.demo:
@@ -135,11 +152,13 @@ def main() -> None:
                 "--config",
                 str(ROOT / "configs" / "rl_grpo_nano.yaml"),
                 "run_name=grpo-nano-negated",
-                "rewards=[{kind: judge, weight: -1.0}]",
+                negated_rewards(ROOT / "configs" / "rl_grpo_nano.yaml"),
             ],
             "dpo": ["--algo", "dpo", "--config", str(ROOT / "configs" / "rl_dpo_nano.yaml")],
         }
         for name, argv in runs.items():
+            if name not in chosen:
+                continue
             started = time.perf_counter()
             extra = [f"init={start}", f"output_dir={output / 'rl'}"]
             if name == "dpo":

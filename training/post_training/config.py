@@ -173,6 +173,7 @@ class GrpoConfig(RlBase):
     rollout_gpus: float = pydantic.Field(default=0.0, ge=0)
     eval_every: int = pydantic.Field(default=0, ge=0)  # ODE evaluation on fixed seeds; 0: at start and end only
     eval_images_per_prompt: int = pydantic.Field(default=2, ge=1)
+    eval_prompts: int | None = pydantic.Field(default=None, ge=1)  # the first n prompts are evaluated; None: all
     # DAPO's dynamic sampling: a group whose images all score alike has no advantage and teaches nothing. With
     # n > 1, up to n rounds of prompts_per_iteration prompts are rolled out until that many groups whose rewards
     # differ are found; uniform groups fill the rest. 1: train on the groups as rolled out (Flow-GRPO).

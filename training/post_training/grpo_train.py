@@ -146,9 +146,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if writers is None:
             return
         seeds = list(range(config.eval_images_per_prompt))
-        calls = [actors[i % len(actors)].evaluate.remote([i], seeds) for i in range(len(prompts["texts"]))]
+        evaluated = min(config.eval_prompts or len(prompts["texts"]), len(prompts["texts"]))
+        calls = [actors[i % len(actors)].evaluate.remote([i], seeds) for i in range(evaluated)]
         results = ray.get(calls)
-        row = {"step": worker.step, **{key: float(np.mean([r[key] for r in results])) for key in results[0]}}
+        row = {"step": worker.step, "prompts": len(results)}
+        row.update({key: float(np.mean([r[key] for r in results])) for key in results[0]})
         writers[1].write(row)
         print(f"[grpo] step {worker.step}: ODE evaluation {json.dumps(row)}", flush=True)
 

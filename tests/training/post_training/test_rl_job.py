@@ -124,6 +124,7 @@ def test_grpo_with_rollout_actors_lora_and_kl(pretrain_run, tmp_path):
             "num_steps=4",
             "train_steps=2",
             "eval_images_per_prompt=1",
+            "eval_prompts=1",
             "prompts_per_iteration=1",
             "max_rollout_rounds=2",  # every group of a continuous reward differs: one round suffices
             *TWO_FSDP_WORKERS,
@@ -136,7 +137,9 @@ def test_grpo_with_rollout_actors_lora_and_kl(pretrain_run, tmp_path):
     # be if the reference were the policy itself.
     assert all(float(row["kl"]) > 0 and float(row["actor_rollout_s"]) > 0 for row in rows)
     assert all(float(row["informative_groups"]) == 1 and float(row["rollout_rounds"]) == 1 for row in rows)
-    assert [int(row["step"]) for row in _rows(pathlib.Path(summary["metrics"]).parent / "eval.csv")] == [0, 2]
+    evaluations = _rows(pathlib.Path(summary["metrics"]).parent / "eval.csv")
+    assert [int(row["step"]) for row in evaluations] == [0, 2]
+    assert all(int(row["prompts"]) == 1 for row in evaluations)  # eval_prompts: the first of the config's prompts
     # LoRA: the merged checkpoint differs from the start, by the trained adapters only.
     start_folder = json.loads((pathlib.Path(pretrain_run) / "summary.json").read_text())["checkpoint"]
     start = load_checkpoint(start_folder, parts=("transformer",))
