@@ -8,9 +8,9 @@ judge as ``jobs/rl.py --algo grpo``, without Ray, for sweeping a recipe quickly 
 Each iteration rolls out ``--group`` SDE samples of ``--prompts`` training-split one-object prompts (drawn from
 ``--train-scenes`` scenes of ``pipelines.synth.shapes``), scores them with the judge (the share of attributes
 right, plus ``--shape-margin`` times the judge's shape margin), and trains LoRA adapters on the groups whose
-rewards differ (dynamic sampling; the others have no advantage). Every ``--eval-every`` iterations the judge scores ODE samples (20 steps, true CFG ``--eval-cfg``, fixed
-seeds, the seed of prompt i is i, as ``benchmarks/learning.py`` judges RL) of ``--eval-prompts`` prompts of held-out
-colour-shape pairs and of 64 training prompts. The last line is one JSON object.
+rewards differ (dynamic sampling; the others have no advantage). Every ``--eval-every`` iterations the judge
+scores ODE samples (20 steps, true CFG ``--eval-cfg``, the seed of prompt i is i, as ``benchmarks/learning.py``
+judges RL) of ``--eval-prompts`` prompts of held-out colour-shape pairs and of 64 training prompts. The last line is one JSON object.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ class Verdict:
     text: bool | None
     detections: tuple[Detection, ...] = ()
     read: str = ""
+    matched: tuple[Detection | None, ...] = ()  # per object of the caption, its detection (None: not found)
 
     @property
     def overall(self) -> bool:
@@ -217,6 +218,7 @@ def judge(image: np.ndarray, caption: str | shapes.Scene, config: JudgeConfig = 
         count=len(found) == len(scene.objects),
         text=None,
         detections=tuple(found),
+        matched=tuple(matched),
     )
 
 
@@ -256,7 +258,7 @@ def reward(image: np.ndarray, caption: str, shape_margin: float = 0.0) -> float:
     values = list(verdict.scores().values())
     value = float(np.mean(values)) if values else 0.0
     if shape_margin and not scene.word:
-        matched = _match(scene.objects, list(verdict.detections))
-        margins = [-1.0 if d is None else d.shape_margin(o.shape) for o, d in zip(scene.objects, matched, strict=True)]
+        pairs = zip(scene.objects, verdict.matched, strict=True)
+        margins = [-1.0 if d is None else d.shape_margin(o.shape) for o, d in pairs]
         value += shape_margin * float(np.mean(margins))
     return value
