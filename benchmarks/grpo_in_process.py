@@ -3,7 +3,7 @@ judge as ``jobs/rl.py --algo grpo``, without Ray, for sweeping a recipe quickly 
 
     python benchmarks/grpo_in_process.py --start outputs/demo/pretrain/nano/exports/step0000750-s64 \
         [--iters 40] [--prompts 16] [--group 8] [--lr 1e-3] [--clip 2e-4] [--minibatches 2] [--cfg 4] \
-        [--shape-margin 0] [--eval-prompts 48]
+        [--shape-margin 0] [--eval-prompts 48] [--kinds one]
 
 Each iteration rolls out ``--group`` SDE samples of ``--prompts`` training-split one-object prompts (drawn from
 ``--train-scenes`` scenes of ``pipelines.synth.shapes``), scores them with the judge (the share of attributes
@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--shape-margin", type=float, default=0.0, help="weight of the judge's shape margin")
     parser.add_argument("--eval-prompts", type=int, default=48, help="held-out prompts judged")
     parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument(
+        "--kinds", default="one", help="scene kinds of the training prompts, comma-separated (one, two)"
+    )
     args = parser.parse_args()
     print(json.dumps(vars(args)), flush=True)
 
@@ -67,7 +70,10 @@ def main() -> None:
     generator = TextToImage.from_checkpoint(args.start)
     held_out = [shapes.caption(s) for s in shapes.scenes(args.eval_prompts, seed=1, kinds=("one",), split="held_out")]
     train = sorted(
-        {shapes.caption(s) for s in shapes.scenes(args.train_scenes, seed=11, kinds=("one",), split="train")}
+        {
+            shapes.caption(s)
+            for s in shapes.scenes(args.train_scenes, seed=11, kinds=tuple(args.kinds.split(",")), split="train")
+        }
     )
     encoded = generator.encode(train)
     rows = [encoded.embeds[i][encoded.mask[i].bool()] for i in range(len(train))]

@@ -107,3 +107,19 @@ def test_held_out_combinations_never_in_training():
     assert len(pairs) == len(shapes.COLOURS) * len(shapes.SHAPES) - len(shapes.HELD_OUT_PAIRS)
     held = shapes.scenes(200, seed=0, kinds=shapes.KINDS, split="held_out")
     assert all(scene.held_out for scene in held)
+
+
+def test_held_out_words_are_spelled_with_tokens_training_never_shows():
+    """Why reading held-out words is out of the nano model's reach: the condition encoder sees each held-out word only
+    as Qwen2 tokens that no training caption holds, and its nano weights are random, so nothing tells it the letters."""
+    from models.tokenizer import build_qwen2_tokenizer
+
+    tokenizer = build_qwen2_tokenizer()
+    train = shapes.scenes(500, seed=0, kinds=("word",), split="train")
+    assert {scene.word for scene in train} == set(shapes.WORDS) - shapes.HELD_OUT_WORDS
+    seen = {token for scene in train for token in tokenizer.encode(shapes.caption(scene))}
+    held = {scene.word: scene for scene in shapes.scenes(200, seed=0, kinds=("word",), split="held_out")}
+    assert set(held) == shapes.HELD_OUT_WORDS
+    for word, scene in held.items():
+        unseen = [token for token in tokenizer.encode(shapes.caption(scene)) if token not in seen]
+        assert "".join(tokenizer.decode([token]) for token in unseen) == word
