@@ -3,10 +3,11 @@ judge as ``jobs/rl.py --algo grpo``, without Ray, for sweeping a recipe quickly 
 
     python benchmarks/grpo_in_process.py --start outputs/demo/pretrain/nano/exports/step0000750-s64 \
         [--iters 40] [--prompts 16] [--group 8] [--lr 1e-3] [--clip 2e-4] [--minibatches 2] [--cfg 4] \
-        [--shape-margin 0] [--eval-prompts 48] [--kinds one]
+        [--shape-margin 0] [--eval-prompts 48] [--kinds one | --prompts-file F]
 
-Each iteration rolls out ``--group`` SDE samples of ``--prompts`` training-split one-object prompts (drawn from
-``--train-scenes`` scenes of ``pipelines.synth.shapes``), scores them with the judge (the share of attributes
+Each iteration rolls out ``--group`` SDE samples of ``--prompts`` training-split prompts (drawn from
+``--train-scenes`` scenes of ``pipelines.synth.shapes`` of ``--kinds``, or read from ``--prompts-file``, where a
+prompt holding a held-out pair is an error), scores them with the judge (the share of attributes
 right, plus ``--shape-margin`` times the judge's shape margin), and trains LoRA adapters on the groups whose
 rewards differ (dynamic sampling; the others have no advantage). Every ``--eval-every`` iterations the judge
 scores ODE samples (20 steps, true CFG ``--eval-cfg``, the seed of prompt i is i, as ``benchmarks/learning.py``
@@ -63,18 +64,25 @@ def main() -> None:
     parser.add_argument(
         "--kinds", default="one", help="scene kinds of the training prompts, comma-separated (one, two)"
     )
+    parser.add_argument("--prompts-file", help="training prompts, one per line (instead of --train-scenes scenes)")
     args = parser.parse_args()
     print(json.dumps(vars(args)), flush=True)
 
     torch.manual_seed(0)
     generator = TextToImage.from_checkpoint(args.start)
     held_out = [shapes.caption(s) for s in shapes.scenes(args.eval_prompts, seed=1, kinds=("one",), split="held_out")]
-    train = sorted(
-        {
-            shapes.caption(s)
-            for s in shapes.scenes(args.train_scenes, seed=11, kinds=tuple(args.kinds.split(",")), split="train")
-        }
-    )
+    if args.prompts_file:
+        train = sorted(
+            {line.strip() for line in pathlib.Path(args.prompts_file).read_text().splitlines() if line.strip()}
+        )
+    else:
+        kinds = tuple(args.kinds.split(","))
+        train = sorted(
+            {shapes.caption(s) for s in shapes.scenes(args.train_scenes, seed=11, kinds=kinds, split="train")}
+        )
+    held_pairs = [c for c in train if shapes.parse_caption(c).held_out]
+    if held_pairs:
+        raise ValueError(f"{len(held_pairs)} training prompts hold a held-out pair, e.g. {held_pairs[0]!r}")
     encoded = generator.encode(train)
     rows = [encoded.embeds[i][encoded.mask[i].bool()] for i in range(len(train))]
     negative = generator.encode([" "]) if args.cfg > 1 else None
