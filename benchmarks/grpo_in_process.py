@@ -7,7 +7,8 @@ judge as ``jobs/rl.py --algo grpo``, without Ray, for sweeping a recipe quickly 
 
 Each iteration rolls out ``--group`` SDE samples of ``--prompts`` training-split prompts (drawn from
 ``--train-scenes`` scenes of ``pipelines.synth.shapes`` of ``--kinds``, or read from ``--prompts-file``, where a
-prompt holding a held-out pair is an error), scores them with the judge (the share of attributes
+prompt holding a held-out pair is an error; ``--train-on-held-out`` trains on held-out pairs on purpose, as a
+diagnostic of whether the reward can fix the evaluated prompts at all), scores them with the judge (the share of attributes
 right, plus ``--shape-margin`` times the judge's shape margin), and trains LoRA adapters on the groups whose
 rewards differ (dynamic sampling; the others have no advantage). Every ``--eval-every`` iterations the judge
 scores ODE samples (20 steps, true CFG ``--eval-cfg``, the seed of prompt i is i, as ``benchmarks/learning.py``
@@ -65,6 +66,12 @@ def main() -> None:
         "--kinds", default="one", help="scene kinds of the training prompts, comma-separated (one, two)"
     )
     parser.add_argument("--prompts-file", help="training prompts, one per line (instead of --train-scenes scenes)")
+    parser.add_argument(
+        "--train-on-held-out",
+        action="store_true",
+        help="a diagnostic, not a result: train on held-out-pair prompts (other seeds than evaluated) to see whether "
+        "the reward can fix those prompts at all",
+    )
     args = parser.parse_args()
     print(json.dumps(vars(args)), flush=True)
 
@@ -80,8 +87,12 @@ def main() -> None:
         train = sorted(
             {shapes.caption(s) for s in shapes.scenes(args.train_scenes, seed=11, kinds=kinds, split="train")}
         )
+    if args.train_on_held_out:
+        train = sorted(
+            {shapes.caption(s) for s in shapes.scenes(args.train_scenes, seed=11, kinds=("one",), split="held_out")}
+        )
     held_pairs = [c for c in train if shapes.parse_caption(c).held_out]
-    if held_pairs:
+    if held_pairs and not args.train_on_held_out:
         raise ValueError(f"{len(held_pairs)} training prompts hold a held-out pair, e.g. {held_pairs[0]!r}")
     encoded = generator.encode(train)
     rows = [encoded.embeds[i][encoded.mask[i].bool()] for i in range(len(train))]
