@@ -7,9 +7,9 @@ judge as ``jobs/rl.py --algo grpo``, without Ray, for sweeping a recipe quickly 
 
 Each iteration rolls out ``--group`` SDE samples of ``--prompts`` training-split prompts (drawn from
 ``--train-scenes`` scenes of ``pipelines.synth.shapes`` of ``--kinds``, or read from ``--prompts-file``, where a
-prompt holding a held-out pair is an error; ``--train-on-held-out`` trains on held-out pairs on purpose, as a
-diagnostic of whether the reward can fix the evaluated prompts at all), scores them with the judge (the share of attributes
-right, plus ``--shape-margin`` times the judge's shape margin), and trains LoRA adapters on the groups whose
+prompt holding a held-out pair is an error; ``--train-on-held-out`` draws held-out-split scenes instead, on purpose:
+a diagnostic of whether the reward can fix the evaluated prompts at all), scores them with the judge (the share of
+attributes right, plus ``--shape-margin`` times the judge's shape margin), and trains LoRA adapters on the groups whose
 rewards differ (dynamic sampling; the others have no advantage). Every ``--eval-every`` iterations the judge
 scores ODE samples (20 steps, true CFG ``--eval-cfg``, the seed of prompt i is i, as ``benchmarks/learning.py``
 judges RL) of ``--eval-prompts`` prompts of held-out colour-shape pairs and of 64 training prompts. The last line is one JSON object.
@@ -73,27 +73,23 @@ def main() -> None:
         "the reward can fix those prompts at all",
     )
     args = parser.parse_args()
+    if args.prompts_file and args.train_on_held_out:
+        parser.error("--prompts-file and --train-on-held-out choose the training prompts two ways: give one")
     print(json.dumps(vars(args)), flush=True)
 
     torch.manual_seed(0)
     generator = TextToImage.from_checkpoint(args.start)
     held_out = [shapes.caption(s) for s in shapes.scenes(args.eval_prompts, seed=1, kinds=("one",), split="held_out")]
     if args.prompts_file:
-        train = sorted(
-            {line.strip() for line in pathlib.Path(args.prompts_file).read_text().splitlines() if line.strip()}
-        )
+        lines = pathlib.Path(args.prompts_file).read_text().splitlines()
+        train = sorted({line.strip() for line in lines if line.strip()})
+        held_pairs = [caption for caption in train if shapes.parse_caption(caption).held_out]
+        if held_pairs:
+            raise ValueError(f"{len(held_pairs)} training prompts hold a held-out pair, e.g. {held_pairs[0]!r}")
     else:
+        split = "held_out" if args.train_on_held_out else "train"
         kinds = tuple(args.kinds.split(","))
-        train = sorted(
-            {shapes.caption(s) for s in shapes.scenes(args.train_scenes, seed=11, kinds=kinds, split="train")}
-        )
-    if args.train_on_held_out:
-        train = sorted(
-            {shapes.caption(s) for s in shapes.scenes(args.train_scenes, seed=11, kinds=("one",), split="held_out")}
-        )
-    held_pairs = [c for c in train if shapes.parse_caption(c).held_out]
-    if held_pairs and not args.train_on_held_out:
-        raise ValueError(f"{len(held_pairs)} training prompts hold a held-out pair, e.g. {held_pairs[0]!r}")
+        train = sorted({shapes.caption(s) for s in shapes.scenes(args.train_scenes, seed=11, kinds=kinds, split=split)})
     encoded = generator.encode(train)
     rows = [encoded.embeds[i][encoded.mask[i].bool()] for i in range(len(train))]
     negative = generator.encode([" "]) if args.cfg > 1 else None
