@@ -57,6 +57,11 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=4, help="of which each sample trains on")
     parser.add_argument("--noise", type=float, default=0.7)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha the same)")
+    parser.add_argument(
+        "--targets",
+        default=",".join(LoraSettings().target_modules),
+        help="LoRA's target modules, comma-separated (the default: the image stream's attention projections)",
+    )
     parser.add_argument("--train-scenes", type=int, default=512, help="scenes the training prompts are drawn from")
     parser.add_argument("--sign", type=float, default=1.0, help="-1 negates the reward")
     parser.add_argument("--shape-margin", type=float, default=0.0, help="weight of the judge's shape margin")
@@ -93,7 +98,11 @@ def main() -> None:
     encoded = generator.encode(train)
     rows = [encoded.embeds[i][encoded.mask[i].bool()] for i in range(len(train))]
     negative = generator.encode([" "]) if args.cfg > 1 else None
-    policy = Policy(args.start, lora=LoraSettings(rank=args.rank, alpha=args.rank), need_reference=args.kl > 0)
+    policy = Policy(
+        args.start,
+        lora=LoraSettings(rank=args.rank, alpha=args.rank, target_modules=args.targets.split(",")),
+        need_reference=args.kl > 0,
+    )
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=0.0)
     settings = GrpoSettings(
         train_steps=args.train_steps,
