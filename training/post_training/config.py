@@ -164,9 +164,9 @@ class GrpoConfig(RlBase):
     noise_level: float = pydantic.Field(default=0.7, gt=0)
     # Rollouts, trained steps and the ODE evaluation sample with this true CFG (" " the negative prompt), as the
     # model is sampled afterwards (4.0 in serving, evaluation and sample grids): what the policy learns from
-    # unguided rollouts did not carry to guided samples even on the prompts it trained on (nano: 0.839 after 40
-    # iterations without CFG, 0.958 after 80 with CFG 4; docs/nano.md, "Other starts"). 1.0 halves the transformer
-    # calls of every rollout and update.
+    # unguided rollouts did not carry to guided samples even on the prompts it trained on (nano, from 0.849: 0.839
+    # after 40 iterations without CFG, 0.927 after 40 and 0.958 after 80 with CFG 4; docs/nano.md, "Other starts").
+    # 1.0 halves the transformer calls of every rollout and update.
     true_cfg_scale: float = pydantic.Field(default=4.0, ge=1.0)
     clip_range: float = pydantic.Field(default=1e-4, gt=0)
     adv_clip: float = pydantic.Field(default=5.0, gt=0)
