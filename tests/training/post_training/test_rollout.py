@@ -74,20 +74,13 @@ def test_rollout_is_seeded_and_cfg_changes_it(tiny_components, color_prompts):
     # GRPO trains guided rollouts (its default true CFG 4): the trainer recomputes each guided step's log-probability
     # with the same negative and scale, so the on-policy ratio is exactly 1, and without the guidance it is not.
     for step in range(kwargs["num_steps"] - 1):
-        transition = (guided.latents[:, step], guided.latents[:, step + 1], guided.sigmas[step].expand(2))
+        latents, following = guided.latents[:, step], guided.latents[:, step + 1]
+        sigmas = guided.sigmas[step].expand(2), guided.sigmas[step + 1].expand(2)
         common = {"noise_level": NOISE_LEVEL, "sigma_max": guided.sigma_max}
         with torch.no_grad():
             recomputed, _, _ = step_log_prob(
-                transformer,
-                *transition,
-                guided.sigmas[step + 1].expand(2),
-                prompt,
-                negative=negative,
-                true_cfg_scale=4.0,
-                **common,
+                transformer, latents, following, *sigmas, prompt, negative=negative, true_cfg_scale=4.0, **common
             )
-            unguided, _, _ = step_log_prob(
-                transformer, *transition, guided.sigmas[step + 1].expand(2), prompt, **common
-            )
+            unguided, _, _ = step_log_prob(transformer, latents, following, *sigmas, prompt, **common)
         torch.testing.assert_close(recomputed, guided.log_probs[:, step], rtol=1e-6, atol=1e-6)
         assert not torch.allclose(unguided, guided.log_probs[:, step], rtol=1e-3, atol=1e-3)
